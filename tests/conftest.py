@@ -1,0 +1,26 @@
+"""Test set-up that must run before JAX initialises a backend."""
+
+import os
+
+# Eight fake CPU devices, so that sharding is tested on every machine.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")  # silent broadcasting bugs become errors
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def n_devices():
+    assert jax.device_count() == 8, "conftest must run before anything initialises JAX"
+    return jax.device_count()
