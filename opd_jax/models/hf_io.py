@@ -1,0 +1,229 @@
+"""Hugging Face checkpoints: read and write ``config.json`` + safetensors in the HF layout.
+
+Loading validates the whole checkpoint (names, shapes, dtypes) from the safetensors headers
+before reading any tensor data, builds the model abstractly with ``nnx.eval_shape`` and then
+fills each parameter straight into its final sharding with ``jax.make_array_from_callback``;
+the callback slices memory-mapped files, so a host reads only the shards it holds.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from safetensors.numpy import save_file
+
+from opd_jax.models import safetensors_io as st
+from opd_jax.models.config import ModelConfig
+from opd_jax.models.hf_layout import hf_tensor_specs
+from opd_jax.models.transformer import Transformer
+from opd_jax.sharding import LOGICAL_RULES, logical_to_mesh
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match its configuration (extra, mis-shaped or mis-typed tensor)."""
+
+
+class MissingTensorError(CheckpointError, KeyError):
+    """A tensor the configuration needs is not in the checkpoint."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike, *, local_files_only: bool = True) -> str:
+    """A local directory, or an HF repo id looked up in the local HF cache (no download by default)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, local_files_only=local_files_only)
+    except Exception as e:  # the hub raises several types; the message is what matters
+        raise FileNotFoundError(f"{path!r} is neither a directory nor a repo id in the local HF cache "
+                                f"(local_files_only={local_files_only}): {e}") from e
+
+
+def load_tokenizer(path: str | os.PathLike, *, local_files_only: bool = True):
+    """The ``transformers.AutoTokenizer`` stored with a checkpoint, chat template included."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_checkpoint_dir(path, local_files_only=local_files_only))
+
+
+def from_pretrained(path: str | os.PathLike, *, param_dtype: str = "float32", dtype: str | None = None,
+                    remat: bool = False, mesh: Mesh | None = None, rules: Mapping = LOGICAL_RULES,
+                    local_files_only: bool = True) -> Transformer:
+    """Load an HF Llama / Qwen2 / Qwen3 checkpoint into a ``Transformer``.
+
+    ``dtype`` (compute) defaults to ``param_dtype``. With ``mesh``, every parameter is placed
+    directly into the sharding its logical axis names map to under ``rules``; without one, on
+    the first local device. Raises ``ConfigError``/``CheckpointError`` (``ValueError``s) or
+    ``MissingConfigField``/``MissingTensorError`` (also ``KeyError``s) naming the culprit.
+    """
+    directory = resolve_checkpoint_dir(path, local_files_only=local_files_only)
+    cfg = ModelConfig.from_hf(directory, param_dtype=param_dtype, dtype=dtype or param_dtype, remat=remat)
+    headers = _read_headers(directory)
+    specs = hf_tensor_specs(cfg)
+    _validate(cfg, specs, headers)
+
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    logical = _by_name(nnx.get_partition_spec(abstract_state))
+    sources = _sources_by_param(specs)
+    maps: dict[str, np.memmap] = {}  # one mapping per file, dropped when loading ends
+
+    def fill(key_path, leaf):
+        name = _param_name(key_path)
+        if mesh is None:
+            sharding = SingleDeviceSharding(jax.local_devices()[0])
+        else:
+            sharding = NamedSharding(mesh, logical_to_mesh(tuple(logical[name]), rules))
+        read = _reader(sources[name], headers, maps, leaf.shape, cfg.param_jnp_dtype)
+        return jax.make_array_from_callback(leaf.shape, sharding, read)
+
+    state = jax.tree_util.tree_map_with_path(fill, abstract_state)
+    return nnx.merge(graphdef, state)
+
+
+def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=None,
+                    max_shard_size: int = 5 * 2**30) -> None:
+    """Write ``config.json`` and safetensors (sharded with an index above ``max_shard_size`` bytes).
+
+    Tensors are gathered to host one HF tensor at a time and written one shard at a time, so host
+    memory peaks near one shard. Stale ``model*.safetensors`` files in ``path`` are removed first.
+    """
+    cfg = model.cfg
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "model*.safetensors")) + [os.path.join(path, INDEX_FILE)]:
+        if os.path.exists(stale):
+            os.remove(stale)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg.to_hf(), f, indent=2, sort_keys=True)
+
+    specs = hf_tensor_specs(cfg)
+    itemsize = cfg.param_jnp_dtype.itemsize
+    shards: list[list] = [[]]
+    size = 0
+    for spec in specs:
+        nbytes = math.prod(spec.hf_shape) * itemsize
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += nbytes
+
+    params = _by_name(nnx.state(model, nnx.Param))
+    weight_map = {}
+    for i, shard_specs in enumerate(shards):
+        fname = SINGLE_FILE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for spec in shard_specs:
+            value = params[spec.param]
+            if spec.layer is not None:
+                value = value[spec.layer]
+            tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(np.asarray(jax.device_get(value))))
+            weight_map[spec.hf_name] = fname
+        save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
+    if len(shards) > 1:
+        total = sum(math.prod(s.hf_shape) for s in specs) * itemsize
+        with open(os.path.join(path, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- internals
+def _param_name(key_path) -> tuple[str, ...]:
+    return tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _by_name(tree) -> dict:
+    """Flatten an nnx State (or spec tree) to ``{("layers", "q"): leaf, ...}``."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return {_param_name(path): leaf for path, leaf in flat[0]}
+
+
+def _read_headers(directory: str) -> dict[str, st.TensorInfo]:
+    """Every tensor's header entry, from the single file or the sharded set named by the index."""
+    index_path = os.path.join(directory, INDEX_FILE)
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path} has no 'weight_map' object")
+        files = sorted(set(weight_map.values()))
+    elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
+        weight_map, files = None, [SINGLE_FILE]
+    else:
+        raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
+    headers: dict[str, st.TensorInfo] = {}
+    for fname in files:
+        for name, info in st.read_header(os.path.join(directory, fname)).items():
+            if name in headers:
+                raise CheckpointError(f"tensor {name!r} appears in both {headers[name].path} and {fname}")
+            headers[name] = info
+    if weight_map is not None:
+        for name, fname in weight_map.items():
+            if name not in headers or os.path.basename(headers[name].path) != fname:
+                raise MissingTensorError(f"index maps tensor {name!r} to {fname}, which does not hold it")
+    return headers
+
+
+def _validate(cfg: ModelConfig, specs, headers: Mapping[str, st.TensorInfo]) -> None:
+    """Check names, shapes and dtypes of the whole checkpoint before any data is read."""
+    expected = {s.hf_name: s for s in specs}
+    missing = [n for n in expected if n not in headers]
+    if missing:
+        raise MissingTensorError(f"checkpoint is missing {len(missing)} tensor(s) the {cfg.architecture} "
+                                 f"config needs, e.g. {missing[:5]}")
+    extra = sorted(n for n in headers if n not in expected)
+    if extra:
+        hint = " (config has tie_word_embeddings=True)" if "lm_head.weight" in extra else ""
+        raise CheckpointError(f"checkpoint has {len(extra)} unexpected tensor(s){hint}: {extra[:5]}")
+    for name, spec in expected.items():
+        info = headers[name]
+        if tuple(info.shape) != tuple(spec.hf_shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(info.shape)}, config implies "
+                                  f"{tuple(spec.hf_shape)}")
+        if info.dtype not in st.FLOAT_DTYPES:
+            raise CheckpointError(f"tensor {name!r} has dtype {info.dtype}; expected a floating type "
+                                  f"{sorted(st.FLOAT_DTYPES)}")
+
+
+def _sources_by_param(specs) -> dict[tuple[str, ...], list]:
+    """Our parameter name -> its HF tensor specs, in layer order for stacked parameters."""
+    out: dict[tuple[str, ...], list] = {}
+    for spec in specs:
+        out.setdefault(spec.param, []).append(spec)
+    return out
+
+
+def _reader(sources, headers, maps, shape, dtype):
+    """A ``make_array_from_callback`` callback assembling one parameter's block from mmapped views."""
+    stacked = sources[0].layer is not None
+
+    def view(spec):
+        return spec.to_ours(st.tensor_view(headers[spec.hf_name], maps))
+
+    def read(index):
+        index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
+        if stacked:
+            block = np.stack([view(sources[layer])[index[1:]] for layer in range(len(sources))[index[0]]])
+        else:
+            block = view(sources[0])[index]
+        return np.ascontiguousarray(block.astype(dtype))
+
+    return read

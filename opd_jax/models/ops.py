@@ -1,0 +1,83 @@
+"""Pure array functions of the transformer: RMSNorm, RoPE and masked grouped-query attention."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from opd_jax.models.config import Llama3RopeScaling, ModelConfig
+
+# A finite "minus infinity": a query row with no visible key then gets a uniform (finite)
+# softmax instead of NaN. Padded rows are don't-care, but NaN would poison gradients.
+_MASKED = -1e30
+
+
+def rms_norm(x, weight, eps: float):
+    """RMSNorm with statistics in float32, result in ``x.dtype`` (as HF: normalise, cast, scale)."""
+    x32 = x.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * inv).astype(x.dtype) * weight.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Per-pair inverse frequencies ``[head_dim // 2]`` in float32, Llama-3 scaling applied if set."""
+    dim = cfg.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32)
+    if cfg.rope_scaling is not None:
+        inv_freq = _llama3_scale(inv_freq, cfg.rope_scaling)
+    return inv_freq
+
+
+def _llama3_scale(inv_freq: np.ndarray, s: Llama3RopeScaling) -> np.ndarray:
+    """Llama-3.1 scaling: keep high frequencies, divide low ones by ``factor``, blend in between."""
+    wavelen = (2 * math.pi) / inv_freq
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+              / (s.high_freq_factor - s.low_freq_factor))
+    blended = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_mid = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_mid, blended, scaled).astype(np.float32)
+
+
+def rope_tables(positions_BT, inv_freq: np.ndarray):
+    """(cos, sin), each float32 ``[B, T, head_dim // 2]``, for integer positions."""
+    angles_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    return jnp.cos(angles_BTF), jnp.sin(angles_BTF)
+
+
+def apply_rope(x_BTNH, cos_BTF, sin_BTF):
+    """Rotate (first half, second half) pairs of the head dimension; math in float32."""
+    x32 = x_BTNH.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    x1, x2 = x32[..., :half], x32[..., half:]
+    cos, sin = cos_BTF[:, :, None, :], sin_BTF[:, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTNH.dtype)
+
+
+def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
+    """Grouped-query attention; ``visible[b, t, s]`` says whether query t may see key s.
+
+    Scores and softmax are float32; the value product runs in the compute dtype.
+    """
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    scores_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
+                              preferred_element_type=jnp.float32) * (H ** -0.5)
+    scores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], scores_BKGTS, _MASKED)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKH.dtype)
+    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
+    return out_BTKGH.reshape(B, T, N, H)
+
+
+def visibility(key_valid_BS, q_slots_T, num_keys: int):
+    """Causal-and-valid mask ``[B, T, S]``: query in slot ``q_slots[t]`` sees valid keys in slots <= it."""
+    causal_TS = jnp.arange(num_keys, dtype=jnp.int32)[None, :] <= q_slots_T[:, None]
+    return causal_TS[None, :, :] & key_valid_BS[:, None, :]
