@@ -1,0 +1,76 @@
+"""Reductions: per-token losses to ``(numerator, denominator)`` pairs.
+
+A reduction never divides. The train step sums numerators and denominators over
+micro-batches and devices and divides once, so that gradient accumulation and data
+parallelism give the loss of the whole batch (the TRL #4719 class of bug cannot happen).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from opd_jax.objectives import _checks
+
+Array = jax.Array
+
+
+class Reduced(NamedTuple):
+    """A loss term as a sum and the count it is to be divided by."""
+    num: Array
+    den: Array
+
+    def value(self) -> Array:
+        """``num / den``, and 0 (with zero gradient) when nothing was counted."""
+        return self.num / jnp.where(self.den > 0, self.den, 1.0)
+
+    def scale(self, coef) -> "Reduced":
+        return Reduced(coef * self.num, self.den)
+
+    def __add__(self, other):  # sum of two partial sums (micro-batches, devices) of one term
+        return Reduced(self.num + other.num, self.den + other.den)
+
+
+def _m(values, mask):
+    _checks.check_same_shape(values=values, mask=mask)
+    return values.astype(jnp.float32), mask.astype(jnp.float32)
+
+
+def token_mean(values: Array, mask: Array) -> Reduced:
+    """Mean over all valid tokens of the batch (``sum m x / sum m``): GKD, OPD, TRL's batchmean."""
+    x, m = _m(values, mask)
+    return Reduced(jnp.sum(x * m), jnp.sum(m))
+
+
+def weighted_mean(values: Array, weights: Array) -> Reduced:
+    """``sum w x / sum w`` over all tokens (weights carry the mask)."""
+    x, w = _m(values, weights)
+    return Reduced(jnp.sum(x * w), jnp.sum(w))
+
+
+def seq_mean_token_mean(values: Array, mask: Array) -> Reduced:
+    """Mean over sequences (that have a valid token) of each sequence's token mean."""
+    x, m = _m(values, mask)
+    n = jnp.sum(m, axis=-1)
+    per_seq = jnp.sum(x * m, axis=-1) / jnp.maximum(n, 1.0)
+    return Reduced(jnp.sum(per_seq), jnp.sum((n > 0).astype(jnp.float32)))
+
+
+def seq_mean_weighted_mean(values: Array, weights: Array) -> Reduced:
+    """Per sequence ``sum w x / sum w``, then the mean over sequences (UniSD's aggregation)."""
+    x, w = _m(values, weights)
+    n = jnp.sum(w, axis=-1)
+    per_seq = jnp.sum(x * w, axis=-1) / jnp.where(n > 0, n, 1.0)
+    return Reduced(jnp.sum(per_seq), jnp.sum((n > 0).astype(jnp.float32)))
+
+
+def seq_mean_token_sum(values: Array, mask: Array) -> Reduced:
+    """Sum over each sequence's tokens, mean over sequences (Tinker's summed loss per sample)."""
+    x, m = _m(values, mask)
+    rows = jnp.sum(m, axis=-1) > 0
+    return Reduced(jnp.sum(x * m), jnp.sum(rows.astype(jnp.float32)))
+
+
+def total(terms: dict[str, Reduced]) -> Array:
+    """The scalar loss: each term divided by its own count, then summed."""
+    return sum((t.value() for t in terms.values()), jnp.float32(0.0))

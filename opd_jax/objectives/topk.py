@@ -1,0 +1,291 @@
+"""Top-k (truncated-support) divergences, with a dense or a sparse teacher.
+
+A teacher reaches these functions in one of two forms, chosen by type at trace time:
+
+- dense: teacher logits ``[..., V]`` (an array);
+- sparse: :class:`TeacherTopK` — the teacher's own top-K token ids and their
+  full-vocabulary log-probabilities, ``[..., K]`` each. This is what a teacher server
+  (vLLM ``prompt_logprobs``, SGLang) sends; :func:`teacher_topk` makes one from logits.
+
+Student-top-k objectives need the teacher's log-prob at the *student's* top-k tokens. With a
+sparse teacher a student token can be missing from the teacher's list; following the Many
+Faces code, its teacher log-prob is then replaced by the student's own (so that token adds 0
+to a reverse KL) and the token counts as outside the overlap. All log-probs are normalised
+over the full vocabulary unless a function says it renormalises.
+
+Shapes: ``[...]`` is any batch shape, ``V`` the vocabulary, ``k`` the support size.
+"""
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from opd_jax.objectives import _checks
+from opd_jax.objectives.divergences import _masked, generalized_jsd, log_probs
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+
+class TeacherTopK(NamedTuple):
+    """A sparse teacher: its top-K ids ``int32 [..., K]`` and log-probs ``float32 [..., K]``.
+
+    Entries are sorted by decreasing log-prob; ``logp`` is normalised over the full vocabulary
+    (so ``exp(logp).sum(-1) <= 1``; the remainder is the teacher's tail mass).
+    """
+    ids: Array
+    logp: Array
+
+
+def teacher_topk(teacher_logits: Array, *, k: int, temperature: float = 1.0,
+                 where: Array | None = None) -> TeacherTopK:
+    """The sparse form of a dense teacher: its ``k`` most likely tokens and their log-probs."""
+    _checks.check_k(k, teacher_logits.shape[-1])
+    lq = log_probs(sg(teacher_logits), temperature=temperature, where=where)
+    logp, ids = jax.lax.top_k(lq, k)
+    return TeacherTopK(ids.astype(jnp.int32), logp)
+
+
+def _check_teacher(logits: Array, teacher, k: int) -> None:
+    _checks.check_k(k, logits.shape[-1])
+    if isinstance(teacher, TeacherTopK):
+        if teacher.ids.shape != teacher.logp.shape:
+            raise ValueError(f"TeacherTopK ids {teacher.ids.shape} and logp {teacher.logp.shape} "
+                             "must have the same shape.")
+        if teacher.ids.shape[:-1] != logits.shape[:-1]:
+            raise ValueError(f"TeacherTopK covers positions {teacher.ids.shape[:-1]}, logits "
+                             f"cover {logits.shape[:-1]}.")
+    else:
+        _checks.check_logits_pair(logits, teacher, ("logits", "teacher"))
+
+
+def _teacher_ids_k(teacher, k: int, temperature: float, where) -> tuple[Array, Array]:
+    """The teacher's top-k ids and log-probs, from either form."""
+    if isinstance(teacher, TeacherTopK):
+        if k > teacher.ids.shape[-1]:
+            raise ValueError(f"k={k} exceeds the {teacher.ids.shape[-1]} entries the sparse "
+                             "teacher sent; ask the teacher server for more log-probs.")
+        return teacher.ids[..., :k], sg(teacher.logp[..., :k].astype(jnp.float32))
+    top = teacher_topk(teacher, k=k, temperature=temperature, where=where)
+    return top.ids, top.logp
+
+
+def teacher_logp_at(ids: Array, teacher, *, temperature: float = 1.0, where=None,
+                    fill: Array | None = None) -> tuple[Array, Array]:
+    """Teacher log-probs at ``ids [..., k]`` and whether the teacher knew each one.
+
+    Dense teachers know every token. For a :class:`TeacherTopK`, ids absent from its list get
+    ``fill`` (default ``-inf``) and ``known = False``. The result is stop-gradient.
+    """
+    if isinstance(teacher, TeacherTopK):
+        hit = ids[..., :, None] == teacher.ids[..., None, :]  # [..., k, K]
+        known = jnp.any(hit, axis=-1)
+        logp = jnp.sum(jnp.where(hit, teacher.logp[..., None, :].astype(jnp.float32), 0.0), -1)
+        fill = jnp.full_like(logp, -jnp.inf) if fill is None else fill
+        return sg(jnp.where(known, logp, fill)), known
+    lq = log_probs(sg(teacher), temperature=temperature, where=where)
+    return jnp.take_along_axis(lq, ids, axis=-1), jnp.ones(ids.shape, bool)
+
+
+def _student_support(logits, teacher, k, temperature, where):
+    """Student log-probs, top-k ids, their log-probs, and the teacher's at those ids."""
+    _check_teacher(logits, teacher, k)
+    lp_V = log_probs(logits, temperature=temperature, where=where)
+    ids = jax.lax.top_k(sg(lp_V), k)[1]
+    lp_k = jnp.take_along_axis(lp_V, ids, axis=-1)
+    lq_k, known = teacher_logp_at(ids, teacher, temperature=temperature, where=where,
+                                  fill=sg(lp_k))
+    return lp_V, ids, lp_k, lq_k, known
+
+
+def teacher_topk_forward_kl(logits: Array, teacher, *, k: int = 16, temperature: float = 1.0,
+                            where: Array | None = None) -> Array:
+    r"""EOPD's forward KL on the teacher's top-k, with the teacher renormalised there.
+
+    .. math::
+       \tilde q(v) = \frac{q(v)}{\sum_{u \in K} q(u)}, \qquad
+       \ell_t = \sum_{v \in K} \tilde q(v)\,(\log \tilde q(v) - \log p(v))
+
+    ``K`` is the teacher's top-k; ``log p`` is the student's *full-vocabulary* log-prob (not
+    renormalised), so ``ell >= 0`` and the gradient is ``p * 1 - q~`` restricted as usual.
+    Gradient only through the student.
+
+    Args:
+      logits: student logits ``[..., V]``.
+      teacher: dense teacher logits ``[..., V]`` or a :class:`TeacherTopK` with at least k entries.
+      k: support size (EOPD: 16).
+      temperature: divides the student logits (and dense teacher logits).
+      where: optional bool ``[...]``.
+
+    Returns:
+      float32 ``[...]``.
+
+    References: Jin et al., EOPD, arXiv 2603.07079 (top-k form per the re-implementations
+    cited in objectives.md §3).
+    """
+    _check_teacher(logits, teacher, k)
+    ids, lq_k = _teacher_ids_k(teacher, k, temperature, where)
+    lqn_k = lq_k - jax.nn.logsumexp(lq_k, axis=-1, keepdims=True)
+    lp_k = jnp.take_along_axis(log_probs(logits, temperature=temperature, where=where), ids, -1)
+    return _masked(jnp.sum(jnp.exp(lqn_k) * (lqn_k - lp_k), axis=-1), where)
+
+
+def student_topk_reverse_kl(logits: Array, teacher, *, k: int = 16, temperature: float = 1.0,
+                            where: Array | None = None) -> Array:
+    r"""Reverse KL truncated to the student's top-k, without renormalising.
+
+    .. math:: K_t = \sum_{v \in S_k} p(v)\,(\log p(v) - \log q(v))
+
+    Its gradient is biased: it contains ``grad sum_{S_k} p``, which pushes the student's mass
+    out of its own top-k into the tail (Many Faces §; the exact full-vocabulary term vanishes).
+    Prefer :func:`student_topk_reverse_kl_sg` or the tail-corrected form for training.
+
+    References: Zhu et al., "The Many Faces of OPD", arXiv 2605.11182 (``topk_reverse_kl_notail``).
+    """
+    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
+    return _masked(jnp.sum(jnp.exp(lp_k) * (lp_k - lq_k), axis=-1), where)
+
+
+def student_topk_reverse_kl_sg(logits: Array, teacher, *, k: int = 16,
+                               temperature: float = 1.0, where: Array | None = None) -> Array:
+    r"""The stop-gradient top-k reverse KL of Many Faces.
+
+    .. math:: K^{sg}_t = \sum_{v \in S_k} p(v)\,(\mathrm{sg}(\log p(v)) - \log q(v))
+
+    Same value as :func:`student_topk_reverse_kl`; the gradient flows only through the weights
+    ``p(v)``, which removes the top-k-mass term, so that
+    ``dK/dz_j = 1[j in S_k] p_j r_j - p_j sum_{v in S_k} p_v r_v`` with ``r = log p - log q``:
+    exactly the full-vocabulary reverse-KL gradient restricted to ``S_k``.
+
+    References: Many Faces, arXiv 2605.11182 (``topk_reverse_kl_notail_sg``; the code, not the
+    CLI help text, is followed).
+    """
+    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
+    return _masked(jnp.sum(jnp.exp(lp_k) * (sg(lp_k) - lq_k), axis=-1), where)
+
+
+def student_topk_reverse_kl_tail(logits: Array, teacher, *, k: int = 16,
+                                 temperature: float = 1.0, eps: float = 1e-8,
+                                 where: Array | None = None) -> Array:
+    r"""Top-k reverse KL plus a tail bucket holding the rest of each distribution's mass.
+
+    .. math::
+       K_t + \bar p \log(\bar p / \bar q), \quad
+       \bar p = 1 - \textstyle\sum_{S_k} p, \ \bar q = 1 - \sum_{S_k} q
+
+    (both clamped at ``eps``). This is the KL between the two distributions coarsened to
+    ``S_k ∪ {tail}``, so it is ``>= 0`` and ``<=`` the full reverse KL.
+
+    References: Many Faces ``full_vocab_topk_reverse_kl``; TRL ``loss_add_tail``.
+    """
+    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
+    head = jnp.sum(jnp.exp(lp_k) * (lp_k - lq_k), axis=-1)
+    p_tail = jnp.maximum(1.0 - jnp.sum(jnp.exp(lp_k), axis=-1), eps)
+    q_tail = jnp.maximum(1.0 - jnp.sum(jnp.exp(lq_k), axis=-1), eps)
+    return _masked(head + p_tail * (jnp.log(p_tail) - jnp.log(q_tail)), where)
+
+
+def student_topk_renormalized_reverse_kl(logits: Array, teacher, *, k: int = 16,
+                                         temperature: float = 1.0, stop_gradient_logp=False,
+                                         where: Array | None = None) -> Array:
+    r"""Reverse KL between student and teacher both renormalised on the student's top-k.
+
+    .. math:: \sum_{v \in S_k} \tilde p(v) (\log \tilde p(v) - \log \tilde q(v))
+
+    vOPD uses it (no gradient) as its top-k baseline and as its "top-k OPD" loss; with
+    ``stop_gradient_logp=True`` the ``log p~`` inside the sum is stop-gradient.
+    For a sparse teacher, student tokens it did not send take ``q~ = p~`` (they add 0).
+
+    References: Oh et al., vOPD, arXiv 2605.07865 (``kl_top_k``).
+    """
+    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
+    lpn = lp_k - jax.nn.logsumexp(lp_k, axis=-1, keepdims=True)
+    lqn = lq_k - jax.nn.logsumexp(lq_k, axis=-1, keepdims=True)
+    inner = sg(lpn) if stop_gradient_logp else lpn
+    return _masked(jnp.sum(jnp.exp(lpn) * (inner - lqn), axis=-1), where)
+
+
+def _overlap(ids_s: Array, ids_t: Array) -> Array:
+    """For each of the first set's ids ``[..., k]``: is it in the second set ``[..., k2]``?"""
+    return jnp.any(ids_s[..., :, None] == ids_t[..., None, :], axis=-1)
+
+
+def intersect_topk_reverse_kl(logits: Array, teacher, *, k: int = 16, temperature: float = 1.0,
+                              where: Array | None = None) -> Array:
+    r"""Reverse KL on the intersection of the two top-k sets, both renormalised there.
+
+    .. math::
+       I = S_k \cap T_k,\quad \tilde p = p / Z_S,\ \tilde q = q / Z_T \text{ on } I,\quad
+       \ell_t = \sum_{v \in I} \tilde p(v)\,(\mathrm{sg}(\log \tilde p(v)) - \log \tilde q(v))
+
+    and 0 where ``I`` is empty. ``log p~`` is stop-gradient, as in the Many Faces code.
+
+    References: Many Faces ``topk_reverse_kl_intersect_sg_norm``.
+    """
+    lp_V, ids, lp_k, lq_k, known = _student_support(logits, teacher, k, temperature, where)
+    t_ids, _ = _teacher_ids_k(teacher, k, temperature, where)
+    inside = _overlap(ids, t_ids) & known
+    neg = jnp.float32(-1e30)  # finite stand-in for -inf keeps the gradients of empty rows finite
+    lp_i = jnp.where(inside, lp_k, neg)
+    lq_i = jnp.where(inside, lq_k, neg)
+    lpn = lp_i - jax.nn.logsumexp(lp_i, axis=-1, keepdims=True)
+    lqn = lq_i - jax.nn.logsumexp(lq_i, axis=-1, keepdims=True)
+    terms = jnp.where(inside, jnp.exp(lpn) * (sg(lpn) - lqn), 0.0)
+    return _masked(jnp.sum(terms, axis=-1), where)
+
+
+def topk_opd_loss(logits: Array, teacher, *, k: int = 16,
+                  restrict: Literal["none", "overlap", "non_overlap"] = "none",
+                  temperature: float = 1.0, where: Array | None = None) -> Array:
+    r"""Rethinking-OPD's top-k policy-gradient loss, optionally restricted to (non-)overlap tokens.
+
+    For each support token ``v`` the advantage is ``A(v) = w(v) (log q(v) - log p(v))``
+    (stop-gradient), and the on-policy loss is ``-sum_v A(v) rho(v)`` with
+    ``rho(v) = exp(log p(v) - sg(log p(v)))`` (value 1, gradient ``grad log p(v)``). Supports:
+
+    - ``"none"``: the student's top-k ``S_k``; ``w`` = student probs renormalised on ``S_k``;
+    - ``"overlap"``: ``S_k ∩ T_k``; ``w`` renormalised on it (0 if empty);
+    - ``"non_overlap"``: the symmetric difference ``(S_k \ T_k) ∪ (T_k \ S_k)``; ``w`` = raw
+      student probabilities (not renormalised), as in the reference code.
+
+    References: Li et al., "Rethinking OPD", arXiv 2604.13016 (thunlp/OPD
+    ``compute_distillation_reward``: ``only_stu``, ``intersection``, ``union-intersection``).
+    """
+    if restrict not in ("none", "overlap", "non_overlap"):
+        raise ValueError(f"restrict must be 'none', 'overlap' or 'non_overlap', got {restrict!r}.")
+    lp_V, ids, lp_k, lq_k, known = _student_support(logits, teacher, k, temperature, where)
+    if restrict == "non_overlap":
+        t_ids, lq_t = _teacher_ids_k(teacher, k, temperature, where)
+        ids = jnp.concatenate([ids, t_ids], axis=-1)
+        lp_s = jnp.concatenate([lp_k, jnp.take_along_axis(lp_V, t_ids, -1)], axis=-1)
+        lq_s = jnp.concatenate([lq_k, lq_t], axis=-1)
+        valid = jnp.concatenate([~_overlap(ids[..., :k], t_ids) & known,
+                                 ~_overlap(t_ids, ids[..., :k])], axis=-1)
+        w = sg(jnp.exp(lp_s))
+    else:
+        lp_s, lq_s, valid = lp_k, lq_k, known
+        if restrict == "overlap":
+            t_ids, _ = _teacher_ids_k(teacher, k, temperature, where)
+            valid = valid & _overlap(ids, t_ids)
+        p = jnp.where(valid, sg(jnp.exp(lp_s)), 0.0)
+        w = p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), 1e-30)
+    adv = sg(w * (lq_s - lp_s))
+    ratio = jnp.exp(lp_s - sg(lp_s))
+    return _masked(-jnp.sum(jnp.where(valid, adv * ratio, 0.0), axis=-1), where)
+
+
+def teacher_topk_generalized_jsd(logits: Array, teacher, *, k: int = 50, beta: float = 0.5,
+                                 temperature: float = 1.0, where: Array | None = None) -> Array:
+    r"""Generalized JSD on the teacher's top-k, both distributions renormalised there (OPSD ``top_k_loss``).
+
+    The teacher's top-k ids are chosen; student and teacher log-probs at those ids are each
+    renormalised over the k entries; :func:`~opd_jax.objectives.divergences.generalized_jsd`
+    (TRL's convention) is taken between the two k-way distributions.
+
+    References: Zhao et al., OPSD, arXiv 2601.18734 (official code ``top_k_loss``).
+    """
+    _check_teacher(logits, teacher, k)
+    ids, lq_k = _teacher_ids_k(teacher, k, temperature, where)
+    lp_k = jnp.take_along_axis(log_probs(logits, temperature=temperature, where=where), ids, -1)
+    return _masked(generalized_jsd(lp_k, lq_k, beta=beta), where)
