@@ -41,7 +41,8 @@ class MissingTensorError(CheckpointError, KeyError):
         return str(self.args[0])
 
 
-def resolve_checkpoint_dir(path: str | os.PathLike, *, local_files_only: bool = True) -> str:
+def resolve_checkpoint_dir(path: str | os.PathLike, *, local_files_only: bool = True,
+                           cache_dir: str | None = None) -> str:
     """A local directory, or an HF repo id looked up in the local HF cache (no download by default)."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -49,22 +50,23 @@ def resolve_checkpoint_dir(path: str | os.PathLike, *, local_files_only: bool = 
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(path, local_files_only=local_files_only)
+        return snapshot_download(path, local_files_only=local_files_only, cache_dir=cache_dir)
     except Exception as e:  # the hub raises several types; the message is what matters
         raise FileNotFoundError(f"{path!r} is neither a directory nor a repo id in the local HF cache "
                                 f"(local_files_only={local_files_only}): {e}") from e
 
 
-def load_tokenizer(path: str | os.PathLike, *, local_files_only: bool = True):
+def load_tokenizer(path: str | os.PathLike, *, local_files_only: bool = True, cache_dir: str | None = None):
     """The ``transformers.AutoTokenizer`` stored with a checkpoint, chat template included."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_checkpoint_dir(path, local_files_only=local_files_only))
+    return AutoTokenizer.from_pretrained(
+        resolve_checkpoint_dir(path, local_files_only=local_files_only, cache_dir=cache_dir))
 
 
 def from_pretrained(path: str | os.PathLike, *, param_dtype: str = "float32", dtype: str | None = None,
                     remat: bool = False, mesh: Mesh | None = None, rules: Mapping = LOGICAL_RULES,
-                    local_files_only: bool = True) -> Transformer:
+                    local_files_only: bool = True, cache_dir: str | None = None) -> Transformer:
     """Load an HF Llama / Qwen2 / Qwen3 checkpoint into a ``Transformer``.
 
     ``dtype`` (compute) defaults to ``param_dtype``. With ``mesh``, every parameter is placed
@@ -72,8 +74,10 @@ def from_pretrained(path: str | os.PathLike, *, param_dtype: str = "float32", dt
     the first local device. Raises ``ConfigError``/``CheckpointError`` (``ValueError``s) or
     ``MissingConfigField``/``MissingTensorError`` (also ``KeyError``s) naming the culprit.
     """
-    directory = resolve_checkpoint_dir(path, local_files_only=local_files_only)
-    cfg = ModelConfig.from_hf(directory, param_dtype=param_dtype, dtype=dtype or param_dtype, remat=remat)
+    directory = resolve_checkpoint_dir(path, local_files_only=local_files_only, cache_dir=cache_dir)
+    with open(os.path.join(directory, "config.json")) as f:
+        hf_config = json.load(f)
+    cfg = ModelConfig.from_hf(hf_config, param_dtype=param_dtype, dtype=dtype or param_dtype, remat=remat)
     headers = _read_headers(directory)
     specs = hf_tensor_specs(cfg)
     _validate(cfg, specs, headers)
@@ -94,7 +98,10 @@ def from_pretrained(path: str | os.PathLike, *, param_dtype: str = "float32", dt
         return jax.make_array_from_callback(leaf.shape, sharding, read)
 
     state = jax.tree_util.tree_map_with_path(fill, abstract_state)
-    return nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
+    # Kept (as a hashable string) so save_pretrained can carry token ids etc. through.
+    model.source_hf_config = json.dumps(hf_config, sort_keys=True)
+    return model
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=None,
@@ -111,7 +118,7 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=No
         if os.path.exists(stale):
             os.remove(stale)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg.to_hf(), f, indent=2, sort_keys=True)
+        json.dump(_hf_config_to_write(model), f, indent=2, sort_keys=True)
 
     specs = hf_tensor_specs(cfg)
     itemsize = cfg.param_jnp_dtype.itemsize
@@ -146,6 +153,19 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=No
 
 
 # ----------------------------------------------------------------------------- internals
+# Keys of a source config that to_hf() supersedes or that describe the source's storage.
+_SUPERSEDED_KEYS = {"rope_scaling", "rope_theta", "rope_parameters", "torch_dtype", "dtype",
+                    "transformers_version", "layer_types", "max_window_layers", "sliding_window"}
+
+
+def _hf_config_to_write(model: Transformer) -> dict:
+    """``cfg.to_hf()`` plus the source checkpoint's other keys (token ids, ...) when there was one."""
+    source = json.loads(getattr(model, "source_hf_config", "{}"))
+    out = {k: v for k, v in source.items() if k not in _SUPERSEDED_KEYS}
+    out.update(model.cfg.to_hf())
+    return out
+
+
 def _param_name(key_path) -> tuple[str, ...]:
     return tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey))
 
@@ -179,6 +199,9 @@ def _read_headers(directory: str) -> dict[str, st.TensorInfo]:
         for name, fname in weight_map.items():
             if name not in headers or os.path.basename(headers[name].path) != fname:
                 raise MissingTensorError(f"index maps tensor {name!r} to {fname}, which does not hold it")
+        unlisted = sorted(set(headers) - set(weight_map))
+        if unlisted:
+            raise CheckpointError(f"tensor(s) {unlisted[:5]} are in the shard files but not in {INDEX_FILE}")
     return headers
 
 

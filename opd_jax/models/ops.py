@@ -19,7 +19,8 @@ def rms_norm(x, weight, eps: float):
     """RMSNorm with statistics in float32, result in ``x.dtype`` (as HF: normalise, cast, scale)."""
     x32 = x.astype(jnp.float32)
     inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (x32 * inv).astype(x.dtype) * weight.astype(x.dtype)
+    w = weight.astype(x.dtype).reshape((1,) * (x.ndim - weight.ndim) + weight.shape)
+    return (x32 * inv).astype(x.dtype) * w
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:

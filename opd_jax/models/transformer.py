@@ -27,7 +27,7 @@ _INIT_STD = 0.02  # HF's initializer_range default; only matters for freshly bui
 
 def _param(value, names):
     # Logical names only: placement is decided by the caller's mesh (see from_pretrained).
-    return nnx.Param(value, sharding_names=names, eager_sharding=False)
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
 def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:

@@ -1,0 +1,30 @@
+"""Real Qwen3 configurations, abstractly: parameter counts and HF tensor layout vs PyTorch on `meta`."""
+
+import jax
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from opd_jax.models import Transformer, count_params, named_config
+from opd_jax.models.config import NAMED_CONFIG_DIR
+from opd_jax.models.hf_layout import hf_tensor_specs
+
+
+@pytest.mark.parametrize("name", ["qwen3-0.6b", "qwen3-1.7b", "qwen3-8b"])
+def test_eval_shape_parameter_count_matches_torch_meta_model(name):
+    cfg = named_config(name)
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)  # nothing allocated
+
+    hf_cfg = transformers.AutoConfig.from_pretrained(f"{NAMED_CONFIG_DIR}/{name}.json")
+    with torch.device("meta"):  # shapes only, no memory
+        reference = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    assert count_params(abstract) == sum(p.numel() for p in reference.parameters())
+
+    # The name/shape table used for loading and saving is exactly PyTorch's state dict.
+    theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        theirs.pop("lm_head.weight")  # tied: one tensor, saved under the embedding's name
+    assert {s.hf_name: s.hf_shape for s in hf_tensor_specs(cfg)} == theirs

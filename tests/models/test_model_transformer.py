@@ -1,0 +1,194 @@
+"""Properties of the JAX transformer: cache == full forward, padding invariance, jit/sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from hf_reference import jit_forward, padded_batch, random_model
+from opd_jax.models import KVCache, Transformer, init_cache, tiny_config
+from opd_jax.sharding import logical_sharding, make_mesh
+
+TOL = 1e-5
+
+
+def _model(arch="qwen3", seed=0, **overrides):
+    return random_model(tiny_config(arch, **overrides), seed)
+
+
+def test_cached_prefill_and_decode_equal_full_forward():
+    """Prefill (in two chunks) then 1-token decode steps reproduce one full forward pass.
+
+    Row 1 has a masked 'decode' token (e.g. a finished row): later tokens must not see its slot.
+    """
+    model = _model("qwen3")
+    forward = jit_forward(model)
+    prompt, steps = 7, 4
+    tokens = np.random.RandomState(1).randint(0, model.cfg.vocab_size, (3, prompt + steps)).astype(np.int32)
+    prompt_mask = padded_batch(model.cfg.vocab_size, (7, 5, 2), prompt)[1]  # left padding 0, 2, 5
+    mask = np.concatenate([prompt_mask, np.ones((3, steps), bool)], axis=1)
+    mask[1, prompt + 1] = False
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+    full, _ = forward(tokens, positions, mask)
+
+    cache = init_cache(model.cfg, batch=3, max_len=16)
+    pieces = []
+    for start, stop in [(0, 3), (3, prompt)] + [(t, t + 1) for t in range(prompt, prompt + steps)]:
+        logits, cache = forward(tokens[:, start:stop], positions[:, start:stop], mask[:, start:stop], cache)
+        pieces.append(logits)
+        assert int(cache.index) == stop
+    cached = np.concatenate(pieces, axis=1)
+    np.testing.assert_allclose(cached[mask], np.asarray(full)[mask], atol=TOL, rtol=0)
+    assert np.isfinite(cached).all()
+    np.testing.assert_array_equal(np.asarray(cache.valid)[:, :prompt + steps], mask)
+    assert not np.asarray(cache.valid)[:, prompt + steps:].any()
+
+
+def test_left_padded_rows_equal_unpadded_rows():
+    model = _model("qwen2")
+    lengths, total = (10, 6, 1), 10
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, lengths, total)
+    forward = jit_forward(model)
+    batched, _ = forward(tokens, positions, mask)
+    for b, n in enumerate(lengths):
+        alone, _ = forward(tokens[b:b + 1, total - n:], np.arange(n, dtype=np.int32)[None])
+        np.testing.assert_allclose(np.asarray(batched)[b, total - n:], np.asarray(alone)[0], atol=TOL, rtol=0)
+
+
+def test_padding_rows_are_finite_with_finite_gradients():
+    """An all-padding row and padded query positions give finite logits and gradients."""
+    model = _model("llama")
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (6, 0), 6)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss(params):
+        logits, _ = nnx.merge(graphdef, params)(tokens, positions, mask=mask)
+        return jnp.sum(jnp.where(mask[..., None], jax.nn.log_softmax(logits), 0.0))
+
+    logits, _ = jit_forward(model)(tokens, positions, mask)
+    assert np.isfinite(np.asarray(logits)).all()
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_split_merge_under_jit_matches_eager_and_trains():
+    model = _model("qwen3")
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (8, 5), 8)
+    eager, _ = model(tokens, positions, mask=mask)  # the one un-jitted forward of the suite
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    @jax.jit
+    def forward(params, tokens, positions, mask):
+        return nnx.merge(graphdef, params)(tokens, positions, mask=mask)[0]
+
+    np.testing.assert_allclose(forward(params, tokens, positions, mask), eager, atol=TOL, rtol=0)
+
+    # An optax step through the same functional boundary lowers the next-token loss.
+    def loss(params):
+        logits = forward(params, tokens, positions, mask)[:, :-1]
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+        return jnp.sum(jnp.where(mask[:, 1:], nll, 0.0)) / mask[:, 1:].sum()
+
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params):
+        before, grads = jax.value_and_grad(loss)(params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return before, loss(optax.apply_updates(params, updates))
+
+    before, after = step(params)
+    assert after < before
+
+
+def test_hidden_logits_and_lm_head_contract():
+    for tied in (True, False):
+        model = _model("qwen3", tie_word_embeddings=tied)
+        tokens, mask, positions = padded_batch(model.cfg.vocab_size, (5, 3), 5)
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        @jax.jit
+        def run(params):
+            m = nnx.merge(graphdef, params)
+            h, cache = m.hidden(tokens, positions, mask=mask)
+            return h, cache, m.lm_head_weight(), m.logits(h), m(tokens, positions, mask=mask)[0]
+
+        h, cache, w, from_h, logits = run(params)
+        assert cache is None and h.shape == (2, 5, model.cfg.hidden_size)
+        assert w.shape == (model.cfg.hidden_size, model.cfg.vocab_size)
+        if tied:
+            np.testing.assert_array_equal(w, model.embed[...].T)
+        np.testing.assert_array_equal(from_h, logits)
+        np.testing.assert_allclose(logits, np.einsum("btd,dv->btv", h, w), atol=TOL, rtol=0)
+
+
+def test_dtype_policy_bfloat16():
+    tokens, mask, positions = padded_batch(97, (4,), 4)
+    for param_dtype in ("bfloat16", "float32"):
+        cfg = tiny_config("qwen3", param_dtype=param_dtype, dtype="bfloat16")
+
+        def run():  # under eval_shape: dtypes are checked without computing anything
+            model = Transformer(cfg, rngs=nnx.Rngs(0))
+            h, _ = model.hidden(tokens, positions, mask=mask)
+            logits, cache = model(tokens, positions, mask=mask, cache=init_cache(cfg, 1, 8))
+            return nnx.state(model, nnx.Param), h, logits, cache
+
+        params, h, logits, cache = nnx.eval_shape(run)
+        assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
+        assert h.dtype == jnp.bfloat16 and cache.k.dtype == jnp.bfloat16
+        assert logits.dtype == jnp.float32
+
+
+def test_remat_gives_same_logits_and_gradients():
+    model = _model("llama")
+    remat = random_model(model.cfg.replace(remat=True))
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (6, 4), 6)
+
+    def grads(m):
+        graphdef, params = nnx.split(m, nnx.Param)
+        f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens, positions, mask=mask)[0] ** 2)
+        return jax.jit(jax.grad(f))(params)
+
+    for a, b in zip(jax.tree.leaves(grads(model)), jax.tree.leaves(grads(remat))):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_forward_equals_unsharded(n_devices):
+    """Parameters placed by their logical names on a (data=2, fsdp=2, tensor=2) mesh."""
+    model = _model("qwen2", vocab_size=128)  # every sharded size divides by 2
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (8, 5, 3, 1), 8)
+    expected, _ = jit_forward(model)(tokens, positions, mask)
+
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    graphdef, params = nnx.split(model, nnx.Param)
+    shardings = logical_sharding(nnx.get_partition_spec(params), mesh)
+    params = jax.device_put(params, shardings)
+    assert params["layers"]["gate"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+
+    @jax.jit
+    def forward(params, tokens, positions, mask):
+        return nnx.merge(graphdef, params)(tokens, positions, mask=mask)[0]
+
+    with jax.set_mesh(mesh):
+        got = forward(params, tokens, positions, mask)
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
+def test_cache_logical_axes_shard_a_cache(n_devices):
+    cfg = tiny_config("llama")
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    cache = jax.device_put(init_cache(cfg, 4, 8), logical_sharding(KVCache.logical_axes(), mesh))
+    assert cache.k.sharding.spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+
+
+def test_bad_call_shapes_raise():
+    model = _model("llama")
+    tokens = np.zeros((2, 3), np.int32)
+    with pytest.raises(ValueError, match="positions"):
+        model(tokens, tokens[:, :2])
+    with pytest.raises(ValueError, match="mask"):
+        model(tokens, tokens, mask=np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="cache"):
+        model(tokens, tokens, cache=init_cache(model.cfg, 2, 2))
