@@ -1,0 +1,162 @@
+"""Forward and train-step throughput of opd_jax's Transformer vs the transformers PyTorch model.
+
+Same weights (the PyTorch model is saved and loaded with ``from_pretrained``), same batch, same
+CPU, one process. Timed runs alternate ours / PyTorch (A B A B ...) so drift in machine load hits
+both alike; the table reports medians in tokens/s and their ratio (ours / PyTorch).
+
+    python benchmarks/bench_model.py            # tiny and ~100M configs
+    python benchmarks/bench_model.py --smoke    # a few seconds: tiny config, short batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from opd_jax.models import count_params, from_pretrained  # noqa: E402
+
+# HF Qwen3 configurations. "100m": 12 layers x 768 wide, 32k vocabulary, tied: ~100M parameters.
+CONFIGS = {
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+    "100m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
+}
+LR = 1e-5
+
+
+def build(name: str, workdir: str):
+    """The PyTorch reference model and ours, holding identical float32 weights."""
+    cfg = transformers.AutoConfig.for_model("qwen3", **CONFIGS[name])
+    torch.manual_seed(0)
+    theirs = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    path = os.path.join(workdir, name)
+    theirs.save_pretrained(path)
+    return theirs, from_pretrained(path)
+
+
+def jax_fns(model):
+    """Jitted forward and train step (next-token cross-entropy, AdamW) over split parameters."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adamw(LR)
+
+    @jax.jit
+    def forward(params, tokens, positions):
+        return nnx.merge(graphdef, params)(tokens, positions)[0]
+
+    def loss_fn(params, tokens, positions):
+        logits = forward(params, tokens, positions)[:, :-1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    @jax.jit
+    def train_step(params, opt_state, tokens, positions):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, positions)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return params, tx.init(params), forward, train_step
+
+
+def time_call(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> list[dict]:
+    theirs, ours = build(name, workdir)
+    tokens_np = np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"], (batch, seq))
+    tokens, positions = jnp.asarray(tokens_np, jnp.int32), jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    tokens_pt = torch.tensor(tokens_np, dtype=torch.long)
+    params, opt_state, forward, train_step = jax_fns(ours)
+    torch_opt = torch.optim.AdamW(theirs.parameters(), lr=LR)
+
+    def ours_forward():
+        forward(params, tokens, positions).block_until_ready()
+
+    def torch_forward():
+        with torch.no_grad():
+            theirs(input_ids=tokens_pt, use_cache=False).logits
+
+    state = {"params": params, "opt": opt_state}
+
+    def ours_train():
+        state["params"], state["opt"], loss = train_step(state["params"], state["opt"], tokens, positions)
+        loss.block_until_ready()
+
+    def torch_train():
+        logits = theirs(input_ids=tokens_pt, use_cache=False).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens_pt[:, 1:].reshape(-1))
+        loss.backward()
+        torch_opt.step()
+        torch_opt.zero_grad(set_to_none=True)
+
+    # Same weights, same batch: the forward passes must agree before timing means anything.
+    theirs.eval()
+    with torch.no_grad():
+        ref = theirs(input_ids=tokens_pt, use_cache=False).logits.numpy()
+    max_diff = float(np.abs(np.asarray(forward(params, tokens, positions)) - ref).max())
+    n_params = count_params(ours)
+    rows = []
+    for phase, a, b in [("forward", ours_forward, torch_forward), ("train step", ours_train, torch_train)]:
+        theirs.train(phase != "forward")  # dropout is 0 either way; mode only affects bookkeeping
+        a(), b()  # warm-up: compiles ours, warms PyTorch's allocator
+        times_a, times_b = [], []
+        for _ in range(reps):
+            times_a.append(time_call(a))
+            times_b.append(time_call(b))
+        tps_a, tps_b = batch * seq / statistics.median(times_a), batch * seq / statistics.median(times_b)
+        rows.append(dict(config=name, params=n_params, shape=f"{batch}x{seq}", phase=phase,
+                         ours=tps_a, torch=tps_b, ratio=tps_a / tps_b, max_diff=max_diff))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run: tiny config, 2x16 batch, 3 reps")
+    parser.add_argument("--configs", default="tiny,100m", help=f"comma-separated subset of {sorted(CONFIGS)}")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args(argv)
+    names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
+    if args.smoke:
+        names, batch, seq, reps = ["tiny"], 2, 16, 3
+    for n in names:
+        if n not in CONFIGS:
+            parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in names:
+            rows += bench_config(name, batch, seq, reps, workdir)
+
+    print(f"\ncommand: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+          f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; float32\n")
+    print("| config | params | batch x seq | phase | opd_jax tok/s | PyTorch tok/s | ratio | max logit diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['shape']} | {r['phase']} | {r['ours']:,.0f} | "
+              f"{r['torch']:,.0f} | {r['ratio']:.2f} | {r['max_diff']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
