@@ -109,7 +109,9 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=No
     """Write ``config.json`` and safetensors (sharded with an index above ``max_shard_size`` bytes).
 
     Tensors are gathered to host one HF tensor at a time and written one shard at a time, so host
-    memory peaks near one shard. Stale ``model*.safetensors`` files in ``path`` are removed first.
+    memory peaks near one shard. Single-process only (every parameter must be fully addressable).
+    Stale ``model*.safetensors`` files in ``path`` are removed first. Keys of the source
+    ``config.json`` that the model does not define (token ids, ...) are carried over.
     """
     cfg = model.cfg
     path = os.fspath(path)
@@ -139,6 +141,9 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=No
         tensors = {}
         for spec in shard_specs:
             value = params[spec.param]
+            if not value.is_fully_addressable:
+                raise ValueError(f"save_pretrained runs on one process; parameter {'.'.join(spec.param)} "
+                                 "is not fully addressable here")
             if spec.layer is not None:
                 value = value[spec.layer]
             tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(np.asarray(jax.device_get(value))))

@@ -62,7 +62,7 @@ class DecoderLayers(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.names = tuple(layer_param_shapes(cfg))
-        for name, (shape, names) in layer_param_shapes(cfg).items():
+        for name, (shape, axes) in layer_param_shapes(cfg).items():
             full = (cfg.num_layers, *shape)
             if name.endswith("norm"):
                 value = jnp.ones(full, cfg.param_jnp_dtype)
@@ -70,7 +70,7 @@ class DecoderLayers(nnx.Module):
                 value = jnp.zeros(full, cfg.param_jnp_dtype)
             else:
                 value = _INIT_STD * jax.random.normal(rngs.params(), full, cfg.param_jnp_dtype)
-            setattr(self, name, _param(value, ("layers", *names)))
+            setattr(self, name, _param(value, ("layers", *axes)))
 
     def __call__(self, x_BTD, cos_BTF, sin_BTF, visible_BTS, cache: KVCache | None):
         """Run every layer; with a cache, write this call's k/v at ``cache.index`` first."""

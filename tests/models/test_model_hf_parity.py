@@ -84,6 +84,14 @@ def test_bfloat16_load_within_torch_bf16_error(tmp_path):
     torch_err = np.abs(torch_bf16 - exact)[mask].max()
     assert ours_err <= 2 * torch_err + 2.0**-8 * np.abs(exact[mask]).max(), (ours_err, torch_err)
 
+    # Saving the bf16 model writes the very same bf16 tensors back.
+    save_pretrained(ours, tmp_path / "ours")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    assert back.dtype == torch.bfloat16
+    original = ref_model.to(torch.bfloat16).state_dict()
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
 
 def test_sharded_checkpoints_both_directions(tmp_path):
     """``model.safetensors.index.json`` checkpoints: torch-written read by us, ours read by torch."""
