@@ -2,7 +2,7 @@
 
 An objective is computed in two phases, so that no phase needs more memory than it must:
 
-1. **Vocabulary phase.** Named :class:`Feature`\ s — per-token functions of the student and
+1. **Vocabulary phase.** Named features (:class:`Feature`) — per-token functions of the student and
    teacher logits, such as ``token_logp``, ``reverse_kl`` or the teacher's entropy — reduce
    the ``[..., V]`` axis to one float per token. :mod:`opd_jax.objectives.vocab` evaluates
    them naively, chunked over tokens, or fused with the LM head; all three agree.

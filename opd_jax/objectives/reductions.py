@@ -22,7 +22,8 @@ class Reduced(NamedTuple):
 
     def value(self) -> Array:
         """``num / den``, and 0 (with zero gradient) when nothing was counted."""
-        return self.num / jnp.where(self.den > 0, self.den, 1.0)
+        counted = self.den > 0
+        return jnp.where(counted, self.num, 0.0) / jnp.where(counted, self.den, 1.0)
 
     def scale(self, coef) -> "Reduced":
         return Reduced(coef * self.num, self.den)

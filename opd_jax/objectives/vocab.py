@@ -116,7 +116,7 @@ def compute_features(features: Mapping[str, Feature], *, tokens: Array, mask: Ar
     mask = mask.astype(bool)
     if hidden is None and chunk_size is None:
         return _row_features(features, mask, tokens, logits, teacher_logits, teacher_topk)
-    c = chunk_size or 256
+    c = 256 if chunk_size is None else chunk_size
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     t = tokens.shape[1]

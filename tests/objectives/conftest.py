@@ -1,0 +1,51 @@
+"""Shared random batches for the objective tests."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import opd_jax.objectives as O
+
+
+def make_batch(seed=0, b=3, t=7, d=8, v=40):
+    ks = jax.random.split(jax.random.key(seed), 10)
+    hidden = jax.random.normal(ks[0], (b, t, d))
+    head = jax.random.normal(ks[1], (d, v)) * 0.7
+    t_hidden = jax.random.normal(ks[2], (b, t, d))
+    t_head = jax.random.normal(ks[3], (d, v)) * 0.7
+    tokens = jax.random.randint(ks[4], (b, t), 0, v)
+    lengths = jnp.array([t - 2, t, 2][:b] + [t] * max(0, b - 3))
+    mask = jnp.arange(t)[None, :] < lengths[:, None]
+    logits = hidden @ head
+    extras = {
+        "behavior_logp": O.token_logp(logits, tokens) + 0.05 * jax.random.normal(ks[5], (b, t)),
+        "aux_teacher_logp": jax.random.normal(ks[6], (b, t, 3)) - 2.0,
+        "bad_teacher_logp": jax.random.normal(ks[7], (b, t)) - 3.0,
+        "hidden": hidden, "teacher_hidden": t_hidden,
+        "reward": jnp.broadcast_to((jnp.arange(b) % 2).astype(jnp.float32)[:, None], (b, t)),
+    }
+    return dict(hidden=hidden, head=head, t_hidden=t_hidden, t_head=t_head, tokens=tokens,
+                mask=mask, extras=extras, key=ks[8])
+
+
+def recipe_configs():
+    """Every recipe, plus the variants whose code paths differ."""
+    cfgs = [cls() for cls in O.RECIPES.values()]
+    cfgs += [O.OPDConfig(discount=0.5, surrogate="ppo"), O.GKDConfig(beta=0.0), O.GKDConfig(beta=1.0),
+             O.AOPDConfig(local="topk_reverse_kl_sg", k=5, surrogate="ppo"),
+             O.REOPOLDConfig(switch_step=2), O.REOPOLDConfig(clip=False, entropy_select=False),
+             O.TIPConfig(select="all"), O.TIPConfig(select="q3"), O.TIPConfig(select="random"),
+             O.TIPConfig(select="entropy_sampling", gamma=1.0),
+             O.OPSDConfig(teacher_top_k=8), O.OPSDConfig(loss="sampled"),
+             O.UniSDConfig(alpha=0.5, clip="quantile", agreement="token", contrastive_coef=0.1,
+                           hidden_coef=0.1),
+             O.UniSDConfig(clip="static", clip_value=1.0, agreement="sequence"),
+             O.VOPDConfig(baseline="topk", k=10, surrogate="ppo"),
+             O.TopKOPDConfig(restrict="overlap"), O.TopKOPDConfig(restrict="non_overlap")]
+    cfgs += [O.SGTopKConfig(variant=v, k=6) for v in ("plain", "tail", "intersect", "renormalized")]
+    return cfgs
+
+
+@pytest.fixture
+def batch():
+    return make_batch()
