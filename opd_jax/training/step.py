@@ -1,0 +1,191 @@
+"""The jitted train step: score with the teacher, differentiate the student's objective, update.
+
+``train_step`` is a pure function of data (the train state, a batch, the teacher's parameters)
+with the static pieces (model graph definitions, optimizer, objective, step options) bound by
+:func:`make_train_step`. Loss normalisation is global: with gradient accumulation the step
+divides each loss term once, by its count over the *whole* batch, so ``grad_accum = M`` gives
+the gradient of the same loss as one big micro-batch. For token-local objectives that count is
+the number of valid tokens, known from the mask; for the others (quantile selections,
+sequence weights) a forward-only pass over the micro-batches finds the counts first.
+"""
+
+import dataclasses
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import opd_jax.objectives as O
+from opd_jax.training.batch import TrainBatch, completion_hidden
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepConfig:
+    """Static options of the train step."""
+    grad_accum: int = 1  # micro-batches per optimizer step (the batch must divide evenly)
+    chunk_size: int = 256  # completion positions per vocabulary block (memory vs. speed)
+    one_pass: bool = True  # token-local objectives: gradient computed in the fused forward
+
+    def __post_init__(self):
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}.")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, as data (so Orbax and sharding see plain trees)."""
+    step: Array  # int32 [], optimizer steps taken
+    params: Any  # the student's nnx.State of parameters
+    opt_state: Any
+    obj_state: Any
+    key: Array  # uint32 [2], raw PRNG key data (checkpointable)
+    cursor: Array  # int32 [], prompts consumed from the data stream
+
+
+def init_state(params, tx: optax.GradientTransformation, objective: O.Objective, seed: int,
+               cursor: int = 0) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      obj_state=objective.init(), key=jax.random.key_data(jax.random.key(seed)),
+                      cursor=jnp.asarray(cursor, jnp.int32))
+
+
+def sharded_init_state(params, tx: optax.GradientTransformation, objective: O.Objective, seed: int,
+                       mesh, param_shardings, cursor: int = 0) -> tuple[TrainState, TrainState]:
+    """The initial state placed on ``mesh``, and the sharding of every leaf.
+
+    Optimizer moments take their parameter's sharding; scalars and the objective state are
+    replicated. The state is built by one jitted function with these ``out_shardings``, so no
+    leaf is first materialised on a single device.
+    """
+    rep = NamedSharding(mesh, P())
+    fn = partial(init_state, tx=tx, objective=objective, seed=seed, cursor=cursor)
+    abstract = jax.eval_shape(fn, params)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+                                   transform_non_params=lambda _: rep)
+    shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_sh,
+                           obj_state=jax.tree.map(lambda _: rep, abstract.obj_state), key=rep,
+                           cursor=rep)
+    return jax.jit(fn, out_shardings=shardings)(params), shardings
+
+
+def _teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
+    """The teacher's completion hidden states and head, or None for a sparse/absent teacher."""
+    if teacher_graphdef is None:
+        return None, None
+    teacher = nnx.merge(teacher_graphdef, sg(teacher_params))
+    seq = batch.teacher if batch.teacher is not None else batch.student
+    return sg(completion_hidden(teacher, seq, n)), sg(teacher.lm_head_weight())
+
+
+def _sparse_teacher(extras):
+    if "teacher_topk_ids" in extras:
+        return O.TeacherTopK(extras["teacher_topk_ids"], extras["teacher_topk_logp"])
+    return None
+
+
+def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales, den_tokens, *,
+           graphdef, teacher_graphdef, objective: O.Objective, cfg: StepConfig):
+    """Loss (already divided by the global counts) of one micro-batch, and its aux outputs."""
+    n = mb.completion_len
+    t_hidden, t_head = _teacher_view(mb, teacher_graphdef, teacher_params, n)
+    model = nnx.merge(graphdef, params)
+    hidden, head = completion_hidden(model, mb.student, n), model.lm_head_weight()
+    extras = {"behavior_logp": mb.behavior_logp, **mb.extras}
+    topk = _sparse_teacher(extras)
+    vocab = dict(tokens=mb.targets, mask=mb.loss_mask, hidden=hidden, head=head,
+                 teacher_hidden=t_hidden, teacher_head=t_head, teacher_topk=topk)
+    if cfg.one_pass and objective.token_loss is not None:
+        weights = mb.loss_mask.astype(jnp.float32) / jnp.maximum(den_tokens, 1.0)
+        loss, feats = O.fused_token_loss(objective.token_loss, objective.features, weights=weights,
+                                         extras=extras, step=step, chunk_size=cfg.chunk_size,
+                                         **vocab)
+        ctx = O.TokenCtx(mask=mb.loss_mask, features=feats, extras=extras, step=step, key=key)
+        terms, obj_state, metrics = objective.apply(ctx, obj_state)
+        terms = jax.tree.map(sg, terms)
+    else:
+        feats = O.compute_features(objective.features, chunk_size=cfg.chunk_size, **vocab)
+        ctx = O.TokenCtx(mask=mb.loss_mask, features=feats, extras=extras, step=step, key=key)
+        terms, obj_state, metrics = objective.apply(ctx, obj_state)
+        if scales is None:  # one micro-batch: its counts are the global counts
+            loss = O.total(terms)
+        else:
+            loss = sum(t.num * scales[k] for k, t in terms.items())
+    return loss, (obj_state, terms, metrics)
+
+
+def _split(batch: TrainBatch, m: int) -> TrainBatch:
+    def one(x):
+        if x.shape[0] % m:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum={m}.")
+        return x.reshape(m, x.shape[0] // m, *x.shape[1:])
+    return jax.tree.map(one, batch)
+
+
+def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef,
+               teacher_graphdef, tx: optax.GradientTransformation, objective: O.Objective,
+               cfg: StepConfig) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step on ``batch``; returns the new state and scalar metrics."""
+    batch.check()
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    m = cfg.grad_accum
+    micro = partial(_micro, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
+                    objective=objective, cfg=cfg)
+    den_tokens = jnp.sum(batch.loss_mask.astype(jnp.float32))
+    mbs = _split(batch, m)
+    scales = None
+    if m > 1 and not (cfg.one_pass and objective.token_loss is not None):
+        scales = _global_scales(micro, state, mbs, teacher_params, key, den_tokens)
+
+    def body(carry, xs):
+        grads, loss, obj_state = carry
+        mb, i = xs
+        (l, (obj_state, terms, metrics)), g = jax.value_and_grad(micro, has_aux=True)(
+            state.params, mb, teacher_params, obj_state, state.step, jax.random.fold_in(key, i),
+            scales, den_tokens)
+        grads = jax.tree.map(jnp.add, grads, g)
+        return (grads, loss + l, obj_state), (terms, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, loss, obj_state), (terms, metrics) = jax.lax.scan(
+        body, (zeros, jnp.zeros((), jnp.float32), state.obj_state), (mbs, jnp.arange(m)))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {"loss/total": loss, "opt/grad_norm": optax.tree.norm(grads),
+           "opt/update_norm": optax.tree.norm(updates), "loss/tokens": den_tokens}
+    for k in terms:  # each term over the whole batch: summed counts, one division
+        out[f"loss/{k}"] = O.Reduced(jnp.sum(terms[k].num), jnp.sum(terms[k].den)).value()
+    out.update({k: jnp.mean(v) for k, v in metrics.items()})
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, obj_state=obj_state)
+    return new, out
+
+
+def _global_scales(micro, state, mbs, teacher_params, key, den_tokens):
+    """``1 / count`` of every loss term over all micro-batches (a forward-only pass)."""
+    def body(obj_state, xs):
+        mb, i = xs
+        _, (obj_state, terms, _) = micro(state.params, mb, teacher_params, obj_state, state.step,
+                                         jax.random.fold_in(key, i), None, den_tokens)
+        return obj_state, {k: t.den for k, t in terms.items()}
+    _, dens = jax.lax.scan(body, state.obj_state, (mbs, jnp.arange(jax.tree.leaves(mbs)[0].shape[0])))
+    return {k: sg(1.0 / jnp.maximum(jnp.sum(d), 1e-30)) for k, d in dens.items()}
+
+
+def make_train_step(*, graphdef, teacher_graphdef, tx, objective, cfg: StepConfig,
+                    state_shardings=None, batch_shardings=None, teacher_shardings=None):
+    """``jax.jit`` of :func:`train_step` with the static pieces bound; the state is donated."""
+    fn = partial(train_step, graphdef=graphdef, teacher_graphdef=teacher_graphdef, tx=tx,
+                 objective=objective, cfg=cfg)
+    kwargs = {}
+    if state_shardings is not None:
+        kwargs["in_shardings"] = (state_shardings, batch_shardings, teacher_shardings)
+        kwargs["out_shardings"] = (state_shardings, None)
+    return jax.jit(fn, donate_argnums=(0,), **kwargs)
