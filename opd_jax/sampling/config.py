@@ -1,0 +1,119 @@
+"""The sampler configuration: frozen and hashable, so it is a static argument of the jitted sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """How to sample completions.
+
+    The token distribution is built in this order: divide the logits by ``temperature``, keep the
+    ``top_k`` largest, keep the smallest most-probable set with mass >= ``top_p``, keep tokens with
+    probability >= ``min_p`` x the largest, renormalise. Each filter sees the distribution the
+    previous one left; tokens tied with the last kept one are kept too. ``temperature=0`` is
+    greedy (arg-max, recorded log-probability 0: the point mass it was drawn from).
+
+    The defaults (temperature 1, no truncation) are the training defaults: the recorded
+    log-probabilities are then the model's own, and the importance ratio is 1 at step 0.
+    With truncation the recorded log-probability is that of the truncated distribution
+    ``mu(y) = pi_T(y) / Z`` on the kept set (``Z`` = the kept mass of the tempered ``pi_T``); a
+    trainer that scores with the untruncated ``pi_T`` sees ``pi_T / mu = Z <= 1`` instead of 1, and
+    tokens outside the kept set are never sampled, so their gradient is never estimated.
+
+    Buckets: the prompt is left-padded to the smallest entry of ``prompt_buckets`` that holds it
+    and the completion buffer has the smallest entry of ``new_token_buckets`` >= ``max_new_tokens``
+    columns (an empty tuple means powers of two from 16). Calls within the same buckets reuse one
+    compiled program: ``max_new_tokens`` itself is a traced loop bound.
+
+    ``cache_len`` fixes the KV-cache length (prompt bucket + generated tokens per row), so one cache
+    shape serves every prompt bucket; at most ``cache_len`` - prompt bucket tokens are generated.
+    By default it is the prompt bucket plus the generation bucket, so the cache never fills.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    num_samples: int = 1
+    prompt_buckets: tuple[int, ...] = ()
+    new_token_buckets: tuple[int, ...] = ()
+    cache_len: int | None = None
+    cache_dtype: str | None = None  # None: the model's compute dtype
+
+    def __post_init__(self):
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}; "
+                             "ask for at least one new token")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
+                or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        if not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p!r}")
+        if not isinstance(self.eos_ids, tuple) or not all(_is_int(i) and i >= 0 for i in self.eos_ids):
+            raise ValueError(f"eos_ids must be a tuple of non-negative ints, got {self.eos_ids!r} "
+                             "(write (id,) for a single id)")
+        if not _is_int(self.pad_id) or self.pad_id < 0:
+            raise ValueError(f"pad_id must be a non-negative int, got {self.pad_id!r}")
+        if not _is_int(self.num_samples) or self.num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1, got {self.num_samples!r}")
+        for name in ("prompt_buckets", "new_token_buckets"):
+            b = getattr(self, name)
+            if not isinstance(b, tuple) or not all(_is_int(x) and x > 0 for x in b) \
+                    or list(b) != sorted(set(b)):
+                raise ValueError(f"{name} must be a strictly increasing tuple of positive ints "
+                                 f"(or () for powers of two), got {b!r}")
+        if self.new_token_buckets and self.max_new_tokens > self.new_token_buckets[-1]:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} exceeds the largest of "
+                             f"new_token_buckets={self.new_token_buckets}; add a larger bucket")
+        if self.cache_len is not None and (not _is_int(self.cache_len) or self.cache_len <= 0):
+            raise ValueError(f"cache_len must be None or a positive int, got {self.cache_len!r}")
+        if self.cache_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"cache_dtype must be None, 'float32', 'bfloat16' or 'float16', "
+                             f"got {self.cache_dtype!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the sampling distribution differs from the tempered softmax on some tokens."""
+        return self.top_k > 0 or self.top_p < 1 or self.min_p > 0
+
+    def replace(self, **changes) -> SamplerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def prompt_bucket(self, length: int) -> int:
+        """Padded prompt length for a prompt of ``length`` tokens (capped to leave one cache slot)."""
+        size = _bucket(length, self.prompt_buckets, "prompt_buckets", "prompt length")
+        return size if self.cache_len is None else max(min(size, self.cache_len - 1), length)
+
+    def new_token_bucket(self) -> int:
+        """Columns of the completion buffer."""
+        return _bucket(self.max_new_tokens, self.new_token_buckets, "new_token_buckets", "max_new_tokens")
+
+    def cache_size(self, prompt_bucket: int) -> int:
+        return prompt_bucket + self.new_token_bucket() if self.cache_len is None else self.cache_len
+
+
+def _bucket(n: int, buckets: tuple[int, ...], name: str, what: str) -> int:
+    if not buckets:
+        return max(16, 1 << max(n - 1, 0).bit_length())
+    for b in buckets:
+        if b >= n:
+            return b
+    raise ValueError(f"{what} {n} exceeds the largest of {name}={buckets}; add a larger bucket")

@@ -1,0 +1,262 @@
+"""The jitted sampler: prefill left-padded prompts, then decode with a KV cache in one ``while_loop``.
+
+One compiled program per (model structure, sampler config, batch size, prompt bucket, generation
+bucket). Inside it the decode state is the ``while_loop`` carry, which XLA updates in place:
+the cache and the output buffers are written one column per step, never copied.
+
+PRNG: row ``r`` (sample ``j`` of prompt ``b``) owns the stream ``fold_in(key, row_ids[b] * n + j)``
+and step ``s`` uses ``fold_in(stream, s)``, so a row's sample depends on its prompt, ``key`` and
+its global id only: not on the other rows, the batch size or the sharding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from opd_jax.models.cache import KVCache, init_cache
+from opd_jax.sampling import distribution as D
+from opd_jax.sampling import inputs
+from opd_jax.sampling.config import SamplerConfig
+from opd_jax.sharding import shard
+
+
+@struct.dataclass
+class Rollout:
+    """Sampled sequences ``[R = B * num_samples, P + N]``: the left-padded prompt, then the completion.
+
+    Row ``b * num_samples + j`` is sample ``j`` of prompt ``b``. Columns ``[0, prompt_len)`` hold the
+    (re-padded) prompt; the completion starts at column ``prompt_len``. Scoring with one full
+    forward: the logits at column ``t - 1`` predict ``tokens[:, t]``, to compare with ``logp[:, t]``.
+
+    tokens:          int32, ``pad_id`` on padding and after the end of a completion.
+    mask:            bool, real prompt tokens and completion tokens up to and including the first EOS.
+    completion_mask: bool, the completion part of ``mask`` (the tokens a loss counts).
+    logp:            float32, log-probability of each completion token under the distribution it
+                     was drawn from (tempered, filtered; with teacher mixing, the mixture); 0 elsewhere.
+    positions:       int32, RoPE positions ``cumsum(mask) - 1`` (clipped at 0).
+    finished:        bool ``[R]``, the completion ended with an EOS token (else it was cut off).
+    student_logp, teacher_logp: float32, each model's log-probability of the token (teacher mixing only).
+    from_teacher:    bool, the token was drawn from the teacher (teacher mixing only).
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    completion_mask: jax.Array
+    logp: jax.Array
+    positions: jax.Array
+    finished: jax.Array
+    student_logp: jax.Array | None = None
+    teacher_logp: jax.Array | None = None
+    from_teacher: jax.Array | None = None
+    prompt_len: int = struct.field(pytree_node=False, default=0)
+
+
+@struct.dataclass
+class SamplingState:
+    """The ``while_loop`` carry: buffers ``[R, P + N]`` filled one column per step, the caches, and
+    the logits of the next token."""
+
+    step: jax.Array  # int32 []: completion tokens sampled so far
+    tokens: jax.Array
+    mask: jax.Array
+    logp: jax.Array
+    done: jax.Array  # bool [R]: the row has sampled an EOS token
+    logits: jax.Array  # float32 [R, V]
+    cache: KVCache
+    teacher_logits: jax.Array | None = None
+    teacher_cache: KVCache | None = None
+    student_logp: jax.Array | None = None
+    teacher_logp: jax.Array | None = None
+    from_teacher: jax.Array | None = None
+
+
+_TRACES = [0]
+
+
+def trace_count() -> int:
+    """How many times the sampling program has been traced (each trace is a compilation)."""
+    return _TRACES[0]
+
+
+def _shard_cache(cache: KVCache) -> KVCache:
+    axes = KVCache.logical_axes()
+    return jax.tree.map(lambda x, names: shard(x, *names), cache, axes,
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _repeat_rows(x, n: int):
+    """Repeat every batch row ``n`` times (sample ``j`` of row ``b`` lands at ``b * n + j``)."""
+    if n == 1:
+        return x
+    if isinstance(x, KVCache):
+        return KVCache(k=jnp.repeat(x.k, n, axis=1), v=jnp.repeat(x.v, n, axis=1),
+                       valid=jnp.repeat(x.valid, n, axis=0), index=x.index)
+    return jnp.repeat(x, n, axis=0)
+
+
+def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dtype, n: int):
+    """Run the prompts through ``model`` once (not once per sample): next-token logits and cache, ``R`` rows."""
+    cache = _shard_cache(init_cache(model.cfg, prompts_BP.shape[0], cache_len, cache_dtype))
+    h_BPD, cache = model.hidden(prompts_BP, positions_BP, mask=mask_BP, cache=cache)
+    logits_BV = model.logits(h_BPD[:, -1:])[:, 0]  # left padding: the last column is always real
+    return shard(_repeat_rows(logits_BV, n), "batch", "vocab"), _shard_cache(_repeat_rows(cache, n))
+
+
+def _decode(model, tokens_R, positions_R, mask_R, cache):
+    h, cache = model.hidden(tokens_R[:, None], positions_R[:, None], mask=mask_R[:, None], cache=cache)
+    return shard(model.logits(h)[:, 0], "batch", "vocab"), _shard_cache(cache)
+
+
+def _write(buf, col, values):
+    """``buf[:, col] = values``."""
+    return jax.lax.dynamic_update_slice(buf, values[:, None].astype(buf.dtype), (jnp.int32(0), col))
+
+
+def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
+    """``(tokens, behaviour logp, extras)``; with a teacher, a per-token coin picks whose draw is kept."""
+    if teacher_logits is None:
+        tokens, logp = D.sample_token(keys, logits, cfg)
+        return tokens, logp, {}
+    # One Gumbel vector serves both draws: only the draw the coin keeps is used, so it stays exact.
+    noise = None if cfg.greedy else D.gumbel_noise(keys, logits.shape[-1])
+    tok_s, _ = D.sample_token(keys, logits, cfg, noise)
+    tok_t, _ = D.sample_token(keys, teacher_logits, cfg, noise)
+    from_teacher = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(keys) < mix
+    tokens = jnp.where(from_teacher, tok_t, tok_s)
+    student = D.take(D.token_distribution(logits, cfg), tokens)
+    teacher = D.take(D.token_distribution(teacher_logits, cfg), tokens)
+    # The token's law, marginal over the coin: mix * teacher + (1 - mix) * student.
+    logp = jnp.logaddexp(jnp.log(mix) + teacher, jnp.log1p(-mix) + student)
+    return tokens, logp, dict(student_logp=student, teacher_logp=teacher, from_teacher=from_teacher)
+
+
+def _emit(cfg: SamplerConfig, state: SamplingState, col, keys_R, mix) -> SamplingState:
+    """Sample column ``col`` from ``state.logits`` for every unfinished row and record it."""
+    tokens, logp, extras = _choose(cfg, keys_R, state.logits, state.teacher_logits, mix)
+    live = ~state.done
+    updates = dict(
+        tokens=_write(state.tokens, col, jnp.where(live, tokens, cfg.pad_id)),
+        mask=_write(state.mask, col, live),
+        logp=_write(state.logp, col, jnp.where(live, logp, 0.0)),
+        done=state.done | (live & _is_eos(tokens, cfg.eos_ids)),
+    )
+    for name, value in extras.items():
+        updates[name] = _write(getattr(state, name), col, jnp.where(live, value, jnp.zeros_like(value)))
+    return state.replace(**updates)
+
+
+def _is_eos(tokens_R, eos_ids: tuple[int, ...]):
+    if not eos_ids:
+        return jnp.zeros(tokens_R.shape, jnp.bool_)
+    return jnp.any(tokens_R[:, None] == jnp.asarray(eos_ids, jnp.int32)[None, :], axis=1)
+
+
+def _positions(mask):
+    return jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
+
+
+def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix, teacher_graphdef,
+             teacher_params, *, cfg: SamplerConfig):
+    """The whole sampler as one traced function; ``cfg.max_new_tokens`` is the buffer width N."""
+    _TRACES[0] += 1
+    n, N = cfg.num_samples, cfg.max_new_tokens
+    B, P = prompts_BP.shape
+    R = B * n
+    model = nnx.merge(graphdef, params)
+    teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
+    cache_len = cfg.cache_size(P)
+    positions_BP = _positions(mask_BP)
+    prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, cache_len, cfg.cache_dtype, n)
+    logits, cache = prefill(model)
+    t_logits, t_cache = (None, None) if teacher is None else prefill(teacher)
+
+    streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
+    keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
+    next_pos_R = _repeat_rows(mask_BP.sum(axis=1, dtype=jnp.int32), n)  # position of completion token 0
+
+    def buffer(prompt_part, fill=0):
+        rest = jnp.full((R, N), fill, prompt_part.dtype)
+        return shard(jnp.concatenate([_repeat_rows(prompt_part, n), rest], axis=1), "batch", None)
+
+    zeros_BP = jnp.zeros((B, P), jnp.float32)
+    mixed = teacher is not None
+    state = SamplingState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=buffer(jnp.where(mask_BP, prompts_BP, cfg.pad_id).astype(jnp.int32), cfg.pad_id),
+        mask=buffer(mask_BP),
+        logp=buffer(zeros_BP),
+        done=jnp.zeros((R,), jnp.bool_),
+        logits=logits, cache=cache, teacher_logits=t_logits, teacher_cache=t_cache,
+        student_logp=buffer(zeros_BP) if mixed else None,
+        teacher_logp=buffer(zeros_BP) if mixed else None,
+        from_teacher=buffer(jnp.zeros((B, P), jnp.bool_)) if mixed else None,
+    )
+
+    def cond(state: SamplingState):
+        # The body feeds the token it samples to the model, so it needs a free cache slot.
+        return (state.step < max_new) & ~jnp.all(state.done) & (state.cache.index < cache_len)
+
+    def body(state: SamplingState):
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, state.step)
+        col = P + state.step
+        state = _emit(cfg, state, col, step_keys, mix)
+        token = jax.lax.dynamic_slice_in_dim(state.tokens, col, 1, axis=1)[:, 0]
+        real = jax.lax.dynamic_slice_in_dim(state.mask, col, 1, axis=1)[:, 0]
+        pos = next_pos_R + state.step
+        logits, cache = _decode(model, token, pos, real, state.cache)
+        t_logits, t_cache = (None, None) if teacher is None else _decode(
+            teacher, token, pos, real, state.teacher_cache)
+        return state.replace(step=state.step + 1, logits=logits, cache=cache, teacher_logits=t_logits,
+                             teacher_cache=t_cache)
+
+    state = jax.lax.while_loop(cond, body, state)
+    completion = state.mask & (jnp.arange(P + N, dtype=jnp.int32) >= P)[None, :]
+    return Rollout(tokens=state.tokens, mask=state.mask, completion_mask=completion, logp=state.logp,
+                   positions=_positions(state.mask), finished=state.done, student_logp=state.student_logp,
+                   teacher_logp=state.teacher_logp, from_teacher=state.from_teacher, prompt_len=P)
+
+
+sample_program = jax.jit(_program, static_argnames=("graphdef", "teacher_graphdef", "cfg"))
+
+
+_MODEL_CFGS: dict = {}
+
+
+def model_config(graphdef, params):
+    """The ``ModelConfig`` of a split model (cached per graph definition)."""
+    if graphdef not in _MODEL_CFGS:
+        _MODEL_CFGS[graphdef] = nnx.merge(graphdef, params).cfg
+    return _MODEL_CFGS[graphdef]
+
+
+def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, row_ids=None,
+           teacher=None, teacher_mix: float = 0.0) -> Rollout:
+    """Sample ``cfg.num_samples`` completions per LEFT-padded prompt in one compiled program.
+
+    ``graphdef, params = nnx.split(model, nnx.Param)``: new parameter values never retrace.
+    ``prompts int [B, P]``, ``prompt_mask bool [B, P]``; ``key`` a PRNG key; ``row_ids int [B]`` the
+    prompts' global indices (default ``arange(B)``), which seed the per-row PRNG streams.
+    ``teacher=(graphdef, params)`` of a model with the same vocabulary turns on teacher-mixed
+    sampling: each token comes from the teacher with probability ``teacher_mix`` (traced: a
+    schedule does not retrace), else from the student; the same ``cfg`` shapes both distributions.
+    Under ``jax.set_mesh(mesh)`` rows are sharded over the data axes and heads over ``tensor``.
+    Inputs are checked here, before tracing; see ``Rollout`` for the result.
+    """
+    if not isinstance(cfg, SamplerConfig):
+        raise TypeError(f"cfg must be a SamplerConfig, got {type(cfg).__name__}")
+    vocab = model_config(graphdef, params).vocab_size
+    mask_on_host = inputs.check_prompts(prompts, prompt_mask, vocab)
+    inputs.check_ids(cfg, vocab)
+    t_graphdef, t_params = (None, None) if teacher is None else teacher
+    t_vocab = None if teacher is None else model_config(t_graphdef, t_params).vocab_size
+    mix = inputs.check_teacher(teacher, teacher_mix, vocab, t_vocab)
+    key = inputs.check_key(key)
+    row_ids = inputs.check_row_ids(row_ids, prompts.shape[0])
+    prompts, prompt_mask = inputs.bucket_prompts(prompts, prompt_mask, mask_on_host, cfg)
+    # Only the buffer width is static; the requested length is a traced loop bound.
+    static_cfg = cfg.replace(max_new_tokens=cfg.new_token_bucket(), prompt_buckets=(), new_token_buckets=())
+    return sample_program(graphdef, params, prompts, prompt_mask, key, row_ids,
+                          np.int32(cfg.max_new_tokens), np.float32(mix), t_graphdef, t_params, cfg=static_cfg)

@@ -1,0 +1,116 @@
+"""The static config, buckets (no retrace within one), and bad input refused before compiling."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from sampling_fakes import Successor
+from sampling_helpers import left_padded
+from opd_jax.sampling import SamplerConfig, sample, trace_count
+
+V = 32
+
+
+def _successor():
+    return nnx.split(Successor(V), nnx.Param)
+
+
+def test_config_is_frozen_and_hashable():
+    a, b = SamplerConfig(max_new_tokens=8, eos_ids=(1, 2)), SamplerConfig(max_new_tokens=8, eos_ids=(1, 2))
+    assert a == b and hash(a) == hash(b) and a != a.replace(top_k=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.top_k = 3
+    with pytest.raises(TypeError):
+        SamplerConfig(8)  # keyword-only
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=-3), "max_new_tokens"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k"),
+    (dict(min_p=1.0), "min_p"),
+    (dict(eos_ids=5), "eos_ids"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(prompt_buckets=(64, 32)), "prompt_buckets"),
+    (dict(max_new_tokens=40, new_token_buckets=(16, 32)), "new_token_buckets"),
+    (dict(cache_len=0), "cache_len"),
+])
+def test_bad_config_names_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{"max_new_tokens": 4, **changes})
+
+
+def test_buckets():
+    cfg = SamplerConfig(max_new_tokens=100)
+    assert [cfg.prompt_bucket(n) for n in (1, 16, 17, 300)] == [16, 16, 32, 512]
+    assert cfg.new_token_bucket() == 128 and cfg.cache_size(32) == 160
+    cfg = SamplerConfig(max_new_tokens=5, prompt_buckets=(8, 24), new_token_buckets=(5, 10), cache_len=20)
+    assert cfg.prompt_bucket(9) == 19 and cfg.new_token_bucket() == 5 and cfg.cache_size(8) == 20
+    with pytest.raises(ValueError, match="prompt_buckets"):
+        cfg.prompt_bucket(25)
+
+
+def test_no_retrace_within_a_bucket():
+    """New prompt lengths and widths, max_new_tokens, keys, row ids and parameter values in the same
+    buckets reuse the compiled program; a new bucket compiles once more."""
+    graphdef, params = _successor()
+    cfg = SamplerConfig(max_new_tokens=5, eos_ids=(3,), new_token_buckets=(8, 16))
+    tokens, mask = left_padded(V, (5, 3), 6)
+    sample(graphdef, params, tokens, mask, jax.random.key(0), cfg=cfg)
+    before = trace_count()
+    other_params = jax.tree.map(lambda x: x * 1.01, params)
+    for width, lengths, n_new, p in [(9, (9, 2), 7, params), (12, (4, 1), 8, other_params), (3, (3, 3), 1, params)]:
+        tokens, mask = left_padded(V, lengths, width, seed=width)
+        sample(graphdef, p, tokens, mask, jax.random.key(width), cfg=cfg.replace(max_new_tokens=n_new),
+               row_ids=np.array([4, 1], np.int32))
+    assert trace_count() == before
+    tokens, mask = left_padded(V, (17, 3), 17)  # the next prompt bucket
+    sample(graphdef, params, tokens, mask, jax.random.key(0), cfg=cfg)
+    sample(graphdef, params, tokens, mask, jax.random.key(0), cfg=cfg.replace(max_new_tokens=9))
+    assert trace_count() == before + 2
+
+
+def _bad_calls():
+    tokens, mask = np.array([[0, 4, 5]], np.int32), np.array([[False, True, True]])
+    cfg = SamplerConfig(max_new_tokens=3)
+    teacher = _successor()
+    return {
+        "prompt longer than the cache": (dict(tokens=np.ones((1, 6), np.int32), mask=np.ones((1, 6), bool),
+                                              cfg=SamplerConfig(max_new_tokens=3, cache_len=4)), "cache_len"),
+        "empty prompt (no columns)": (dict(tokens=np.zeros((2, 0), np.int32), mask=np.zeros((2, 0), bool)), "prompt"),
+        "empty prompt (row all padding)": (dict(mask=np.array([[False, False, False]])), "prompt_mask"),
+        "right padding": (dict(mask=np.array([[True, True, False]])), "LEFT-padded"),
+        "mask shape": (dict(mask=np.ones((1, 4), bool)), "prompt_mask"),
+        "mask dtype": (dict(mask=np.ones((1, 3), np.int32)), "prompt_mask"),
+        "float prompts": (dict(tokens=np.ones((1, 3), np.float32)), "prompts"),
+        "1-D prompts": (dict(tokens=np.ones((3,), np.int32), mask=np.ones((3,), bool)), "prompts"),
+        "token id out of range": (dict(tokens=np.array([[0, 4, V]], np.int32)), "prompts"),
+        "eos id out of range": (dict(cfg=SamplerConfig(max_new_tokens=3, eos_ids=(V,))), "eos_ids"),
+        "pad id out of range": (dict(cfg=SamplerConfig(max_new_tokens=3, pad_id=V + 1)), "pad_id"),
+        "row_ids shape": (dict(row_ids=np.arange(2, dtype=np.int32)), "row_ids"),
+        "key": (dict(key=np.float32(1.0)), "key"),
+        "mix without teacher": (dict(teacher_mix=0.5), "teacher"),
+        "mix out of range": (dict(teacher=teacher, teacher_mix=1.5), "teacher_mix"),
+        "teacher vocabulary": (dict(teacher=nnx.split(Successor(V + 1), nnx.Param), teacher_mix=0.5), "teacher"),
+        "cfg type": (dict(cfg=dict(max_new_tokens=3)), "SamplerConfig"),
+    }, dict(tokens=tokens, mask=mask, cfg=cfg, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("case", sorted(_bad_calls()[0]))
+def test_bad_input_is_refused_before_compiling(case):
+    cases, defaults = _bad_calls()
+    changes, message = cases[case]
+    call = {**defaults, **changes}
+    graphdef, params = _successor()
+    before = trace_count()
+    extra = {k: call[k] for k in ("row_ids", "teacher", "teacher_mix") if k in call}
+    with pytest.raises((ValueError, TypeError), match=message):
+        sample(graphdef, params, call["tokens"], call["mask"], call["key"], cfg=call["cfg"], **extra)
+    assert trace_count() == before
