@@ -223,6 +223,8 @@ def sampled_kl(logp: Array, ref_logp: Array, *, estimator: Literal["k1", "k2", "
     """
     _checks.check_same_shape(logp=logp, ref_logp=ref_logp, where=where)
     u = ref_logp.astype(jnp.float32) - logp.astype(jnp.float32)
+    if where is not None:  # masked -inf inputs must not reach exp/square (NaN gradients)
+        u = jnp.where(where, u, 0.0)
     if estimator == "k1":
         value = -u
     elif estimator == "k2":

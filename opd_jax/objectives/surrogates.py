@@ -30,6 +30,8 @@ def importance_sampling_loss(logp: Array, behavior_logp: Array, advantage: Array
     """
     _checks.check_same_shape(logp=logp, behavior_logp=behavior_logp, advantage=advantage,
                              where=where)
+    if where is not None:  # masked -inf log-probs must not reach exp (NaN gradients)
+        logp, behavior_logp = jnp.where(where, logp, 0.0), jnp.where(where, behavior_logp, 0.0)
     rho = importance_ratio(logp, behavior_logp)
     if max_ratio is not None:
         rho = jnp.minimum(rho, max_ratio)
@@ -49,6 +51,8 @@ def ppo_clip_loss(logp: Array, behavior_logp: Array, advantage: Array, *, eps: f
     if _checks.is_concrete(eps) and not float(eps) >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}.")
     eps_high = eps if eps_high is None else eps_high
+    if where is not None:
+        logp, behavior_logp = jnp.where(where, logp, 0.0), jnp.where(where, behavior_logp, 0.0)
     adv = sg(advantage.astype(jnp.float32))
     rho = importance_ratio(logp, behavior_logp)
     loss = jnp.maximum(-rho * adv, -jnp.clip(rho, 1.0 - eps, 1.0 + eps_high) * adv)

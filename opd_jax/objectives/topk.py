@@ -195,13 +195,20 @@ def student_topk_renormalized_reverse_kl(logits: Array, teacher, *, k: int = 16,
 
     vOPD uses it (no gradient) as its top-k baseline and as its "top-k OPD" loss; with
     ``stop_gradient_logp=True`` the ``log p~`` inside the sum is stop-gradient.
-    For a sparse teacher, student tokens it did not send take ``q~ = p~`` (they add 0).
+    For a sparse teacher, student tokens it did not send take ``q~ = p~`` (they add 0) and the
+    tokens it sent share the remaining mass ``1 - sum_missing p~`` in proportion to ``q``.
 
     References: Oh et al., vOPD, arXiv 2605.07865 (``kl_top_k``).
     """
-    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
+    lp_V, ids, lp_k, lq_k, known = _student_support(logits, teacher, k, temperature, where)
     lpn = lp_k - jax.nn.logsumexp(lp_k, axis=-1, keepdims=True)
-    lqn = lq_k - jax.nn.logsumexp(lq_k, axis=-1, keepdims=True)
+    # Missing tokens (sparse teacher) take q~ = p~; the known ones share the rest of the mass in
+    # proportion to q. With a dense teacher every token is known and this is plain renormalising.
+    missing_mass = sg(jnp.sum(jnp.where(known, 0.0, jnp.exp(lpn)), axis=-1, keepdims=True))
+    lq_known = jnp.where(known, lq_k, -1e30)
+    lqn_known = (lq_known - jax.nn.logsumexp(lq_known, axis=-1, keepdims=True)
+                 + jnp.log(jnp.maximum(1.0 - missing_mass, 1e-30)))
+    lqn = jnp.where(known, lqn_known, sg(lpn))
     inner = sg(lpn) if stop_gradient_logp else lpn
     return _masked(jnp.sum(jnp.exp(lpn) * (inner - lqn), axis=-1), where)
 
@@ -264,8 +271,10 @@ def topk_opd_loss(logits: Array, teacher, *, k: int = 16,
                                  ~_overlap(t_ids, ids[..., :k])], axis=-1)
         w = sg(jnp.exp(lp_s))
     else:
-        lp_s, lq_s, valid = lp_k, lq_k, known
+        # tokens a sparse teacher did not send stay in S_k (their advantage is 0 by the fill rule)
+        lp_s, lq_s, valid = lp_k, lq_k, jnp.ones_like(known)
         if restrict == "overlap":
+            valid = known
             t_ids, _ = _teacher_ids_k(teacher, k, temperature, where)
             valid = valid & _overlap(ids, t_ids)
         p = jnp.where(valid, sg(jnp.exp(lp_s)), 0.0)

@@ -390,10 +390,23 @@ def _renorm_rkl_row(lp_full, ids, lq_ids, temperature):
 
 
 def student_topk_renormalized_reverse_kl(z, teacher, k, temperature=1.0, where=None, grad=False):
-    """vOPD / §11: ``sum_{S_k} p~ (log p~ - log q~)``; teacher log-probs at S filled first."""
+    """vOPD / §11: ``sum_{S_k} p~ (log p~ - log q~)``, both renormalised on S_k.
+
+    Sparse teacher: a student token it did not send takes ``q~ = p~``; the tokens it sent share
+    the remaining mass ``1 - sum_missing p~`` in proportion to q (the docstring's rule). ``q~``
+    carries no gradient, so the gradient is ``p~ (log p~ - log q~ - value)`` on S_k.
+    """
     def row(zrow, trow):
-        lp, S, lq_S, _ = _support_row(zrow, trow, k, temperature)
-        return _renorm_rkl_row(lp, S, lq_S, temperature)
+        lp, S, lq_S, known = _support_row(zrow, trow, k, temperature)
+        lpn = _renorm(lp[S])
+        pn = np.exp(lpn)
+        lqn = lpn.copy()
+        if known.any():
+            lqn[known] = _renorm(lq_S[known]) + np.log(1.0 - pn[~known].sum())
+        value = float(np.sum(pn * (lpn - lqn)))
+        g = np.zeros(len(lp))
+        g[S] = pn * (lpn - lqn - value)
+        return value, g / temperature
     return _per_position(row, z, teacher, k, temperature, where, grad)
 
 

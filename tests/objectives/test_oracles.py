@@ -584,11 +584,6 @@ def _top1_only_teacher(z, zt):
     return lp, lq, top1, sparse
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "topk_opd_loss(restrict='none') with a sparse teacher drops the student top-k tokens the "
-    "teacher did not send and renormalises w over the remaining ones; its docstring says "
-    "w = student probs renormalised on S_k, and the module's fill rule gives the missing "
-    "tokens A = 0"))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sparse_topk_opd_none_missing_tokens(seed):
     """k = 5 student tokens, the teacher sent only the top-1 (v): the documented value is
@@ -617,11 +612,6 @@ def test_sparse_missing_tokens_add_zero_to_topk_reverse_kl(seed):
         close(fn(z, to_topk(sparse), k=5), want)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "student_topk_renormalized_reverse_kl's docstring says student tokens a sparse teacher did "
-    "not send take q~ = p~ (they add 0), but the fill is applied to the full-vocabulary "
-    "log-prob before renormalising, so q~ = p / Z_q with Z_q != Z_p: those tokens add "
-    "p~ log(Z_q / Z_p) != 0 and the known tokens' q~ is distorted too"))
 @pytest.mark.parametrize("stop_gradient_logp", [False, True])
 def test_sparse_renormalized_missing_tokens_add_zero(stop_gradient_logp):
     """k = 5, the teacher sent only the student's top-1 token. If each missing token has
