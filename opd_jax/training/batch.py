@@ -34,7 +34,9 @@ class TrainBatch:
 
     ``targets``/``loss_mask``/``behavior_logp`` are ``[B, N]``; ``extras`` hold other per-token
     inputs ``[B, N, ...]`` (rewards, sparse-teacher log-probs, ...). ``teacher`` is the
-    teacher's own context (None: the student's sequences).
+    teacher's own context (None: the student's sequences). ``teacher_hidden`` holds the
+    teacher's final hidden states at the completion positions when scoring ran as its own
+    phase; otherwise the train step scores the teacher itself.
     """
     student: Sequences
     targets: Array
@@ -42,6 +44,7 @@ class TrainBatch:
     behavior_logp: Array
     teacher: Sequences | None = None
     extras: dict = struct.field(default_factory=dict)
+    teacher_hidden: Array | None = None  # [B, N, D_T], when the teacher was scored beforehand
 
     @property
     def completion_len(self) -> int:

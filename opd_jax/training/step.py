@@ -82,6 +82,8 @@ def _teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
     if teacher_graphdef is None:
         return None, None
     teacher = nnx.merge(teacher_graphdef, sg(teacher_params))
+    if batch.teacher_hidden is not None:
+        return sg(batch.teacher_hidden), sg(teacher.lm_head_weight())
     seq = batch.teacher if batch.teacher is not None else batch.student
     return sg(completion_hidden(teacher, seq, n)), sg(teacher.lm_head_weight())
 
@@ -133,8 +135,14 @@ def _split(batch: TrainBatch, m: int) -> TrainBatch:
 def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef,
                teacher_graphdef, tx: optax.GradientTransformation, objective: O.Objective,
                cfg: StepConfig) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step on ``batch``; returns the new state and scalar metrics."""
+    """One optimizer step on ``batch``; returns the new state and scalar metrics.
+
+    ``teacher_params=None`` makes the student its own teacher (stop-gradient), for
+    self-distillation with the current weights.
+    """
     batch.check()
+    if teacher_params is None:
+        teacher_params = state.params
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     m = cfg.grad_accum
     micro = partial(_micro, graphdef=graphdef, teacher_graphdef=teacher_graphdef,

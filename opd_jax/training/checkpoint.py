@@ -1,0 +1,63 @@
+"""Checkpoints: a thin wrapper over an Orbax ``CheckpointManager``.
+
+What is saved at step ``s``: the whole train state (parameters, optimizer and objective state,
+PRNG key, data cursor), the EMA/initial teacher copy when the run has one, and a JSON record
+(the resolved config, the step). Saves are asynchronous; Orbax writes each one into a
+temporary directory and renames it into place when complete, so a checkpoint that was being
+written when the process died is never the one restored (``latest_step`` sees only finished
+ones).
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointNotFound(FileNotFoundError):
+    pass
+
+
+def abstract(tree, shardings):
+    """Restore targets: shapes and dtypes of ``tree``, placed as ``shardings`` say."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                        shardings)
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, items: dict, meta: dict) -> None:
+        args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
+        args["meta"] = ocp.args.JsonSave(meta)
+        self.manager.save(step, args=ocp.args.Composite(**args))
+
+    def restore(self, step: int | None, targets: dict) -> tuple[dict, dict]:
+        """Restore ``targets`` (abstract trees with shardings) at ``step`` (None: the latest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointNotFound(f"no finished checkpoint in {self.directory}")
+        if step not in self.manager.all_steps():
+            raise CheckpointNotFound(f"no checkpoint for step {step} in {self.directory}; "
+                                     f"available: {sorted(self.manager.all_steps())}")
+        args = {k: ocp.args.StandardRestore(v) for k, v in targets.items()}
+        args["meta"] = ocp.args.JsonRestore()
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # Orbax raises many types for damaged files
+            raise ValueError(f"checkpoint {self.directory}/{step} cannot be restored "
+                             f"(damaged or from a different model?): {e}") from e
+        return {k: out[k] for k in targets}, out["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,144 @@
+"""The experiment configuration: frozen dataclasses, one per concern, validated on construction.
+
+An experiment file returns an :class:`Experiment`; the command line changes any field with
+``--set section.field=value`` (see :mod:`opd_jax.config`).
+"""
+
+import dataclasses
+from typing import Literal
+
+from opd_jax.models.config import ModelConfig
+from opd_jax.objectives.recipes import ObjectiveConfig, OPDConfig, make_config
+from opd_jax.sampling import SamplerConfig
+from opd_jax.training.step import StepConfig
+
+
+def _check(cond: bool, msg: str):
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Where a model comes from: a Hugging Face checkpoint, or a random init of ``config``."""
+    path: str = ""  # local HF directory or repo id in the local HF cache ("" = random init)
+    config: ModelConfig | None = None  # architecture for a random init (ignored with a path)
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype
+    remat: bool = False
+    seed: int = 0  # random-init seed
+
+    def __post_init__(self):
+        _check(bool(self.path) or self.config is not None,
+               "a model needs a checkpoint `path` or a `config` to initialise randomly")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherSpec:
+    """The teacher: a separate model, the student itself, or an EMA of the student."""
+    kind: Literal["model", "self", "ema", "initial"] = "model"  # self = current student weights
+    model: ModelSpec | None = None  # kind == "model"
+    ema_decay: float = 0.999  # kind == "ema": theta_T <- d * theta_T + (1 - d) * theta
+    ema_every: int = 1  # kind == "ema": update period in optimizer steps
+
+    def __post_init__(self):
+        _check(self.kind != "model" or self.model is not None,
+               "teacher.kind='model' needs teacher.model")
+        _check(0.0 <= self.ema_decay < 1.0, f"teacher.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        _check(self.ema_every >= 1, f"teacher.ema_every must be >= 1, got {self.ema_every}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: float = 1e-5
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # global-norm gradient clipping (0 = off)
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.clip_norm >= 0, f"optim.clip_norm must be >= 0, got {self.clip_norm}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    data: int = -1  # -1: all remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Prompts (JSONL or Parquet), read in a seeded order that depends only on the cursor."""
+    path: str = ""
+    batch_size: int = 8  # prompts per optimizer step, over all hosts
+    max_prompt_len: int = 512  # longer prompts are an error naming the line
+    shuffle_seed: int = 0
+    chat_template: bool = False  # wrap text prompts in the tokenizer's chat template
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.max_prompt_len >= 1, f"data.max_prompt_len must be >= 1, got {self.max_prompt_len}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """What each iteration trains on."""
+    lmbda: float = 1.0  # GKD: probability that a step trains on fresh student samples
+    seq_kd: bool = False  # off-policy steps use teacher samples (sequence-level KD), else data
+    cold_start_steps: int = 0  # supervised steps on teacher rollouts before OPD (Rethinking OPD)
+    teacher_mix: float = 0.0  # MiniLLM-style: each sampled token from the teacher with this prob.
+
+    def __post_init__(self):
+        _check(0.0 <= self.lmbda <= 1.0, f"loop.lmbda must lie in [0, 1], got {self.lmbda}")
+        _check(self.cold_start_steps >= 0, "loop.cold_start_steps must be >= 0")
+        _check(0.0 <= self.teacher_mix <= 1.0, f"loop.teacher_mix must lie in [0, 1], got {self.teacher_mix}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    every: int = 0  # save every N optimizer steps (0 = only at the end)
+    keep: int = 2
+    async_save: bool = True
+
+    def __post_init__(self):
+        _check(self.every >= 0, f"ckpt.every must be >= 0, got {self.every}")
+        _check(self.keep >= 1, f"ckpt.keep must be >= 1, got {self.keep}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    steps: int = 100
+    seed: int = 0
+    workdir: str = "runs/default"
+    log_every: int = 1
+    diagnostics_k: int = 16  # top-k of the token diagnostics (0 = off)
+    tensorboard: bool = True
+    wandb: bool = False  # log to Weights & Biases (when installed)
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"run.steps must be >= 1, got {self.steps}")
+        _check(self.log_every >= 1, f"run.log_every must be >= 1, got {self.log_every}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment:
+    student: ModelSpec
+    teacher: TeacherSpec
+    objective: ObjectiveConfig = dataclasses.field(default_factory=OPDConfig,
+                                                   metadata={"factory": make_config})
+    sampler: SamplerConfig = dataclasses.field(
+        default_factory=lambda: SamplerConfig(max_new_tokens=64))
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    step: StepConfig = dataclasses.field(default_factory=StepConfig)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    ckpt: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)

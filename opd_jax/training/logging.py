@@ -1,0 +1,74 @@
+"""Where metrics go: JSONL always, TensorBoard event files, Weights & Biases when asked, and a
+one-line progress display (step, loss, tokens/s, ETA)."""
+
+import json
+import math
+import os
+import sys
+import time
+
+
+class MetricsWriter:
+    """Writes one record per logged step to ``metrics.jsonl`` (and TensorBoard / W&B)."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, wandb: bool = False,
+                 config: dict | None = None, enabled: bool = True):
+        self.enabled = enabled  # only process 0 writes in a multi-host run
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wb
+            except ImportError:
+                print("run.wandb=true but wandb is not installed (pip install wandb); skipping it",
+                      file=sys.stderr)
+            else:
+                self._wandb = wb.init(dir=workdir, config=config or {})
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": step, **clean}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, float(v), step)
+        if self._wandb is not None:
+            self._wandb.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class Progress:
+    """``step 12/100 | loss 0.4312 | 1,234 tok/s | ETA 3m05s`` on one refreshed line."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True, stream=sys.stderr):
+        self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, loss: float, tokens_per_s: float) -> str:
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        line = (f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | "
+                f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        if self.enabled:
+            end = "\n" if step >= self.total or not self.stream.isatty() else ""
+            self.stream.write("\r" + line + end)
+            self.stream.flush()
+        return line

@@ -1,0 +1,365 @@
+"""The on-policy loop: sample from the student, score with the teacher, update. The only impure
+code of the package (files, clocks, the Python loop); everything it calls is jitted.
+
+One iteration at optimizer step ``s`` (all randomness from the state's key folded with ``s``,
+all data from the state's cursor, so a resumed run repeats an uninterrupted one exactly):
+
+1. choose the batch's source: teacher rollouts during the cold start; else fresh student
+   samples with probability ``loop.lmbda`` (GKD's λ), otherwise teacher samples (``seq_kd``)
+   or the data's reference completions;
+2. sample (the student, optionally mixing teacher tokens, or the teacher);
+3. score: the teacher's final hidden states at the completion positions, seeing its own
+   (possibly privileged) prompt;
+4. one jitted train step with the objective (the SFT objective during the cold start);
+5. EMA teacher update, metrics, checkpoint.
+"""
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import opd_jax.objectives as O
+from opd_jax import data as D
+from opd_jax.config import to_dict, write_json
+from opd_jax.sampling import sample
+from opd_jax.sharding import make_mesh
+from opd_jax.training.batch import Sequences, TrainBatch, completion_hidden
+from opd_jax.training.build import build_model, vocab_size
+from opd_jax.training.checkpoint import Checkpointer, abstract
+from opd_jax.training.config import Experiment
+from opd_jax.training.logging import MetricsWriter, Progress
+from opd_jax.training.optim import make_optimizer
+from opd_jax.training.step import make_train_step, sharded_init_state
+
+sg = jax.lax.stop_gradient
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def _assemble(prompts, prompt_mask, completion, completion_mask, behavior_logp, t_prompts,
+              t_mask):
+    """Sequences = left-padded prompt ++ completion, for the student and (own prompt) the teacher."""
+    def seq(p, m):
+        return Sequences.from_left_padded(jnp.concatenate([p, completion], 1),
+                                          jnp.concatenate([m, completion_mask], 1))
+    return TrainBatch(student=seq(prompts, prompt_mask), targets=completion,
+                      loss_mask=completion_mask, behavior_logp=behavior_logp,
+                      teacher=None if t_prompts is None else seq(t_prompts, t_mask))
+
+
+def _score(graphdef, params, seq: Sequences, n: int):
+    return completion_hidden(nnx.merge(graphdef, sg(params)), seq, n)
+
+
+def _ema(teacher, student, decay):
+    return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s, teacher, student)
+
+
+class Trainer:
+    """Builds everything an experiment needs, then ``run()``s it (resuming when possible)."""
+
+    def __init__(self, exp: Experiment, *, examples: list[D.Example] | None = None, tokenizer=None,
+                 reward_fn: Callable[[D.Example, np.ndarray], float] | None = None, mesh=None):
+        self.exp = exp
+        self.mesh = mesh if mesh is not None else make_mesh(**dataclasses.asdict(exp.mesh))
+        self.reward_fn = reward_fn
+        self._check_static(exp)
+        self.s_graph, params, self.p_sh = build_model(exp.student, self.mesh)
+        self._build_teacher(params)
+        self.examples = examples if examples is not None else D.load_examples(
+            exp.data.path, tokenizer=tokenizer, max_prompt_len=exp.data.max_prompt_len,
+            vocab_size=vocab_size(self.s_graph, params), chat_template=exp.data.chat_template)
+        self.objective = O.build_objective(exp.objective, diagnostics_k=exp.run.diagnostics_k or None)
+        self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
+        self.tx = make_optimizer(exp.optim, exp.run.steps)
+        with jax.set_mesh(self.mesh):
+            self.state, self.state_sh = sharded_init_state(params, self.tx, self.objective,
+                                                           exp.run.seed, self.mesh, self.p_sh)
+        t_graph = self.s_graph if self.t_graph is None else self.t_graph
+        common = dict(graphdef=self.s_graph, teacher_graphdef=t_graph, tx=self.tx, cfg=exp.step)
+        self.step_fn = make_train_step(objective=self.objective, **common)
+        self.sft_fn = make_train_step(objective=self.sft, **common)
+        self.score_fn = jax.jit(_score, static_argnums=(0, 3))
+        self.ema_fn = jax.jit(_ema, donate_argnums=(0,))
+        self.rows = NamedSharding(self.mesh, P(("data", "fsdp")))
+        self.ckpt = Checkpointer(os.path.join(exp.run.workdir, "checkpoints"),
+                                 keep=exp.ckpt.keep, async_save=exp.ckpt.async_save)
+
+    # ------------------------------------------------------------------ set-up checks
+
+    def _check_static(self, exp: Experiment):
+        rows = exp.data.batch_size * exp.sampler.num_samples
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if rows % shards:
+            raise ValueError(f"data.batch_size x sampler.num_samples = {rows} rows do not divide "
+                             f"over the {shards} data-parallel devices (mesh data x fsdp); change "
+                             "the batch size or the mesh.")
+        if rows % exp.step.grad_accum or (rows // exp.step.grad_accum) % shards:
+            raise ValueError(f"{rows} rows cannot be split into step.grad_accum={exp.step.grad_accum} "
+                             f"micro-batches that each divide over {shards} devices.")
+        if exp.data.batch_size % jax.process_count():
+            raise ValueError(f"data.batch_size={exp.data.batch_size} must divide over "
+                             f"{jax.process_count()} hosts.")
+        if exp.teacher.kind in ("self", "ema", "initial") and exp.loop.teacher_mix > 0:
+            pass  # mixing with a copy of oneself is allowed, if unusual
+
+    def _build_teacher(self, params):
+        kind = self.exp.teacher.kind
+        self.t_graph, self.t_params, self.t_sh = None, None, self.p_sh
+        if kind == "model":
+            self.t_graph, self.t_params, self.t_sh = build_model(self.exp.teacher.model, self.mesh)
+            vs, vt = vocab_size(self.s_graph, params), vocab_size(self.t_graph, self.t_params)
+            if vs != vt:
+                raise ValueError(f"teacher and student vocabularies differ (student {vs}, teacher "
+                                 f"{vt}); on-policy distillation needs one tokenizer.")
+            self._check_tokenizers()
+        elif kind in ("ema", "initial"):
+            self.t_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                    out_shardings=self.p_sh)(params)
+
+    def _check_tokenizers(self):
+        s, t = self.exp.student.path, self.exp.teacher.model.path
+        if not (s and t):
+            return
+        from opd_jax.models import load_tokenizer
+        try:
+            vs, vt = load_tokenizer(s).get_vocab(), load_tokenizer(t).get_vocab()
+        except (OSError, ValueError):
+            return  # no tokenizer files next to a checkpoint: only the vocabulary size is checked
+        if vs != vt:
+            diff = sorted(set(vs.items()) ^ set(vt.items()))[:3]
+            raise ValueError(f"student ({s}) and teacher ({t}) tokenizers differ, e.g. {diff}; "
+                             "on-policy distillation needs one tokenizer.")
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _teacher_params(self):
+        return self.state.params if self.exp.teacher.kind == "self" else self.t_params
+
+    def _global(self, x: np.ndarray):
+        """A process-local numpy slice → one global array sharded over the data axes."""
+        local = jax.local_device_count() == jax.device_count()
+        return jax.device_put(x, self.rows) if local else \
+            jax.make_array_from_process_local_data(self.rows, x)
+
+    def _prompts(self, cursor: int):
+        n = self.exp.data.batch_size
+        idx = D.global_indices(len(self.examples), self.exp.data.shuffle_seed, cursor, n)
+        local = idx[D.host_slice(n, jax.process_index(), jax.process_count())]
+        exs = [self.examples[i] for i in local]
+        width = max(len(e.prompt_ids) for e in self.examples)
+        p, m = D.left_pad([e.prompt_ids for e in exs], width, self.exp.sampler.pad_id)
+        tp = tm = None
+        if any(e.teacher_prompt_ids is not None for e in self.examples):
+            t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in self.examples)
+            tp, tm = D.left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs], t_width,
+                                self.exp.sampler.pad_id)
+        return exs, p, m, tp, tm, cursor + n
+
+    def _source(self, key, step: int) -> str:
+        loop = self.exp.loop
+        if step < loop.cold_start_steps:
+            return "cold_start"
+        if loop.lmbda >= 1.0:
+            return "on_policy"
+        u = float(jax.random.uniform(jax.random.fold_in(key, 1)))
+        if u < loop.lmbda:
+            return "on_policy"
+        return "seq_kd" if loop.seq_kd else "data"
+
+    def iteration(self) -> dict[str, float]:
+        exp, st = self.exp, self.state
+        step, cursor = int(st.step), int(st.cursor)
+        key = jax.random.fold_in(jax.random.wrap_key_data(st.key), step)
+        source = self._source(key, step)
+        exs, p, m, tp, tm, new_cursor = self._prompts(cursor)
+        rep = lambda x: None if x is None else np.repeat(x, exp.sampler.num_samples, axis=0)  # noqa: E731
+        timings = {}
+        t0 = time.perf_counter()
+        row_ids = self._global(np.arange(len(exs), dtype=np.int32)
+                               + cursor + jax.process_index() * len(exs))
+        with jax.set_mesh(self.mesh):
+            if source == "data":
+                batch = self._data_batch(exs, p, m, tp, tm)
+            else:
+                teacher_rolls = source in ("cold_start", "seq_kd")
+                graph = self.t_graph if (teacher_rolls and self.t_graph is not None) else self.s_graph
+                params = self._teacher_params() if teacher_rolls else st.params
+                sp, sm = (tp, tm) if (teacher_rolls and tp is not None) else (p, m)
+                mix = exp.loop.teacher_mix if source == "on_policy" else 0.0
+                teacher = (self.t_graph or self.s_graph, self._teacher_params()) if mix > 0 else None
+                roll = sample(graph, params, self._global(sp), self._global(sm),
+                              jax.random.fold_in(key, 2), cfg=exp.sampler, row_ids=row_ids,
+                              teacher=teacher, teacher_mix=mix)
+                P_ = roll.prompt_len
+                batch = _assemble(self._global(rep(p)), self._global(rep(m)), roll.tokens[:, P_:],
+                                  roll.completion_mask[:, P_:], roll.logp[:, P_:],
+                                  None if tp is None else self._global(rep(tp)),
+                                  None if tm is None else self._global(rep(tm)))
+            jax.block_until_ready(batch)
+            timings["time/sample"] = time.perf_counter() - t0
+            if self.reward_fn is not None:
+                batch = self._with_rewards(batch, exs)
+            t1 = time.perf_counter()
+            teacher_params = self._teacher_params()
+            t_seq = batch.teacher if batch.teacher is not None else batch.student
+            hidden = self.score_fn(self.t_graph or self.s_graph, teacher_params, t_seq,
+                                   batch.completion_len)
+            jax.block_until_ready(hidden)
+            timings["time/score"] = time.perf_counter() - t1
+            batch = batch.replace(teacher_hidden=hidden)
+            t2 = time.perf_counter()
+            fn = self.sft_fn if source == "cold_start" else self.step_fn
+            # the student as its own teacher is passed as None: its buffers are donated
+            new_state, metrics = fn(st, batch, None if self.exp.teacher.kind == "self"
+                                    else teacher_params)
+            new_state = new_state.replace(cursor=jnp.asarray(new_cursor, jnp.int32))
+            metrics = jax.device_get(metrics)
+            timings["time/update"] = time.perf_counter() - t2
+        self.state = new_state
+        self._update_ema()
+        tokens = float(metrics["loss/tokens"])
+        out = {k: float(v) for k, v in metrics.items()}
+        out.update(timings)
+        out["time/step"] = sum(timings.values())
+        out["throughput/tokens_per_s"] = tokens / max(out["time/step"], 1e-9)
+        out["source/on_policy"] = float(source == "on_policy")
+        out["source/cold_start"] = float(source == "cold_start")
+        return out
+
+    def _data_batch(self, exs, p, m, tp, tm):
+        if any(e.completion_ids is None for e in exs):
+            raise TrainingError("an off-policy step (loop.lmbda < 1, seq_kd off) trains on the "
+                                "data's reference completions, but some records have none")
+        n = self.exp.sampler.new_token_bucket()
+        c, cm = D.right_pad([e.completion_ids for e in exs], n, self.exp.sampler.pad_id)
+        g = self._global
+        return _assemble(g(p), g(m), g(c), g(cm), g(np.zeros(c.shape, np.float32)),
+                         None if tp is None else g(tp), None if tm is None else g(tm))
+
+    def _with_rewards(self, batch, exs):
+        comp = np.asarray(jax.device_get(batch.targets))
+        mask = np.asarray(jax.device_get(batch.loss_mask))
+        k = self.exp.sampler.num_samples
+        r = np.array([self.reward_fn(exs[i // k], comp[i][mask[i]]) for i in range(len(comp))],
+                     np.float32)
+        reward = self._global(np.broadcast_to(r[:, None], comp.shape).copy())
+        return batch.replace(extras={**batch.extras, "reward": reward})
+
+    def _update_ema(self):
+        t = self.exp.teacher
+        if t.kind == "ema" and int(self.state.step) % t.ema_every == 0:
+            self.t_params = self.ema_fn(self.t_params, self.state.params, t.ema_decay)
+
+    # ------------------------------------------------------------------ checkpoints and the run
+
+    def _items(self):
+        items = {"state": self.state}
+        if self.exp.teacher.kind in ("ema", "initial"):
+            items["teacher"] = self.t_params
+        return items
+
+    def save(self):
+        step = int(self.state.step)
+        self.ckpt.save(step, self._items(), {"step": step, "config": to_dict(self.exp)})
+
+    def restore(self, step: int | None = None) -> bool:
+        """Restore the latest (or ``step``'s) checkpoint onto this run's mesh; False if none."""
+        if self.ckpt.latest_step() is None and step is None:
+            return False
+        targets = {"state": abstract(self.state, self.state_sh)}
+        if "teacher" in self._items():
+            targets["teacher"] = abstract(self.t_params, self.p_sh)
+        items, _ = self.ckpt.restore(step, targets)
+        self.state = items["state"]
+        if "teacher" in items:
+            self.t_params = items["teacher"]
+        return True
+
+    def run(self) -> dict[str, float]:
+        exp = self.exp
+        write_json(exp, os.path.join(exp.run.workdir, "config.json"))
+        self.restore()
+        lead = jax.process_index() == 0
+        writer = MetricsWriter(exp.run.workdir, tensorboard=exp.run.tensorboard,
+                               wandb=exp.run.wandb, config=to_dict(exp), enabled=lead)
+        progress = Progress(exp.run.steps, int(self.state.step), enabled=exp.run.progress and lead)
+        metrics = {}
+        try:
+            while int(self.state.step) < exp.run.steps:
+                metrics = self.iteration()
+                step = int(self.state.step)
+                if not math.isfinite(metrics["loss/total"]):
+                    last = self.ckpt.latest_step()
+                    raise FloatingPointError(
+                        f"the loss is {metrics['loss/total']} at step {step}; stopping without "
+                        f"saving. The last good checkpoint ({'none' if last is None else f'step {last}'}) "
+                        f"in {self.ckpt.directory} is intact.")
+                if step % exp.run.log_every == 0 or step == exp.run.steps:
+                    writer.write(step, metrics)
+                progress.update(step, metrics["loss/total"], metrics["throughput/tokens_per_s"])
+                if exp.ckpt.every and step % exp.ckpt.every == 0:
+                    self.save()
+            if self.ckpt.latest_step() != int(self.state.step):
+                self.save()
+        finally:
+            self.ckpt.wait()
+            writer.close()
+        return metrics
+
+
+def _eval_features(s_graph, s_params, t_graph, t_params, batch: TrainBatch, temperature: float):
+    """Exact per-token reverse KL, forward KL and entropies of the student vs the teacher."""
+    n = batch.completion_len
+    s = nnx.merge(s_graph, s_params)
+    t = nnx.merge(t_graph, t_params)
+    t_seq = batch.teacher if batch.teacher is not None else batch.student
+    feats = {
+        "reverse_kl": O.feature(O.reverse_kl, "logits", "teacher_logits", temperature=temperature),
+        "forward_kl": O.feature(O.forward_kl, "logits", "teacher_logits", temperature=temperature),
+        "student_entropy": O.feature(O.token_entropy, "logits", temperature=temperature),
+        "teacher_entropy": O.feature(O.token_entropy, "teacher_logits", temperature=temperature),
+    }
+    f = O.compute_features(feats, tokens=batch.targets, mask=batch.loss_mask,
+                           hidden=completion_hidden(s, batch.student, n), head=s.lm_head_weight(),
+                           teacher_hidden=completion_hidden(t, t_seq, n),
+                           teacher_head=t.lm_head_weight())
+    m = batch.loss_mask.astype(jnp.float32)
+    return {f"eval/{k}": jnp.sum(v * m) / jnp.maximum(jnp.sum(m), 1.0) for k, v in f.items()}
+
+
+_eval_jit = jax.jit(_eval_features, static_argnums=(0, 2, 5))
+
+
+def evaluate(trainer: Trainer, *, cursor: int = 0, seed: int = 12345) -> dict[str, float]:
+    """Exact divergences to the teacher on fresh student samples of one batch of prompts.
+
+    The prompts are those the data order gives at ``cursor``; the samples use their own key, so
+    evaluation never consumes the training stream.
+    """
+    exp = trainer.exp
+    exs, p, m, tp, tm, _ = trainer._prompts(cursor)
+    rep = lambda x: None if x is None else np.repeat(x, exp.sampler.num_samples, axis=0)  # noqa: E731
+    g = trainer._global
+    with jax.set_mesh(trainer.mesh):
+        roll = sample(trainer.s_graph, trainer.state.params, g(p), g(m), jax.random.key(seed),
+                      cfg=exp.sampler)
+        P_ = roll.prompt_len
+        batch = _assemble(g(rep(p)), g(rep(m)), roll.tokens[:, P_:], roll.completion_mask[:, P_:],
+                          roll.logp[:, P_:], None if tp is None else g(rep(tp)),
+                          None if tm is None else g(rep(tm)))
+        t_graph = trainer.t_graph or trainer.s_graph
+        t_params = trainer._teacher_params()
+        out = _eval_jit(trainer.s_graph, trainer.state.params, t_graph, t_params, batch,
+                        exp.objective.temperature)
+    return {k: float(v) for k, v in jax.device_get(out).items()}
