@@ -1,4 +1,14 @@
-"""Jitted autoregressive sampling for on-policy distillation (see ``sample``)."""
+"""Jitted autoregressive sampling for on-policy distillation.
+
+    graphdef, params = nnx.split(student, nnx.Param)
+    cfg = SamplerConfig(max_new_tokens=512, eos_ids=(eos,), pad_id=pad, num_samples=4)
+    rollout = sample(graphdef, params, prompts, prompt_mask, key, cfg=cfg, row_ids=global_rows)
+
+``rollout.logp`` is the behaviour log-probability of every completion token; with the default
+config (temperature 1, no top-k/top-p/min-p) it equals the student's own log-softmax, so the
+importance ratio is exactly 1 before the first update. ``SamplerConfig`` explains how truncation
+changes that ratio; ``token_distribution`` rebuilds the behaviour distribution from logits.
+"""
 
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.sampling.distribution import sample_token, token_distribution

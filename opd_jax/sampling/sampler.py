@@ -1,8 +1,11 @@
 """The jitted sampler: prefill left-padded prompts, then decode with a KV cache in one ``while_loop``.
 
 One compiled program per (model structure, sampler config, batch size, prompt bucket, generation
-bucket). Inside it the decode state is the ``while_loop`` carry, which XLA updates in place:
-the cache and the output buffers are written one column per step, never copied.
+bucket). Inside it the decode state (``SamplingState``: KV caches, output buffers, next-token
+logits) is the ``while_loop`` carry, which XLA donates from each iteration to the next: the cache
+and the buffers are updated in place, one slot or column per step, never copied (a test bounds
+the program's scratch memory). No state crosses the jit boundary, so there is nothing to donate
+there: parameters stay with the trainer, prompts with the caller.
 
 PRNG: row ``r`` (sample ``j`` of prompt ``b``) owns the stream ``fold_in(key, row_ids[b] * n + j)``
 and step ``s`` uses ``fold_in(stream, s)``, so a row's sample depends on its prompt, ``key`` and
@@ -38,7 +41,10 @@ class Rollout:
                      was drawn from (tempered, filtered; with teacher mixing, the mixture); 0 elsewhere.
     positions:       int32, RoPE positions ``cumsum(mask) - 1`` (clipped at 0).
     finished:        bool ``[R]``, the completion ended with an EOS token (else it was cut off).
-    student_logp, teacher_logp: float32, each model's log-probability of the token (teacher mixing only).
+    student_logp, teacher_logp: float32, each model's log-probability of the token under the same
+                     temperature and filters (teacher mixing only; ``-inf`` where a filter dropped
+                     the token the other model drew). The student's importance weight against the
+                     behaviour mixture is ``exp(student_logp - logp)`` (MiniLLM).
     from_teacher:    bool, the token was drawn from the teacher (teacher mixing only).
     """
 
@@ -195,8 +201,10 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         from_teacher=buffer(jnp.zeros((B, P), jnp.bool_)) if mixed else None,
     )
 
+    # The body samples a token, then feeds it to the model: the last forward goes unused, but the
+    # random-bit code exists once (XLA compiles each copy of it slowly) and needs no special case.
     def cond(state: SamplingState):
-        # The body feeds the token it samples to the model, so it needs a free cache slot.
+        # step < max_new, some row unfinished, a free cache slot for the token the body feeds.
         return (state.step < max_new) & ~jnp.all(state.done) & (state.cache.index < cache_len)
 
     def body(state: SamplingState):

@@ -9,7 +9,9 @@ from flax import nnx
 
 from sampling_fakes import Successor
 from sampling_helpers import left_padded
+from opd_jax.models import Transformer, tiny_config
 from opd_jax.sampling import SamplerConfig, sample, trace_count
+from opd_jax.sampling.sampler import sample_program
 
 V = 32
 
@@ -114,3 +116,18 @@ def test_bad_input_is_refused_before_compiling(case):
     with pytest.raises((ValueError, TypeError), match=message):
         sample(graphdef, params, call["tokens"], call["mask"], call["key"], cfg=call["cfg"], **extra)
     assert trace_count() == before
+
+
+def test_decode_state_is_updated_in_place():
+    """The while-loop carry (KV cache and buffers) is not double-buffered: the compiled program's
+    scratch memory stays well under two caches (a copy per step would need at least two)."""
+    model_cfg = tiny_config("llama", num_layers=4)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    cfg = SamplerConfig(max_new_tokens=1024, prompt_buckets=(2,))
+    sds = jax.ShapeDtypeStruct
+    compiled = sample_program.trace(
+        graphdef, params, sds((8, 2), np.int32), sds((8, 2), np.bool_), jax.random.key(0), sds((8,), np.int32),
+        np.int32(1024), np.float32(0), None, None, cfg=cfg).lower().compile()
+    slots = cfg.cache_size(2)
+    kv_bytes = 2 * model_cfg.num_layers * 8 * slots * model_cfg.num_kv_heads * model_cfg.head_dim * 4
+    assert compiled.memory_analysis().temp_size_in_bytes < 1.6 * kv_bytes
