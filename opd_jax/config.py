@@ -23,9 +23,8 @@ class ConfigOverrideError(ValueError):
     """An override names an unknown field or gives a value the field's type cannot take."""
 
 
-def load_experiment(spec: str):
-    """``"experiments/x.py:arg"`` → ``get_config(arg)`` of that file."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str) -> types.ModuleType:
+    """Execute the experiment file ``path`` and return it as a module (it must define get_config)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"experiment file {path!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(
@@ -34,7 +33,13 @@ def load_experiment(spec: str):
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"{path} defines no get_config(arg) function")
-    return module.get_config(arg)
+    return module
+
+
+def load_experiment(spec: str):
+    """``"experiments/x.py:arg"`` → ``get_config(arg)`` of that file."""
+    path, _, arg = spec.partition(":")
+    return load_module(path).get_config(arg)
 
 
 def _fields(cfg) -> dict[str, dataclasses.Field]:

@@ -1,0 +1,79 @@
+"""Train one experiment from the command line.
+
+    python -m opd_jax.main --config experiments/tiny_opd.py:smoke [--set section.field=value ...]
+        [--workdir DIR] [--coordinator HOST:PORT --num-processes N --process-id I]
+
+The experiment file defines ``get_config(arg) -> Experiment`` and may define
+``prepare(exp) -> Experiment``, called once the configuration is final (e.g. to write a synthetic
+data file), and ``reward_fn(example, completion_ids) -> float`` (for reward-using objectives). Overrides and ``--workdir`` are checked before anything is compiled or written; a bad
+one exits with status 2 naming the field. The run resumes from the latest finished checkpoint in
+``<workdir>/checkpoints`` and writes the resolved configuration to ``<workdir>/config.json``.
+Errors found by the run (data, models, checkpoints, a non-finite loss) exit with status 1.
+With ``--coordinator`` every host runs the same command with its own ``--process-id``.
+"""
+
+import argparse
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m opd_jax.main", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="experiment file, path/to/file.py[:arg]")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="FIELD=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--workdir", help="run directory (sets run.workdir)")
+    p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return p.parse_args(argv)
+
+
+def init_distributed(args) -> None:
+    """Join the multi-host job before anything touches a JAX device."""
+    if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            raise SystemExit("error: --num-processes/--process-id need --coordinator HOST:PORT")
+        return
+    import jax
+    if "cpu" in (jax.config.jax_platforms or ""):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def resolve(args):
+    """The final experiment: get_config(arg), then --set overrides, then --workdir."""
+    from opd_jax.config import apply_overrides, load_module
+    path, _, arg = args.config.partition(":")
+    module = load_module(path)
+    exp = apply_overrides(module.get_config(arg), args.overrides)
+    if args.workdir:
+        exp = apply_overrides(exp, [f"run.workdir={args.workdir}"])
+    return module, exp
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    init_distributed(args)
+    try:
+        module, exp = resolve(args)
+    except (ValueError, FileNotFoundError, AttributeError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from opd_jax.training.loop import Trainer, TrainingError
+    try:
+        if hasattr(module, "prepare"):
+            exp = module.prepare(exp)
+        Trainer(exp, reward_fn=getattr(module, "reward_fn", None)).run()
+    except (ValueError, OSError, FloatingPointError, TrainingError) as e:
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
