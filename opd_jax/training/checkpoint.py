@@ -6,12 +6,21 @@ PRNG key, data cursor), the EMA/initial teacher copy when the run has one, and a
 temporary directory and renames it into place when complete, so a checkpoint that was being
 written when the process died is never the one restored (``latest_step`` sees only finished
 ones).
+
+Test hook: with ``OPD_JAX_TEST_SAVE_DELAY=<seconds>`` in the environment every save also writes
+a small "hook" item that takes that long, so the checkpoint stays unfinished (in Orbax's
+temporary directory, partly written) long enough for a test to kill the process mid-save.
 """
 
+import asyncio
+import dataclasses
 import os
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.handlers import JsonCheckpointHandler
+
+SAVE_DELAY_ENV = "OPD_JAX_TEST_SAVE_DELAY"
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -24,6 +33,20 @@ def abstract(tree, shardings):
                         shardings)
 
 
+class _SlowHandler(JsonCheckpointHandler):
+    """Writes its JSON item after a delay (inside Orbax's commit, before the checkpoint is final)."""
+
+    async def _save_fn(self, x, directory):
+        await asyncio.sleep(x["delay_s"])
+        await super()._save_fn(x, directory)
+
+
+@ocp.args.register_with_handler(_SlowHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class _SlowSave(ocp.args.CheckpointArgs):
+    item: dict
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -34,9 +57,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, items: dict, meta: dict) -> None:
         args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
         args["meta"] = ocp.args.JsonSave(meta)
+        if os.environ.get(SAVE_DELAY_ENV):
+            args["hook"] = _SlowSave({"delay_s": float(os.environ[SAVE_DELAY_ENV])})
         self.manager.save(step, args=ocp.args.Composite(**args))
 
     def restore(self, step: int | None, targets: dict) -> tuple[dict, dict]:
@@ -52,8 +80,11 @@ class Checkpointer:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # Orbax raises many types for damaged files
-            raise ValueError(f"checkpoint {self.directory}/{step} cannot be restored "
-                             f"(damaged or from a different model?): {e}") from e
+            earlier = [s for s in self.all_steps() if s < step]
+            raise ValueError(f"checkpoint {self.directory}/{step} cannot be restored (damaged, or "
+                             f"from a different model or config?): {e}. It was left untouched; "
+                             f"move it out of {self.directory} to resume from an earlier "
+                             f"checkpoint (steps {earlier}).") from e
         return {k: out[k] for k in targets}, out["meta"]
 
     def wait(self) -> None:

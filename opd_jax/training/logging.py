@@ -8,6 +8,25 @@ import sys
 import time
 
 
+def _drop_partial_record(path: str) -> None:
+    """Cut a last line left unfinished by a killed run, so that appended records stay JSONL."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        while pos > 0:
+            size = min(1 << 16, pos)
+            pos -= size
+            f.seek(pos)
+            chunk = f.read(size)
+            if pos + size == end and chunk.endswith(b"\n"):
+                return
+            if (i := chunk.rfind(b"\n")) >= 0:
+                f.truncate(pos + i + 1)
+                return
+        f.truncate(0)
+
+
 class MetricsWriter:
     """Writes one record per logged step to ``metrics.jsonl`` (and TensorBoard / W&B)."""
 
@@ -19,6 +38,7 @@ class MetricsWriter:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
+        _drop_partial_record(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
