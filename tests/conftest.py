@@ -14,6 +14,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")  # silent broadcasting bugs become errors
+# Many tests compile identical programs (each Trainer or jit wrapper is a new cache key in
+# memory); the persistent cache, keyed by the compiled program itself, shares them.
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
+jax.config.update("jax_compilation_cache_dir", os.environ.get("OPD_TEST_JAX_CACHE", _CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_configure(config):
