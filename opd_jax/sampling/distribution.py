@@ -13,12 +13,23 @@ import jax.numpy as jnp
 from opd_jax.sampling.config import SamplerConfig
 
 
+def argmax(x):
+    """First index of the maximum along the last axis, as int32 (``jnp.argmax`` on finite input).
+
+    Two plain reductions (max, then the smallest index attaining it) instead of XLA's variadic
+    arg-max reduction, which XLA:CPU runs element by element: this is several times faster there.
+    """
+    ids = jnp.arange(x.shape[-1], dtype=jnp.int32).reshape((1,) * (x.ndim - 1) + (-1,))
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == top, ids, jnp.int32(x.shape[-1])), axis=-1)
+
+
 def token_distribution(logits, cfg: SamplerConfig):
     """Log-probabilities ``[..., V]`` (float32, ``-inf`` outside the kept set) of the token drawn from ``logits``."""
     logits = jnp.asarray(logits, jnp.float32)
     if cfg.greedy:
-        winner = jnp.argmax(logits, axis=-1)[..., None]
-        ids = jnp.arange(logits.shape[-1], dtype=winner.dtype).reshape((1,) * (logits.ndim - 1) + (-1,))
+        winner = argmax(logits)[..., None]
+        ids = jnp.arange(logits.shape[-1], dtype=jnp.int32).reshape((1,) * (logits.ndim - 1) + (-1,))
         return jnp.where(ids == winner, 0.0, -jnp.inf).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits / jnp.float32(cfg.temperature), axis=-1)
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
@@ -57,7 +68,7 @@ def gumbel_noise(keys, vocab: int):
 
 def draw(logp, noise):
     """Gumbel arg-max: ``argmax(logp + noise)`` is a draw from ``exp(logp)`` (exact in distribution)."""
-    return jnp.argmax(logp + noise, axis=-1).astype(jnp.int32)
+    return argmax(logp + noise)
 
 
 def take(logp, tokens):
@@ -71,7 +82,7 @@ def sample_token(keys, logits, cfg: SamplerConfig, noise=None):
     ``noise`` (default: Gumbel noise from ``keys``) lets two distributions share one draw's randomness.
     """
     if cfg.greedy:  # the arg-max needs no random bits and no softmax
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        tokens = argmax(logits)
         return tokens, jnp.zeros(tokens.shape, jnp.float32)
     logp = token_distribution(logits, cfg)
     tokens = draw(logp, gumbel_noise(keys, logp.shape[-1]) if noise is None else noise)
