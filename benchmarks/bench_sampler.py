@@ -1,0 +1,148 @@
+"""Generation throughput of ``opd_jax.sampling.sample`` vs ``transformers`` ``generate`` (PyTorch, KV cache).
+
+Same weights (the PyTorch model is saved and loaded with ``from_pretrained``), same left-padded
+prompts, same CPU, one process. Both decode with no end-of-sequence token, so every row generates
+exactly ``--new-tokens`` tokens; greedily by default, when the table also reports whether the two
+produced the same tokens (``--temperature 1`` samples from the full softmax instead). Timed runs alternate ours / PyTorch (A B A B ...); the table gives medians in generated
+tokens/s (batch x new tokens / wall time, prefill included) and their ratio (ours / PyTorch).
+
+    python benchmarks/bench_sampler.py            # tiny and ~100M configs, batch 1, 8, 64, 128 new tokens
+    python benchmarks/bench_sampler.py --smoke    # seconds: tiny config, batch 1 and 8, 16 new tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from opd_jax.models import count_params, from_pretrained  # noqa: E402
+from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
+
+# HF Qwen3 configurations. "100m": 12 layers x 768 wide, 32k vocabulary, tied: ~100M parameters.
+CONFIGS = {
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+    "100m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
+}
+PAD = 0
+
+
+def build(name: str, workdir: str):
+    """The PyTorch reference model and ours, holding identical float32 weights."""
+    cfg = transformers.AutoConfig.for_model("qwen3", **CONFIGS[name])
+    torch.manual_seed(0)
+    theirs = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    with torch.no_grad():  # HF's 0.02 init gives near-uniform logits, i.e. arg-max ties; widen it
+        for pname, p in theirs.named_parameters():
+            if "norm" not in pname:
+                p.normal_(0.0, 0.08)
+    path = os.path.join(workdir, name)
+    theirs.save_pretrained(path)
+    return theirs, from_pretrained(path)
+
+
+def prompts(batch: int, length: int, vocab: int):
+    """Left-padded prompts whose lengths spread over [length / 2, length]."""
+    rng = np.random.RandomState(batch)
+    tokens = rng.randint(1, vocab, (batch, length)).astype(np.int32)
+    lengths = np.linspace(length, max(length // 2, 1), batch).astype(int)
+    mask = np.arange(length)[None, :] >= (length - lengths)[:, None]
+    return np.where(mask, tokens, PAD).astype(np.int32), mask
+
+
+def time_call(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature) -> dict:
+    tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
+    graphdef, params = nnx.split(ours, nnx.Param)
+    cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=temperature, pad_id=PAD,
+                        prompt_buckets=(prompt_len,), new_token_buckets=(new_tokens,))
+    key = jax.random.key(0)
+    tokens_pt, mask_pt = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
+    gen_cfg = transformers.GenerationConfig(max_new_tokens=new_tokens, pad_token_id=PAD, eos_token_id=None,
+                                            use_cache=True, **(sampling or dict(do_sample=False)))
+    out = {}
+
+    def run_ours():
+        out["ours"] = jax.block_until_ready(sample(graphdef, params, tokens, mask, key, cfg=cfg))
+
+    def run_theirs():
+        with torch.no_grad():
+            out["theirs"] = theirs.generate(input_ids=tokens_pt, attention_mask=mask_pt, generation_config=gen_cfg)
+
+    run_ours(), run_theirs()  # warm-up: compiles ours, warms PyTorch's allocator
+    assert out["theirs"].shape == out["ours"].tokens.shape, "both must generate exactly new_tokens tokens"
+    same = np.asarray(out["ours"].tokens)[:, prompt_len:] == out["theirs"][:, prompt_len:].numpy()
+    times_a, times_b = [], []
+    for _ in range(reps):
+        times_a.append(time_call(run_ours))
+        times_b.append(time_call(run_theirs))
+    generated = batch * new_tokens
+    tps_a, tps_b = generated / statistics.median(times_a), generated / statistics.median(times_b)
+    greedy = temperature == 0
+    return dict(config=name, params=count_params(ours), batch=batch, ours=tps_a, torch=tps_b,
+                ratio=tps_a / tps_b, same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
+                same_tokens=f"{same.mean():.1%}" if greedy else "-")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run: tiny config, batch 1 and 8, "
+                                                             "16 new tokens, 2 reps")
+    parser.add_argument("--configs", default="tiny,100m", help=f"comma-separated subset of {sorted(CONFIGS)}")
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); >0: sample")
+    args = parser.parse_args(argv)
+    names, batches = args.configs.split(","), [int(b) for b in args.batches.split(",")]
+    prompt_len, new_tokens, reps = args.prompt_len, args.new_tokens, args.reps
+    if args.smoke:
+        names, batches, prompt_len, new_tokens, reps = ["tiny"], [1, 8], 16, 16, 2
+    for n in names:
+        if n not in CONFIGS:
+            parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in names:
+            theirs, ours = build(name, workdir)
+            for batch in batches:
+                rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature))
+
+    print(f"\ncommand: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+          f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
+          f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
+          f"{new_tokens} new tokens, medians of {reps} alternating runs; float32\n")
+    print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | same rows | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['ours']:,.0f} | {r['torch']:,.0f} "
+              f"| {r['ratio']:.2f} | {r['same_rows']} | {r['same_tokens']} |")
+
+
+if __name__ == "__main__":
+    main()
