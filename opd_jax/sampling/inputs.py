@@ -103,9 +103,14 @@ def check_row_ids(row_ids, batch: int):
 
 
 def check_teacher(teacher, teacher_mix, vocab_size: int, teacher_vocab: int | None) -> float:
-    if isinstance(teacher_mix, bool) or not isinstance(teacher_mix, (int, float)) or not 0 <= teacher_mix <= 1:
+    try:  # a Python, numpy or 0-d JAX number (a schedule's value); not a bool
+        mix = float(teacher_mix) if not isinstance(teacher_mix, bool) else None
+    except (TypeError, ValueError):
+        mix = None
+    if mix is None or not 0 <= mix <= 1:
         raise ValueError(f"teacher_mix must be a number in [0, 1] (the chance a token comes from "
                          f"the teacher), got {teacher_mix!r}")
+    teacher_mix = mix
     if teacher is None:
         if teacher_mix > 0:
             raise ValueError(f"teacher_mix={teacher_mix} needs a teacher: pass teacher=(graphdef, params)")

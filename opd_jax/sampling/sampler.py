@@ -258,6 +258,9 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
     vocab = model_config(graphdef, params).vocab_size
     mask_on_host = inputs.check_prompts(prompts, prompt_mask, vocab)
     inputs.check_ids(cfg, vocab)
+    if teacher is not None and (not isinstance(teacher, tuple) or len(teacher) != 2):
+        raise ValueError("teacher must be the pair (graphdef, params) = nnx.split(teacher_model, nnx.Param), "
+                         f"got {type(teacher).__name__}")
     t_graphdef, t_params = (None, None) if teacher is None else teacher
     t_vocab = None if teacher is None else model_config(t_graphdef, t_params).vocab_size
     mix = inputs.check_teacher(teacher, teacher_mix, vocab, t_vocab)

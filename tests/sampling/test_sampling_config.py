@@ -100,6 +100,7 @@ def _bad_calls():
         "key": (dict(key=np.float32(1.0)), "key"),
         "mix without teacher": (dict(teacher_mix=0.5), "teacher"),
         "mix out of range": (dict(teacher=teacher, teacher_mix=1.5), "teacher_mix"),
+        "teacher not a pair": (dict(teacher=Successor(V), teacher_mix=0.5), "teacher"),
         "teacher vocabulary": (dict(teacher=nnx.split(Successor(V + 1), nnx.Param), teacher_mix=0.5), "teacher"),
         "cfg type": (dict(cfg=dict(max_new_tokens=3)), "SamplerConfig"),
     }, dict(tokens=tokens, mask=mask, cfg=cfg, key=jax.random.key(0))

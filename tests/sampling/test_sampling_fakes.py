@@ -118,6 +118,6 @@ def test_teacher_mix_extremes(mix, expected):
     tokens, mask = _prompts([0, 5])
     teacher = nnx.split(Successor(V, shift=2), nnx.Param)
     cfg = SamplerConfig(max_new_tokens=4, new_token_buckets=(4,))
-    r = _run(Successor(V), tokens, mask, cfg, teacher=teacher, teacher_mix=mix)
+    r = _run(Successor(V), tokens, mask, cfg, teacher=teacher, teacher_mix=np.float32(mix))  # a schedule's value
     assert (completion(r, "from_teacher") == expected).all()
     np.testing.assert_allclose(completion(r, "logp"), 0.0, atol=(V - 1) * math.exp(-BIG))
