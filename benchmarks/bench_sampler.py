@@ -115,7 +115,12 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); >0: sample")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
+                             "OpenMP spin-waiting that makes PyTorch look far slower than it is")
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     names, batches = args.configs.split(","), [int(b) for b in args.batches.split(",")]
     prompt_len, new_tokens, reps = args.prompt_len, args.new_tokens, args.reps
     if args.smoke:

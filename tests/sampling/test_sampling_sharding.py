@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from sampling_helpers import left_padded, split_model
 from opd_jax.sampling import SamplerConfig, sample
