@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import opd_jax.objectives as O
@@ -152,6 +153,13 @@ class Trainer:
         return jax.device_put(x, self.rows) if local else \
             jax.make_array_from_process_local_data(self.rows, x)
 
+    def _local(self, x: jax.Array) -> np.ndarray:
+        """This process's rows of a global array sharded over the data axes (inverse of _global)."""
+        if jax.process_count() == 1:
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.global_array_to_host_local_array(
+            x, self.mesh, P(("data", "fsdp"))))
+
     def _prompts(self, cursor: int):
         n = self.exp.data.batch_size
         idx = D.global_indices(len(self.examples), self.exp.data.shuffle_seed, cursor, n)
@@ -248,8 +256,7 @@ class Trainer:
                          None if tp is None else g(tp), None if tm is None else g(tm))
 
     def _with_rewards(self, batch, exs):
-        comp = np.asarray(jax.device_get(batch.targets))
-        mask = np.asarray(jax.device_get(batch.loss_mask))
+        comp, mask = self._local(batch.targets), self._local(batch.loss_mask)  # this host's rows
         k = self.exp.sampler.num_samples
         r = np.array([self.reward_fn(exs[i // k], comp[i][mask[i]]) for i in range(len(comp))],
                      np.float32)
@@ -288,9 +295,10 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         exp = self.exp
-        write_json(exp, os.path.join(exp.run.workdir, "config.json"))
+        lead = jax.process_index() == 0  # one process writes the run's files; Orbax syncs saves
+        if lead:
+            write_json(exp, os.path.join(exp.run.workdir, "config.json"))
         self.restore()
-        lead = jax.process_index() == 0
         writer = MetricsWriter(exp.run.workdir, tensorboard=exp.run.tensorboard,
                                wandb=exp.run.wandb, config=to_dict(exp), enabled=lead)
         progress = Progress(exp.run.steps, int(self.state.step), enabled=exp.run.progress and lead)
