@@ -81,8 +81,9 @@ class Checkpointer:
             out = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # Orbax raises many types for damaged files
             earlier = [s for s in self.all_steps() if s < step]
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ValueError(f"checkpoint {self.directory}/{step} cannot be restored (damaged, or "
-                             f"from a different model or config?): {e}. It was left untouched; "
+                             f"from a different model or config?): {detail}. It was left untouched; "
                              f"move it out of {self.directory} to resume from an earlier "
                              f"checkpoint (steps {earlier}).") from e
         return {k: out[k] for k in targets}, out["meta"]

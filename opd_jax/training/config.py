@@ -105,10 +105,13 @@ class CheckpointConfig:
     every: int = 0  # save every N optimizer steps (0 = only at the end)
     keep: int = 2
     async_save: bool = True
+    resume_step: int | None = None  # restore this step instead of the latest (None: the latest)
 
     def __post_init__(self):
         _check(self.every >= 0, f"ckpt.every must be >= 0, got {self.every}")
         _check(self.keep >= 1, f"ckpt.keep must be >= 1, got {self.keep}")
+        _check(self.resume_step is None or self.resume_step >= 0,
+               f"ckpt.resume_step must be >= 0 (or None), got {self.resume_step}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -31,10 +31,11 @@ import opd_jax.objectives as O
 from opd_jax import data as D
 from opd_jax.config import to_dict, write_json
 from opd_jax.sampling import sample
+from opd_jax.sampling.sampler import model_config
 from opd_jax.sharding import make_mesh
 from opd_jax.training.batch import Sequences, TrainBatch, completion_hidden
 from opd_jax.training.build import build_model, vocab_size
-from opd_jax.training.checkpoint import Checkpointer, abstract
+from opd_jax.training.checkpoint import CheckpointNotFound, Checkpointer, abstract
 from opd_jax.training.config import Experiment
 from opd_jax.training.logging import MetricsWriter, Progress
 from opd_jax.training.optim import make_optimizer
@@ -80,6 +81,7 @@ class Trainer:
         self.examples = examples if examples is not None else D.load_examples(
             exp.data.path, tokenizer=tokenizer, max_prompt_len=exp.data.max_prompt_len,
             vocab_size=vocab_size(self.s_graph, params), chat_template=exp.data.chat_template)
+        self._check_lengths(params)
         self.objective = O.build_objective(exp.objective, diagnostics_k=exp.run.diagnostics_k or None)
         self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
         self.tx = make_optimizer(exp.optim, exp.run.steps)
@@ -101,10 +103,10 @@ class Trainer:
     def _check_static(self, exp: Experiment):
         rows = exp.data.batch_size * exp.sampler.num_samples
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if rows % shards:
-            raise ValueError(f"data.batch_size x sampler.num_samples = {rows} rows do not divide "
-                             f"over the {shards} data-parallel devices (mesh data x fsdp); change "
-                             "the batch size or the mesh.")
+        if exp.data.batch_size % shards:  # prompts are sharded before num_samples repeats them
+            raise ValueError(f"data.batch_size={exp.data.batch_size} prompts do not divide over "
+                             f"the {shards} data-parallel devices (mesh data={self.mesh.shape['data']}"
+                             f" x fsdp={self.mesh.shape['fsdp']}); change the batch size or the mesh.")
         if rows % exp.step.grad_accum or (rows // exp.step.grad_accum) % shards:
             raise ValueError(f"{rows} rows cannot be split into step.grad_accum={exp.step.grad_accum} "
                              f"micro-batches that each divide over {shards} devices.")
@@ -127,6 +129,21 @@ class Trainer:
         elif kind in ("ema", "initial"):
             self.t_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
                                     out_shardings=self.p_sh)(params)
+
+    def _check_lengths(self, params):
+        """Every prompt plus ``sampler.max_new_tokens`` must fit each model's position range."""
+        new = self.exp.sampler.max_new_tokens
+        student = model_config(self.s_graph, params)
+        teacher = student if self.t_graph is None else model_config(self.t_graph, self.t_params)
+        for who, cfg, ids in (("student", student, lambda e: e.prompt_ids),
+                              ("teacher", teacher, lambda e: e.teacher_prompt_ids or e.prompt_ids)):
+            e = max(self.examples, key=lambda e: len(ids(e)))
+            if len(ids(e)) + new > cfg.max_position_embeddings:
+                raise D.DataError(
+                    f"{self.exp.data.path}:{e.line}: a prompt of {len(ids(e))} tokens plus "
+                    f"sampler.max_new_tokens={new} exceeds the {who}'s max_position_embeddings="
+                    f"{cfg.max_position_embeddings}; shorten the prompts (data.max_prompt_len) or "
+                    "lower sampler.max_new_tokens.")
 
     def _check_tokenizers(self):
         s, t = self.exp.student.path, self.exp.teacher.model.path
@@ -293,12 +310,36 @@ class Trainer:
             self.t_params = items["teacher"]
         return True
 
+    def _check_finite(self, metrics: dict[str, float], step: int):
+        """Stop before a non-finite loss or update reaches a checkpoint (the state is not saved)."""
+        bad = [k for k in ("loss/total", "opt/grad_norm", "opt/update_norm")
+               if not math.isfinite(metrics[k])]
+        if bad:
+            last = self.ckpt.latest_step()
+            raise FloatingPointError(
+                f"{bad[0]} is {metrics[bad[0]]} at step {step}; stopping without saving. The last "
+                f"good checkpoint ({'none' if last is None else f'step {last}'}) in "
+                f"{self.ckpt.directory} is intact; lower optim.lr or check the data.")
+
+    def _check_resume(self, step: int | None):
+        """``ckpt.resume_step`` must name a finished checkpoint with none after it."""
+        have = self.ckpt.all_steps()
+        if step is not None and step not in have:
+            raise CheckpointNotFound(f"no checkpoint for step {step} in {self.ckpt.directory}; "
+                                     f"available: {have} (ckpt.resume_step)")
+        later = [s for s in have if step is not None and s > step]
+        if later:
+            raise ValueError(f"ckpt.resume_step={step}, but {self.ckpt.directory} also holds the later "
+                             f"checkpoints {later}, which this run would not save over; move them "
+                             "out of the directory (or unset ckpt.resume_step).")
+
     def run(self) -> dict[str, float]:
         exp = self.exp
+        self._check_resume(exp.ckpt.resume_step)
+        self.restore(exp.ckpt.resume_step)
         lead = jax.process_index() == 0  # one process writes the run's files; Orbax syncs saves
         if lead:
             write_json(exp, os.path.join(exp.run.workdir, "config.json"))
-        self.restore()
         writer = MetricsWriter(exp.run.workdir, tensorboard=exp.run.tensorboard,
                                wandb=exp.run.wandb, config=to_dict(exp), enabled=lead)
         progress = Progress(exp.run.steps, int(self.state.step), enabled=exp.run.progress and lead)
@@ -307,12 +348,7 @@ class Trainer:
             while int(self.state.step) < exp.run.steps:
                 metrics = self.iteration()
                 step = int(self.state.step)
-                if not math.isfinite(metrics["loss/total"]):
-                    last = self.ckpt.latest_step()
-                    raise FloatingPointError(
-                        f"the loss is {metrics['loss/total']} at step {step}; stopping without "
-                        f"saving. The last good checkpoint ({'none' if last is None else f'step {last}'}) "
-                        f"in {self.ckpt.directory} is intact.")
+                self._check_finite(metrics, step)
                 if step % exp.run.log_every == 0 or step == exp.run.steps:
                     writer.write(step, metrics)
                 progress.update(step, metrics["loss/total"], metrics["throughput/tokens_per_s"])

@@ -1,0 +1,194 @@
+"""Bad input to the training system: each case fails with an error that names the problem (the
+field, file and line, or directory), and nothing already saved is changed.
+
+Config fields, values and objectives given on the command line are covered in test_cli.py; here
+the trainer meets bad models, meshes, data, checkpoints and a diverging run. Checkpoints come
+from a real run of the command line, copied for each test that damages them.
+"""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from cli_helpers import (EXPERIMENT, REPO, assert_bitwise_equal, check_ok, digest, read_state,
+                         run_cli, steps)
+from opd_jax.config import apply_overrides, load_experiment
+from opd_jax.data import DataError
+from opd_jax.models import Transformer, save_pretrained, tiny_config
+from opd_jax.training.checkpoint import CheckpointNotFound
+from opd_jax.training.loop import Trainer
+
+pytestmark = pytest.mark.slow
+
+
+def _exp(work, *sets, data=None):
+    """tiny_opd's smoke experiment in ``work``, on ``data`` (default: the run's own prompts)."""
+    exp = apply_overrides(load_experiment(str(REPO / EXPERIMENT)),
+                          ["run.progress=false", *sets, f"run.workdir={work}"])
+    path = str(data or work / "prompts.jsonl")
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, path=path))
+
+
+def _prompts(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+GOOD = json.dumps({"prompt_ids": [5, 6, 7]})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run of 4 steps with checkpoints at steps 2 and 4."""
+    work = tmp_path_factory.mktemp("errors") / "run"
+    check_ok(run_cli(work, "run.steps=4", "ckpt.every=2", "ckpt.keep=5"))
+    assert steps(work) == [2, 4]
+    return work
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(trained, work)
+    return work
+
+
+# ------------------------------------------------------------------ models and meshes
+
+
+@pytest.mark.parametrize("sets,named", [
+    (["data.batch_size=6"], "data.batch_size=6"),  # 6 prompts over 8 data-parallel devices
+    (["step.grad_accum=3"], "step.grad_accum=3"),
+    (["mesh.data=2", "mesh.tensor=2", "data.batch_size=3"], "data.batch_size=3"),
+])
+def test_batch_not_divisible_by_the_data_axes(tmp_path, sets, named):
+    data = _prompts(tmp_path / "p.jsonl", [GOOD])
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        Trainer(_exp(tmp_path / "run", *sets, data=data))
+    assert not (tmp_path / "run").exists()
+
+
+def test_mesh_larger_than_the_devices(tmp_path):
+    with pytest.raises(ValueError, match=r"needs 16 devices, only 8"):
+        Trainer(_exp(tmp_path / "run", "mesh.data=16", data=tmp_path / "unused.jsonl"))
+
+
+def test_teacher_and_student_vocabularies_differ(tmp_path):
+    data = _prompts(tmp_path / "p.jsonl", [GOOD])
+    with pytest.raises(ValueError, match=r"vocabularies differ \(student 32, teacher 40\)"):
+        Trainer(_exp(tmp_path / "run", "teacher.model.config.vocab_size=40", data=data))
+
+
+def _hf_model(path, words):
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    cfg = tiny_config(vocab_size=len(words), hidden_size=32, num_layers=1)
+    save_pretrained(Transformer(cfg, rngs=nnx.Rngs(0)), path,
+                    tokenizer=PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>"))
+    return path
+
+
+def test_teacher_and_student_tokenizers_differ(tmp_path):
+    words = ["<unk>"] + [f"w{i}" for i in range(31)]
+    student = _hf_model(tmp_path / "student", words)
+    teacher = _hf_model(tmp_path / "teacher", words[:5] + ["other"] + words[6:])  # same size
+    data = _prompts(tmp_path / "p.jsonl", [GOOD])
+    with pytest.raises(ValueError, match=r"tokenizers differ.*'other'") as e:
+        Trainer(_exp(tmp_path / "run", f"student.path={student}", f"teacher.model.path={teacher}",
+                     data=data))
+    assert str(student) in str(e.value) and str(teacher) in str(e.value)
+
+
+# ------------------------------------------------------------------ data
+
+
+@pytest.mark.parametrize("lines,sets,match", [
+    ([], [], r"p\.jsonl: the file holds no records"),
+    ([GOOD, GOOD, '{"prompt_ids": [1, 2'], [], r"p\.jsonl:3: invalid JSON"),
+    ([GOOD, "[1, 2, 3]"], [], r"p\.jsonl:2: each line must be a JSON object"),
+    ([GOOD, '{"text": "hi"}'], [], r"p\.jsonl:2: no 'prompt' or 'prompt_ids' field"),
+    ([GOOD, json.dumps({"prompt_ids": [3, 32]})], [], r"p\.jsonl:2: prompt has token id 32 >= vocab_size 32"),
+    ([GOOD, json.dumps({"prompt_ids": []})], [], r"p\.jsonl:2: the prompt is empty"),
+    ([GOOD, json.dumps({"prompt_ids": [3] * 17})], [],
+     r"p\.jsonl:2: the prompt has 17 tokens, more than data\.max_prompt_len=16"),
+    ([GOOD, json.dumps({"prompt_ids": [3] * 12}), GOOD], ["sampler.max_new_tokens=120"],
+     r"p\.jsonl:2: a prompt of 12 tokens plus sampler\.max_new_tokens=120 exceeds the student's "
+     r"max_position_embeddings=128"),
+], ids=["empty", "corrupt", "not-object", "no-prompt", "token-id", "empty-prompt", "too-long",
+        "past-max-positions"])
+def test_bad_data_file_names_the_line(tmp_path, lines, sets, match):
+    data = _prompts(tmp_path / "p.jsonl", lines)
+    with pytest.raises(DataError, match=match):
+        Trainer(_exp(tmp_path / "run", *sets, data=data))
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.jsonl: no such data file"):
+        Trainer(_exp(tmp_path / "run", data=tmp_path / "nope.jsonl"))
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_resume_step_that_does_not_exist(run_copy):
+    before = digest(run_copy / "checkpoints")
+    trainer = Trainer(_exp(run_copy, "ckpt.resume_step=3"))
+    with pytest.raises(CheckpointNotFound, match=r"no checkpoint for step 3 in .*checkpoints; "
+                                                 r"available: \[2, 4\]"):
+        trainer.run()
+    with pytest.raises(ValueError, match=r"ckpt\.resume_step=2, but .*checkpoints also holds the "
+                                         r"later checkpoints \[4\]"):
+        Trainer(_exp(run_copy, "ckpt.resume_step=2")).run()
+    assert digest(run_copy / "checkpoints") == before
+
+
+def _truncate_arrays(step_dir):
+    for f in (step_dir / "state").rglob("d/*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[:10])
+
+
+def _garble_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").write_text("{not json")
+
+
+def _drop_state(step_dir):
+    shutil.rmtree(step_dir / "state")
+
+
+@pytest.mark.parametrize("damage", [_truncate_arrays, _garble_metadata, _drop_state],
+                         ids=["truncated-arrays", "garbled-metadata", "missing-state"])
+def test_damaged_checkpoint_names_the_directory_and_keeps_the_good_one(run_copy, damage):
+    good = read_state(run_copy, 2)
+    damage(run_copy / "checkpoints" / "4")
+    before = digest(run_copy / "checkpoints")
+    trainer = Trainer(_exp(run_copy, "run.steps=6"))
+    with pytest.raises(ValueError, match=r"checkpoints/4 cannot be restored .*steps \[2\]"):
+        trainer.run()
+    assert digest(run_copy / "checkpoints") == before  # neither checkpoint touched or removed
+    assert json.loads((run_copy / "config.json").read_text())["run"]["steps"] == 4  # nor the config
+    assert trainer.restore(2) and int(trainer.state.step) == 2  # the good one still restores
+    assert_bitwise_equal(read_state(run_copy, 2), good)
+
+
+# ------------------------------------------------------------------ divergence
+
+
+def test_non_finite_update_stops_and_keeps_the_last_checkpoint(run_copy):
+    last = read_state(run_copy, 4)
+    before = digest(run_copy / "checkpoints")
+    proc = run_cli(run_copy, "run.steps=6", "ckpt.every=1", "ckpt.keep=5", "optim.lr=1e30")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "FloatingPointError" in proc.stderr and "at step 5; stopping without saving" in proc.stderr
+    assert "last good checkpoint (step 4)" in proc.stderr
+    assert steps(run_copy) == [2, 4] and digest(run_copy / "checkpoints") == before
+    state = read_state(run_copy, 4)
+    assert_bitwise_equal(state, last)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
