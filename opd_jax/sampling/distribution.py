@@ -76,14 +76,11 @@ def take(logp, tokens):
     return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
-def sample_token(keys, logits, cfg: SamplerConfig, noise=None):
-    """``(tokens int32 [R], logp float32 [R])``: one draw per row and its log-probability under the draw's distribution.
-
-    ``noise`` (default: Gumbel noise from ``keys``) lets two distributions share one draw's randomness.
-    """
+def sample_token(keys, logits, cfg: SamplerConfig):
+    """``(tokens int32 [R], logp float32 [R])``: one draw per row and its log-probability under the draw's distribution."""
     if cfg.greedy:  # the arg-max needs no random bits and no softmax
         tokens = argmax(logits)
         return tokens, jnp.zeros(tokens.shape, jnp.float32)
     logp = token_distribution(logits, cfg)
-    tokens = draw(logp, gumbel_noise(keys, logp.shape[-1]) if noise is None else noise)
+    tokens = draw(logp, gumbel_noise(keys, logp.shape[-1]))
     return tokens, take(logp, tokens)

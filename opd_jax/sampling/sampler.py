@@ -126,14 +126,15 @@ def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
     if teacher_logits is None:
         tokens, logp = D.sample_token(keys, logits, cfg)
         return tokens, logp, {}
-    # One Gumbel vector serves both draws: only the draw the coin keeps is used, so it stays exact.
-    noise = None if cfg.greedy else D.gumbel_noise(keys, logits.shape[-1])
-    tok_s, _ = D.sample_token(keys, logits, cfg, noise)
-    tok_t, _ = D.sample_token(keys, teacher_logits, cfg, noise)
+    logp_s, logp_t = D.token_distribution(logits, cfg), D.token_distribution(teacher_logits, cfg)
+    if cfg.greedy:
+        tok_s, tok_t = D.argmax(logits), D.argmax(teacher_logits)
+    else:  # one Gumbel vector serves both draws: only the draw the coin keeps is used, so it stays exact
+        noise = D.gumbel_noise(keys, logits.shape[-1])
+        tok_s, tok_t = D.draw(logp_s, noise), D.draw(logp_t, noise)
     from_teacher = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(keys) < mix
     tokens = jnp.where(from_teacher, tok_t, tok_s)
-    student = D.take(D.token_distribution(logits, cfg), tokens)
-    teacher = D.take(D.token_distribution(teacher_logits, cfg), tokens)
+    student, teacher = D.take(logp_s, tokens), D.take(logp_t, tokens)
     # The token's law, marginal over the coin: mix * teacher + (1 - mix) * student.
     logp = jnp.logaddexp(jnp.log(mix) + teacher, jnp.log1p(-mix) + student)
     return tokens, logp, dict(student_logp=student, teacher_logp=teacher, from_teacher=from_teacher)

@@ -113,11 +113,13 @@ def test_teacher_mixed_sampling_draws_from_each_with_probability_mix():
     assert completion(r, "completion_mask").all()
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("mix, expected", [(0.0, False), (1.0, True)])
-def test_teacher_mix_extremes(mix, expected):
+def test_teacher_mix_extremes(mix, expected, temperature):
     tokens, mask = _prompts([0, 5])
     teacher = nnx.split(Successor(V, shift=2), nnx.Param)
-    cfg = SamplerConfig(max_new_tokens=4, new_token_buckets=(4,))
+    cfg = SamplerConfig(max_new_tokens=4, new_token_buckets=(4,), temperature=temperature)
     r = _run(Successor(V), tokens, mask, cfg, teacher=teacher, teacher_mix=np.float32(mix))  # a schedule's value
     assert (completion(r, "from_teacher") == expected).all()
+    np.testing.assert_array_equal(np.diff(np.asarray(r.tokens)[:, r.prompt_len - 1:], axis=1) % V, 2 if expected else 1)
     np.testing.assert_allclose(completion(r, "logp"), 0.0, atol=(V - 1) * math.exp(-BIG))
