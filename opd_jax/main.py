@@ -36,8 +36,7 @@ def init_distributed(args) -> None:
             raise SystemExit("error: --num-processes/--process-id need --coordinator HOST:PORT")
         return
     import jax
-    if "cpu" in (jax.config.jax_platforms or ""):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; others ignore it
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
