@@ -25,6 +25,7 @@ def test_cli_trains_with_overrides_then_resumes(tmp_path):
     assert (work / "prompts.jsonl").read_text().count("\n") == 64
     assert steps(work) == [1, 2]
     assert [m["step"] for m in metrics(work)] == [1, 2]
+    assert "eopd/gate_open_frac" in metrics(work)[0]  # the objective the run trained with
     first = read_state(work, 2)
 
     check_ok(run_cli(work, *sets, "run.steps=4"))  # resumes at step 2: steps 3 and 4 only
