@@ -8,6 +8,7 @@ from a real run of the command line, copied for each test that damages them.
 
 import dataclasses
 import json
+import re
 import shutil
 
 import jax
@@ -181,14 +182,24 @@ def test_damaged_checkpoint_names_the_directory_and_keeps_the_good_one(run_copy,
 # ------------------------------------------------------------------ divergence
 
 
-def test_non_finite_update_stops_and_keeps_the_last_checkpoint(run_copy):
-    last = read_state(run_copy, 4)
+@pytest.mark.parametrize("lr,what", [
+    ("1e30", r"opt/update_norm is inf"),  # the first update overflows: stops at once
+    ("1e15", r"loss/total is nan"),  # finite but huge weights, then a NaN loss a step later
+])
+def test_divergence_stops_and_keeps_the_checkpoints(run_copy, lr, what):
+    earlier = {s: read_state(run_copy, s) for s in (2, 4)}
     before = digest(run_copy / "checkpoints")
-    proc = run_cli(run_copy, "run.steps=6", "ckpt.every=1", "ckpt.keep=5", "optim.lr=1e30")
+    proc = run_cli(run_copy, "run.steps=8", "ckpt.every=1", "ckpt.keep=9", f"optim.lr={lr}")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "FloatingPointError" in proc.stderr and "at step 5; stopping without saving" in proc.stderr
-    assert "last good checkpoint (step 4)" in proc.stderr
-    assert steps(run_copy) == [2, 4] and digest(run_copy / "checkpoints") == before
-    state = read_state(run_copy, 4)
-    assert_bitwise_equal(state, last)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+    found = re.search(what + r" at step (\d+); stopping without saving\. The last good checkpoint "
+                      r"\(step (\d+)\)", proc.stderr)
+    assert found and "FloatingPointError" in proc.stderr, proc.stderr[-3000:]
+    bad, last = int(found[1]), int(found[2])
+    assert steps(run_copy) == sorted({2, 4, last}) and last == max(4, bad - 1)  # nothing at `bad`
+    after = digest(run_copy / "checkpoints")
+    assert {k: v for k, v in after.items() if k.split("/")[0] in ("2", "4")} == before
+    for s, state in earlier.items():
+        assert_bitwise_equal(read_state(run_copy, s), state)
+    state = read_state(run_copy, last)  # the last checkpoint restores and is finite
+    assert int(state["step"]) == last
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
