@@ -5,8 +5,9 @@
 
 The experiment file defines ``get_config(arg) -> Experiment`` and may define
 ``prepare(exp) -> Experiment``, called once the configuration is final (e.g. to write a synthetic
-data file), and ``reward_fn(example, completion_ids) -> float`` (for reward-using objectives). Overrides and ``--workdir`` are checked before anything is compiled or written; a bad
-one exits with status 2 naming the field. The run resumes from the latest finished checkpoint in
+data file), and ``reward_fn(example, completion_ids) -> float`` (for reward objectives).
+Overrides and ``--workdir`` are checked before anything is compiled or written; a bad one exits
+with status 2 naming the field. The run resumes from the latest finished checkpoint in
 ``<workdir>/checkpoints`` and writes the resolved configuration to ``<workdir>/config.json``.
 Errors found by the run (data, models, checkpoints, a non-finite loss) exit with status 1.
 With ``--coordinator`` every host runs the same command with its own ``--process-id``.

@@ -104,9 +104,10 @@ class Trainer:
         rows = exp.data.batch_size * exp.sampler.num_samples
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if exp.data.batch_size % shards:  # prompts are sharded before num_samples repeats them
+            m = self.mesh.shape
             raise ValueError(f"data.batch_size={exp.data.batch_size} prompts do not divide over "
-                             f"the {shards} data-parallel devices (mesh data={self.mesh.shape['data']}"
-                             f" x fsdp={self.mesh.shape['fsdp']}); change the batch size or the mesh.")
+                             f"the {shards} data-parallel devices (mesh data={m['data']} x "
+                             f"fsdp={m['fsdp']}); change the batch size or the mesh.")
         if rows % exp.step.grad_accum or (rows // exp.step.grad_accum) % shards:
             raise ValueError(f"{rows} rows cannot be split into step.grad_accum={exp.step.grad_accum} "
                              f"micro-batches that each divide over {shards} devices.")
@@ -329,9 +330,9 @@ class Trainer:
                                      f"available: {have} (ckpt.resume_step)")
         later = [s for s in have if step is not None and s > step]
         if later:
-            raise ValueError(f"ckpt.resume_step={step}, but {self.ckpt.directory} also holds the later "
-                             f"checkpoints {later}, which this run would not save over; move them "
-                             "out of the directory (or unset ckpt.resume_step).")
+            raise ValueError(f"ckpt.resume_step={step}, but {self.ckpt.directory} also holds the "
+                             f"later checkpoints {later}, which this run would not save over; "
+                             "move them out of the directory (or unset ckpt.resume_step).")
 
     def run(self) -> dict[str, float]:
         exp = self.exp

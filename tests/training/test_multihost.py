@@ -39,7 +39,8 @@ def _two_processes(work, sets, log_dir) -> None:
     port, procs = _free_port(), []
     try:
         for i in range(2):
-            extra = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)]
+            extra = ["--coordinator", f"localhost:{port}", "--num-processes", "2",
+                     "--process-id", str(i)]
             log = open(log_dir / f"host{i}.log", "w")
             procs.append(subprocess.Popen(cli_args(work, *sets, extra=extra), cwd=REPO, text=True,
                                           stdout=log, stderr=subprocess.STDOUT,
@@ -94,10 +95,10 @@ def test_model_teacher_is_read_only_and_never_saved(runs):
 
 
 def _trainer(workdir, sets, **mesh):
-    exp = apply_overrides(load_experiment(str(REPO / EXPERIMENT)), [*sets, f"run.workdir={workdir}"])
-    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, path=str(workdir / "prompts.jsonl")),
-                              mesh=dataclasses.replace(exp.mesh, **mesh))
-    return Trainer(exp)
+    exp = apply_overrides(load_experiment(str(REPO / EXPERIMENT)),
+                          [*sets, f"run.workdir={workdir}"])
+    data = dataclasses.replace(exp.data, path=str(workdir / "prompts.jsonl"))
+    return Trainer(dataclasses.replace(exp, data=data, mesh=dataclasses.replace(exp.mesh, **mesh)))
 
 
 def test_restore_onto_a_different_mesh(runs):
