@@ -23,7 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="override a config field (repeatable)")
     p.add_argument("--workdir", help="run directory (sets run.workdir)")
-    p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
+    p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0, or 'auto' where "
+                   "JAX can detect the cluster (Cloud TPU pods, SLURM)")
     p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, help="multi-host: this process's index")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -38,7 +39,10 @@ def init_distributed(args) -> None:
         return
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; others ignore it
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.coordinator == "auto":  # Cloud TPU pods, SLURM, ...: JAX finds the cluster itself
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def resolve(args):

@@ -32,6 +32,8 @@ from opd_jax import data as D
 from opd_jax.config import to_dict, write_json
 from opd_jax.sampling import sample
 from opd_jax.sampling.sampler import model_config
+from opd_jax.training import flops as F
+from opd_jax.sampling.sampler import model_config
 from opd_jax.sharding import make_mesh
 from opd_jax.training.batch import Sequences, TrainBatch, completion_hidden
 from opd_jax.training.build import build_model, vocab_size
@@ -48,19 +50,34 @@ class TrainingError(RuntimeError):
     pass
 
 
+def _join(prompts, prompt_mask, completion, completion_mask) -> Sequences:
+    """A left-padded prompt followed by the completion."""
+    return Sequences.from_left_padded(jnp.concatenate([prompts, completion], 1),
+                                      jnp.concatenate([prompt_mask, completion_mask], 1))
+
+
 def _assemble(prompts, prompt_mask, completion, completion_mask, behavior_logp, t_prompts,
               t_mask):
     """Sequences = left-padded prompt ++ completion, for the student and (own prompt) the teacher."""
-    def seq(p, m):
-        return Sequences.from_left_padded(jnp.concatenate([p, completion], 1),
-                                          jnp.concatenate([m, completion_mask], 1))
-    return TrainBatch(student=seq(prompts, prompt_mask), targets=completion,
-                      loss_mask=completion_mask, behavior_logp=behavior_logp,
-                      teacher=None if t_prompts is None else seq(t_prompts, t_mask))
+    return TrainBatch(student=_join(prompts, prompt_mask, completion, completion_mask),
+                      targets=completion, loss_mask=completion_mask, behavior_logp=behavior_logp,
+                      teacher=None if t_prompts is None else _join(t_prompts, t_mask, completion,
+                                                                   completion_mask))
 
 
 def _score(graphdef, params, seq: Sequences, n: int):
     return completion_hidden(nnx.merge(graphdef, sg(params)), seq, n)
+
+
+def _context_logp(graphdef, params, prompts, prompt_mask, targets, mask, temperature, chunk):
+    """The teacher's log-prob of each completion token when it sees another context (UniSD's
+    auxiliary demonstrations, its "bad teacher"), ``[B, N]``."""
+    model = nnx.merge(graphdef, sg(params))
+    n = targets.shape[1]
+    hidden = completion_hidden(model, _join(prompts, prompt_mask, targets, mask), n)
+    feats = {"logp": O.feature(O.token_logp, "logits", "tokens", temperature=temperature)}
+    return O.compute_features(feats, tokens=targets, mask=mask, hidden=hidden,
+                              head=model.lm_head_weight(), chunk_size=chunk)["logp"]
 
 
 def _ema(teacher, student, decay):
@@ -93,6 +110,7 @@ class Trainer:
         self.step_fn = make_train_step(objective=self.objective, **common)
         self.sft_fn = make_train_step(objective=self.sft, **common)
         self.score_fn = jax.jit(_score, static_argnums=(0, 3))
+        self.context_logp_fn = jax.jit(_context_logp, static_argnums=(0, 6, 7))
         self.ema_fn = jax.jit(_ema, donate_argnums=(0,))
         self.rows = NamedSharding(self.mesh, P(("data", "fsdp")))
         self.ckpt = Checkpointer(os.path.join(exp.run.workdir, "checkpoints"),
@@ -241,9 +259,10 @@ class Trainer:
             t_seq = batch.teacher if batch.teacher is not None else batch.student
             hidden = self.score_fn(self.t_graph or self.s_graph, teacher_params, t_seq,
                                    batch.completion_len)
-            jax.block_until_ready(hidden)
+            batch = batch.replace(teacher_hidden=hidden,
+                                  extras={**batch.extras, **self._context_extras(exs, batch)})
+            jax.block_until_ready(batch)
             timings["time/score"] = time.perf_counter() - t1
-            batch = batch.replace(teacher_hidden=hidden)
             t2 = time.perf_counter()
             fn = self.sft_fn if source == "cold_start" else self.step_fn
             # the student as its own teacher is passed as None: its buffers are donated
@@ -257,11 +276,60 @@ class Trainer:
         tokens = float(metrics["loss/tokens"])
         out = {k: float(v) for k, v in metrics.items()}
         out.update(timings)
+        out.update(self._flops(batch, p, source, int(metrics["loss/max_len"])))
+        for phase in ("sample", "score", "update"):
+            out[f"throughput/{phase}_gflops_per_s"] = (out[f"flops/{phase}"] / 1e9
+                                                       / max(timings[f"time/{phase}"], 1e-9))
         out["time/step"] = sum(timings.values())
         out["throughput/tokens_per_s"] = tokens / max(out["time/step"], 1e-9)
         out["source/on_policy"] = float(source == "on_policy")
         out["source/cold_start"] = float(source == "cold_start")
         return out
+
+    def _context_extras(self, exs, batch: TrainBatch) -> dict:
+        """Sampled-token log-probs of the teacher under the records' extra contexts:
+        ``aux_teacher_prompts_ids`` (K each) → ``aux_teacher_logp [B, N, K]``,
+        ``bad_teacher_prompt_ids`` → ``bad_teacher_logp [B, N]``."""
+        out = {}
+        k = self.exp.sampler.num_samples
+        graphdef, params = self.t_graph or self.s_graph, self._teacher_params()
+
+        def score(prompt_lists):
+            width = max(len(x) for x in prompt_lists)
+            p, m = D.left_pad(prompt_lists, width, self.exp.sampler.pad_id)
+            rep = lambda x: self._global(np.repeat(x, k, axis=0))  # noqa: E731
+            return self.context_logp_fn(graphdef, params, rep(p), rep(m), batch.targets,
+                                        batch.loss_mask, self.exp.objective.temperature,
+                                        self.exp.step.chunk_size)
+        aux = [e.record.get("aux_teacher_prompts_ids") for e in exs]
+        if any(a is not None for a in aux):
+            if any(a is None or len(a) != len(aux[0]) for a in aux):
+                raise TrainingError("every record needs the same number of "
+                                    "aux_teacher_prompts_ids contexts")
+            out["aux_teacher_logp"] = jnp.stack(
+                [score([tuple(a[j]) for a in aux]) for j in range(len(aux[0]))], axis=-1)
+        bad = [e.record.get("bad_teacher_prompt_ids") for e in exs]
+        if any(b is not None for b in bad):
+            if any(b is None for b in bad):
+                raise TrainingError("bad_teacher_prompt_ids must be given for every record")
+            out["bad_teacher_logp"] = score([tuple(b) for b in bad])
+        return out
+
+    def _flops(self, batch: TrainBatch, prompts: np.ndarray, source: str, steps: int):
+        """Analytic model FLOPs of this iteration's phases (all hosts together)."""
+        s_cfg = model_config(self.s_graph, self.state.params)
+        t_cfg = model_config(self.t_graph or self.s_graph, self._teacher_params())
+        rows, seq = batch.student.tokens.shape
+        n_prompts = prompts.shape[0] * jax.process_count()
+        sampler_cfg = t_cfg if source in ("cold_start", "seq_kd") else s_cfg
+        sample_f = 0.0 if source == "data" else F.sample_flops(
+            sampler_cfg, n_prompts, prompts.shape[1], rows, steps)
+        if source == "on_policy" and self.exp.loop.teacher_mix > 0:
+            sample_f += F.sample_flops(t_cfg, n_prompts, prompts.shape[1], rows, steps)
+        t_seq = batch.teacher if batch.teacher is not None else batch.student
+        return {"flops/sample": sample_f,
+                "flops/score": F.score_flops(t_cfg, rows, t_seq.tokens.shape[1]),
+                "flops/update": F.update_flops(s_cfg, t_cfg, rows, seq, batch.completion_len)}
 
     def _data_batch(self, exs, p, m, tp, tm):
         if any(e.completion_ids is None for e in exs):

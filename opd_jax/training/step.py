@@ -115,6 +115,11 @@ def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales,
         terms = jax.tree.map(sg, terms)
     else:
         feats = O.compute_features(objective.features, chunk_size=cfg.chunk_size, **vocab)
+        # final hidden states at the completion (the student's carries gradient), for
+        # hidden-state matching (UniSD)
+        extras = {**extras, "hidden": hidden}
+        if t_hidden is not None:
+            extras["teacher_hidden"] = t_hidden
         ctx = O.TokenCtx(mask=mb.loss_mask, features=feats, extras=extras, step=step, key=key)
         terms, obj_state, metrics = objective.apply(ctx, obj_state)
         if scales is None:  # one micro-batch: its counts are the global counts
@@ -168,7 +173,8 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {"loss/total": loss, "opt/grad_norm": optax.tree.norm(grads),
-           "opt/update_norm": optax.tree.norm(updates), "loss/tokens": den_tokens}
+           "opt/update_norm": optax.tree.norm(updates), "loss/tokens": den_tokens,
+           "loss/max_len": jnp.max(jnp.sum(batch.loss_mask.astype(jnp.int32), axis=1))}
     for k in terms:  # each term over the whole batch: summed counts, one division
         out[f"loss/{k}"] = O.Reduced(jnp.sum(terms[k].num), jnp.sum(terms[k].den)).value()
     out.update({k: jnp.mean(v) for k, v in metrics.items()})

@@ -119,3 +119,28 @@ def test_reinforce_with_a_verifier_reward_and_teacher_mixed_sampling(tmp_path):
     trainer = Trainer(exp, reward_fn=reward)
     m = trainer.iteration()
     assert len(calls) == 8 * 8 and np.isfinite(m["loss/total"]) and "reinforce/reward" in m
+
+
+def test_unisd_star_runs_with_auxiliary_contexts_bad_teacher_and_hidden_matching(tmp_path):
+    """UniSD*: agreement over K = 2 auxiliary teacher contexts, the contrastive hinge against a
+    teacher seeing a bad demonstration, and final-hidden-state matching (same-width teacher)."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "unisd.jsonl"
+    with open(path, "w") as f:
+        for _ in range(16):
+            p = rng.integers(2, V, 3).tolist()
+            f.write(json.dumps({"prompt_ids": p, "teacher_prompt_ids": [1] + p,
+                                "aux_teacher_prompts_ids": [[2] + p, [3, 4] + p],
+                                "bad_teacher_prompt_ids": [5] + p}) + "\n")
+    exp = experiment(tmp_path, O.UniSDConfig(clip="quantile", agreement="token",
+                                             contrastive_coef=0.1, hidden_coef=0.1),
+                     steps=2, lr=1e-3, teacher=TeacherSpec(kind="initial"))
+    import dataclasses
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, path=str(path)))
+    trainer = Trainer(exp)
+    m = trainer.iteration()
+    for key in ("loss/div", "loss/contrastive", "loss/hidden", "unisd/mean_weight"):
+        assert np.isfinite(m[key]), key
+    assert 0.01 <= m["unisd/mean_weight"] <= 1.0
+    assert m["loss/hidden"] >= 0.0 and m["loss/contrastive"] >= 0.0
+    assert m["flops/update"] > m["flops/score"] > 0

@@ -1,0 +1,45 @@
+"""Analytic model FLOPs of each phase of an iteration (sample, score, update).
+
+The usual matmul count (2 FLOPs per multiply-add): projections, MLP, attention scores and values
+over the whole context (the PaLM MFU convention: causal masking is not discounted), and the LM
+head; elementwise work, recomputation and padding are not counted, so the figures are "model
+FLOPs" as in MFU, not hardware FLOPs.
+"""
+
+from opd_jax.models.config import ModelConfig
+
+
+def body_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
+    """Forward FLOPs of the decoder layers (no LM head) for ``tokens`` tokens attending to
+    ``context`` keys on average."""
+    D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_token = L * (2 * D * (q + 2 * kv) + 2 * q * D + 6 * D * F + 4 * q * context)
+    return tokens * per_token
+
+
+def head_flops(cfg: ModelConfig, tokens: float) -> float:
+    return tokens * 2 * cfg.hidden_size * cfg.vocab_size
+
+
+def sample_flops(cfg: ModelConfig, prompts: int, prompt_len: int, rows: int, steps: int) -> float:
+    """Prefill of each prompt once, then ``steps`` decode steps for every row."""
+    prefill = body_flops(cfg, prompts * prompt_len, prompt_len) + head_flops(cfg, prompts)
+    decode = body_flops(cfg, rows * steps, prompt_len + steps / 2) + head_flops(cfg, rows * steps)
+    return prefill + decode
+
+
+def score_flops(cfg: ModelConfig, rows: int, seq_len: int) -> float:
+    """The teacher's forward over its sequences (hidden states only)."""
+    return body_flops(cfg, rows * seq_len, seq_len)
+
+
+def update_flops(student: ModelConfig, teacher: ModelConfig | None, rows: int, seq_len: int,
+                 completion_len: int) -> float:
+    """Student forward + backward (3x forward) and the vocabulary phase: the student's head
+    forward and backward over the completion, the teacher's head forward."""
+    out = 3 * body_flops(student, rows * seq_len, seq_len)
+    out += 3 * head_flops(student, rows * completion_len)
+    if teacher is not None:
+        out += head_flops(teacher, rows * completion_len)
+    return out
