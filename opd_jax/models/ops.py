@@ -78,6 +78,23 @@ def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     return out_BTKGH.reshape(B, T, N, H)
 
 
+def cached_attention(q_BTNH, k_BKSH, v_BKSH, visible_BTS):
+    """``attention`` with keys and values in the KV-cache layout ``[B, K, S, H]``.
+
+    Batch and kv-head lead in every operand, so both products are plain batched matrix products:
+    no operand is transposed (for one query token, T = 1, the query's transpose is a reshape).
+    """
+    B, T, N, H = q_BTNH.shape
+    K = k_BKSH.shape[1]
+    q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH,
+                              preferred_element_type=jnp.float32) * (H ** -0.5)
+    scores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], scores_BKGTS, _MASKED)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSH.dtype)
+    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS, v_BKSH)
+    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
 def visibility(key_valid_BS, q_slots_T, num_keys: int):
     """Causal-and-valid mask ``[B, T, S]``: query in slot ``q_slots[t]`` sees valid keys in slots <= it."""
     causal_TS = jnp.arange(num_keys, dtype=jnp.int32)[None, :] <= q_slots_T[:, None]

@@ -1,8 +1,13 @@
 """A Flax NNX decoder-only transformer covering Llama, Qwen2 and Qwen3.
 
-Layer parameters are stacked on a leading ``layers`` axis and the forward pass is a
-``lax.scan`` over layers: compile time does not grow with depth, and per-layer
-rematerialisation is one ``jax.checkpoint`` around the scanned body.
+Layer parameters are stacked on a leading ``layers`` axis and the full-sequence forward pass
+(training, scoring, the sampler's prefill) is a ``lax.scan`` over layers: compile time does not
+grow with depth, and per-layer rematerialisation is one ``jax.checkpoint`` around the scanned body.
+
+Calls with a KV cache (decode steps) go through a ``Decoder``: the layers' weights sliced out of
+the stacked parameters once, and a Python loop over layers. Build it once outside a decode loop
+(``model.decoder()``) and its weights are loop-invariant buffers; scanning the stacked weights
+inside the loop would copy every layer's weights, and every layer's cache, on every step.
 
 Dtype policy: parameters are stored in ``cfg.param_dtype`` and cast to ``cfg.dtype`` (the
 compute dtype) where used; RMSNorm statistics, RoPE, attention scores and softmax, and the
@@ -15,7 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from opd_jax.models import ops
 from opd_jax.models.cache import KVCache
@@ -72,30 +77,37 @@ class DecoderLayers(nnx.Module):
                 value = _INIT_STD * jax.random.normal(rngs.params(), full, cfg.param_jnp_dtype)
             setattr(self, name, _param(value, ("layers", *axes)))
 
-    def __call__(self, x_BTD, cos_BTF, sin_BTF, visible_BTS, cache: KVCache | None):
-        """Run every layer; with a cache, write this call's k/v at ``cache.index`` first."""
+    def __call__(self, x_BTD, cos_BTF, sin_BTF, visible_BTS, *, return_kv: bool = False):
+        """Run every layer over the whole sequence (no cache), scanning the stacked weights.
+
+        With ``return_kv``, also each layer's keys (RoPE applied) and values, ``[L, B, T, K, Dh]``
+        in the compute dtype.
+        """
         params = {name: getattr(self, name)[...] for name in self.names}
-        layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+        cfg = self.cfg
 
-        def body(carry, xs):
-            x_BTD, k_cache, v_cache = carry
-            p, layer = xs
-            x_BTD, k_cache, v_cache = _decoder_layer(self.cfg, p, layer, x_BTD, cos_BTF, sin_BTF,
-                                                     visible_BTS, k_cache, v_cache,
-                                                     None if cache is None else cache.index)
-            return (x_BTD, k_cache, v_cache), None
+        def body(x_BTD, p):
+            dt = cfg.compute_jnp_dtype
+            w = {name: value.astype(dt) for name, value in p.items()}
+            q_BTNH, k_BTKH, v_BTKH = _project_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF)
+            attn_BTNH = ops.attention(q_BTNH, k_BTKH, v_BTKH, visible_BTS)
+            x_BTD = _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH)
+            return x_BTD, ((k_BTKH, v_BTKH) if return_kv else None)
 
-        if self.cfg.remat:
+        if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)  # prevent_cse is unneeded inside scan
-        kv = (None, None) if cache is None else (cache.k, cache.v)
-        (x_BTD, k_cache, v_cache), _ = jax.lax.scan(body, (x_BTD, *kv), (params, layer_ids))
-        return x_BTD, k_cache, v_cache
+        return jax.lax.scan(body, x_BTD, params)
+
+    def unstacked(self) -> tuple[dict[str, jax.Array], ...]:
+        """Per-layer weight dicts in the compute dtype (one slice and cast of each stacked parameter)."""
+        dt = self.cfg.compute_jnp_dtype
+        stacked = {name: getattr(self, name)[...] for name in self.names}
+        return tuple({name: value[layer].astype(dt) for name, value in stacked.items()}
+                     for layer in range(self.cfg.num_layers))
 
 
-def _decoder_layer(cfg, p, layer, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_cache, v_cache, index):
-    """One pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
-    dt = cfg.compute_jnp_dtype
-    w = {name: value.astype(dt) for name, value in p.items()}
+def _project_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF):
+    """Attention input: RMSNorm, then q ``[B, T, N, H]``, k and v ``[B, T, K, H]`` (RoPE on q and k)."""
     h_BTD = ops.rms_norm(x_BTD, w["attn_norm"], cfg.rms_norm_eps)
     q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, w["q"])
     k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, w["k"])
@@ -109,16 +121,15 @@ def _decoder_layer(cfg, p, layer, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_cache,
         k_BTKH = ops.rms_norm(k_BTKH, w["k_norm"], cfg.rms_norm_eps)
     q_BTNH = shard(ops.apply_rope(q_BTNH, cos_BTF, sin_BTF), "batch", "seq", "heads", None)
     k_BTKH = ops.apply_rope(k_BTKH, cos_BTF, sin_BTF)
-    if k_cache is None:
-        k_BSKH, v_BSKH = k_BTKH, v_BTKH
-    else:
-        zero = jnp.zeros((), jnp.int32)
-        start = (layer, zero, index, zero, zero)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k_BTKH.astype(k_cache.dtype)[None], start)
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v_BTKH.astype(v_cache.dtype)[None], start)
-        k_BSKH, v_BSKH = k_cache[layer].astype(dt), v_cache[layer].astype(dt)
-    attn_BTNH = ops.attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS)
-    out_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, w["o"])
+    return q_BTNH, k_BTKH, v_BTKH
+
+
+def _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH):
+    """The rest of a pre-norm block: x + out_proj(attn), then + mlp(norm(.))."""
+    # One contracting axis of N * H (a reshape of both operands): contracting (n, h) as two axes
+    # lets XLA pick (h, n) order, which transposes the weight and the activations on every call.
+    B, T, N, H = attn_BTNH.shape
+    out_BTD = jnp.einsum("btf,fd->btd", attn_BTNH.reshape(B, T, N * H), w["o"].reshape(N * H, -1))
     if cfg.out_proj_bias:
         out_BTD = out_BTD + w["o_bias"][None, None]
     x_BTD = shard(x_BTD + out_BTD, "batch", "seq", None)
@@ -127,8 +138,89 @@ def _decoder_layer(cfg, p, layer, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_cache,
     gate_BTF = jnp.einsum("btd,df->btf", h_BTD, w["gate"])
     up_BTF = jnp.einsum("btd,df->btf", h_BTD, w["up"])
     act_BTF = shard(jax.nn.silu(gate_BTF) * up_BTF, "batch", "seq", "mlp")
-    x_BTD = shard(x_BTD + jnp.einsum("btf,fd->btd", act_BTF, w["down"]), "batch", "seq", None)
-    return x_BTD, k_cache, v_cache
+    return shard(x_BTD + jnp.einsum("btf,fd->btd", act_BTF, w["down"]), "batch", "seq", None)
+
+
+def _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKSH, v_BKSH, index):
+    """One block with this layer's cache: write the T new keys/values at ``index``, attend to all slots."""
+    dt = cfg.compute_jnp_dtype
+    q_BTNH, k_BTKH, v_BTKH = _project_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF)
+    zero = jnp.zeros((), jnp.int32)
+    start = (zero, zero, index, zero)
+    k_BKSH = jax.lax.dynamic_update_slice(k_BKSH, k_BTKH.transpose(0, 2, 1, 3).astype(k_BKSH.dtype), start)
+    v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v_BTKH.transpose(0, 2, 1, 3).astype(v_BKSH.dtype), start)
+    attn_BTNH = ops.cached_attention(q_BTNH, k_BKSH.astype(dt), v_BKSH.astype(dt), visible_BTS)
+    return _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH), k_BKSH, v_BKSH
+
+
+def _check_inputs(tokens, positions, mask):
+    tokens_BT, positions_BT = jnp.asarray(tokens), jnp.asarray(positions)
+    if tokens_BT.ndim != 2 or positions_BT.shape != tokens_BT.shape:
+        raise ValueError(f"tokens and positions must both be [B, T], got {tokens_BT.shape} and "
+                         f"{positions_BT.shape}")
+    B, T = tokens_BT.shape
+    mask_BT = jnp.ones((B, T), jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
+    if mask_BT.shape != (B, T):
+        raise ValueError(f"mask must be [B, T] = {(B, T)}, got {mask_BT.shape}")
+    return tokens_BT, positions_BT, mask_BT
+
+
+def _embed(cfg, embed_VD, tokens_BT):
+    x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(cfg.compute_jnp_dtype)
+    return shard(x_BTD, "batch", "seq", None)
+
+
+@struct.dataclass
+class Decoder:
+    """A ``Transformer`` prepared for calls with a KV cache: ``Transformer.decoder()``.
+
+    Holds the weights as a decode loop wants them: one dict per layer, in the compute dtype
+    (the output head too; the embedding stays whole, only the looked-up rows are cast). Built
+    outside a loop, they are loop-invariant buffers that no step copies. The cached forward is a
+    Python loop over layers, each with its own cache buffers updated in place.
+    ``decoder(tokens, positions, mask=, cache=)`` equals ``model(tokens, positions, mask=, cache=)``.
+    """
+
+    cfg: ModelConfig = struct.field(pytree_node=False)
+    embed: jax.Array  # [V, D], parameter dtype
+    layers: tuple  # num_layers dicts of per-layer weights, compute dtype
+    final_norm: jax.Array
+    head: jax.Array  # [V, D] if the embedding is tied, else [D, V]; compute dtype
+
+    def __call__(self, tokens, positions, *, mask=None, cache: KVCache):
+        h_BTD, cache = self.hidden(tokens, positions, mask=mask, cache=cache)
+        return self.logits(h_BTD), cache
+
+    def hidden(self, tokens, positions, *, mask=None, cache: KVCache):
+        """Final hidden states ``[B, T, D]`` and the cache with the T new tokens written at ``cache.index``."""
+        cfg = self.cfg
+        tokens_BT, positions_BT, mask_BT = _check_inputs(tokens, positions, mask)
+        B, T = tokens_BT.shape
+        if cache.batch != B or T > cache.max_len or cache.num_layers != cfg.num_layers:
+            raise ValueError(f"cache holds {cache.num_layers} layers of batch {cache.batch} x {cache.max_len} "
+                             f"slots; got a call with batch {B} and {T} new tokens to a model of "
+                             f"{cfg.num_layers} layers")
+        index = cache.index.astype(jnp.int32)
+        key_valid_BS = jax.lax.dynamic_update_slice(cache.valid, mask_BT, (jnp.int32(0), index))
+        q_slots_T = index + jnp.arange(T, dtype=jnp.int32)
+        visible_BTS = ops.visibility(key_valid_BS, q_slots_T, cache.max_len)
+        cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
+
+        x_BTD = _embed(cfg, self.embed, tokens_BT)
+        k_cache, v_cache = [], []
+        for w, k_BKSH, v_BKSH in zip(self.layers, cache.k, cache.v, strict=True):
+            x_BTD, k_BKSH, v_BKSH = _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKSH,
+                                                  v_BKSH, index)
+            k_cache.append(k_BKSH)
+            v_cache.append(v_BKSH)
+        h_BTD = ops.rms_norm(x_BTD, self.final_norm, cfg.rms_norm_eps)
+        return h_BTD, KVCache(k=k_cache, v=v_cache, valid=key_valid_BS, index=cache.index + T)
+
+    def logits(self, h_BTD):
+        """Float32 logits ``[B, T, V]``, as ``Transformer.logits`` (a tied head is used untransposed)."""
+        spec = "btd,vd->btv" if self.cfg.tie_word_embeddings else "btd,dv->btv"
+        logits_BTV = jnp.einsum(spec, h_BTD, self.head.astype(h_BTD.dtype), preferred_element_type=jnp.float32)
+        return shard(logits_BTV, "batch", "seq", "vocab")
 
 
 class Transformer(nnx.Module):
@@ -150,37 +242,54 @@ class Transformer(nnx.Module):
         return self.logits(h_BTD), cache
 
     def hidden(self, tokens, positions, *, mask=None, cache: KVCache | None = None):
-        """Final hidden states after the last RMSNorm, ``[B, T, D]`` in the compute dtype."""
-        cfg = self.cfg
-        tokens_BT, positions_BT = jnp.asarray(tokens), jnp.asarray(positions)
-        if tokens_BT.ndim != 2 or positions_BT.shape != tokens_BT.shape:
-            raise ValueError(f"tokens and positions must both be [B, T], got {tokens_BT.shape} and "
-                             f"{positions_BT.shape}")
-        B, T = tokens_BT.shape
-        mask_BT = jnp.ones((B, T), jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
-        if mask_BT.shape != (B, T):
-            raise ValueError(f"mask must be [B, T] = {(B, T)}, got {mask_BT.shape}")
+        """Final hidden states after the last RMSNorm, ``[B, T, D]`` in the compute dtype.
 
-        if cache is None:
-            q_slots_T = jnp.arange(T, dtype=jnp.int32)
-            key_valid_BS = mask_BT
-        else:
-            if cache.k.shape[1] != B or T > cache.max_len:
-                raise ValueError(f"cache holds batch {cache.k.shape[1]} x {cache.max_len} slots; "
-                                 f"got a call with batch {B} and {T} new tokens")
-            index = cache.index.astype(jnp.int32)
-            key_valid_BS = jax.lax.dynamic_update_slice(cache.valid, mask_BT, (jnp.int32(0), index))
-            q_slots_T = index + jnp.arange(T, dtype=jnp.int32)
-        visible_BTS = ops.visibility(key_valid_BS, q_slots_T, key_valid_BS.shape[1])
-        cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
-
-        x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.compute_jnp_dtype)
-        x_BTD = shard(x_BTD, "batch", "seq", None)
-        x_BTD, k_cache, v_cache = self.layers(x_BTD, cos_BTF, sin_BTF, visible_BTS, cache)
-        h_BTD = ops.rms_norm(x_BTD, self.final_norm[...], cfg.rms_norm_eps)
+        Without a cache: the scanned full-sequence forward, returning ``(h, None)``. With one: the
+        T tokens are written at ``cache.index`` and attend to every valid earlier slot; returns
+        ``(h, updated cache)`` (through ``self.decoder()``, see ``Decoder`` for use in a loop).
+        """
         if cache is not None:
-            cache = KVCache(k=k_cache, v=v_cache, valid=key_valid_BS, index=cache.index + T)
+            return self.decoder().hidden(tokens, positions, mask=mask, cache=cache)
+        h_BTD, _ = self._scan(tokens, positions, mask, return_kv=False)
+        return h_BTD, None
+
+    def prefill(self, tokens, positions, *, mask=None, cache_len: int, cache_dtype=None):
+        """``hidden(tokens, positions, mask=mask, cache=init_cache(cfg, B, cache_len, cache_dtype))``.
+
+        Computed by the scanned full-sequence forward (attention over the T tokens only, compile
+        time independent of depth), whose per-layer keys and values then fill slots ``[0, T)``.
+        """
+        cfg = self.cfg
+        (h_BTD, mask_BT), (k_LBTKH, v_LBTKH) = self._scan(tokens, positions, mask, return_kv=True)
+        B, T = mask_BT.shape
+        if T > cache_len:
+            raise ValueError(f"a cache of {cache_len} slots cannot hold a prefill of {T} tokens")
+        dtype = cfg.compute_jnp_dtype if cache_dtype is None else jnp.dtype(cache_dtype)
+        to_slots = lambda x_BTKH: jnp.pad(x_BTKH.transpose(0, 2, 1, 3).astype(dtype),
+                                          ((0, 0), (0, 0), (0, cache_len - T), (0, 0)))
+        cache = KVCache(k=[to_slots(k_LBTKH[layer]) for layer in range(cfg.num_layers)],
+                        v=[to_slots(v_LBTKH[layer]) for layer in range(cfg.num_layers)],
+                        valid=jnp.pad(mask_BT, ((0, 0), (0, cache_len - T))),
+                        index=jnp.asarray(T, jnp.int32))
         return h_BTD, cache
+
+    def _scan(self, tokens, positions, mask, *, return_kv: bool):
+        cfg = self.cfg
+        tokens_BT, positions_BT, mask_BT = _check_inputs(tokens, positions, mask)
+        T = tokens_BT.shape[1]
+        visible_BTS = ops.visibility(mask_BT, jnp.arange(T, dtype=jnp.int32), T)
+        cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
+        x_BTD = _embed(cfg, self.embed[...], tokens_BT)
+        x_BTD, kv = self.layers(x_BTD, cos_BTF, sin_BTF, visible_BTS, return_kv=return_kv)
+        h_BTD = ops.rms_norm(x_BTD, self.final_norm[...], cfg.rms_norm_eps)
+        return ((h_BTD, mask_BT), kv) if return_kv else (h_BTD, None)
+
+    def decoder(self) -> Decoder:
+        """The weights sliced per layer and cast to the compute dtype, for cached calls (see ``Decoder``)."""
+        dt = self.cfg.compute_jnp_dtype
+        head = self.embed[...] if self.cfg.tie_word_embeddings else self.lm_head[...]
+        return Decoder(cfg=self.cfg, embed=self.embed[...], layers=self.layers.unstacked(),
+                       final_norm=self.final_norm[...], head=head.astype(dt))
 
     def lm_head_weight(self):
         """The output projection ``[D, V]`` in the parameter dtype (the embedding transposed if tied)."""

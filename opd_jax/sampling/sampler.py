@@ -7,6 +7,11 @@ and the buffers are updated in place, one slot or column per step, never copied 
 the program's scratch memory). No state crosses the jit boundary, so there is nothing to donate
 there: parameters stay with the trainer, prompts with the caller.
 
+The prompts go through the model's scanned full-sequence forward once (``model.prefill``); the
+decode steps through ``model.decoder()``, built once before the loop: per-layer weights that the
+loop body reads in place (slicing stacked weights inside the loop would copy them every step).
+A model without these methods (a test fake) is called as ``model.hidden(..., cache=)`` throughout.
+
 PRNG: row ``r`` (sample ``j`` of prompt ``b``) owns the stream ``fold_in(key, row_ids[b] * n + j)``
 and step ``s`` uses ``fold_in(stream, s)``, so a row's sample depends on its prompt, ``key`` and
 its global id only: not on the other rows, the batch size or the sharding.
@@ -88,9 +93,8 @@ def trace_count() -> int:
 
 
 def _shard_cache(cache: KVCache) -> KVCache:
-    axes = KVCache.logical_axes()
-    return jax.tree.map(lambda x, names: shard(x, *names), cache, axes,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    axes = KVCache.logical_axes(cache.num_layers)
+    return jax.tree.map(lambda x, names: shard(x, *names), cache, axes)
 
 
 def _repeat_rows(x, n: int):
@@ -98,17 +102,26 @@ def _repeat_rows(x, n: int):
     if n == 1:
         return x
     if isinstance(x, KVCache):
-        return KVCache(k=jnp.repeat(x.k, n, axis=1), v=jnp.repeat(x.v, n, axis=1),
+        return KVCache(k=[jnp.repeat(k, n, axis=0) for k in x.k], v=[jnp.repeat(v, n, axis=0) for v in x.v],
                        valid=jnp.repeat(x.valid, n, axis=0), index=x.index)
     return jnp.repeat(x, n, axis=0)
 
 
 def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dtype, n: int):
     """Run the prompts through ``model`` once (not once per sample): next-token logits and cache, ``R`` rows."""
-    cache = _shard_cache(init_cache(model.cfg, prompts_BP.shape[0], cache_len, cache_dtype))
-    h_BPD, cache = model.hidden(prompts_BP, positions_BP, mask=mask_BP, cache=cache)
+    if hasattr(model, "prefill"):
+        h_BPD, cache = model.prefill(prompts_BP, positions_BP, mask=mask_BP, cache_len=cache_len,
+                                     cache_dtype=cache_dtype)
+    else:
+        cache = _shard_cache(init_cache(model.cfg, prompts_BP.shape[0], cache_len, cache_dtype))
+        h_BPD, cache = model.hidden(prompts_BP, positions_BP, mask=mask_BP, cache=cache)
     logits_BV = model.logits(h_BPD[:, -1:])[:, 0]  # left padding: the last column is always real
     return shard(_repeat_rows(logits_BV, n), "batch", "vocab"), _shard_cache(_repeat_rows(cache, n))
+
+
+def _decoder(model):
+    """What the decode loop calls: ``model.decoder()`` (per-layer weights, built once) if it has one."""
+    return model.decoder() if hasattr(model, "decoder") else model
 
 
 def _decode(model, tokens_R, positions_R, mask_R, cache):
@@ -179,6 +192,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, cache_len, cfg.cache_dtype, n)
     logits, cache = prefill(model)
     t_logits, t_cache = (None, None) if teacher is None else prefill(teacher)
+    # Built here, outside the loop: the loop body reads these weights, it never slices them.
+    decoder = _decoder(model)
+    t_decoder = None if teacher is None else _decoder(teacher)
 
     streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
     keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
@@ -215,9 +231,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         token = jax.lax.dynamic_slice_in_dim(state.tokens, col, 1, axis=1)[:, 0]
         real = jax.lax.dynamic_slice_in_dim(state.mask, col, 1, axis=1)[:, 0]
         pos = next_pos_R + state.step
-        logits, cache = _decode(model, token, pos, real, state.cache)
+        logits, cache = _decode(decoder, token, pos, real, state.cache)
         t_logits, t_cache = (None, None) if teacher is None else _decode(
-            teacher, token, pos, real, state.teacher_cache)
+            t_decoder, token, pos, real, state.teacher_cache)
         return state.replace(step=state.step + 1, logits=logits, cache=cache, teacher_logits=t_logits,
                              teacher_cache=t_cache)
 

@@ -46,6 +46,44 @@ def test_cached_prefill_and_decode_equal_full_forward():
     assert not np.asarray(cache.valid)[:, prompt + steps:].any()
 
 
+def test_prefill_and_decoder_equal_the_cached_forward():
+    """``prefill`` (scanned, T keys) equals ``hidden`` with an empty cache (looped, S slots), slot for
+    slot; ``decoder()`` calls equal ``model(..., cache=)``; the cache is one ``[B, K, S, Dh]`` array
+    per layer."""
+    for arch, overrides in [("qwen3", {}), ("qwen2", dict(tie_word_embeddings=False)), ("llama", {})]:
+        model = _model(arch, **overrides)
+        cfg = model.cfg
+        graphdef, params = nnx.split(model, nnx.Param)
+        tokens, mask, positions = padded_batch(cfg.vocab_size, (6, 3, 1), 6)
+        S = 10
+
+        @jax.jit
+        def run(params):
+            m = nnx.merge(graphdef, params)
+            h_pre, pre = m.prefill(tokens, positions, mask=mask, cache_len=S)
+            h_ref, ref = m.hidden(tokens, positions, mask=mask, cache=init_cache(cfg, 3, S))
+            step = (tokens[:, :1], positions[:, -1:] + 1, mask[:, -1:])
+            via_model = m(*step[:2], mask=step[2], cache=pre)
+            via_decoder = m.decoder()(*step[:2], mask=step[2], cache=pre)
+            return h_pre, pre, h_ref, ref, via_model, via_decoder
+
+        h_pre, pre, h_ref, ref, (logits_m, cache_m), (logits_d, cache_d) = run(params)
+        # Padding positions are don't-care (never visible): compare real tokens and valid slots.
+        np.testing.assert_allclose(np.asarray(h_pre)[mask], np.asarray(h_ref)[mask], atol=TOL, rtol=0)
+        assert len(pre.k) == len(pre.v) == cfg.num_layers
+        for a, b in zip(pre.k + pre.v, ref.k + ref.v):
+            assert a.shape == b.shape == (3, cfg.num_kv_heads, S, cfg.head_dim)
+            a, b = np.moveaxis(np.asarray(a), 2, 1), np.moveaxis(np.asarray(b), 2, 1)  # [B, S, K, Dh]
+            np.testing.assert_allclose(a[:, :6][mask], b[:, :6][mask], atol=TOL, rtol=0)
+            assert not a[:, 6:].any()  # slots past the prompt stay empty
+        np.testing.assert_array_equal(pre.valid, ref.valid)
+        assert int(pre.index) == int(ref.index) == 6
+        np.testing.assert_array_equal(logits_m, logits_d)
+        for a, b in zip(jax.tree.leaves(cache_m), jax.tree.leaves(cache_d)):
+            np.testing.assert_array_equal(a, b)
+        assert int(cache_d.index) == 7
+
+
 def test_left_padded_rows_equal_unpadded_rows():
     model = _model("qwen2")
     lengths, total = (10, 6, 1), 10
@@ -137,7 +175,8 @@ def test_dtype_policy_bfloat16():
 
         params, h, logits, cache = nnx.eval_shape(run)
         assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
-        assert h.dtype == jnp.bfloat16 and cache.k.dtype == jnp.bfloat16
+        assert h.dtype == jnp.bfloat16
+        assert {x.dtype for x in cache.k + cache.v} == {jnp.dtype(jnp.bfloat16)}
         assert logits.dtype == jnp.float32
 
 
@@ -179,8 +218,12 @@ def test_sharded_forward_equals_unsharded(n_devices):
 def test_cache_logical_axes_shard_a_cache(n_devices):
     cfg = tiny_config("llama")
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
-    cache = jax.device_put(init_cache(cfg, 4, 8), logical_sharding(KVCache.logical_axes(), mesh))
-    assert cache.k.sharding.spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    cache = jax.device_put(init_cache(cfg, 4, 8), logical_sharding(KVCache.logical_axes(cfg.num_layers), mesh))
+    assert len(cache.k) == len(cache.v) == cfg.num_layers
+    for x in cache.k + cache.v:
+        assert x.shape == (4, cfg.num_kv_heads, 8, cfg.head_dim)
+        assert x.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
+    assert cache.valid.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
 
 
 def test_bad_call_shapes_raise():

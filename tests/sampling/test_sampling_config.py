@@ -1,6 +1,8 @@
 """The static config, buckets (no retrace within one), and bad input refused before compiling."""
 
 import dataclasses
+import math
+import re
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ from flax import nnx
 from sampling_fakes import Successor
 from sampling_helpers import left_padded
 from opd_jax.models import Transformer, tiny_config
+from opd_jax.models.transformer import layer_param_shapes
 from opd_jax.sampling import SamplerConfig, sample, trace_count
 from opd_jax.sampling.sampler import sample_program
 
@@ -132,3 +135,56 @@ def test_decode_state_is_updated_in_place():
     slots = cfg.cache_size(2)
     kv_bytes = 2 * model_cfg.num_layers * 8 * slots * model_cfg.num_kv_heads * model_cfg.head_dim * 4
     assert compiled.memory_analysis().temp_size_in_bytes < 1.6 * kv_bytes
+
+
+def _hlo_ops(text: str, root: str):
+    """``(opcode, dtype, dims)`` of every array-valued instruction in computation ``root`` and
+    everything it calls (fusions, nested loops), from compiled HLO text."""
+    comps, current = {}, None
+    for line in text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header and not line.startswith(" "):
+            current = comps.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
+    seen, todo, ops = set(), [root], []
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        for line in comps[name]:
+            todo += re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", line)
+            m = re.search(r"= (\w+)\[([\d,]*)\](?:\{[^}]*\})? ([\w\-]+)\(", line)
+            if m:
+                ops.append((m.group(3), m.group(1), tuple(int(d) for d in m.group(2).split(",") if d)))
+    return ops
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_decode_loop_copies_no_weights_and_no_cache(param_dtype):
+    """In the compiled program, the decode ``while`` body (the loop whose carry holds the KV cache)
+    neither slices, casts, transposes nor copies any layer weight or cache buffer: every array
+    it moves is smaller than the smallest weight matrix. The caches are written in place."""
+    model_cfg = tiny_config("llama", num_layers=3, param_dtype=param_dtype, dtype="float32")
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    B, P = 8, 2
+    cfg = SamplerConfig(max_new_tokens=16, prompt_buckets=(P,), new_token_buckets=(16,))
+    sds = jax.ShapeDtypeStruct
+    text = sample_program.trace(
+        graphdef, params, sds((B, P), np.int32), sds((B, P), np.bool_), jax.random.key(0), sds((B,), np.int32),
+        np.int32(16), np.float32(0), None, None, cfg=cfg).lower().compile().as_text()
+    S, K, H = cfg.cache_size(P), model_cfg.num_kv_heads, model_cfg.head_dim
+    cache_type = f"f32[{B},{K},{S},{H}]"
+    loops = [line for line in text.splitlines() if " while(" in line and cache_type in line.split(" while(")[0]]
+    assert len(loops) == 1, loops
+    ops = _hlo_ops(text, re.search(r"body=%?([\w.\-]+)", loops[0]).group(1))
+
+    smallest_weight = min(math.prod(shape) for name, (shape, _) in layer_param_shapes(model_cfg).items()
+                          if not name.endswith(("norm", "bias")))
+    assert B * model_cfg.num_heads * S < smallest_weight  # attention scores count as small here
+    moved = [op for op in ops if op[0] in ("copy", "transpose", "dynamic-slice", "slice", "convert", "pad",
+                                           "concatenate", "gather") and math.prod(op[2]) >= smallest_weight]
+    assert not moved, moved
+    cache_writes = [op for op in ops if op[0] == "dynamic-update-slice" and op[2] == (B, K, S, H)]
+    assert len(cache_writes) == 2 * model_cfg.num_layers
