@@ -78,16 +78,16 @@ def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     return out_BTKGH.reshape(B, T, N, H)
 
 
-def cached_attention(q_BTNH, k_BKSH, v_BKSH, visible_BTS):
-    """``attention`` with keys and values in the KV-cache layout ``[B, K, S, H]``.
+def cached_attention(q_BTNH, k_BKHS, v_BKSH, visible_BTS):
+    """``attention`` with keys and values in the KV-cache layouts: keys ``[B, K, H, S]``, values ``[B, K, S, H]``.
 
-    Batch and kv-head lead in every operand, so both products are plain batched matrix products:
-    no operand is transposed (for one query token, T = 1, the query's transpose is a reshape).
+    Batch and kv-head lead in every operand and each product is a row-major ``[G*T, H] @ [H, S]``
+    then ``[G*T, S] @ [S, H]``: nothing is transposed but the (small) query and output.
     """
     B, T, N, H = q_BTNH.shape
-    K = k_BKSH.shape[1]
+    K = k_BKHS.shape[1]
     q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH,
+    scores_BKGTS = jnp.einsum("bkgth,bkhs->bkgts", q_BKGTH, k_BKHS,
                               preferred_element_type=jnp.float32) * (H ** -0.5)
     scores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], scores_BKGTS, _MASKED)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSH.dtype)

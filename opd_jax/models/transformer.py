@@ -141,16 +141,17 @@ def _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH):
     return shard(x_BTD + jnp.einsum("btf,fd->btd", act_BTF, w["down"]), "batch", "seq", None)
 
 
-def _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKSH, v_BKSH, index):
+def _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKHS, v_BKSH, index):
     """One block with this layer's cache: write the T new keys/values at ``index``, attend to all slots."""
     dt = cfg.compute_jnp_dtype
     q_BTNH, k_BTKH, v_BTKH = _project_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF)
     zero = jnp.zeros((), jnp.int32)
-    start = (zero, zero, index, zero)
-    k_BKSH = jax.lax.dynamic_update_slice(k_BKSH, k_BTKH.transpose(0, 2, 1, 3).astype(k_BKSH.dtype), start)
-    v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v_BTKH.transpose(0, 2, 1, 3).astype(v_BKSH.dtype), start)
-    attn_BTNH = ops.cached_attention(q_BTNH, k_BKSH.astype(dt), v_BKSH.astype(dt), visible_BTS)
-    return _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH), k_BKSH, v_BKSH
+    k_BKHS = jax.lax.dynamic_update_slice(k_BKHS, k_BTKH.transpose(0, 2, 3, 1).astype(k_BKHS.dtype),
+                                          (zero, zero, zero, index))
+    v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v_BTKH.transpose(0, 2, 1, 3).astype(v_BKSH.dtype),
+                                          (zero, zero, index, zero))
+    attn_BTNH = ops.cached_attention(q_BTNH, k_BKHS.astype(dt), v_BKSH.astype(dt), visible_BTS)
+    return _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH), k_BKHS, v_BKSH
 
 
 def _check_inputs(tokens, positions, mask):
@@ -177,7 +178,9 @@ class Decoder:
     Holds the weights as a decode loop wants them: one dict per layer, in the compute dtype
     (the output head too; the embedding stays whole, only the looked-up rows are cast). Built
     outside a loop, they are loop-invariant buffers that no step copies. The cached forward is a
-    Python loop over layers, each with its own cache buffers updated in place.
+    Python loop over layers, each with its own cache buffers updated in place. With
+    ``max_positions``, RoPE's cos/sin come from tables of positions ``[0, max_positions)`` (a
+    position outside gives NaN) instead of being computed per call.
     ``decoder(tokens, positions, mask=, cache=)`` equals ``model(tokens, positions, mask=, cache=)``.
     """
 
@@ -186,6 +189,8 @@ class Decoder:
     layers: tuple  # num_layers dicts of per-layer weights, compute dtype
     final_norm: jax.Array
     head: jax.Array  # [V, D] if the embedding is tied, else [D, V]; compute dtype
+    rope_cos: jax.Array | None = None  # float32 [max_positions, head_dim // 2]
+    rope_sin: jax.Array | None = None
 
     def __call__(self, tokens, positions, *, mask=None, cache: KVCache):
         h_BTD, cache = self.hidden(tokens, positions, mask=mask, cache=cache)
@@ -204,14 +209,18 @@ class Decoder:
         key_valid_BS = jax.lax.dynamic_update_slice(cache.valid, mask_BT, (jnp.int32(0), index))
         q_slots_T = index + jnp.arange(T, dtype=jnp.int32)
         visible_BTS = ops.visibility(key_valid_BS, q_slots_T, cache.max_len)
-        cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
+        if self.rope_cos is None:
+            cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
+        else:  # looked up: XLA would fuse cos/sin into every q and k element of every layer
+            cos_BTF, sin_BTF = (jnp.take(t, positions_BT, axis=0, mode="fill", fill_value=jnp.nan)
+                                for t in (self.rope_cos, self.rope_sin))
 
         x_BTD = _embed(cfg, self.embed, tokens_BT)
         k_cache, v_cache = [], []
-        for w, k_BKSH, v_BKSH in zip(self.layers, cache.k, cache.v, strict=True):
-            x_BTD, k_BKSH, v_BKSH = _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKSH,
+        for w, k_BKHS, v_BKSH in zip(self.layers, cache.k, cache.v, strict=True):
+            x_BTD, k_BKHS, v_BKSH = _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKHS,
                                                   v_BKSH, index)
-            k_cache.append(k_BKSH)
+            k_cache.append(k_BKHS)
             v_cache.append(v_BKSH)
         h_BTD = ops.rms_norm(x_BTD, self.final_norm, cfg.rms_norm_eps)
         return h_BTD, KVCache(k=k_cache, v=v_cache, valid=key_valid_BS, index=cache.index + T)
@@ -265,10 +274,12 @@ class Transformer(nnx.Module):
         if T > cache_len:
             raise ValueError(f"a cache of {cache_len} slots cannot hold a prefill of {T} tokens")
         dtype = cfg.compute_jnp_dtype if cache_dtype is None else jnp.dtype(cache_dtype)
-        to_slots = lambda x_BTKH: jnp.pad(x_BTKH.transpose(0, 2, 1, 3).astype(dtype),
-                                          ((0, 0), (0, 0), (0, cache_len - T), (0, 0)))
-        cache = KVCache(k=[to_slots(k_LBTKH[layer]) for layer in range(cfg.num_layers)],
-                        v=[to_slots(v_LBTKH[layer]) for layer in range(cfg.num_layers)],
+        free = cache_len - T
+        k_slots = lambda x_BTKH: jnp.pad(x_BTKH.transpose(0, 2, 3, 1).astype(dtype), ((0, 0),) * 3 + ((0, free),))
+        v_slots = lambda x_BTKH: jnp.pad(x_BTKH.transpose(0, 2, 1, 3).astype(dtype),
+                                         ((0, 0), (0, 0), (0, free), (0, 0)))
+        cache = KVCache(k=[k_slots(k_LBTKH[layer]) for layer in range(cfg.num_layers)],
+                        v=[v_slots(v_LBTKH[layer]) for layer in range(cfg.num_layers)],
                         valid=jnp.pad(mask_BT, ((0, 0), (0, cache_len - T))),
                         index=jnp.asarray(T, jnp.int32))
         return h_BTD, cache
@@ -284,12 +295,20 @@ class Transformer(nnx.Module):
         h_BTD = ops.rms_norm(x_BTD, self.final_norm[...], cfg.rms_norm_eps)
         return ((h_BTD, mask_BT), kv) if return_kv else (h_BTD, None)
 
-    def decoder(self) -> Decoder:
-        """The weights sliced per layer and cast to the compute dtype, for cached calls (see ``Decoder``)."""
-        dt = self.cfg.compute_jnp_dtype
-        head = self.embed[...] if self.cfg.tie_word_embeddings else self.lm_head[...]
-        return Decoder(cfg=self.cfg, embed=self.embed[...], layers=self.layers.unstacked(),
-                       final_norm=self.final_norm[...], head=head.astype(dt))
+    def decoder(self, max_positions: int | None = None) -> Decoder:
+        """The weights sliced per layer and cast to the compute dtype, for cached calls (see ``Decoder``).
+
+        ``max_positions``: tabulate RoPE for positions below it (a decode loop knows its bound).
+        """
+        cfg = self.cfg
+        head = self.embed[...] if cfg.tie_word_embeddings else self.lm_head[...]
+        tables = {}
+        if max_positions is not None:
+            positions = jnp.arange(max_positions, dtype=jnp.int32)[None]
+            cos, sin = ops.rope_tables(positions, ops.rope_inv_freq(cfg))
+            tables = dict(rope_cos=cos[0], rope_sin=sin[0])
+        return Decoder(cfg=cfg, embed=self.embed[...], layers=self.layers.unstacked(),
+                       final_norm=self.final_norm[...], head=head.astype(cfg.compute_jnp_dtype), **tables)
 
     def lm_head_weight(self):
         """The output projection ``[D, V]`` in the parameter dtype (the embedding transposed if tied)."""

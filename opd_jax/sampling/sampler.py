@@ -119,9 +119,9 @@ def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dty
     return shard(_repeat_rows(logits_BV, n), "batch", "vocab"), _shard_cache(_repeat_rows(cache, n))
 
 
-def _decoder(model):
+def _decoder(model, max_positions: int):
     """What the decode loop calls: ``model.decoder()`` (per-layer weights, built once) if it has one."""
-    return model.decoder() if hasattr(model, "decoder") else model
+    return model.decoder(max_positions) if hasattr(model, "decoder") else model
 
 
 def _decode(model, tokens_R, positions_R, mask_R, cache):
@@ -193,8 +193,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     logits, cache = prefill(model)
     t_logits, t_cache = (None, None) if teacher is None else prefill(teacher)
     # Built here, outside the loop: the loop body reads these weights, it never slices them.
-    decoder = _decoder(model)
-    t_decoder = None if teacher is None else _decoder(teacher)
+    # A token's position is at most its cache slot, so every decode position is below cache_len.
+    decoder = _decoder(model, cache_len)
+    t_decoder = None if teacher is None else _decoder(teacher, cache_len)
 
     streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
     keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)

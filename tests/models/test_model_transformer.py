@@ -48,8 +48,8 @@ def test_cached_prefill_and_decode_equal_full_forward():
 
 def test_prefill_and_decoder_equal_the_cached_forward():
     """``prefill`` (scanned, T keys) equals ``hidden`` with an empty cache (looped, S slots), slot for
-    slot; ``decoder()`` calls equal ``model(..., cache=)``; the cache is one ``[B, K, S, Dh]`` array
-    per layer."""
+    slot; ``decoder()`` calls equal ``model(..., cache=)``, with RoPE tables too; the cache holds one
+    keys ``[B, K, Dh, S]`` and one values ``[B, K, S, Dh]`` array per layer."""
     for arch, overrides in [("qwen3", {}), ("qwen2", dict(tie_word_embeddings=False)), ("llama", {})]:
         model = _model(arch, **overrides)
         cfg = model.cfg
@@ -65,15 +65,21 @@ def test_prefill_and_decoder_equal_the_cached_forward():
             step = (tokens[:, :1], positions[:, -1:] + 1, mask[:, -1:])
             via_model = m(*step[:2], mask=step[2], cache=pre)
             via_decoder = m.decoder()(*step[:2], mask=step[2], cache=pre)
-            return h_pre, pre, h_ref, ref, via_model, via_decoder
+            via_tables = m.decoder(max_positions=S)(*step[:2], mask=step[2], cache=pre)[0]
+            beyond = m.decoder(max_positions=1)(*step[:2], mask=step[2], cache=pre)[0]  # positions 6, 3, 1
+            return h_pre, pre, h_ref, ref, via_model, via_decoder, via_tables, beyond
 
-        h_pre, pre, h_ref, ref, (logits_m, cache_m), (logits_d, cache_d) = run(params)
+        h_pre, pre, h_ref, ref, (logits_m, cache_m), (logits_d, cache_d), logits_t, beyond = run(params)
+        np.testing.assert_allclose(logits_t, logits_m, atol=TOL, rtol=0)  # RoPE tables = RoPE computed
+        assert np.isnan(np.asarray(beyond)).all()  # a position past the tables is loud, not clamped
         # Padding positions are don't-care (never visible): compare real tokens and valid slots.
         np.testing.assert_allclose(np.asarray(h_pre)[mask], np.asarray(h_ref)[mask], atol=TOL, rtol=0)
         assert len(pre.k) == len(pre.v) == cfg.num_layers
-        for a, b in zip(pre.k + pre.v, ref.k + ref.v):
-            assert a.shape == b.shape == (3, cfg.num_kv_heads, S, cfg.head_dim)
-            a, b = np.moveaxis(np.asarray(a), 2, 1), np.moveaxis(np.asarray(b), 2, 1)  # [B, S, K, Dh]
+        kv_pairs = [(a, b, 3) for a, b in zip(pre.k, ref.k)] + [(a, b, 2) for a, b in zip(pre.v, ref.v)]
+        for a, b, slot_axis in kv_pairs:  # keys [B, K, Dh, S], values [B, K, S, Dh]
+            shape = [3, cfg.num_kv_heads, cfg.head_dim]
+            assert a.shape == b.shape == tuple(shape[:slot_axis] + [S] + shape[slot_axis:])
+            a, b = np.moveaxis(np.asarray(a), slot_axis, 1), np.moveaxis(np.asarray(b), slot_axis, 1)  # [B, S, ...]
             np.testing.assert_allclose(a[:, :6][mask], b[:, :6][mask], atol=TOL, rtol=0)
             assert not a[:, 6:].any()  # slots past the prompt stay empty
         np.testing.assert_array_equal(pre.valid, ref.valid)
@@ -220,7 +226,10 @@ def test_cache_logical_axes_shard_a_cache(n_devices):
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     cache = jax.device_put(init_cache(cfg, 4, 8), logical_sharding(KVCache.logical_axes(cfg.num_layers), mesh))
     assert len(cache.k) == len(cache.v) == cfg.num_layers
-    for x in cache.k + cache.v:
+    for x in cache.k:
+        assert x.shape == (4, cfg.num_kv_heads, cfg.head_dim, 8)
+        assert x.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
+    for x in cache.v:
         assert x.shape == (4, cfg.num_kv_heads, 8, cfg.head_dim)
         assert x.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
     assert cache.valid.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
