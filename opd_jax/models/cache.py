@@ -49,6 +49,17 @@ class KVCache:
     def num_layers(self) -> int:
         return len(self.k)
 
+    def grow(self, max_len: int) -> KVCache:
+        """The same cache with ``max_len >= self.max_len`` slots: the new slots are empty and last."""
+        extra = max_len - self.max_len
+        if extra < 0:
+            raise ValueError(f"cannot grow a cache of {self.max_len} slots to {max_len}")
+        if extra == 0:
+            return self
+        pad = lambda x, axis: jnp.pad(x, [(0, extra) if a == axis else (0, 0) for a in range(x.ndim)])
+        return KVCache(k=[pad(k, 3) for k in self.k], v=[pad(v, 2) for v in self.v],
+                       valid=pad(self.valid, 1), index=self.index)
+
     @staticmethod
     def logical_axes(num_layers: int) -> KVCache:
         """Logical sharding names per field (for ``opd_jax.sharding.logical_sharding``)."""

@@ -35,6 +35,12 @@ class SamplerConfig:
     ``cache_len`` fixes the KV-cache length (prompt bucket + generated tokens per row), so one cache
     shape serves every prompt bucket; at most ``cache_len`` - prompt bucket tokens are generated.
     By default it is the prompt bucket plus the generation bucket, so the cache never fills.
+
+    ``cache_phases``: the cache grows to ``cache_len`` in up to this many steps (phases of at
+    least 32 generated tokens), so early decode steps attend over fewer slots: decode attention
+    costs in proportion to the slots, and on CPU it dominates a small model's step. Each phase is
+    one more compiled decode loop (compile time), and a growth step briefly holds the old and the
+    new cache of each layer. 1 = one loop over a full-size cache. Results do not depend on it.
     """
 
     max_new_tokens: int
@@ -49,6 +55,7 @@ class SamplerConfig:
     new_token_buckets: tuple[int, ...] = ()
     cache_len: int | None = None
     cache_dtype: str | None = None  # None: the model's compute dtype
+    cache_phases: int = 4
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
@@ -81,6 +88,8 @@ class SamplerConfig:
                              f"new_token_buckets={self.new_token_buckets}; add a larger bucket")
         if self.cache_len is not None and (not _is_int(self.cache_len) or self.cache_len <= 0):
             raise ValueError(f"cache_len must be None or a positive int, got {self.cache_len!r}")
+        if not _is_int(self.cache_phases) or self.cache_phases < 1:
+            raise ValueError(f"cache_phases must be an int >= 1 (1 = no growth), got {self.cache_phases!r}")
         if self.cache_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"cache_dtype must be None, 'float32', 'bfloat16' or 'float16', "
                              f"got {self.cache_dtype!r}")
@@ -108,6 +117,26 @@ class SamplerConfig:
 
     def cache_size(self, prompt_bucket: int) -> int:
         return prompt_bucket + self.new_token_bucket() if self.cache_len is None else self.cache_len
+
+    def cache_capacities(self, prompt_bucket: int) -> tuple[int, ...]:
+        """The cache sizes of the decode phases: increasing, the last is ``cache_size``.
+
+        The generated slots are split into ``cache_phases`` equal parts (at least ``_MIN_PHASE``
+        slots each), each capacity rounded up to a multiple of 8.
+        """
+        total = self.cache_size(prompt_bucket)
+        generated = total - prompt_bucket
+        n = max(1, min(self.cache_phases, generated // _MIN_PHASE))
+        caps = []
+        for j in range(1, n + 1):
+            cap = min(total, -(-(prompt_bucket - (-generated * j // n)) // 8) * 8)
+            if not caps or cap > caps[-1]:
+                caps.append(cap)
+        caps[-1] = total
+        return tuple(caps)
+
+
+_MIN_PHASE = 32  # generated slots per cache phase, at least
 
 
 def _bucket(n: int, buckets: tuple[int, ...], name: str, what: str) -> int:

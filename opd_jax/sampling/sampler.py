@@ -1,4 +1,4 @@
-"""The jitted sampler: prefill left-padded prompts, then decode with a KV cache in one ``while_loop``.
+"""The jitted sampler: prefill left-padded prompts, then decode with a KV cache in ``while_loop``s.
 
 One compiled program per (model structure, sampler config, batch size, prompt bucket, generation
 bucket). Inside it the decode state (``SamplingState``: KV caches, output buffers, next-token
@@ -6,6 +6,9 @@ logits) is the ``while_loop`` carry, which XLA donates from each iteration to th
 and the buffers are updated in place, one slot or column per step, never copied (a test bounds
 the program's scratch memory). No state crosses the jit boundary, so there is nothing to donate
 there: parameters stay with the trainer, prompts with the caller.
+
+The cache grows in phases (``SamplerConfig.cache_phases``): one ``while_loop`` per cache size,
+the cache padded to the next size between them, so that early steps attend over fewer slots.
 
 The prompts go through the model's scanned full-sequence forward once (``model.prefill``); the
 decode steps through ``model.decoder()``, built once before the loop: per-layer weights that the
@@ -107,6 +110,10 @@ def _repeat_rows(x, n: int):
     return jnp.repeat(x, n, axis=0)
 
 
+def _grow(cache: KVCache | None, max_len: int):
+    return None if cache is None else _shard_cache(cache.grow(max_len))
+
+
 def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dtype, n: int):
     """Run the prompts through ``model`` once (not once per sample): next-token logits and cache, ``R`` rows."""
     if hasattr(model, "prefill"):
@@ -188,8 +195,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     model = nnx.merge(graphdef, params)
     teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
     cache_len = cfg.cache_size(P)
+    capacities = cfg.cache_capacities(P)  # the cache grows through these sizes to cache_len
     positions_BP = _positions(mask_BP)
-    prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, cache_len, cfg.cache_dtype, n)
+    prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, capacities[0], cfg.cache_dtype, n)
     logits, cache = prefill(model)
     t_logits, t_cache = (None, None) if teacher is None else prefill(teacher)
     # Built here, outside the loop: the loop body reads these weights, it never slices them.
@@ -223,7 +231,7 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     # random-bit code exists once (XLA compiles each copy of it slowly) and needs no special case.
     def cond(state: SamplingState):
         # step < max_new, some row unfinished, a free cache slot for the token the body feeds.
-        return (state.step < max_new) & ~jnp.all(state.done) & (state.cache.index < cache_len)
+        return (state.step < max_new) & ~jnp.all(state.done) & (state.cache.index < state.cache.max_len)
 
     def body(state: SamplingState):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, state.step)
@@ -238,7 +246,11 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         return state.replace(step=state.step + 1, logits=logits, cache=cache, teacher_logits=t_logits,
                              teacher_cache=t_cache)
 
-    state = jax.lax.while_loop(cond, body, state)
+    for phase, capacity in enumerate(capacities):
+        if phase:  # the cache is full (or decoding is over): grow it for the next phase
+            state = state.replace(cache=_grow(state.cache, capacity),
+                                  teacher_cache=_grow(state.teacher_cache, capacity))
+        state = jax.lax.while_loop(cond, body, state)
     completion = state.mask & (jnp.arange(P + N, dtype=jnp.int32) >= P)[None, :]
     return Rollout(tokens=state.tokens, mask=state.mask, completion_mask=completion, logp=state.logp,
                    positions=_positions(state.mask), finished=state.done, student_logp=state.student_logp,

@@ -90,6 +90,32 @@ def test_prefill_and_decoder_equal_the_cached_forward():
         assert int(cache_d.index) == 7
 
 
+def test_grown_cache_decodes_like_a_full_size_cache():
+    """``KVCache.grow`` keeps every slot and appends empty ones: decoding on equals decoding in a
+    cache that had the larger size from the start."""
+    model = _model("llama")
+    forward = jit_forward(model)
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (5, 2), 5)
+    step = (tokens[:, :1], positions[:, -1:] + 1, np.ones((2, 1), bool))
+    _, small = forward(tokens, positions, mask, init_cache(model.cfg, 2, 6))
+    grown = small.grow(9)
+    assert grown.max_len == 9 and int(grown.index) == 5 and small.grow(6) is small
+    pairs = [(a, b, 3) for a, b in zip(grown.k, small.k)] + [(a, b, 2) for a, b in zip(grown.v, small.v)]
+    for a, b, slot_axis in pairs:  # keys [B, K, Dh, S], values [B, K, S, Dh]
+        a, b = np.moveaxis(np.asarray(a), slot_axis, -1), np.moveaxis(np.asarray(b), slot_axis, -1)
+        assert a.shape == b.shape[:3] + (9,)
+        np.testing.assert_array_equal(a[..., :6], b)
+        assert not a[..., 6:].any()
+    np.testing.assert_array_equal(np.asarray(grown.valid)[:, :6], small.valid)
+    assert not np.asarray(grown.valid)[:, 6:].any()
+    _, full = forward(tokens, positions, mask, init_cache(model.cfg, 2, 9))
+    expected, _ = forward(*step, full)
+    got, _ = forward(*step, grown)
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="grow"):
+        small.grow(5)
+
+
 def test_left_padded_rows_equal_unpadded_rows():
     model = _model("qwen2")
     lengths, total = (10, 6, 1), 10

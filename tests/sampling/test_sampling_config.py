@@ -46,6 +46,7 @@ def test_config_is_frozen_and_hashable():
     (dict(prompt_buckets=(64, 32)), "prompt_buckets"),
     (dict(max_new_tokens=40, new_token_buckets=(16, 32)), "new_token_buckets"),
     (dict(cache_len=0), "cache_len"),
+    (dict(cache_phases=0), "cache_phases"),
 ])
 def test_bad_config_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -60,6 +61,18 @@ def test_buckets():
     assert cfg.prompt_bucket(9) == 19 and cfg.new_token_bucket() == 5 and cfg.cache_size(8) == 20
     with pytest.raises(ValueError, match="prompt_buckets"):
         cfg.prompt_bucket(25)
+
+
+def test_cache_capacities():
+    """Phases of >= 32 generated slots, capacities rounded up to 8, the last one the cache size."""
+    cfg = SamplerConfig(max_new_tokens=100)
+    assert cfg.cache_capacities(32) == (64, 96, 128, 160)
+    assert cfg.replace(cache_phases=2).cache_capacities(32) == (96, 160)
+    assert cfg.replace(cache_phases=1).cache_capacities(32) == (160,)
+    assert SamplerConfig(max_new_tokens=16).cache_capacities(2) == (18,)  # too few slots to split
+    assert SamplerConfig(max_new_tokens=64).cache_capacities(16) == (48, 80)
+    assert SamplerConfig(max_new_tokens=100, cache_len=40).cache_capacities(8) == (40,)
+    assert SamplerConfig(max_new_tokens=1000, cache_len=200).cache_capacities(8) == (56, 104, 152, 200)
 
 
 def test_no_retrace_within_a_bucket():
@@ -168,23 +181,26 @@ def test_decode_loop_copies_no_weights_and_no_cache(param_dtype):
     it moves is smaller than the smallest weight matrix. The caches are written in place."""
     model_cfg = tiny_config("llama", num_layers=3, param_dtype=param_dtype, dtype="float32")
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    B, P = 8, 2
-    cfg = SamplerConfig(max_new_tokens=16, prompt_buckets=(P,), new_token_buckets=(16,))
+    B, P = 4, 2
+    cfg = SamplerConfig(max_new_tokens=64, prompt_buckets=(P,), new_token_buckets=(64,))
     sds = jax.ShapeDtypeStruct
     text = sample_program.trace(
         graphdef, params, sds((B, P), np.int32), sds((B, P), np.bool_), jax.random.key(0), sds((B,), np.int32),
-        np.int32(16), np.float32(0), None, None, cfg=cfg).lower().compile().as_text()
-    S, K, H = cfg.cache_size(P), model_cfg.num_kv_heads, model_cfg.head_dim
-    cache_type = f"f32[{B},{K},{S},{H}]"  # the values of one layer
-    loops = [line for line in text.splitlines() if " while(" in line and cache_type in line.split(" while(")[0]]
-    assert len(loops) == 1, loops
-    ops = _hlo_ops(text, re.search(r"body=%?([\w.\-]+)", loops[0]).group(1))
-
+        np.int32(64), np.float32(0), None, None, cfg=cfg).lower().compile().as_text()
+    K, H = model_cfg.num_kv_heads, model_cfg.head_dim
     smallest_weight = min(math.prod(shape) for name, (shape, _) in layer_param_shapes(model_cfg).items()
                           if not name.endswith(("norm", "bias")))
-    assert B * model_cfg.num_heads * S < smallest_weight  # attention scores count as small here
-    moved = [op for op in ops if op[0] in ("copy", "transpose", "dynamic-slice", "slice", "convert", "pad",
-                                           "concatenate", "gather") and math.prod(op[2]) >= smallest_weight]
-    assert not moved, moved
-    cache_writes = [op for op in ops if op[0] == "dynamic-update-slice" and op[2] in ((B, K, S, H), (B, K, H, S))]
-    assert len(cache_writes) == 2 * model_cfg.num_layers
+    assert len(cfg.cache_capacities(P)) == 2
+    for S in cfg.cache_capacities(P):  # one decode loop per cache phase
+        cache_types = (f"f32[{B},{K},{H},{S}]", f"f32[{B},{K},{S},{H}]")  # one layer's keys, values
+        loops = [line for line in text.splitlines()
+                 if " while(" in line and all(t in line.split(" while(")[0] for t in cache_types)]
+        assert len(loops) == 1, (S, loops)
+        ops = _hlo_ops(text, re.search(r"body=%?([\w.\-]+)", loops[0]).group(1))
+        assert B * model_cfg.num_heads * S < smallest_weight  # attention scores count as small here
+        moved = [op for op in ops if op[0] in ("copy", "transpose", "dynamic-slice", "slice", "convert", "pad",
+                                               "concatenate", "gather") and math.prod(op[2]) >= smallest_weight]
+        assert not moved, moved
+        cache_writes = [op for op in ops
+                        if op[0] == "dynamic-update-slice" and op[2] in ((B, K, H, S), (B, K, S, H))]
+        assert len(cache_writes) == 2 * model_cfg.num_layers

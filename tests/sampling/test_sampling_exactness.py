@@ -94,3 +94,20 @@ def test_samples_differ_across_rows_and_keys():
     b = completion(sample(graphdef, params, tokens, mask, jax.random.key(1), cfg=cfg))
     assert len({row.tobytes() for row in a}) == a.shape[0]
     assert not (a == b).all(axis=1).any()
+
+
+@pytest.mark.parametrize("name", ["training-default", "greedy"])
+def test_cache_phases_do_not_change_samples(name):
+    """Growing the cache in phases (several decode loops, fewer slots early) samples what one
+    full-size cache samples: tokens exactly, log-probabilities to 1e-5."""
+    _, graphdef, params = split_model("qwen3")
+    tokens, mask = left_padded(97, LENGTHS, WIDTH)
+    cfg = CONFIGS[name].replace(max_new_tokens=70, eos_ids=())  # 70 new tokens: up to 3 phases of >= 32
+    assert len(cfg.cache_capacities(16)) > 1
+    runs = [sample(graphdef, params, tokens, mask, jax.random.key(5), cfg=cfg.replace(cache_phases=k))
+            for k in (1, 2, 4)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.tokens, runs[0].tokens)
+        np.testing.assert_array_equal(r.mask, runs[0].mask)
+        np.testing.assert_allclose(r.logp, runs[0].logp, atol=TOL, rtol=0)
+    assert np.asarray(runs[0].completion_mask).sum() == 70 * runs[0].tokens.shape[0]
