@@ -146,15 +146,15 @@ def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
     if teacher_logits is None:
         tokens, logp = D.sample_token(keys, logits, cfg)
         return tokens, logp, {}
-    logp_s, logp_t = D.token_distribution(logits, cfg), D.token_distribution(teacher_logits, cfg)
+    (w_s, norm_s), (w_t, norm_t) = D.log_weights(logits, cfg), D.log_weights(teacher_logits, cfg)
     if cfg.greedy:
         tok_s, tok_t = D.argmax(logits), D.argmax(teacher_logits)
-    else:  # one Gumbel vector serves both draws: only the draw the coin keeps is used, so it stays exact
-        noise = D.gumbel_noise(keys, logits.shape[-1])
-        tok_s, tok_t = D.draw(logp_s, noise), D.draw(logp_t, noise)
+    else:  # the same uniforms serve both draws: only the draw the coin keeps is used, so it stays exact
+        u = D.uniforms(keys)
+        tok_s, tok_t = D.draw(w_s, u), D.draw(w_t, u)
     from_teacher = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(keys) < mix
     tokens = jnp.where(from_teacher, tok_t, tok_s)
-    student, teacher = D.take(logp_s, tokens), D.take(logp_t, tokens)
+    student, teacher = D.take(w_s, tokens) - norm_s, D.take(w_t, tokens) - norm_t
     # The token's law, marginal over the coin: mix * teacher + (1 - mix) * student.
     logp = jnp.logaddexp(jnp.log(mix) + teacher, jnp.log1p(-mix) + student)
     return tokens, logp, dict(student_logp=student, teacher_logp=teacher, from_teacher=from_teacher)

@@ -9,6 +9,7 @@ from scipy import stats
 
 from sampling_fakes import Constant
 from opd_jax.sampling import SamplerConfig, sample, sample_token, token_distribution
+from opd_jax.sampling import distribution as D
 
 
 def reference_distribution(logits, temperature, top_k=0, top_p=1.0, min_p=0.0):
@@ -52,6 +53,23 @@ def test_token_distribution_matches_the_definition(filters, seed):
     for row, g in zip(logits, got):
         expected = reference_distribution(row, **filters)
         np.testing.assert_array_equal(g > 0, expected > 0)  # the same kept set
+        np.testing.assert_allclose(g, expected, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_on_a_large_vocabulary_with_ties_and_filtered_tokens(top_p):
+    """The top-p cut over 2000 tokens (no top-k, so no sort: bisection) keeps the definition's set:
+    logits rounded to quarters (many ties), some already filtered out (-inf), batched [2, 3, V]."""
+    rng = np.random.RandomState(int(top_p * 1000))
+    logits = np.round(4 * rng.standard_normal((2, 3, 2000))) / 4
+    logits[rng.rand(*logits.shape) < 0.1] = -np.inf
+    cfg = SamplerConfig(max_new_tokens=1, top_p=top_p)
+    got = np.exp(np.asarray(token_distribution(logits.astype(np.float32), cfg), np.float64))
+    for row, g in zip(logits.reshape(-1, 2000), got.reshape(-1, 2000)):
+        finite = np.isfinite(row)
+        expected = np.zeros(2000)
+        expected[finite] = reference_distribution(row[finite], 1.0, top_p=top_p)
+        np.testing.assert_array_equal(g > 0, expected > 0)
         np.testing.assert_allclose(g, expected, atol=2e-6, rtol=0)
 
 
@@ -102,3 +120,31 @@ def test_empirical_next_token_distribution_matches_filtered_softmax(case):
     assert chi2 < stats.chi2.ppf(1 - FALSE_ALARM, df=support.sum() - 1), (chi2, counts, expected)
     # And each draw's recorded log-probability is the filtered softmax's.
     np.testing.assert_allclose(np.asarray(r.logp)[:, r.prompt_len:].ravel(), np.log(expected[draws]), atol=1e-5)
+
+
+def test_draw_matches_its_weights_on_a_blocked_vocabulary():
+    """``draw`` (two-level inverse CDF) on 300 tokens (blocks of 32, the last one padded), a third of
+    them with zero weight and a 10^4 range of probabilities: 400000 draws from independent
+    per-row keys never hit a zero-weight token and pass a chi-square test; each block's mass too."""
+    rng = np.random.RandomState(3)
+    logits = rng.uniform(-6.0, 3.0, 300).astype(np.float32)
+    logits[rng.rand(300) < 1 / 3] = -np.inf
+    expected = np.exp(logits.astype(np.float64) - logits.max())
+    expected /= expected.sum()
+    n = 400_000
+    keys = jax.random.split(jax.random.key(11), n)
+    tokens = np.asarray(jax.jit(lambda k: D.draw(np.broadcast_to(logits, (n, 300)), D.uniforms(k)))(keys))
+    counts = np.bincount(tokens, minlength=300)
+    assert tokens.min() >= 0 and tokens.max() < 300
+    assert (counts[expected == 0] == 0).all(), "a zero-weight token was drawn"
+    support = expected > 0
+    chi2 = (((counts - n * expected)[support]) ** 2 / (n * expected[support])).sum()
+    assert chi2 < stats.chi2.ppf(1 - FALSE_ALARM, df=support.sum() - 1), chi2
+
+
+def test_draw_picks_only_positive_weights_at_the_ends_of_the_unit_interval():
+    w = np.full((4, 50), -np.inf, np.float32)
+    w[:, [3, 17, 40]] = [0.0, -1.0, -2.0]  # first and last positive tokens: 3 and 40
+    top = np.float32(1.0) - np.float32(2.0 ** -24)
+    u = np.array([[0.0, 0.0], [top, top], [0.0, top], [top, 0.0]], np.float32)
+    np.testing.assert_array_equal(D.draw(w, u), [3, 40, 3, 40])
