@@ -188,7 +188,7 @@ class Decoder:
     embed: jax.Array  # [V, D], parameter dtype
     layers: tuple  # num_layers dicts of per-layer weights, compute dtype
     final_norm: jax.Array
-    head: jax.Array  # [V, D] if the embedding is tied, else [D, V]; compute dtype
+    head: jax.Array  # [D, V], compute dtype (a tied embedding transposed once)
     rope_cos: jax.Array | None = None  # float32 [max_positions, head_dim // 2]
     rope_sin: jax.Array | None = None
 
@@ -226,9 +226,9 @@ class Decoder:
         return h_BTD, KVCache(k=k_cache, v=v_cache, valid=key_valid_BS, index=cache.index + T)
 
     def logits(self, h_BTD):
-        """Float32 logits ``[B, T, V]``, as ``Transformer.logits`` (a tied head is used untransposed)."""
-        spec = "btd,vd->btv" if self.cfg.tie_word_embeddings else "btd,dv->btv"
-        logits_BTV = jnp.einsum(spec, h_BTD, self.head.astype(h_BTD.dtype), preferred_element_type=jnp.float32)
+        """Float32 logits ``[B, T, V]``, as ``Transformer.logits``."""
+        logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, self.head.astype(h_BTD.dtype),
+                                preferred_element_type=jnp.float32)
         return shard(logits_BTV, "batch", "seq", "vocab")
 
 
@@ -301,14 +301,17 @@ class Transformer(nnx.Module):
         ``max_positions``: tabulate RoPE for positions below it (a decode loop knows its bound).
         """
         cfg = self.cfg
-        head = self.embed[...] if cfg.tie_word_embeddings else self.lm_head[...]
+        # [D, V] even when tied: a copy of the embedding, but on CPU the [B, D] @ [D, V] product
+        # of a decode step is up to 1.8x faster than contracting the embedding's D axis in place.
+        head = self.lm_head_weight()
         tables = {}
         if max_positions is not None:
             positions = jnp.arange(max_positions, dtype=jnp.int32)[None]
             cos, sin = ops.rope_tables(positions, ops.rope_inv_freq(cfg))
             tables = dict(rope_cos=cos[0], rope_sin=sin[0])
+        head = shard(head.astype(cfg.compute_jnp_dtype), "embed", "vocab")
         return Decoder(cfg=cfg, embed=self.embed[...], layers=self.layers.unstacked(),
-                       final_norm=self.final_norm[...], head=head.astype(cfg.compute_jnp_dtype), **tables)
+                       final_norm=self.final_norm[...], head=head, **tables)
 
     def lm_head_weight(self):
         """The output projection ``[D, V]`` in the parameter dtype (the embedding transposed if tied)."""
