@@ -20,10 +20,14 @@ def argmax(x):
 
     Two plain reductions (max, then the smallest index attaining it) instead of XLA's variadic
     arg-max reduction, which XLA:CPU runs element by element: this is several times faster there.
+    The indices are float32 (exact below 2^24): XLA:CPU's float min-reduction is faster than its
+    integer one (1.1-1.6x measured).
     """
-    ids = jnp.arange(x.shape[-1], dtype=jnp.int32).reshape((1,) * (x.ndim - 1) + (-1,))
+    n = x.shape[-1]
+    dtype = jnp.float32 if n <= 2**24 else jnp.int32
+    ids = jnp.arange(n, dtype=dtype).reshape((1,) * (x.ndim - 1) + (-1,))
     top = jnp.max(x, axis=-1, keepdims=True)
-    return jnp.min(jnp.where(x == top, ids, jnp.int32(x.shape[-1])), axis=-1)
+    return jnp.min(jnp.where(x == top, ids, jnp.asarray(n, dtype)), axis=-1).astype(jnp.int32)
 
 
 def token_distribution(logits, cfg: SamplerConfig):
