@@ -105,7 +105,7 @@ def test_cache_phases_do_not_change_samples(name):
     cfg = CONFIGS[name].replace(max_new_tokens=70, eos_ids=())  # 70 new tokens: up to 3 phases of >= 32
     assert len(cfg.cache_capacities(16)) > 1
     runs = [sample(graphdef, params, tokens, mask, jax.random.key(5), cfg=cfg.replace(cache_phases=k))
-            for k in (1, 2, 4)]
+            for k in (1, 4)]
     for r in runs[1:]:
         np.testing.assert_array_equal(r.tokens, runs[0].tokens)
         np.testing.assert_array_equal(r.mask, runs[0].mask)
