@@ -29,20 +29,18 @@ def make_batch(seed=0, b=3, t=7, d=8, v=40):
 
 
 def recipe_configs():
-    """Every recipe, plus the variants whose code paths differ."""
+    """Every recipe, plus the variants whose vocabulary-wide features differ (another divergence
+    or top-k estimator). Variants that only change the per-token arithmetic after the features
+    (surrogates, selection, clipping, schedules) are covered by test_recipes against NumPy."""
     cfgs = [cls() for cls in O.RECIPES.values()]
-    cfgs += [O.OPDConfig(discount=0.5, surrogate="ppo"), O.GKDConfig(beta=0.0), O.GKDConfig(beta=1.0),
+    cfgs += [O.GKDConfig(beta=0.0), O.GKDConfig(beta=1.0),
              O.AOPDConfig(local="topk_reverse_kl_sg", k=5, surrogate="ppo"),
-             O.REOPOLDConfig(switch_step=2), O.REOPOLDConfig(clip=False, entropy_select=False),
-             O.TIPConfig(select="all"), O.TIPConfig(select="q3"), O.TIPConfig(select="random"),
-             O.TIPConfig(select="entropy_sampling", gamma=1.0),
-             O.OPSDConfig(teacher_top_k=8), O.OPSDConfig(loss="sampled"),
+             O.OPSDConfig(teacher_top_k=8), O.TIPConfig(select="entropy_sampling", gamma=1.0),
              O.UniSDConfig(alpha=0.5, clip="quantile", agreement="token", contrastive_coef=0.1,
                            hidden_coef=0.1),
-             O.UniSDConfig(clip="static", clip_value=1.0, agreement="sequence"),
              O.VOPDConfig(baseline="topk", k=10, surrogate="ppo"),
-             O.TopKOPDConfig(restrict="overlap"), O.TopKOPDConfig(restrict="non_overlap")]
-    cfgs += [O.SGTopKConfig(variant=v, k=6) for v in ("plain", "tail", "intersect", "renormalized")]
+             O.TopKOPDConfig(restrict="overlap")]
+    cfgs += [O.SGTopKConfig(variant=v, k=6) for v in ("tail", "intersect", "renormalized")]
     return cfgs
 
 
