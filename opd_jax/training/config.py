@@ -35,17 +35,46 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TeacherSpec:
-    """The teacher: a separate model, the student itself, or an EMA of the student."""
-    kind: Literal["model", "self", "ema", "initial"] = "model"  # self = current student weights
+    """The teacher: a separate model, several models, the student itself, or an EMA of it.
+
+    Several teachers (``kind="models"``) act as one: per row, the teacher logits are
+    ``sum_j w_j * z_j`` over the teachers' logits ``z_j``. ``combine="route"`` takes one-hot
+    weights from each record's ``teacher`` field (a name from ``names``, or an index): each prompt
+    is scored by its own teacher (multi-domain distillation). ``combine="mix"`` uses the fixed
+    ``weights`` for every row: a log-linear ensemble (product of experts, renormalised by the
+    log-softmax). Teacher rollouts (cold start, sequence KD) are drawn from each row's routed
+    teacher; they need ``combine="route"``.
+    """
+    kind: Literal["model", "models", "self", "ema", "initial"] = "model"  # self = the student
     model: ModelSpec | None = None  # kind == "model"
+    models: tuple[ModelSpec, ...] = ()  # kind == "models"
+    names: tuple[str, ...] = ()  # kind == "models": names for the records' ``teacher`` field
+    combine: Literal["route", "mix"] = "route"
+    weights: tuple[float, ...] = ()  # combine == "mix" (default: uniform)
     ema_decay: float = 0.999  # kind == "ema": theta_T <- d * theta_T + (1 - d) * theta
     ema_every: int = 1  # kind == "ema": update period in optimizer steps
 
     def __post_init__(self):
         _check(self.kind != "model" or self.model is not None,
                "teacher.kind='model' needs teacher.model")
+        _check(self.kind != "models" or len(self.models) >= 1,
+               "teacher.kind='models' needs at least one model in teacher.models")
+        _check(not self.names or len(self.names) == len(self.models),
+               f"teacher.names has {len(self.names)} names for {len(self.models)} teacher.models")
+        _check(len(set(self.names)) == len(self.names), f"teacher.names repeat: {self.names}")
+        _check(self.combine in ("route", "mix"),
+               f"teacher.combine must be 'route' or 'mix', got {self.combine!r}")
+        _check(not self.weights or len(self.weights) == len(self.models),
+               f"teacher.weights has {len(self.weights)} weights for {len(self.models)} models")
+        _check(all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
+               f"teacher.weights must be >= 0 and not all 0, got {self.weights}")
         _check(0.0 <= self.ema_decay < 1.0, f"teacher.ema_decay must lie in [0, 1), got {self.ema_decay}")
         _check(self.ema_every >= 1, f"teacher.ema_every must be >= 1, got {self.ema_every}")
+
+    def mix_weights(self) -> tuple[float, ...]:
+        """``combine="mix"``: the weights, normalised to sum to 1."""
+        w = self.weights or (1.0,) * len(self.models)
+        return tuple(x / sum(w) for x in w)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -33,7 +33,6 @@ from opd_jax.config import to_dict, write_json
 from opd_jax.sampling import sample
 from opd_jax.sampling.sampler import model_config
 from opd_jax.training import flops as F
-from opd_jax.sampling.sampler import model_config
 from opd_jax.sharding import make_mesh
 from opd_jax.training.batch import Sequences, TrainBatch, completion_hidden
 from opd_jax.training.build import build_model, vocab_size
@@ -41,7 +40,8 @@ from opd_jax.training.checkpoint import CheckpointNotFound, Checkpointer, abstra
 from opd_jax.training.config import Experiment
 from opd_jax.training.logging import MetricsWriter, Progress
 from opd_jax.training.optim import make_optimizer
-from opd_jax.training.step import make_train_step, sharded_init_state
+from opd_jax.training.step import (combine_teachers, make_train_step, sharded_init_state,
+                                   teacher_view)
 
 sg = jax.lax.stop_gradient
 
@@ -80,6 +80,14 @@ def _context_logp(graphdef, params, prompts, prompt_mask, targets, mask, tempera
                               head=model.lm_head_weight(), chunk_size=chunk)["logp"]
 
 
+def _pick_rows(rolls, pick):
+    """Row ``r`` of ``rolls[pick[r]]`` for every field of the rollouts (routed teachers)."""
+    def one(*xs):
+        stacked = jnp.stack(xs)
+        return stacked[pick, jnp.arange(stacked.shape[1])]
+    return jax.tree.map(one, *rolls)
+
+
 def _ema(teacher, student, decay):
     return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s, teacher, student)
 
@@ -99,6 +107,7 @@ class Trainer:
             exp.data.path, tokenizer=tokenizer, max_prompt_len=exp.data.max_prompt_len,
             vocab_size=vocab_size(self.s_graph, params), chat_template=exp.data.chat_template)
         self._check_lengths(params)
+        self.route = self._routes()
         self.objective = O.build_objective(exp.objective, diagnostics_k=exp.run.diagnostics_k or None)
         self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
         self.tx = make_optimizer(exp.optim, exp.run.steps)
@@ -110,6 +119,8 @@ class Trainer:
         self.step_fn = make_train_step(objective=self.objective, **common)
         self.sft_fn = make_train_step(objective=self.sft, **common)
         self.score_fn = jax.jit(_score, static_argnums=(0, 3))
+        self.combine_fn = jax.jit(combine_teachers)
+        self.pick_fn = jax.jit(_pick_rows)
         self.context_logp_fn = jax.jit(_context_logp, static_argnums=(0, 6, 7))
         self.ema_fn = jax.jit(_ema, donate_argnums=(0,))
         self.rows = NamedSharding(self.mesh, P(("data", "fsdp")))
@@ -132,8 +143,18 @@ class Trainer:
         if exp.data.batch_size % jax.process_count():
             raise ValueError(f"data.batch_size={exp.data.batch_size} must divide over "
                              f"{jax.process_count()} hosts.")
-        if exp.teacher.kind in ("self", "ema", "initial") and exp.loop.teacher_mix > 0:
-            pass  # mixing with a copy of oneself is allowed, if unusual
+        if exp.teacher.kind == "models":
+            if exp.loop.teacher_mix > 0:
+                raise ValueError("loop.teacher_mix samples tokens from one teacher; it is not "
+                                 "supported with several teachers (teacher.kind='models').")
+            rolls = exp.loop.cold_start_steps > 0 or (exp.loop.seq_kd and exp.loop.lmbda < 1)
+            if rolls and exp.teacher.combine != "route":
+                raise ValueError("teacher rollouts (loop.cold_start_steps, loop.seq_kd) with "
+                                 "several teachers need teacher.combine='route': a mix of "
+                                 "teachers is not one model to sample from.")
+            if getattr(exp.objective, "hidden_coef", 0.0):
+                raise ValueError("hidden-state matching (objective.hidden_coef) needs one teacher "
+                                 "with the student's hidden size, not teacher.kind='models'.")
 
     def _build_teacher(self, params):
         kind = self.exp.teacher.kind
@@ -144,7 +165,19 @@ class Trainer:
             if vs != vt:
                 raise ValueError(f"teacher and student vocabularies differ (student {vs}, teacher "
                                  f"{vt}); on-policy distillation needs one tokenizer.")
-            self._check_tokenizers()
+            self._check_tokenizers(self.exp.teacher.model.path)
+        elif kind == "models":
+            built = [build_model(spec, self.mesh) for spec in self.exp.teacher.models]
+            self.t_graph = tuple(g for g, _, _ in built)
+            self.t_params = tuple(p for _, p, _ in built)
+            self.t_sh = tuple(sh for _, _, sh in built)
+            vs = vocab_size(self.s_graph, params)
+            for j, (g, p, _) in enumerate(built):
+                if vocab_size(g, p) != vs:
+                    raise ValueError(f"teacher.models[{j}]'s vocabulary ({vocab_size(g, p)}) "
+                                     f"differs from the student's ({vs}); on-policy distillation "
+                                     "needs one tokenizer.")
+                self._check_tokenizers(self.exp.teacher.models[j].path)
         elif kind in ("ema", "initial"):
             self.t_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
                                     out_shardings=self.p_sh)(params)
@@ -153,9 +186,11 @@ class Trainer:
         """Every prompt plus ``sampler.max_new_tokens`` must fit each model's position range."""
         new = self.exp.sampler.max_new_tokens
         student = model_config(self.s_graph, params)
-        teacher = student if self.t_graph is None else model_config(self.t_graph, self.t_params)
-        for who, cfg, ids in (("student", student, lambda e: e.prompt_ids),
-                              ("teacher", teacher, lambda e: e.teacher_prompt_ids or e.prompt_ids)):
+        models = [("student", student, lambda e: e.prompt_ids)]
+        for j, (g, p) in enumerate(self._teachers(params)):
+            models.append(("teacher" if self.exp.teacher.kind != "models" else f"teacher {j}",
+                           model_config(g, p), lambda e: e.teacher_prompt_ids or e.prompt_ids))
+        for who, cfg, ids in models:
             e = max(self.examples, key=lambda e: len(ids(e)))
             if len(ids(e)) + new > cfg.max_position_embeddings:
                 raise D.DataError(
@@ -164,8 +199,8 @@ class Trainer:
                     f"{cfg.max_position_embeddings}; shorten the prompts (data.max_prompt_len) or "
                     "lower sampler.max_new_tokens.")
 
-    def _check_tokenizers(self):
-        s, t = self.exp.student.path, self.exp.teacher.model.path
+    def _check_tokenizers(self, t: str):
+        s = self.exp.student.path
         if not (s and t):
             return
         from opd_jax.models import load_tokenizer
@@ -182,6 +217,62 @@ class Trainer:
 
     def _teacher_params(self):
         return self.state.params if self.exp.teacher.kind == "self" else self.t_params
+
+    def _teachers(self, params=None) -> list[tuple]:
+        """``[(graphdef, params)]`` of every teacher model (one unless ``kind="models"``)."""
+        kind = self.exp.teacher.kind
+        if kind == "models":
+            return list(zip(self.t_graph, self.t_params))
+        if kind == "self":
+            return [(self.s_graph, self.state.params if params is None else params)]
+        return [(self.t_graph or self.s_graph, self.t_params)]
+
+    def _route_of(self, e: D.Example) -> int | None:
+        """The index of the teacher that ``e``'s ``teacher`` field names, or None if it names none."""
+        t, v = self.exp.teacher, e.record.get("teacher")
+        if isinstance(v, str) and v in t.names:
+            return t.names.index(v)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(t.models):
+            return v
+        return None
+
+    def _routes(self):
+        """With routed teachers, every record must name its teacher (checked before compiling)."""
+        t = self.exp.teacher
+        if t.kind != "models" or t.combine != "route":
+            return
+        for e in self.examples:
+            if self._route_of(e) is None:
+                known = list(t.names) or list(range(len(t.models)))
+                raise D.DataError(
+                    f"{self.exp.data.path}:{e.line}: teacher.combine='route' needs a `teacher` "
+                    f"field naming one of {known} (a name of teacher.names or an index), got "
+                    f"{e.record.get('teacher')!r}.")
+
+    def _teacher_weights(self, exs) -> jax.Array | None:
+        """Several teachers: each row's weights ``[rows, J]`` (one-hot when routed), else None."""
+        t = self.exp.teacher
+        if t.kind != "models":
+            return None
+        if t.combine == "mix":
+            w = np.tile(np.asarray(t.mix_weights(), np.float32), (len(exs), 1))
+        else:
+            w = np.eye(len(t.models), dtype=np.float32)[[self._route_of(e) for e in exs]]
+        return self._global(np.repeat(w, self.exp.sampler.num_samples, axis=0))
+
+    def _teacher_hidden(self, t_seq: Sequences, n: int, weights) -> jax.Array:
+        """The teacher's completion hidden states (several teachers: combined, see
+        :func:`combine_teachers`)."""
+        hidden = [self.score_fn(g, p, t_seq, n) for g, p in self._teachers()]
+        return hidden[0] if weights is None else self.combine_fn(hidden, weights)
+
+    def _teacher_rollout(self, prompts, mask, key, row_ids, weights):
+        """Teacher samples; with routed teachers, each row drawn by its own teacher."""
+        rolls = [sample(g, p, prompts, mask, key, cfg=self.exp.sampler, row_ids=row_ids)
+                 for g, p in self._teachers()]
+        if len(rolls) == 1:
+            return rolls[0]
+        return self.pick_fn(rolls, jnp.argmax(weights, axis=1))
 
     def _global(self, x: np.ndarray):
         """A process-local numpy slice → one global array sharded over the data axes."""
@@ -232,19 +323,21 @@ class Trainer:
         t0 = time.perf_counter()
         row_ids = self._global(np.arange(len(exs), dtype=np.int32)
                                + cursor + jax.process_index() * len(exs))
+        weights = self._teacher_weights(exs)
         with jax.set_mesh(self.mesh):
             if source == "data":
                 batch = self._data_batch(exs, p, m, tp, tm)
             else:
                 teacher_rolls = source in ("cold_start", "seq_kd")
-                graph = self.t_graph if (teacher_rolls and self.t_graph is not None) else self.s_graph
-                params = self._teacher_params() if teacher_rolls else st.params
                 sp, sm = (tp, tm) if (teacher_rolls and tp is not None) else (p, m)
-                mix = exp.loop.teacher_mix if source == "on_policy" else 0.0
-                teacher = (self.t_graph or self.s_graph, self._teacher_params()) if mix > 0 else None
-                roll = sample(graph, params, self._global(sp), self._global(sm),
-                              jax.random.fold_in(key, 2), cfg=exp.sampler, row_ids=row_ids,
-                              teacher=teacher, teacher_mix=mix)
+                sp, sm, k2 = self._global(sp), self._global(sm), jax.random.fold_in(key, 2)
+                if teacher_rolls:
+                    roll = self._teacher_rollout(sp, sm, k2, row_ids, weights)
+                else:
+                    mix = exp.loop.teacher_mix
+                    teacher = self._teachers()[0] if mix > 0 else None
+                    roll = sample(self.s_graph, st.params, sp, sm, k2, cfg=exp.sampler,
+                                  row_ids=row_ids, teacher=teacher, teacher_mix=mix)
                 P_ = roll.prompt_len
                 batch = _assemble(self._global(rep(p)), self._global(rep(m)), roll.tokens[:, P_:],
                                   roll.completion_mask[:, P_:], roll.logp[:, P_:],
@@ -257,8 +350,7 @@ class Trainer:
             t1 = time.perf_counter()
             teacher_params = self._teacher_params()
             t_seq = batch.teacher if batch.teacher is not None else batch.student
-            hidden = self.score_fn(self.t_graph or self.s_graph, teacher_params, t_seq,
-                                   batch.completion_len)
+            hidden = self._teacher_hidden(t_seq, batch.completion_len, weights)
             batch = batch.replace(teacher_hidden=hidden,
                                   extras={**batch.extras, **self._context_extras(exs, batch)})
             jax.block_until_ready(batch)
@@ -292,7 +384,13 @@ class Trainer:
         ``bad_teacher_prompt_ids`` → ``bad_teacher_logp [B, N]``."""
         out = {}
         k = self.exp.sampler.num_samples
-        graphdef, params = self.t_graph or self.s_graph, self._teacher_params()
+        if not any("aux_teacher_prompts_ids" in e.record or "bad_teacher_prompt_ids" in e.record
+                   for e in exs):
+            return out
+        if self.exp.teacher.kind == "models":
+            raise TrainingError("auxiliary teacher contexts (aux_teacher_prompts_ids, "
+                                "bad_teacher_prompt_ids) need one teacher, not teacher.kind='models'")
+        graphdef, params = self._teachers()[0]
 
         def score(prompt_lists):
             width = max(len(x) for x in prompt_lists)
@@ -318,18 +416,24 @@ class Trainer:
     def _flops(self, batch: TrainBatch, prompts: np.ndarray, source: str, steps: int):
         """Analytic model FLOPs of this iteration's phases (all hosts together)."""
         s_cfg = model_config(self.s_graph, self.state.params)
-        t_cfg = model_config(self.t_graph or self.s_graph, self._teacher_params())
+        t_cfgs = [model_config(g, p) for g, p in self._teachers()]
         rows, seq = batch.student.tokens.shape
         n_prompts = prompts.shape[0] * jax.process_count()
-        sampler_cfg = t_cfg if source in ("cold_start", "seq_kd") else s_cfg
-        sample_f = 0.0 if source == "data" else F.sample_flops(
-            sampler_cfg, n_prompts, prompts.shape[1], rows, steps)
-        if source == "on_policy" and self.exp.loop.teacher_mix > 0:
-            sample_f += F.sample_flops(t_cfg, n_prompts, prompts.shape[1], rows, steps)
+        width = prompts.shape[1]
+        if source == "data":
+            sample_f = 0.0
+        elif source in ("cold_start", "seq_kd"):  # every teacher samples every row
+            sample_f = sum(F.sample_flops(c, n_prompts, width, rows, steps) for c in t_cfgs)
+        else:
+            sample_f = F.sample_flops(s_cfg, n_prompts, width, rows, steps)
+            if self.exp.loop.teacher_mix > 0:
+                sample_f += F.sample_flops(t_cfgs[0], n_prompts, width, rows, steps)
         t_seq = batch.teacher if batch.teacher is not None else batch.student
+        n = batch.completion_len
         return {"flops/sample": sample_f,
-                "flops/score": F.score_flops(t_cfg, rows, t_seq.tokens.shape[1]),
-                "flops/update": F.update_flops(s_cfg, t_cfg, rows, seq, batch.completion_len)}
+                "flops/score": sum(F.score_flops(c, rows, t_seq.tokens.shape[1]) for c in t_cfgs),
+                "flops/update": F.update_flops(s_cfg, None, rows, seq, n)  # + each teacher head
+                + sum(F.head_flops(c, rows * n) for c in t_cfgs)}
 
     def _data_batch(self, exs, p, m, tp, tm):
         if any(e.completion_ids is None for e in exs):
@@ -435,8 +539,7 @@ def _eval_features(s_graph, s_params, t_graph, t_params, batch: TrainBatch, temp
     """Exact per-token reverse KL, forward KL and entropies of the student vs the teacher."""
     n = batch.completion_len
     s = nnx.merge(s_graph, s_params)
-    t = nnx.merge(t_graph, t_params)
-    t_seq = batch.teacher if batch.teacher is not None else batch.student
+    t_hidden, t_head = teacher_view(batch, t_graph, t_params, n)
     feats = {
         "reverse_kl": O.feature(O.reverse_kl, "logits", "teacher_logits", temperature=temperature),
         "forward_kl": O.feature(O.forward_kl, "logits", "teacher_logits", temperature=temperature),
@@ -445,8 +548,7 @@ def _eval_features(s_graph, s_params, t_graph, t_params, batch: TrainBatch, temp
     }
     f = O.compute_features(feats, tokens=batch.targets, mask=batch.loss_mask,
                            hidden=completion_hidden(s, batch.student, n), head=s.lm_head_weight(),
-                           teacher_hidden=completion_hidden(t, t_seq, n),
-                           teacher_head=t.lm_head_weight())
+                           teacher_hidden=t_hidden, teacher_head=t_head)
     m = batch.loss_mask.astype(jnp.float32)
     return {f"eval/{k}": jnp.sum(v * m) / jnp.maximum(jnp.sum(m), 1.0) for k, v in f.items()}
 
@@ -471,8 +573,9 @@ def evaluate(trainer: Trainer, *, cursor: int = 0, seed: int = 12345) -> dict[st
         batch = _assemble(g(rep(p)), g(rep(m)), roll.tokens[:, P_:], roll.completion_mask[:, P_:],
                           roll.logp[:, P_:], None if tp is None else g(rep(tp)),
                           None if tm is None else g(rep(tm)))
-        t_graph = trainer.t_graph or trainer.s_graph
-        t_params = trainer._teacher_params()
-        out = _eval_jit(trainer.s_graph, trainer.state.params, t_graph, t_params, batch,
-                        exp.objective.temperature)
+        t_seq = batch.teacher if batch.teacher is not None else batch.student
+        batch = batch.replace(teacher_hidden=trainer._teacher_hidden(
+            t_seq, batch.completion_len, trainer._teacher_weights(exs)))
+        out = _eval_jit(trainer.s_graph, trainer.state.params, trainer.t_graph or trainer.s_graph,
+                        trainer._teacher_params(), batch, exp.objective.temperature)
     return {k: float(v) for k, v in jax.device_get(out).items()}

@@ -77,15 +77,37 @@ def sharded_init_state(params, tx: optax.GradientTransformation, objective: O.Ob
     return jax.jit(fn, out_shardings=shardings)(params), shardings
 
 
-def _teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
-    """The teacher's completion hidden states and head, or None for a sparse/absent teacher."""
+def teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
+    """The teacher's completion hidden states and head, or None for a sparse/absent teacher.
+
+    Several teachers (tuples of graph definitions and parameters) arrive as one: their heads
+    stacked along the hidden axis, ``[sum_j D_j, V]``, and ``batch.teacher_hidden`` holding each
+    teacher's hidden states times its per-row weight, concatenated the same way (see
+    :func:`combine_teachers`), so that ``hidden @ head = sum_j w_j * logits_j``.
+    """
     if teacher_graphdef is None:
         return None, None
+    if isinstance(teacher_graphdef, tuple):
+        if batch.teacher_hidden is None:
+            raise ValueError("several teachers need batch.teacher_hidden (combine_teachers)")
+        heads = [nnx.merge(g, sg(p)).lm_head_weight().astype(jnp.float32)
+                 for g, p in zip(teacher_graphdef, teacher_params)]
+        return sg(batch.teacher_hidden), sg(jnp.concatenate(heads, axis=0))
     teacher = nnx.merge(teacher_graphdef, sg(teacher_params))
     if batch.teacher_hidden is not None:
         return sg(batch.teacher_hidden), sg(teacher.lm_head_weight())
     seq = batch.teacher if batch.teacher is not None else batch.student
     return sg(completion_hidden(teacher, seq, n)), sg(teacher.lm_head_weight())
+
+
+def combine_teachers(hidden: list[Array] | tuple[Array, ...], weights: Array) -> Array:
+    """Several teachers' completion hidden states ``[B, N, D_j]`` and per-row weights ``[B, J]``
+    → ``[B, N, sum_j D_j]``, the hidden states of the combined teacher (see ``teacher_view``)."""
+    if weights.shape != (hidden[0].shape[0], len(hidden)):
+        raise ValueError(f"teacher weights have shape {weights.shape}; expected "
+                         f"(rows, teachers) = {(hidden[0].shape[0], len(hidden))}")
+    return jnp.concatenate([h.astype(jnp.float32) * weights[:, j, None, None].astype(jnp.float32)
+                            for j, h in enumerate(hidden)], axis=-1)
 
 
 def _sparse_teacher(extras):
@@ -98,7 +120,7 @@ def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales,
            graphdef, teacher_graphdef, objective: O.Objective, cfg: StepConfig):
     """Loss (already divided by the global counts) of one micro-batch, and its aux outputs."""
     n = mb.completion_len
-    t_hidden, t_head = _teacher_view(mb, teacher_graphdef, teacher_params, n)
+    t_hidden, t_head = teacher_view(mb, teacher_graphdef, teacher_params, n)
     model = nnx.merge(graphdef, params)
     hidden, head = completion_hidden(model, mb.student, n), model.lm_head_weight()
     extras = {"behavior_logp": mb.behavior_logp, **mb.extras}
