@@ -106,12 +106,19 @@ class DecoderLayers(nnx.Module):
                      for layer in range(self.cfg.num_layers))
 
 
+def _dense(x, w):
+    """``x [..., D] @ w [D, ...]`` as one 2-D product ``[tokens, D] @ [D, rest]``. On XLA:CPU the
+    backward of the equivalent batched einsum, next to elementwise ops, runs ~1.3x slower."""
+    out = x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+    return out.reshape(*x.shape[:-1], *w.shape[1:])
+
+
 def _project_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF):
     """Attention input: RMSNorm, then q ``[B, T, N, H]``, k and v ``[B, T, K, H]`` (RoPE on q and k)."""
     h_BTD = ops.rms_norm(x_BTD, w["attn_norm"], cfg.rms_norm_eps)
-    q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, w["q"])
-    k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, w["k"])
-    v_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, w["v"])
+    q_BTNH = _dense(h_BTD, w["q"])
+    k_BTKH = _dense(h_BTD, w["k"])
+    v_BTKH = _dense(h_BTD, w["v"])
     if cfg.attention_bias:
         q_BTNH = q_BTNH + w["q_bias"][None, None]
         k_BTKH = k_BTKH + w["k_bias"][None, None]
@@ -129,16 +136,16 @@ def _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH):
     # One contracting axis of N * H (a reshape of both operands): contracting (n, h) as two axes
     # lets XLA pick (h, n) order, which transposes the weight and the activations on every call.
     B, T, N, H = attn_BTNH.shape
-    out_BTD = jnp.einsum("btf,fd->btd", attn_BTNH.reshape(B, T, N * H), w["o"].reshape(N * H, -1))
+    out_BTD = _dense(attn_BTNH.reshape(B, T, N * H), w["o"].reshape(N * H, -1))
     if cfg.out_proj_bias:
         out_BTD = out_BTD + w["o_bias"][None, None]
     x_BTD = shard(x_BTD + out_BTD, "batch", "seq", None)
 
     h_BTD = ops.rms_norm(x_BTD, w["mlp_norm"], cfg.rms_norm_eps)
-    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, w["gate"])
-    up_BTF = jnp.einsum("btd,df->btf", h_BTD, w["up"])
+    gate_BTF = _dense(h_BTD, w["gate"])
+    up_BTF = _dense(h_BTD, w["up"])
     act_BTF = shard(jax.nn.silu(gate_BTF) * up_BTF, "batch", "seq", "mlp")
-    return shard(x_BTD + jnp.einsum("btf,fd->btd", act_BTF, w["down"]), "batch", "seq", None)
+    return shard(x_BTD + _dense(act_BTF, w["down"]), "batch", "seq", None)
 
 
 def _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKHS, v_BKSH, index):
