@@ -75,20 +75,32 @@ class MetricsWriter:
 
 
 class Progress:
-    """``step 12/100 | loss 0.4312 | 1,234 tok/s | ETA 3m05s`` on one refreshed line."""
+    """``step 12/100 | loss 0.4312 | 1,234 tok/s | ETA 3m05s`` on one refreshed line.
 
-    def __init__(self, total: int, start: int, enabled: bool = True, stream=sys.stderr):
+    On a terminal the line is redrawn every step; into a file or pipe (a log, CI) a line is
+    written at most every ``every_s`` seconds, and for the last step.
+    """
+
+    def __init__(self, total: int, start: int, enabled: bool = True, stream=sys.stderr,
+                 every_s: float = 10.0):
         self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
-        self.t0 = time.perf_counter()
+        self.t0 = self.last = time.perf_counter()
+        self.every_s = every_s
+        self.tty = enabled and stream.isatty()
 
     def update(self, step: int, loss: float, tokens_per_s: float) -> str:
         done = step - self.start
-        elapsed = time.perf_counter() - self.t0
+        now = time.perf_counter()
+        elapsed = now - self.t0
         eta = elapsed / max(done, 1) * (self.total - step)
         line = (f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | "
                 f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-        if self.enabled:
-            end = "\n" if step >= self.total or not self.stream.isatty() else ""
-            self.stream.write("\r" + line + end)
+        last = step >= self.total
+        if self.enabled and self.tty:
+            self.stream.write("\r" + line + ("\n" if last else ""))
             self.stream.flush()
+        elif self.enabled and (last or now - self.last >= self.every_s):
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last = now
         return line
