@@ -12,12 +12,15 @@ Qwen's vocabulary size. Variants:
   autograd on materialised logits) and Liger-Kernel's ``LigerFusedLinearJSDLoss`` (chunked,
   pure PyTorch; ``pip install -r requirements-bench.txt``).
 
-Memory of the JAX variants is XLA's compiled memory analysis (deterministic; nothing is run):
-``temp`` is the working memory the loss adds, ``peak`` adds its arguments and outputs (the
-weights and the gradient, equal for every variant). Times are medians of runs that alternate
-the variants (A B C ... A B C ...), all at the same size.
+Memory of the JAX variants is XLA's compiled memory analysis at the full size (deterministic;
+compiled, never run): ``temp`` is the working memory the loss adds, ``peak`` adds its arguments
+and outputs (the weights and the gradient, equal for every variant). The naive losses of both
+frameworks together do not fit a 24 GiB machine at 2048 tokens (TRL's alone keeps several
+N x V float32 tensors for its backward), so times (and the check that every variant gives the
+naive loss and gradients) are taken at ``--time-tokens`` (default 512), same V and D: medians of
+runs that alternate the variants (A B C ... A B C ...).
 
-    python benchmarks/bench_loss.py                 # V=151936, D=1024, N=2048 tokens
+    python benchmarks/bench_loss.py                 # memory at N=2048, time at N=512; V=151936, D=1024
     python benchmarks/bench_loss.py --smoke         # seconds
 """
 
@@ -69,7 +72,20 @@ def jax_variants(chunk: int):
             "jax one-pass": one_pass}
 
 
+def make_args(n, d, v):
+    ks = jax.random.split(jax.random.key(0), 5)
+    h = jax.random.normal(ks[0], (1, n, d), jnp.float32)
+    w = jax.random.normal(ks[1], (d, v), jnp.float32) / np.sqrt(d)
+    ht = jax.random.normal(ks[2], (1, n, d), jnp.float32)
+    wt = jax.random.normal(ks[3], (d, v), jnp.float32) / np.sqrt(d)
+    tok = jax.random.randint(ks[4], (1, n), 0, v)
+    mask = jnp.ones((1, n), bool)
+    return h, w, ht, wt, tok, mask
+
+
 def compile_all(fns, args):
+    """Compiled loss+gradient of each variant, with XLA's temp and peak bytes. ``args`` may be
+    ``jax.ShapeDtypeStruct``s: nothing is allocated."""
     out = {}
     for name, fn in fns.items():
         compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(*args).compile()
@@ -120,27 +136,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vocab", type=int, default=151_936)
     p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--tokens", type=int, default=2048, help="memory analysis size")
+    p.add_argument("--time-tokens", type=int, default=512, help="timed size (must fit in RAM)")
     p.add_argument("--chunk", type=int, default=256, help="positions per block")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--smoke", action="store_true", help="V=4096, D=64, N=256, 1 rep")
     a = p.parse_args()
     if a.smoke:
-        a.vocab, a.hidden, a.tokens, a.reps, a.chunk = 4096, 64, 256, 1, 64
+        a.vocab, a.hidden, a.tokens, a.time_tokens, a.reps, a.chunk = 4096, 64, 256, 256, 1, 64
     n, d, v = a.tokens, a.hidden, a.vocab
-    ks = jax.random.split(jax.random.key(0), 5)
-    h = jax.random.normal(ks[0], (1, n, d), jnp.float32)
-    w = jax.random.normal(ks[1], (d, v), jnp.float32) / np.sqrt(d)
-    ht = jax.random.normal(ks[2], (1, n, d), jnp.float32)
-    wt = jax.random.normal(ks[3], (d, v), jnp.float32) / np.sqrt(d)
-    tok = jax.random.randint(ks[4], (1, n), 0, v)
-    mask = jnp.ones((1, n), bool)
-    args = (h, w, ht, wt, tok, mask)
-
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"loss+grad of JSD(beta={BETA}) at V={v}, D={d}, N={n} tokens, float32, "
-          f"block={a.chunk} positions; jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(f"loss+grad of JSD(beta={BETA}), V={v}, D={d}, float32, block={a.chunk} positions: "
+          f"memory at N={n} tokens (XLA analysis, not run), time at N={a.time_tokens}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    shapes = jax.eval_shape(lambda: make_args(n, d, v))
+    memory = {k: (t, pk) for k, (_, t, pk) in compile_all(jax_variants(a.chunk), shapes).items()}
+    args = h, w, ht, wt, tok, mask = make_args(a.time_tokens, d, v)
     compiled = compile_all(jax_variants(a.chunk), args)
     runners = {name: (lambda c=c: jax.block_until_ready(c(*args))) for name, (c, _, _) in compiled.items()}
     if not a.no_torch:
@@ -172,17 +184,18 @@ def main():
             del out
 
     base_t = statistics.median(times["jax naive"])
-    base_temp, base_peak = compiled["jax naive"][1], compiled["jax naive"][2]
+    base_temp, base_peak = memory["jax naive"]
     gib = 2.0 ** 30
     print()
-    print("| variant | loss | max grad diff vs jax naive | temp GiB | peak GiB | temp / naive "
-          "| peak / naive | median s | time / naive |")
+    print(f"| variant | loss (N={a.time_tokens}) | max grad diff vs jax naive | temp GiB (N={n}) "
+          f"| peak GiB (N={n}) | temp / naive | peak / naive | median s (N={a.time_tokens}) "
+          "| time / naive |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in runners:
         loss, err = check[name]
         med = statistics.median(times[name])
-        if name in compiled:
-            _, temp, peak = compiled[name]
+        if name in memory:
+            temp, peak = memory[name]
             mem = (f"{temp / gib:.2f} | {peak / gib:.2f} | {temp / base_temp:.1%} | "
                    f"{peak / base_peak:.1%}")
         else:

@@ -147,7 +147,7 @@ def main(argv=None):
         for name in names:
             rows += bench_config(name, batch, seq, reps, workdir)
 
-    print(f"\ncommand: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+    print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; float32\n")

@@ -136,7 +136,7 @@ def main(argv=None):
             for batch in batches:
                 rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature))
 
-    print(f"\ncommand: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+    print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "

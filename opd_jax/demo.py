@@ -8,13 +8,14 @@ methods reason about.
 
 1. A teacher (2 layers, width 64) is trained from scratch by supervised learning on both kinds
    of answer (the same ``Trainer``, objective ``sft``, on the data's completions).
-2. A student (1 layer, width 32) learns from the teacher on its own samples with sampled-token
-   reverse-KL OPD (``opd``): sample → score with the teacher → one jitted update.
+2. A student (2 layers, width 32) learns from the teacher on its own samples with sampled-token
+   reverse-KL OPD (``opd``) after a short supervised cold start on teacher samples: sample →
+   score with the teacher → one jitted update.
 
 Printed: the exact reverse KL to the teacher on fresh student samples and the fraction of
 valid answers, before and after; everything runs through the same code path as a real run.
 
-    python -m opd_jax.demo [--workdir runs/demo] [--steps 200]
+    python -m opd_jax.demo [--workdir DIR] [--steps 250]   # DIR: a new runs/demo/<time> by default
 """
 
 import argparse
@@ -78,7 +79,8 @@ def valid_fraction(trainer, prompts) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/demo")
+    parser.add_argument("--workdir", default=None,
+                        help="a new or empty directory (default: runs/demo/<date-time>)")
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--cold-start-steps", type=int, default=150)
     parser.add_argument("--steps", type=int, default=250, help="OPD steps after the cold start")
@@ -90,6 +92,11 @@ def main(argv=None):
     from opd_jax.training.config import LoopConfig, ModelSpec, TeacherSpec
     from opd_jax.training.loop import Trainer, evaluate
 
+    if args.workdir is None:
+        args.workdir = os.path.join("runs", "demo", time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.isdir(args.workdir) and os.listdir(args.workdir):
+        parser.error(f"--workdir {args.workdir} is not empty (a previous run's checkpoints would "
+                     "be resumed); pass a new directory, or leave --workdir out for a fresh one.")
     os.makedirs(args.workdir, exist_ok=True)
     data = os.path.join(args.workdir, "progressions.jsonl")
     write_data(data, 2048, seed=0)
