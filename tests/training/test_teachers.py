@@ -7,6 +7,7 @@ teacher rollouts equal each teacher's own samples row by row.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -130,3 +131,15 @@ def test_several_teacher_errors(tmp_path):
     with pytest.raises(ValueError, match=r"teacher.models\[1\]'s vocabulary \(33\)"):
         Trainer(dataclasses.replace(exp, teacher=TeacherSpec(kind="models",
                                                              models=(SPEC_A, other))))
+
+
+@pytest.mark.parametrize("combine", ["route", "mix"])
+def test_the_multi_teacher_experiment_smoke_runs(tmp_path, combine):
+    from opd_jax.config import apply_overrides, load_experiment, load_module
+    path = str(Path(__file__).resolve().parents[2] / "experiments" / "multi_teacher_opd.py")
+    exp = apply_overrides(load_experiment(path + ":smoke"),
+                          [f"run.workdir={tmp_path}", f"teacher.combine={combine}",
+                           "run.progress=false"])
+    exp = load_module(path).prepare(exp)
+    metrics = Trainer(exp).run()
+    assert np.isfinite(metrics["loss/total"]) and (tmp_path / "checkpoints" / "4").exists()
