@@ -84,9 +84,20 @@ def parse_value(text: str, tp, name: str):
             raise ConfigOverrideError(f"{name} must be one of {options}, got {text!r}")
         if origin is tuple:
             args = typing.get_args(tp)
-            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
             elem = args[0] if args else str
-            return tuple(parse_value(p.strip(), elem, name) for p in parts)
+            if text.strip().startswith("["):  # JSON: ["a", "b"] or [0.3, 0.7]
+                try:
+                    items = json.loads(text)
+                except json.JSONDecodeError:
+                    items = None
+                if isinstance(items, list):
+                    return tuple(parse_value(x if isinstance(x, str) else json.dumps(x), elem, name)
+                                 for x in items)
+            parts = [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]
+            if elem is str:  # a,b or 'a','b'
+                parts = [p[1:-1] if len(p) > 1 and p[0] == p[-1] and p[0] in "'\"" else p
+                         for p in parts]
+            return tuple(parse_value(p, elem, name) for p in parts)
     except ConfigOverrideError:
         raise
     except ValueError:

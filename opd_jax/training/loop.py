@@ -228,7 +228,7 @@ class Trainer:
         return [(self.t_graph or self.s_graph, self.t_params)]
 
     def _route_of(self, e: D.Example) -> int | None:
-        """The index of the teacher that ``e``'s ``teacher`` field names, or None if it names none."""
+        """The index of the teacher named by ``e``'s ``teacher`` field (None if it names none)."""
         t, v = self.exp.teacher, e.record.get("teacher")
         if isinstance(v, str) and v in t.names:
             return t.names.index(v)
@@ -389,7 +389,8 @@ class Trainer:
             return out
         if self.exp.teacher.kind == "models":
             raise TrainingError("auxiliary teacher contexts (aux_teacher_prompts_ids, "
-                                "bad_teacher_prompt_ids) need one teacher, not teacher.kind='models'")
+                                "bad_teacher_prompt_ids) need one teacher, not "
+                                "teacher.kind='models'")
         graphdef, params = self._teachers()[0]
 
         def score(prompt_lists):
