@@ -50,6 +50,11 @@ class TrainBatch:
     def completion_len(self) -> int:
         return self.targets.shape[1]
 
+    @property
+    def teacher_sequences(self) -> Sequences:
+        """What the teacher reads: its own context if it has one, else the student's."""
+        return self.teacher if self.teacher is not None else self.student
+
     def check(self) -> None:
         """Shape checks (trace time): completions must sit at the end of both sequences."""
         b, n = self.targets.shape

@@ -107,7 +107,7 @@ class Trainer:
             exp.data.path, tokenizer=tokenizer, max_prompt_len=exp.data.max_prompt_len,
             vocab_size=vocab_size(self.s_graph, params), chat_template=exp.data.chat_template)
         self._check_lengths(params)
-        self.route = self._routes()
+        self._check_routes()
         self.objective = O.build_objective(exp.objective, diagnostics_k=exp.run.diagnostics_k or None)
         self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
         self.tx = make_optimizer(exp.optim, exp.run.steps)
@@ -236,7 +236,7 @@ class Trainer:
             return v
         return None
 
-    def _routes(self):
+    def _check_routes(self):
         """With routed teachers, every record must name its teacher (checked before compiling)."""
         t = self.exp.teacher
         if t.kind != "models" or t.combine != "route":
@@ -349,8 +349,7 @@ class Trainer:
                 batch = self._with_rewards(batch, exs)
             t1 = time.perf_counter()
             teacher_params = self._teacher_params()
-            t_seq = batch.teacher if batch.teacher is not None else batch.student
-            hidden = self._teacher_hidden(t_seq, batch.completion_len, weights)
+            hidden = self._teacher_hidden(batch.teacher_sequences, batch.completion_len, weights)
             batch = batch.replace(teacher_hidden=hidden,
                                   extras={**batch.extras, **self._context_extras(exs, batch)})
             jax.block_until_ready(batch)
@@ -429,10 +428,9 @@ class Trainer:
             sample_f = F.sample_flops(s_cfg, n_prompts, width, rows, steps)
             if self.exp.loop.teacher_mix > 0:
                 sample_f += F.sample_flops(t_cfgs[0], n_prompts, width, rows, steps)
-        t_seq = batch.teacher if batch.teacher is not None else batch.student
-        n = batch.completion_len
+        n, t_len = batch.completion_len, batch.teacher_sequences.tokens.shape[1]
         return {"flops/sample": sample_f,
-                "flops/score": sum(F.score_flops(c, rows, t_seq.tokens.shape[1]) for c in t_cfgs),
+                "flops/score": sum(F.score_flops(c, rows, t_len) for c in t_cfgs),
                 "flops/update": F.update_flops(s_cfg, None, rows, seq, n)  # + each teacher head
                 + sum(F.head_flops(c, rows * n) for c in t_cfgs)}
 
@@ -574,9 +572,8 @@ def evaluate(trainer: Trainer, *, cursor: int = 0, seed: int = 12345) -> dict[st
         batch = _assemble(g(rep(p)), g(rep(m)), roll.tokens[:, P_:], roll.completion_mask[:, P_:],
                           roll.logp[:, P_:], None if tp is None else g(rep(tp)),
                           None if tm is None else g(rep(tm)))
-        t_seq = batch.teacher if batch.teacher is not None else batch.student
         batch = batch.replace(teacher_hidden=trainer._teacher_hidden(
-            t_seq, batch.completion_len, trainer._teacher_weights(exs)))
+            batch.teacher_sequences, batch.completion_len, trainer._teacher_weights(exs)))
         out = _eval_jit(trainer.s_graph, trainer.state.params, trainer.t_graph or trainer.s_graph,
                         trainer._teacher_params(), batch, exp.objective.temperature)
     return {k: float(v) for k, v in jax.device_get(out).items()}

@@ -96,8 +96,7 @@ def teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
     teacher = nnx.merge(teacher_graphdef, sg(teacher_params))
     if batch.teacher_hidden is not None:
         return sg(batch.teacher_hidden), sg(teacher.lm_head_weight())
-    seq = batch.teacher if batch.teacher is not None else batch.student
-    return sg(completion_hidden(teacher, seq, n)), sg(teacher.lm_head_weight())
+    return sg(completion_hidden(teacher, batch.teacher_sequences, n)), sg(teacher.lm_head_weight())
 
 
 def combine_teachers(hidden: list[Array] | tuple[Array, ...], weights: Array) -> Array:
