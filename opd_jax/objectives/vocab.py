@@ -217,7 +217,8 @@ def _fused_fwd(token_loss, features, c, hidden, head, tokens, mask, weights, t_h
 def _fused_bwd(token_loss, features, c, res, cotangents):
     dh, dw = res
     g, _ = cotangents  # feature values are reported without gradient
-    return (g * dh, g * dw) + (None,) * 8
+    # each cotangent in its primal's dtype (a bf16 hidden state gets a bf16 gradient)
+    return ((g * dh).astype(dh.dtype), (g * dw).astype(dw.dtype)) + (None,) * 8
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

@@ -18,10 +18,13 @@ from opd_jax.training.step import StepConfig, init_state, sharded_init_state, tr
 V = 50
 
 
-def models():
-    gs, ps = nnx.split(Transformer(tiny_config(vocab_size=V, hidden_size=32, num_layers=1),
-                                   rngs=nnx.Rngs(0)), nnx.Param)
-    gt, pt = nnx.split(Transformer(tiny_config(vocab_size=V, hidden_size=48, num_layers=2),
+def models(student_dtype="float32", teacher_dtype="float32"):
+    """Student float32 weights computing in ``student_dtype``; teacher weights and compute in
+    ``teacher_dtype``."""
+    gs, ps = nnx.split(Transformer(tiny_config(vocab_size=V, hidden_size=32, num_layers=1,
+                                               dtype=student_dtype), rngs=nnx.Rngs(0)), nnx.Param)
+    gt, pt = nnx.split(Transformer(tiny_config(vocab_size=V, hidden_size=48, num_layers=2,
+                                               param_dtype=teacher_dtype, dtype=teacher_dtype),
                                    rngs=nnx.Rngs(1)), nnx.Param)
     return gs, ps, gt, pt
 
@@ -63,6 +66,32 @@ def test_accumulation_and_one_pass_give_the_same_step(cfg, variants):
         assert max_diff(state.params, ref_state.params) < 1e-7, sc
         np.testing.assert_allclose(m["loss/total"], ref_m["loss/total"], rtol=1e-5)
     assert int(state.step) == 1
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one_pass", "generic"])
+def test_bf16_compute_step_tracks_the_float32_step(one_pass):
+    """Mixed precision (float32 student weights computing in bf16, a bf16 teacher): the step
+    runs on both vocabulary paths, keeps float32 weights and moves them like the float32 step
+    with the same teacher weights (bf16-valued in both; the head x 8 makes the teacher peaked,
+    so the gradient stands well above bf16 rounding)."""
+    batch, sc, tx = make_batch(), StepConfig(chunk_size=4, one_pass=one_pass), optax.sgd(0.1)
+    obj = O.build_objective(O.GKDConfig())
+    _, ps, _, pt32 = models()
+    pt32 = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), pt32)
+    pt32["lm_head"].value = 8 * pt32["lm_head"].value
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        gs, _, gt, _ = models(dtype, dtype)
+        pt = jax.tree.map(lambda x: x.astype(dtype), pt32)  # noqa: B023
+        fn = jax.jit(lambda s, b, t: train_step(s, b, t, graphdef=gs, teacher_graphdef=gt, tx=tx,  # noqa: B023
+                                                objective=obj, cfg=sc))
+        state, m = fn(init_state(ps, tx, obj, seed=0), batch, pt)
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+        out[dtype] = (jnp.concatenate([(a - b).ravel() for a, b in zip(jax.tree.leaves(state.params),
+                                                                       jax.tree.leaves(ps))]), m)
+    (d_ref, m_ref), (d_got, m_got) = out["float32"], out["bfloat16"]
+    assert float(jnp.linalg.norm(d_got - d_ref) / jnp.linalg.norm(d_ref)) < 0.05
+    np.testing.assert_allclose(m_got["loss/total"], m_ref["loss/total"], rtol=0.02)
 
 
 def test_the_step_descends_and_leaves_the_teacher_alone():
