@@ -25,7 +25,8 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, GKDConf
                                         ObjectiveConfig, OPDConfig, OPSDConfig, REOPOLDConfig,
                                         ReinforceConfig, SFTConfig, SGTopKConfig, TIPConfig,
                                         TopKOPDConfig, UniSDConfig, VOPDConfig, build_objective,
-                                        make_config, recipe_name, with_diagnostics)
+                                        make_config, recipe_name, required_inputs,
+                                        with_diagnostics)
 from opd_jax.objectives.reductions import (Reduced, seq_mean_token_mean, seq_mean_token_sum,
                                            seq_mean_weighted_mean, token_mean, total,
                                            weighted_mean)

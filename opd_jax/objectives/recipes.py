@@ -571,6 +571,22 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
     return obj
 
 
+def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
+    """The extra inputs (beyond features and ``behavior_logp``) a recipe reads from its batch,
+    so that a trainer can refuse a run that cannot supply them before compiling anything:
+    ``"reward"`` (a reward function), ``"aux_teacher_logp"`` (auxiliary teacher contexts),
+    ``"bad_teacher_logp"`` (a corrupted teacher context)."""
+    need = set()
+    if isinstance(cfg, ReinforceConfig):
+        need.add("reward")
+    if isinstance(cfg, UniSDConfig):
+        if cfg.agreement != "none":
+            need.add("aux_teacher_logp")
+        if cfg.contrastive_coef:
+            need.add("bad_teacher_logp")
+    return frozenset(need)
+
+
 def with_diagnostics(obj: Objective, *, k: int = 16, temperature: float = 1.0,
                      dense_teacher: bool = True) -> Objective:
     """``obj`` plus the token diagnostics in its metrics (same loss, same token-locality)."""
@@ -586,4 +602,4 @@ def with_diagnostics(obj: Objective, *, k: int = 16, temperature: float = 1.0,
 
 
 __all__ = ["ObjectiveConfig", "RECIPES", "build_objective", "make_config", "recipe_name",
-           "with_diagnostics", "Reduced"] + [c.__name__ for c in RECIPES.values()]
+           "required_inputs", "with_diagnostics", "Reduced"] + [c.__name__ for c in RECIPES.values()]

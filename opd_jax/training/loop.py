@@ -108,6 +108,7 @@ class Trainer:
             vocab_size=vocab_size(self.s_graph, params), chat_template=exp.data.chat_template)
         self._check_lengths(params)
         self._check_routes()
+        self._check_inputs()
         self.objective = O.build_objective(exp.objective, diagnostics_k=exp.run.diagnostics_k or None)
         self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
         self.tx = make_optimizer(exp.optim, exp.run.steps)
@@ -248,6 +249,25 @@ class Trainer:
                     f"{self.exp.data.path}:{e.line}: teacher.combine='route' needs a `teacher` "
                     f"field naming one of {known} (a name of teacher.names or an index), got "
                     f"{e.record.get('teacher')!r}.")
+
+    def _check_inputs(self):
+        """The objective's extra inputs can be supplied (checked before compiling)."""
+        need = O.required_inputs(self.exp.objective)
+        name = O.recipe_name(self.exp.objective)
+        if "reward" in need and self.reward_fn is None:
+            raise ValueError(f"objective {name!r} trains on a reward: pass reward_fn=f to Trainer, "
+                             "f(example, completion_ids) -> float (e.g. a verifier's 0/1).")
+        fields = {"aux_teacher_logp": ("aux_teacher_prompts_ids", "the agreement weights "
+                                       "(objective.agreement)"),
+                  "bad_teacher_logp": ("bad_teacher_prompt_ids", "the contrastive term "
+                                       "(objective.contrastive_coef)")}
+        for extra, (field, what) in fields.items():
+            if extra in need:
+                missing = next((e for e in self.examples if field not in e.record), None)
+                if missing is not None:
+                    raise D.DataError(f"{self.exp.data.path}:{missing.line}: objective {name!r} "
+                                      f"needs a `{field}` field in every record for {what}; "
+                                      "add it or turn that term off.")
 
     def _teacher_weights(self, exs) -> jax.Array | None:
         """Several teachers: each row's weights ``[rows, J]`` (one-hot when routed), else None."""

@@ -131,6 +131,22 @@ def test_bad_data_file_names_the_line(tmp_path, lines, sets, match):
         Trainer(_exp(tmp_path / "run", *sets, data=data))
 
 
+@pytest.mark.parametrize("sets,field", [
+    (["objective=unisd", "objective.contrastive_coef=0.5"], "bad_teacher_prompt_ids"),
+    (["objective=unisd", "objective.agreement=token"], "aux_teacher_prompts_ids"),
+], ids=["contrastive", "agreement"])
+def test_objective_inputs_missing_from_the_data(tmp_path, sets, field):
+    data = _prompts(tmp_path / "p.jsonl", [GOOD] * 8)
+    with pytest.raises(DataError, match=rf"p\.jsonl:1: objective 'unisd' needs a `{field}` field"):
+        Trainer(_exp(tmp_path / "run", *sets, data=data))
+
+
+def test_reward_objective_without_a_reward_function(tmp_path):
+    data = _prompts(tmp_path / "p.jsonl", [GOOD] * 8)
+    with pytest.raises(ValueError, match=r"objective 'reinforce' trains on a reward: pass reward_fn"):
+        Trainer(_exp(tmp_path / "run", "objective=reinforce", data=data))
+
+
 def test_missing_data_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such data file"):
         Trainer(_exp(tmp_path / "run", data=tmp_path / "nope.jsonl"))
