@@ -91,7 +91,7 @@ def trl_iteration(paths, prompts, new_tokens, workdir):
     return run
 
 
-def ours_iteration(paths, prompts, new_tokens, workdir):
+def ours_iteration(paths, prompts, new_tokens, workdir, cpu_devices=1):
     import opd_jax.objectives as O
     from opd_jax.sampling import SamplerConfig
     from opd_jax.training.config import (DataConfig, Experiment, MeshConfig, ModelSpec,
@@ -109,7 +109,7 @@ def ours_iteration(paths, prompts, new_tokens, workdir):
         sampler=SamplerConfig(max_new_tokens=new_tokens, pad_id=0, eos_ids=(),
                               new_token_buckets=(new_tokens,), prompt_buckets=(len(prompts[0]),)),
         optim=OptimConfig(lr=LR, clip_norm=0.0), step=StepConfig(chunk_size=64),
-        mesh=MeshConfig(data=1), data=DataConfig(path=data, batch_size=len(prompts)),
+        mesh=MeshConfig(data=cpu_devices), data=DataConfig(path=data, batch_size=len(prompts)),
         run=RunConfig(steps=10_000, workdir=os.path.join(workdir, "ours"), progress=False,
                       tensorboard=False, diagnostics_k=0))
     trainer = Trainer(exp)
@@ -123,14 +123,20 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--cpu-devices", type=int, default=1, help="split the host CPU into this many JAX "
+                    "devices and spread ours' rows over them (python -m opd_jax.main --cpu-devices)")
     a = ap.parse_args()
+    if a.cpu_devices < 1:
+        ap.error(f"--cpu-devices must be >= 1, got {a.cpu_devices}")
+    if a.cpu_devices > 1:  # before JAX creates its CPU client
+        jax.config.update("jax_num_cpu_devices", a.cpu_devices)
     if a.smoke:
         a.batch, a.prompt_len, a.new_tokens, a.reps = 2, 8, 8, 1
     rng = np.random.default_rng(0)
     prompts = rng.integers(2, NO_EOS, (a.batch, a.prompt_len)).tolist()
     with tempfile.TemporaryDirectory() as workdir:
         paths = save_models(workdir)
-        runs = {"opd_jax": ours_iteration(paths, prompts, a.new_tokens, workdir),
+        runs = {"opd_jax": ours_iteration(paths, prompts, a.new_tokens, workdir, a.cpu_devices),
                 "TRL GKDTrainer": trl_iteration(paths, prompts, a.new_tokens, workdir)}
         for run in runs.values():  # warm-up: compile ours, warm PyTorch
             run()
@@ -144,7 +150,8 @@ def main():
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"transformers {transformers.__version__}; {os.cpu_count()} CPUs; float32; "
-          f"batch {a.batch}, prompt {a.prompt_len}, {a.new_tokens} new tokens; "
+          f"batch {a.batch}, prompt {a.prompt_len}, {a.new_tokens} new tokens; opd_jax on "
+          f"{a.cpu_devices} CPU device(s); "
           f"medians of {a.reps} alternating runs\n")
     print("| system | s / iteration | tokens / s | speed-up vs TRL |")
     print("|---|---|---|---|")

@@ -8,6 +8,11 @@ tokens/s (batch x new tokens / wall time, prefill included) and their ratio (our
 
     python benchmarks/bench_sampler.py            # tiny and ~100M configs, batch 1, 8, 64, 128 new tokens
     python benchmarks/bench_sampler.py --smoke    # seconds: tiny config, batch 1 and 8, 16 new tokens
+
+``--cpu-devices N`` (default: one per CPU core) also times ours with the rows split over N JAX CPU
+devices (``jax_num_cpu_devices``, the sampler sharded over a ``data`` mesh axis), as
+``python -m opd_jax.main --cpu-devices N`` runs: small models' decode steps are bound by per-op
+costs that one device pays serially. PyTorch uses its default intra-op threads either way.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
+from opd_jax.sharding import make_mesh  # noqa: E402
 
 # HF Qwen3 configurations. "100m": 12 layers x 768 wide, 32k vocabulary, tied: ~100M parameters.
 CONFIGS = {
@@ -71,7 +77,7 @@ def time_call(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature) -> dict:
+def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature, cpu_devices) -> dict:
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
     graphdef, params = nnx.split(ours, nnx.Param)
     cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=temperature, pad_id=PAD,
@@ -82,26 +88,39 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
     gen_cfg = transformers.GenerationConfig(max_new_tokens=new_tokens, pad_token_id=PAD, eos_token_id=None,
                                             use_cache=True, **(sampling or dict(do_sample=False)))
     out = {}
+    split = max(d for d in range(1, cpu_devices + 1) if batch % d == 0)  # devices the rows split over
+    meshes = {1: make_mesh(data=1), split: make_mesh(data=split)}
+    weights = {d: jax.device_put(params, jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec()))
+               for d, m in meshes.items()}  # replicated on each mesh's devices
 
-    def run_ours():
-        out["ours"] = jax.block_until_ready(sample(graphdef, params, tokens, mask, key, cfg=cfg))
+    def run_ours(devices=1):
+        with jax.set_mesh(meshes[devices]):
+            out[devices] = jax.block_until_ready(sample(graphdef, weights[devices], tokens, mask, key, cfg=cfg))
+        out["ours"] = out[devices]
 
     def run_theirs():
         with torch.no_grad():
             out["theirs"] = theirs.generate(input_ids=tokens_pt, attention_mask=mask_pt, generation_config=gen_cfg)
 
-    run_ours(), run_theirs()  # warm-up: compiles ours, warms PyTorch's allocator
+    run_ours(), run_ours(split), run_theirs()  # warm-up: compiles ours, warms PyTorch's allocator
     assert out["theirs"].shape == out["ours"].tokens.shape, "both must generate exactly new_tokens tokens"
-    same = np.asarray(out["ours"].tokens)[:, prompt_len:] == out["theirs"][:, prompt_len:].numpy()
-    times_a, times_b = [], []
+    # the split run must be the same computation: same tokens, log-probabilities to rounding
+    assert (np.asarray(out[1].tokens) == np.asarray(out[split].tokens)).all()
+    same = np.asarray(out[1].tokens)[:, prompt_len:] == out["theirs"][:, prompt_len:].numpy()
+    times_a, times_s, times_b = [], [], []
     for _ in range(reps):
         times_a.append(time_call(run_ours))
+        if split > 1:
+            times_s.append(time_call(lambda: run_ours(split)))
         times_b.append(time_call(run_theirs))
     generated = batch * new_tokens
     tps_a, tps_b = generated / statistics.median(times_a), generated / statistics.median(times_b)
+    tps_s = generated / statistics.median(times_s) if split > 1 else None
     greedy = temperature == 0
     return dict(config=name, params=count_params(ours), batch=batch, ours=tps_a, torch=tps_b,
-                ratio=tps_a / tps_b, same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
+                ratio=tps_a / tps_b, split=split, ours_split=tps_s,
+                ratio_split=None if tps_s is None else tps_s / tps_b,
+                same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
                 same_tokens=f"{same.mean():.1%}" if greedy else "-")
 
 
@@ -115,10 +134,17 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); >0: sample")
+    parser.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
+                        help="also time ours with the rows split over this many JAX CPU devices "
+                             "(default: one per core; 1 = off)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
                              "OpenMP spin-waiting that makes PyTorch look far slower than it is")
     args = parser.parse_args(argv)
+    if args.cpu_devices < 1:
+        parser.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
+    if args.cpu_devices > 1:  # before JAX creates its CPU client (nothing above touched a device)
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     names, batches = args.configs.split(","), [int(b) for b in args.batches.split(",")]
@@ -134,7 +160,8 @@ def main(argv=None):
         for name in names:
             theirs, ours = build(name, workdir)
             for batch in batches:
-                rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature))
+                rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature,
+                                      args.cpu_devices))
 
     print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
@@ -142,11 +169,14 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
           f"{new_tokens} new tokens, medians of {reps} alternating runs; float32\n")
-    print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | same rows | same tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
+          "over CPU devices | ratio | same rows | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        split = "-" if r["ours_split"] is None else f"{r['ours_split']:,.0f} ({r['split']} devices)"
+        ratio = "-" if r["ratio_split"] is None else f"{r['ratio_split']:.2f}"
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['ours']:,.0f} | {r['torch']:,.0f} "
-              f"| {r['ratio']:.2f} | {r['same_rows']} | {r['same_tokens']} |")
+              f"| {r['ratio']:.2f} | {split} | {ratio} | {r['same_rows']} | {r['same_tokens']} |")
 
 
 if __name__ == "__main__":

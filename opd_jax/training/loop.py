@@ -525,6 +525,14 @@ class Trainer:
                              f"later checkpoints {later}, which this run would not save over; "
                              "move them out of the directory (or unset ckpt.resume_step).")
 
+    def run_info(self) -> dict:
+        """Where this run executes: the mesh, its devices, the processes and the versions."""
+        d = self.mesh.devices.flat[0]
+        return {"mesh": {k: int(v) for k, v in self.mesh.shape.items()},
+                "devices": int(self.mesh.devices.size), "platform": d.platform,
+                "device_kind": getattr(d, "device_kind", d.platform),
+                "processes": jax.process_count(), "jax": jax.__version__}
+
     def run(self) -> dict[str, float]:
         exp = self.exp
         self._check_resume(exp.ckpt.resume_step)
@@ -532,6 +540,7 @@ class Trainer:
         lead = jax.process_index() == 0  # one process writes the run's files; Orbax syncs saves
         if lead:
             write_json(exp, os.path.join(exp.run.workdir, "config.json"))
+            write_json(self.run_info(), os.path.join(exp.run.workdir, "run_info.json"))
         writer = MetricsWriter(exp.run.workdir, tensorboard=exp.run.tensorboard,
                                wandb=exp.run.wandb, config=to_dict(exp), enabled=lead)
         progress = Progress(exp.run.steps, int(self.state.step), enabled=exp.run.progress and lead)

@@ -24,6 +24,8 @@ def test_cli_trains_with_overrides_then_resumes(tmp_path):
     assert cfg["data"]["path"] == str(work / "prompts.jsonl")  # written by the experiment file
     assert (work / "prompts.jsonl").read_text().count("\n") == 64
     assert steps(work) == [1, 2]
+    info = json.loads((work / "run_info.json").read_text())
+    assert info["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and info["platform"] == "cpu"
     assert [m["step"] for m in metrics(work)] == [1, 2]
     assert "eopd/gate_open_frac" in metrics(work)[0]  # the objective the run trained with
     first = read_state(work, 2)
@@ -38,6 +40,15 @@ def test_cli_trains_with_overrides_then_resumes(tmp_path):
 
     again = check_ok(run_cli(work, *sets, "run.steps=4"))  # finished: nothing left to do
     assert [m["step"] for m in metrics(work)] == [1, 2, 3, 4], again.stderr
+
+
+def test_cpu_devices_splits_the_host_and_the_default_mesh_uses_them(tmp_path):
+    check_ok(run_cli(tmp_path / "run", "run.steps=1", extra=("--cpu-devices", "2")))
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["devices"] == 2 and info["mesh"]["data"] == 2
+    proc = run_cli(tmp_path / "bad", extra=("--cpu-devices", "0"), timeout=120)
+    assert proc.returncode == 2 and "--cpu-devices must be >= 1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("override,named", [
