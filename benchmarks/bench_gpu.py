@@ -40,16 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from benchmarks.hf_configs import CONFIGS as SAMPLER_CONFIGS  # noqa: E402
 
-# HF Qwen3 configurations (the PyTorch side builds them; ours loads the saved weights).
-SAMPLER_CONFIGS = {
-    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
-    "100m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
-    "0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-}
 DATASHEET = {  # dense bf16 TFLOP/s and memory TB/s, for reference only
     "NVIDIA H100 80GB HBM3": (989.4, 3.35), "NVIDIA H200": (989.4, 4.8),
 }

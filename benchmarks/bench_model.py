@@ -30,14 +30,8 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
+from benchmarks.hf_configs import CONFIGS  # noqa: E402
 
-# HF Qwen3 configurations. "100m": 12 layers x 768 wide, 32k vocabulary, tied: ~100M parameters.
-CONFIGS = {
-    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
-    "100m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
-}
 LR = 1e-5
 
 
