@@ -20,6 +20,10 @@ and a CUDA build of PyTorch for the generate comparison). Three parts, each prin
    MFU against the measured bf16 matrix rate.
 
     python benchmarks/bench_gpu.py                       # everything (~8 minutes on an H100)
+
+JAX takes 75% of the GPU's memory at start by default. The H100 figures in BENCHMARKS.md were
+taken with XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 for the sampler part (PyTorch shares the GPU) and
+0.92 for the iteration part; 32 prompts per iteration need ``--remat`` on an 80 GB card.
     python benchmarks/bench_gpu.py --parts sampler       # one part
     python benchmarks/bench_gpu.py --smoke               # tiny sizes; runs on a CPU too
 """
@@ -232,7 +236,7 @@ def main(argv=None):
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--iter-batch", type=int, default=32, help="prompts per iteration")
+    ap.add_argument("--iter-batch", type=int, default=16, help="prompts per iteration")
     ap.add_argument("--iter-prompt-len", type=int, default=128)
     ap.add_argument("--iter-new-tokens", type=int, default=256)
     ap.add_argument("--remat", action="store_true", help="rematerialise the student's layers")
