@@ -253,6 +253,8 @@ class Trainer:
     def _check_inputs(self):
         """The objective's extra inputs can be supplied (checked before compiling)."""
         need = O.required_inputs(self.exp.objective)
+        if not need:
+            return
         name = O.recipe_name(self.exp.objective)
         if "reward" in need and self.reward_fn is None:
             raise ValueError(f"objective {name!r} trains on a reward: pass reward_fn=f to Trainer, "
