@@ -258,7 +258,8 @@ class Trainer:
         name = O.recipe_name(self.exp.objective)
         if "reward" in need and self.reward_fn is None:
             raise ValueError(f"objective {name!r} trains on a reward: pass reward_fn=f to Trainer, "
-                             "f(example, completion_ids) -> float (e.g. a verifier's 0/1).")
+                             "f(example, completion_ids) -> float (e.g. a verifier's 0/1); from "
+                             "the command line, define reward_fn in the experiment file.")
         fields = {"aux_teacher_logp": ("aux_teacher_prompts_ids", "the agreement weights "
                                        "(objective.agreement)"),
                   "bad_teacher_logp": ("bad_teacher_prompt_ids", "the contrastive term "
