@@ -37,28 +37,21 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from benchmarks.hf_configs import CONFIGS as SAMPLER_CONFIGS  # noqa: E402
+from benchmarks.common import CONFIGS as SAMPLER_CONFIGS, PAD, prompts, time_call  # noqa: E402
 
 DATASHEET = {  # dense bf16 TFLOP/s and memory TB/s, for reference only
     "NVIDIA H100 80GB HBM3": (989.4, 3.35), "NVIDIA H200": (989.4, 4.8),
 }
-PAD = 0
 
 
 def median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_call(fn) for _ in range(reps))
 
 
 # ---------------------------------------------------------------------------------- ceilings
@@ -128,11 +121,7 @@ def bench_sampler(names, batches, prompt_len, new_tokens, reps, workdir, bandwid
         graphdef, params = nnx.split(ours, nnx.Param)
         cfg = ours.cfg
         for batch in batches:
-            rng = np.random.RandomState(batch)
-            tokens = rng.randint(1, cfg.vocab_size, (batch, prompt_len)).astype(np.int32)
-            lengths = np.linspace(prompt_len, max(prompt_len // 2, 1), batch).astype(int)
-            mask = np.arange(prompt_len)[None, :] >= (prompt_len - lengths)[:, None]
-            tokens = np.where(mask, tokens, PAD).astype(np.int32)
+            tokens, mask = prompts(batch, prompt_len, cfg.vocab_size)
             scfg = SamplerConfig(max_new_tokens=new_tokens, temperature=0.0, pad_id=PAD,
                                  prompt_buckets=(prompt_len,), new_token_buckets=(new_tokens,))
             t_tokens = torch.tensor(tokens, dtype=torch.long, device=dev)
@@ -153,18 +142,16 @@ def bench_sampler(names, batches, prompt_len, new_tokens, reps, workdir, bandwid
                     torch.cuda.synchronize()
                 assert out.shape[1] == prompt_len + new_tokens
 
-            t0 = time.perf_counter()
-            ours_run()
-            compile_s = time.perf_counter() - t0
+            compile_s = time_call(ours_run)
             theirs_run()
             ta, tb = [], []
             for _ in range(reps):
-                ta.append(median_time(ours_run, 1))
-                tb.append(median_time(theirs_run, 1))
+                ta.append(time_call(ours_run))
+                tb.append(time_call(theirs_run))
             generated = batch * new_tokens
             a = generated / statistics.median(ta)
             b = generated / statistics.median(tb) if peer else float("nan")
-            step_bytes = weight_bytes(cfg) + kv_bytes(cfg, batch, lengths.mean() + new_tokens / 2, 2)
+            step_bytes = weight_bytes(cfg) + kv_bytes(cfg, batch, mask.sum(axis=1).mean() + new_tokens / 2, 2)
             bound = batch / (step_bytes / bandwidth)
             rows.append(dict(config=name, params=count_params(ours), batch=batch, ours=a, torch=b,
                              ratio=a / b, bound=bound, ours_frac=a / bound, torch_frac=b / bound,
@@ -208,9 +195,7 @@ def bench_iteration(smoke: bool, batch: int, prompt_len: int, new_tokens: int, r
         run=RunConfig(steps=10_000, workdir=os.path.join(workdir, "run"), progress=False,
                       tensorboard=False, diagnostics_k=0))
     trainer = Trainer(exp)
-    t0 = time.perf_counter()
-    trainer.iteration()
-    compile_s = time.perf_counter() - t0
+    compile_s = time_call(trainer.iteration)
     outs = [trainer.iteration() for _ in range(reps)]
     med = {k: statistics.median(o[k] for o in outs) for k in outs[0]}
     res = dict(batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, compile_s=compile_s, remat=remat)

@@ -16,7 +16,6 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +29,7 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
-from benchmarks.hf_configs import CONFIGS  # noqa: E402
+from benchmarks.common import CONFIGS, time_call  # noqa: E402
 
 LR = 1e-5
 
@@ -65,12 +64,6 @@ def jax_fns(model):
         return optax.apply_updates(params, updates), opt_state, loss
 
     return params, tx.init(params), forward, train_step
-
-
-def time_call(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> list[dict]:

@@ -23,7 +23,6 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,9 +36,8 @@ from flax import nnx  # noqa: E402
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
 from opd_jax.sharding import make_mesh  # noqa: E402
-from benchmarks.hf_configs import CONFIGS  # noqa: E402
+from benchmarks.common import CONFIGS, PAD, prompts, time_call  # noqa: E402
 
-PAD = 0
 
 
 def build(name: str, workdir: str):
@@ -54,21 +52,6 @@ def build(name: str, workdir: str):
     path = os.path.join(workdir, name)
     theirs.save_pretrained(path)
     return theirs, from_pretrained(path)
-
-
-def prompts(batch: int, length: int, vocab: int):
-    """Left-padded prompts whose lengths spread over [length / 2, length]."""
-    rng = np.random.RandomState(batch)
-    tokens = rng.randint(1, vocab, (batch, length)).astype(np.int32)
-    lengths = np.linspace(length, max(length // 2, 1), batch).astype(int)
-    mask = np.arange(length)[None, :] >= (length - lengths)[:, None]
-    return np.where(mask, tokens, PAD).astype(np.int32), mask
-
-
-def time_call(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature, cpu_devices) -> dict:

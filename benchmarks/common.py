@@ -1,0 +1,37 @@
+"""What the benchmarks share: the Hugging Face Qwen3 configurations they build (PyTorch side)
+and load (ours), the left-padded prompts the sampler benchmarks feed both, and a wall-clock timer.
+
+"100m": 12 layers x 768 wide, 32k vocabulary, tied embeddings: ~100M parameters. "0.6b": the
+shape of Qwen3-0.6B (random weights; nothing is downloaded).
+"""
+
+import time
+
+import numpy as np
+
+PAD = 0  # the padding token id of the sampler benchmarks
+
+CONFIGS = {
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+    "100m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
+    "0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+}
+
+
+def prompts(batch: int, length: int, vocab: int):
+    """Left-padded prompts ``[batch, length]`` and their mask, lengths spread over [length / 2, length]."""
+    rng = np.random.RandomState(batch)
+    tokens = rng.randint(1, vocab, (batch, length)).astype(np.int32)
+    lengths = np.linspace(length, max(length // 2, 1), batch).astype(int)
+    mask = np.arange(length)[None, :] >= (length - lengths)[:, None]
+    return np.where(mask, tokens, PAD).astype(np.int32), mask
+
+
+def time_call(fn) -> float:
+    """Seconds ``fn()`` takes (the caller blocks on asynchronous results inside ``fn``)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
