@@ -44,6 +44,9 @@ from opd_jax.training.step import (combine_teachers, make_train_step, sharded_in
                                    teacher_view)
 
 sg = jax.lax.stop_gradient
+# The objectives' extra inputs scored from the records' extra teacher contexts, and their fields.
+_CONTEXT_FIELDS = {"aux_teacher_logp": "aux_teacher_prompts_ids",
+                   "bad_teacher_logp": "bad_teacher_prompt_ids"}
 
 
 class TrainingError(RuntimeError):
@@ -260,12 +263,11 @@ class Trainer:
             raise ValueError(f"objective {name!r} trains on a reward: pass reward_fn=f to Trainer, "
                              "f(example, completion_ids) -> float (e.g. a verifier's 0/1); from "
                              "the command line, define reward_fn in the experiment file.")
-        fields = {"aux_teacher_logp": ("aux_teacher_prompts_ids", "the agreement weights "
-                                       "(objective.agreement)"),
-                  "bad_teacher_logp": ("bad_teacher_prompt_ids", "the contrastive term "
-                                       "(objective.contrastive_coef)")}
-        for extra, (field, what) in fields.items():
+        terms = {"aux_teacher_logp": "the agreement weights (objective.agreement)",
+                 "bad_teacher_logp": "the contrastive term (objective.contrastive_coef)"}
+        for extra, what in terms.items():
             if extra in need:
+                field = _CONTEXT_FIELDS[extra]
                 missing = next((e for e in self.examples if field not in e.record), None)
                 if missing is not None:
                     raise D.DataError(f"{self.exp.data.path}:{missing.line}: objective {name!r} "
@@ -406,8 +408,7 @@ class Trainer:
         ``bad_teacher_prompt_ids`` → ``bad_teacher_logp [B, N]``."""
         out = {}
         k = self.exp.sampler.num_samples
-        if not any("aux_teacher_prompts_ids" in e.record or "bad_teacher_prompt_ids" in e.record
-                   for e in exs):
+        if not any(f in e.record for e in exs for f in _CONTEXT_FIELDS.values()):
             return out
         if self.exp.teacher.kind == "models":
             raise TrainingError("auxiliary teacher contexts (aux_teacher_prompts_ids, "
