@@ -227,8 +227,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         from_teacher=buffer(jnp.zeros((B, P), jnp.bool_)) if mixed else None,
     )
 
-    # The body samples a token, then feeds it to the model: the last forward goes unused, but the
-    # random-bit code exists once (XLA compiles each copy of it slowly) and needs no special case.
+    # The body samples a token, then feeds it to the model unless no token will follow: the
+    # random-bit code exists once per phase (XLA compiles each copy of it slowly).
     def cond(state: SamplingState):
         # step < max_new, some row unfinished, a free cache slot for the token the body feeds.
         return (state.step < max_new) & ~jnp.all(state.done) & (state.cache.index < state.cache.max_len)
@@ -240,9 +240,18 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         token = jax.lax.dynamic_slice_in_dim(state.tokens, col, 1, axis=1)[:, 0]
         real = jax.lax.dynamic_slice_in_dim(state.mask, col, 1, axis=1)[:, 0]
         pos = next_pos_R + state.step
-        logits, cache = _decode(decoder, token, pos, real, state.cache)
-        t_logits, t_cache = (None, None) if teacher is None else _decode(
-            t_decoder, token, pos, real, state.teacher_cache)
+
+        def forward(carry):
+            logits, cache, t_logits, t_cache = carry
+            logits, cache = _decode(decoder, token, pos, real, cache)
+            if teacher is not None:
+                t_logits, t_cache = _decode(t_decoder, token, pos, real, t_cache)
+            return logits, cache, t_logits, t_cache
+
+        # No forward after the last token (every row done, or max_new reached): its logits would go unused.
+        more = (state.step + 1 < max_new) & ~jnp.all(state.done)
+        carry = (state.logits, state.cache, state.teacher_logits, state.teacher_cache)
+        logits, cache, t_logits, t_cache = jax.lax.cond(more, forward, lambda c: c, carry)
         return state.replace(step=state.step + 1, logits=logits, cache=cache, teacher_logits=t_logits,
                              teacher_cache=t_cache)
 

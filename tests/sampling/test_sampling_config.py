@@ -150,9 +150,14 @@ def test_decode_state_is_updated_in_place():
     assert compiled.memory_analysis().temp_size_in_bytes < 1.6 * kv_bytes
 
 
-def _hlo_ops(text: str, root: str):
+def _hlo_ops(text: str, root: str, small: int = 0):
     """``(opcode, dtype, dims)`` of every array-valued instruction in computation ``root`` and
-    everything it calls (fusions, nested loops), from compiled HLO text."""
+    everything it calls (fusions, nested loops, conditional branches), from compiled HLO text.
+
+    The inside of a fusion whose result has fewer than ``small`` elements is skipped: such a
+    fusion reads its operands element by element (a fused ``convert`` then ``gather`` of a table
+    converts only the gathered rows) and writes nothing larger than its result.
+    """
     comps, current = {}, None
     for line in text.splitlines():
         header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
@@ -167,10 +172,15 @@ def _hlo_ops(text: str, root: str):
             continue
         seen.add(name)
         for line in comps[name]:
-            todo += re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", line)
             m = re.search(r"= (\w+)\[([\d,]*)\](?:\{[^}]*\})? ([\w\-]+)\(", line)
             if m:
                 ops.append((m.group(3), m.group(1), tuple(int(d) for d in m.group(2).split(",") if d)))
+            if m and m.group(3) == "fusion" and math.prod(ops[-1][2]) < small:
+                continue
+            todo += re.findall(r"(?:calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)",
+                               line)
+            for branches in re.findall(r"branch_computations=\{([^}]*)\}", line):
+                todo += re.findall(r"%?([\w.\-]+)", branches)
     return ops
 
 
@@ -196,7 +206,7 @@ def test_decode_loop_copies_no_weights_and_no_cache(param_dtype):
         loops = [line for line in text.splitlines()
                  if " while(" in line and all(t in line.split(" while(")[0] for t in cache_types)]
         assert len(loops) == 1, (S, loops)
-        ops = _hlo_ops(text, re.search(r"body=%?([\w.\-]+)", loops[0]).group(1))
+        ops = _hlo_ops(text, re.search(r"body=%?([\w.\-]+)", loops[0]).group(1), small=smallest_weight)
         assert B * model_cfg.num_heads * S < smallest_weight  # attention scores count as small here
         moved = [op for op in ops if op[0] in ("copy", "transpose", "dynamic-slice", "slice", "convert", "pad",
                                                "concatenate", "gather") and math.prod(op[2]) >= smallest_weight]

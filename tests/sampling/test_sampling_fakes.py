@@ -83,6 +83,27 @@ def test_full_cache_stops_decoding():
     np.testing.assert_array_equal(completion(r)[:, :3], np.array([[4, 5, 6], [5, 6, 7]]))
 
 
+_FED: list[int] = []  # tokens fed per model call (a module global: an nnx graph must hash)
+
+
+class _CountingSuccessor(Successor):
+    """``Successor`` that reports, from inside the compiled program, how many tokens each call feeds."""
+
+    def hidden(self, tokens, positions, *, mask=None, cache=None):
+        jax.debug.callback(lambda t: _FED.append(int(t)), tokens.shape[1])
+        return super().hidden(tokens, positions, mask=mask, cache=cache)
+
+
+@pytest.mark.parametrize("eos_ids, steps", [((), 6), ((9,), 3)])  # all rows end at step 3 with EOS 9
+def test_no_forward_after_the_last_token(eos_ids, steps):
+    """The prefill, then one decode forward per sampled token except the last (its logits are unused)."""
+    _FED.clear()
+    tokens, mask = _prompts([6, 6, 6])
+    r = _run(_CountingSuccessor(V), tokens, mask, SamplerConfig(max_new_tokens=6, eos_ids=eos_ids))
+    assert completion(r, "completion_mask").sum(axis=1).tolist() == [steps] * 3
+    assert sorted(_FED, reverse=True) == [r.prompt_len] + [1] * (steps - 1)  # (callbacks are unordered)
+
+
 def test_max_new_tokens_shorter_than_its_bucket():
     tokens, mask = _prompts([1])
     r = _run(Successor(V), tokens, mask, SamplerConfig(max_new_tokens=3, new_token_buckets=(8,)))
