@@ -1,0 +1,108 @@
+"""Build the lab's data directory: its tokenizer, training records with solutions, held-out prompts.
+
+    python -m opd_jax.lab.dataset --out runs/lab/data [--count 4] [--train 4096] [--test 256]
+
+writes ``tokenizer/`` (load with ``opd_jax.models.load_tokenizer``), ``train.jsonl`` (prompt and
+one solution per record, for supervised training and as off-policy data) and ``test.jsonl``
+(held-out prompts; no problem in it is in ``train.jsonl``, by ``countdown.split_of``), plus
+``dataset.json`` (what built it). Each training solution is drawn uniformly among the problem's
+distinct solutions, then uniformly among the orders of its steps: the planning choices a teacher
+learns from these records are genuinely uncertain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from opd_jax.lab import countdown as C
+from opd_jax.lab import data as L
+from opd_jax.lab import tokenizer as T
+
+
+def draw_solution(rng, problem: C.Problem, sols=None) -> tuple[C.Step, ...]:
+    """A solution uniform over the distinct ones (``countdown.canonical``), then over its step orders."""
+    sols = C.solutions(problem) if sols is None else sols
+    by_solution: dict[str, list] = {}
+    for s in sols:
+        by_solution.setdefault(C.canonical(list(s)), []).append(s)
+    if not by_solution:
+        raise ValueError(f"{problem} has no solution")
+    keys = sorted(by_solution)
+    orders = by_solution[keys[rng.integers(len(keys))]]
+    return orders[rng.integers(len(orders))]
+
+
+def problems(rng, difficulty: C.Difficulty, count: int, split: str, test_fraction: float) -> list[C.Problem]:
+    """``count`` distinct problems of ``split`` (rejection on ``split_of``)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    share = test_fraction if split == "test" else 1 - test_fraction
+    if count and share <= 0:
+        raise ValueError(f"test_fraction={test_fraction} leaves no {split} problems")
+    out, seen = [], set()
+    for _ in range(max(100, int(50 * count / share))):
+        if len(out) == count:
+            return out
+        p = C.sample_problem(rng, difficulty)
+        if p.key not in seen and C.split_of(p, test_fraction) == split:
+            seen.add(p.key)
+            out.append(p)
+    raise ValueError(f"found only {len(out)} distinct {split} problems of {difficulty}; ask for fewer or "
+                     "allow larger numbers or targets")
+
+
+def build(out: str, *, difficulty: C.Difficulty = C.Difficulty(), train: int = 4096, test: int = 256,
+          test_fraction: float = 0.1, fmt: str = "forward", seed: int = 0) -> dict:
+    """Write the data directory ``out`` (must not hold a dataset already); returns its manifest."""
+    if fmt not in C.FORMATS:
+        raise ValueError(f"unknown answer format {fmt!r}; known: {C.FORMATS}")
+    if os.path.exists(os.path.join(out, "dataset.json")):
+        raise FileExistsError(f"{out} already holds a dataset (dataset.json); pick a new directory")
+    rng = np.random.default_rng(seed)  # everything is drawn before anything is written
+    train_problems = problems(rng, difficulty, train, "train", test_fraction)
+    test_problems = problems(rng, difficulty, test, "test", test_fraction)
+    answers = [draw_solution(rng, p) for p in train_problems]
+    os.makedirs(out, exist_ok=True)
+    from opd_jax.models import load_tokenizer
+    tok = load_tokenizer(T.save(os.path.join(out, "tokenizer")))
+    L.write_records(os.path.join(out, "train.jsonl"),
+                    (L.record(p, tok, steps=s, fmt=fmt) for p, s in zip(train_problems, answers)))
+    L.write_records(os.path.join(out, "test.jsonl"), (L.record(p, tok, fmt=fmt) for p in test_problems))
+    manifest = dict(difficulty=dataclasses.asdict(difficulty), train=train, test=test,
+                    test_fraction=test_fraction, format=fmt, seed=seed, vocab_size=T.vocab_size(),
+                    max_prompt_len=max(len(L.prompt(p)) for p in train_problems + test_problems))
+    with open(os.path.join(out, "dataset.json"), "w") as f:  # last: its presence marks a whole dataset
+        json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="a new directory")
+    ap.add_argument("--count", type=int, default=4, help="numbers per problem (2..5)")
+    ap.add_argument("--max-number", type=int, default=12)
+    ap.add_argument("--max-target", type=int, default=100)
+    ap.add_argument("--min-solutions", type=int, default=2)
+    ap.add_argument("--train", type=int, default=4096)
+    ap.add_argument("--test", type=int, default=256)
+    ap.add_argument("--test-fraction", type=float, default=0.1)
+    ap.add_argument("--format", default="forward", choices=C.FORMATS)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    try:
+        d = C.Difficulty(count=a.count, max_number=a.max_number, max_target=a.max_target,
+                         min_solutions=a.min_solutions)
+        manifest = build(a.out, difficulty=d, train=a.train, test=a.test, test_fraction=a.test_fraction,
+                         fmt=a.format, seed=a.seed)
+    except (ValueError, FileExistsError) as e:
+        ap.error(str(e))
+    print(json.dumps(manifest))
+
+
+if __name__ == "__main__":
+    main()
