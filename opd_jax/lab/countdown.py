@@ -205,9 +205,9 @@ class Difficulty:
     """How problems are drawn: ``count`` numbers from ``[1, max_number]``; a target reachable in
     at least ``min_solutions`` distinct ways and no larger than ``max_target``."""
 
-    count: int = 4
-    max_number: int = 12
-    max_target: int = 100
+    count: int = 3
+    max_number: int = 30
+    max_target: int = 150
     min_solutions: int = 2
 
     def __post_init__(self):

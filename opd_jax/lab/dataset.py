@@ -1,6 +1,6 @@
 """Build the lab's data directory: its tokenizer, training records with solutions, held-out prompts.
 
-    python -m opd_jax.lab.dataset --out runs/lab/data [--count 4] [--train 4096] [--test 256]
+    python -m opd_jax.lab.dataset --out runs/lab/data [--count 3] [--train 8192] [--test 256]
 
 writes ``tokenizer/`` (load with ``opd_jax.models.load_tokenizer``), ``train.jsonl`` (prompt and
 one solution per record, for supervised training and as off-policy data) and ``test.jsonl``
@@ -56,7 +56,7 @@ def problems(rng, difficulty: C.Difficulty, count: int, split: str, test_fractio
                      "allow larger numbers or targets")
 
 
-def build(out: str, *, difficulty: C.Difficulty = C.Difficulty(), train: int = 4096, test: int = 256,
+def build(out: str, *, difficulty: C.Difficulty = C.Difficulty(), train: int = 8192, test: int = 256,
           test_fraction: float = 0.1, fmt: str = "forward", seed: int = 0) -> dict:
     """Write the data directory ``out`` (must not hold a dataset already); returns its manifest."""
     if fmt not in C.FORMATS:
@@ -84,11 +84,12 @@ def build(out: str, *, difficulty: C.Difficulty = C.Difficulty(), train: int = 4
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="a new directory")
-    ap.add_argument("--count", type=int, default=4, help="numbers per problem (2..5)")
-    ap.add_argument("--max-number", type=int, default=12)
-    ap.add_argument("--max-target", type=int, default=100)
-    ap.add_argument("--min-solutions", type=int, default=2)
-    ap.add_argument("--train", type=int, default=4096)
+    d = C.Difficulty()
+    ap.add_argument("--count", type=int, default=d.count, help="numbers per problem (2..5)")
+    ap.add_argument("--max-number", type=int, default=d.max_number)
+    ap.add_argument("--max-target", type=int, default=d.max_target)
+    ap.add_argument("--min-solutions", type=int, default=d.min_solutions)
+    ap.add_argument("--train", type=int, default=8192)
     ap.add_argument("--test", type=int, default=256)
     ap.add_argument("--test-fraction", type=float, default=0.1)
     ap.add_argument("--format", default="forward", choices=C.FORMATS)

@@ -6,8 +6,10 @@
 ``<workdir>/data`` is built first if missing (``opd_jax.lab.dataset``). The teacher trains in
 ``<workdir>/teacher`` through the same ``Trainer`` as every experiment (objective ``sft`` on the
 records' solutions) and is saved there by Orbax; a second call finds the last checkpoint, trains
-no further and only re-evaluates: the teacher is built once and cached. The evaluation on the
-held-out prompts (``opd_jax.lab.evaluate``) is printed and written to ``teacher/eval.json``.
+no further and only re-evaluates: the teacher is built once and cached. It is also exported as a
+Hugging Face checkpoint with the tokenizer, ``teacher/hf`` (a student's ``ModelSpec(path=...)``).
+The evaluation on the held-out prompts (``opd_jax.lab.evaluate``) is printed and written to
+``teacher/eval.json``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Setting:
 SETTINGS = {
     "smoke": Setting(layers=1, hidden=32, steps=4, batch=8, lr=3e-3, train=32, test=8, eval_problems=8,
                      difficulty=C.Difficulty(count=3, max_number=9, max_target=40)),
-    "default": Setting(layers=3, hidden=128, steps=1800, batch=64, lr=3e-3, train=4096, test=256,
+    # Measured on 2 CPU cores (2026-11-23): ~9 minutes; greedy pass@1 ~0.70 on held-out problems.
+    "default": Setting(layers=3, hidden=128, steps=1800, batch=64, lr=3e-3, train=8192, test=256,
                        eval_problems=256),
 }
 MAX_NEW_TOKENS = 32  # the longest answer of 4 numbers (3 steps), EOS included, fits
@@ -89,7 +92,24 @@ def train(workdir: str, setting: Setting):
     tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
     trainer = Trainer(experiment(setting, data_dir, os.path.join(workdir, "teacher")), tokenizer=tok)
     trainer.run()
+    export(trainer, tok, os.path.join(workdir, "teacher", "hf"))
     return trainer, tok
+
+
+def export(trainer, tok, path: str) -> None:
+    """The trained teacher as a Hugging Face checkpoint with its tokenizer (what a student's
+    ``ModelSpec(path=...)`` loads), written whole or not at all; kept if already there."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return
+    import shutil
+
+    from flax import nnx
+
+    from opd_jax.models import save_pretrained
+    tmp = f"{path}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(nnx.merge(trainer.s_graph, trainer.state.params), tmp, tokenizer=tok)
+    os.replace(tmp, path)
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ from opd_jax.lab import data as L
 from opd_jax.lab import teacher
 from opd_jax.lab import tokenizer as T
 from opd_jax.lab.evaluate import evaluate
-from opd_jax.models import KVCache, load_tokenizer, tiny_config
+from opd_jax.models import KVCache, from_pretrained, load_tokenizer, tiny_config
 
 BIG = 40.0
 
@@ -78,3 +78,12 @@ def test_teacher_smoke_builds_data_trains_saves_and_is_reused(tmp_path, capsys):
     assert "held-out problems" in capsys.readouterr().out
     teacher.main(["--workdir", workdir, "--setting", "smoke", "--k", "2"])  # cached: no training
     assert open(metrics_path).read().splitlines() == lines
+    # The exported checkpoint is the trained teacher, tokenizer included.
+    hf = os.path.join(workdir, "teacher", "hf")
+    trainer, tok = teacher.train(workdir, teacher.SETTINGS["smoke"])
+    loaded = from_pretrained(hf)
+    ids = np.asarray([tok(L.prompt(C.Problem((3, 5, 9), 24)), add_special_tokens=False)["input_ids"]])
+    pos = np.arange(ids.shape[1])[None]
+    np.testing.assert_allclose(loaded(ids, pos)[0], nnx.merge(trainer.s_graph, trainer.state.params)(ids, pos)[0],
+                               rtol=0, atol=0)
+    assert load_tokenizer(hf).decode(ids[0].tolist()) == "3 5 9 -> 24:"
