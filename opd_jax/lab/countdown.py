@@ -110,6 +110,8 @@ def parse(text: str, fmt: str) -> list[Step] | None:
 
 def check(problem: Problem, steps: list[Step]) -> str | None:
     """Why ``steps`` do not solve ``problem`` (None: they do)."""
+    if not steps:
+        return "no steps"
     pool = Counter(problem.numbers)
     produced = Counter()  # intermediate results not yet used
     for i, s in enumerate(steps):

@@ -141,6 +141,7 @@ def test_dead_steps_and_malformed_answers_are_refused():
     p = C.Problem((2, 3, 5, 9), 15)
     assert C.verify(p, "5*3=15", "forward")
     assert "never used" in C.check(p, C.parse("9-2=7 5*3=15", "forward"))
+    assert C.check(p, []) == "no steps"
     for text in ("", "   ", "5*3=15.", "5x3=15", "05*3=15", "5*3==15", "5*3=15 junk", "15=5*3"):
         assert not C.verify(p, text, "forward"), text
     with pytest.raises(ValueError, match="unknown answer format"):
