@@ -223,7 +223,7 @@ def sample_problem(rng, difficulty: Difficulty = Difficulty(), max_tries: int = 
     """A random problem with at least ``difficulty.min_solutions`` distinct solutions.
 
     ``rng``: a ``numpy.random.Generator``. The target is drawn uniformly among the qualifying
-    results reachable from the drawn numbers.
+    results reachable from the drawn numbers, none of which it equals.
     """
     d = difficulty
     for _ in range(max_tries):
