@@ -56,6 +56,18 @@ def resolve_checkpoint_dir(path: str | os.PathLike, *, local_files_only: bool = 
                                 f"(local_files_only={local_files_only}): {e}") from e
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(path: str | os.PathLike, *, local_files_only: bool = True, cache_dir: str | None = None) -> bool:
+    """Whether the checkpoint at ``path`` carries tokenizer files."""
+    try:
+        directory = resolve_checkpoint_dir(path, local_files_only=local_files_only, cache_dir=cache_dir)
+    except FileNotFoundError:
+        return False
+    return any(os.path.exists(os.path.join(directory, name)) for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | os.PathLike, *, local_files_only: bool = True, cache_dir: str | None = None):
     """The ``transformers.AutoTokenizer`` stored with a checkpoint, chat template included."""
     from transformers import AutoTokenizer

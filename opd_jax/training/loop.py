@@ -208,10 +208,15 @@ class Trainer:
         if not (s and t):
             return
         from opd_jax.models import load_tokenizer
+        from opd_jax.models.hf_io import has_tokenizer
+        # A checkpoint without tokenizer files: only the vocabulary size is checked (transformers
+        # would build an empty tokenizer of the model's type for it, which compares as different).
+        if not (has_tokenizer(s) and has_tokenizer(t)):
+            return
         try:
             vs, vt = load_tokenizer(s).get_vocab(), load_tokenizer(t).get_vocab()
         except (OSError, ValueError):
-            return  # no tokenizer files next to a checkpoint: only the vocabulary size is checked
+            return
         if vs != vt:
             diff = sorted(set(vs.items()) ^ set(vt.items()))[:3]
             raise ValueError(f"student ({s}) and teacher ({t}) tokenizers differ, e.g. {diff}; "

@@ -107,6 +107,17 @@ def test_teacher_and_student_tokenizers_differ(tmp_path):
     assert str(student) in str(e.value) and str(teacher) in str(e.value)
 
 
+def test_a_checkpoint_without_tokenizer_files_skips_the_tokenizer_comparison(tmp_path):
+    """transformers builds an empty tokenizer for a bare checkpoint; that is no mismatch."""
+    words = ["<unk>"] + [f"w{i}" for i in range(31)]
+    student = tmp_path / "student"
+    save_pretrained(Transformer(tiny_config(vocab_size=len(words), hidden_size=32, num_layers=1),
+                                rngs=nnx.Rngs(0)), student)  # no tokenizer
+    teacher = _hf_model(tmp_path / "teacher", words)
+    data = _prompts(tmp_path / "p.jsonl", [GOOD])
+    Trainer(_exp(tmp_path / "run", f"student.path={student}", f"teacher.model.path={teacher}", data=data))
+
+
 # ------------------------------------------------------------------ data
 
 
