@@ -76,11 +76,10 @@ def test_teacher_smoke_builds_data_trains_saves_and_is_reused(tmp_path, capsys):
     lines = open(metrics_path).read().splitlines()
     assert json.loads(lines[-1])["step"] == teacher.SETTINGS["smoke"].steps
     assert "held-out problems" in capsys.readouterr().out
-    teacher.main(["--workdir", workdir, "--setting", "smoke", "--k", "2"])  # cached: no training
+    trainer, tok = teacher.train(workdir, teacher.SETTINGS["smoke"])  # cached: restored, no training
     assert open(metrics_path).read().splitlines() == lines
     # The exported checkpoint is the trained teacher, tokenizer included.
     hf = os.path.join(workdir, "teacher", "hf")
-    trainer, tok = teacher.train(workdir, teacher.SETTINGS["smoke"])
     loaded = from_pretrained(hf)
     ids = np.asarray([tok(L.prompt(C.Problem((3, 5, 9), 24)), add_special_tokens=False)["input_ids"]])
     pos = np.arange(ids.shape[1])[None]
