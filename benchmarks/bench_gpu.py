@@ -20,12 +20,12 @@ and a CUDA build of PyTorch for the generate comparison). Three parts, each prin
    MFU against the measured bf16 matrix rate.
 
     python benchmarks/bench_gpu.py                       # everything (~8 minutes on an H100)
+    python benchmarks/bench_gpu.py --parts sampler       # one part
+    python benchmarks/bench_gpu.py --smoke               # tiny sizes; runs on a CPU too
 
 JAX takes 75% of the GPU's memory at start by default. The H100 figures in BENCHMARKS.md were
 taken with XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 for the sampler part (PyTorch shares the GPU) and
 0.92 for the iteration part; 32 prompts per iteration need ``--remat`` on an 80 GB card.
-    python benchmarks/bench_gpu.py --parts sampler       # one part
-    python benchmarks/bench_gpu.py --smoke               # tiny sizes; runs on a CPU too
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ def build(out: str, *, difficulty: C.Difficulty = C.Difficulty(), train: int = 8
     test_problems = problems(rng, difficulty, test, "test", test_fraction)
     answers = [draw_solution(rng, p) for p in train_problems]
     os.makedirs(out, exist_ok=True)
+    from opd_jax.config import write_json
     from opd_jax.models import load_tokenizer
     tok = load_tokenizer(T.save(os.path.join(out, "tokenizer")))
     L.write_records(os.path.join(out, "train.jsonl"),
@@ -76,8 +77,7 @@ def build(out: str, *, difficulty: C.Difficulty = C.Difficulty(), train: int = 8
     manifest = dict(difficulty=dataclasses.asdict(difficulty), train=train, test=test,
                     test_fraction=test_fraction, format=fmt, seed=seed, vocab_size=T.vocab_size(),
                     max_prompt_len=max(len(L.prompt(p)) for p in train_problems + test_problems))
-    with open(os.path.join(out, "dataset.json"), "w") as f:  # last: its presence marks a whole dataset
-        json.dump(manifest, f, indent=2)
+    write_json(manifest, os.path.join(out, "dataset.json"))  # last, atomic: it marks a whole dataset
     return manifest
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -121,6 +120,7 @@ def main(argv=None):
     if a.k < 1:
         ap.error(f"--k must be >= 1, got {a.k}")
     setting = SETTINGS[a.setting]
+    from opd_jax.config import write_json
     from opd_jax.data import load_examples
     from opd_jax.lab.evaluate import evaluate
     t0 = time.time()
@@ -131,11 +131,7 @@ def main(argv=None):
     result = evaluate(trainer.s_graph, trainer.state.params, test, tok, k=a.k, max_new_tokens=MAX_NEW_TOKENS,
                       mesh=trainer.mesh)
     result.update(problems=len(test), k=a.k, setting=a.setting, train_seconds=round(t1 - t0, 1))
-    path = os.path.join(a.workdir, "teacher", "eval.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    write_json(result, os.path.join(a.workdir, "teacher", "eval.json"))
     print(f"teacher ({setting.layers} layers x {setting.hidden}, {setting.steps} steps, "
           f"{t1 - t0:.0f} s incl. data and compile) on {len(test)} held-out problems:")
     print("  " + "  ".join(f"{name} {value:.3f}" for name, value in result.items() if isinstance(value, float)))
