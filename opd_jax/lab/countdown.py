@@ -108,15 +108,14 @@ def parse(text: str, fmt: str) -> list[Step] | None:
     return steps if fmt == "forward" else steps[::-1]
 
 
-def check(problem: Problem, steps: list[Step]) -> str | None:
-    """Why ``steps`` do not solve ``problem`` (None: they do)."""
-    if not steps:
-        return "no steps"
+def _play(problem: Problem, steps: list[Step]) -> tuple[str | None, Counter]:
+    """Apply ``steps`` in order: the first broken step's reason (None if every step is legal and
+    uses available numbers), and the intermediate results not yet used."""
     pool = Counter(problem.numbers)
     produced = Counter()  # intermediate results not yet used
     for i, s in enumerate(steps):
         if apply(s.a, s.op, s.b) != s.result:
-            return f"step {i + 1}: {s.a}{s.op}{s.b} is not a legal step giving {s.result}"
+            return f"step {i + 1}: {s.a}{s.op}{s.b} is not a legal step giving {s.result}", produced
         for x in (s.a, s.b):
             # An operand equal to both an unused result and a given number uses the result: the
             # two are interchangeable later, and only results must all be used.
@@ -125,8 +124,24 @@ def check(problem: Problem, steps: list[Step]) -> str | None:
             elif pool[x] > 0:
                 pool[x] -= 1
             else:
-                return f"step {i + 1}: {x} is not available"
+                return f"step {i + 1}: {x} is not available", produced
         produced[s.result] += 1
+    return None, produced
+
+
+def illegal_step(problem: Problem, steps: list[Step]) -> str | None:
+    """Why a partial answer (its first steps, in computation order) is broken: a step that is not
+    legal arithmetic or uses a number that is not available; None if every step so far is fine."""
+    return _play(problem, steps)[0]
+
+
+def check(problem: Problem, steps: list[Step]) -> str | None:
+    """Why ``steps`` do not solve ``problem`` (None: they do)."""
+    if not steps:
+        return "no steps"
+    why, produced = _play(problem, steps)
+    if why is not None:
+        return why
     if steps[-1].result != problem.target:
         return f"the last step gives {steps[-1].result}, not the target {problem.target}"
     produced[steps[-1].result] -= 1
