@@ -27,8 +27,9 @@ DTYPES = ("float32", "bfloat16")
 
 def _as_model(model, params, dtype: str | None) -> Transformer:
     """The model to write: ``model`` (or ``nnx.merge(model, params)``), cast to ``dtype``."""
-    if params is not None:
-        model = nnx.merge(model, params)
+    if params is not None:  # host arrays (a restored checkpoint) are placed on the device
+        model = nnx.merge(model, jax.tree.map(
+            lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params))
     if not isinstance(model, Transformer):
         raise TypeError(f"export writes an opd_jax Transformer (or its graphdef and params), got "
                         f"{type(model).__name__}")

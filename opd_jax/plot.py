@@ -192,7 +192,8 @@ def curves(runs, metrics: Sequence[str], *, out: str, x: str = "step", smooth: f
             if not any(metric in r.metrics for r in group):
                 continue
             gx, mean, spread = _band(group, metric, x, smooth)
-            (line,) = ax.plot(gx, mean, label=label if len(group) == 1 else f"{label} (n={len(group)})")
+            (line,) = ax.plot(gx, mean, marker="o" if len(gx) <= 20 else None, markersize=3,
+                              label=label if len(group) == 1 else f"{label} (n={len(group)})")
             if spread is not None:
                 ax.fill_between(gx, mean - spread, mean + spread, alpha=0.2, color=line.get_color())
         ax.set_title(metric, fontsize=10)

@@ -170,7 +170,7 @@ def _teacher_sums(graphdef, params, teacher, drawn, t_prompts, t_mask, k, real, 
     s_seq = Sequences.from_left_padded(tokens, mask)
     sums, count = TD.token_sums(graphdef, params, t_graph, t_params, s_seq, t_seq, comp, counted,
                                 k=diagnostics_k, temperature=float(temperature), chunk=chunk)
-    return {name: float(v) for name, v in _host(sums).items()}, float(count)
+    return {name: float(_host(v)) for name, v in sums.items()}, float(_host(count))
 
 
 def _summary(per, examples, k, threshold, sums, count, details) -> dict:
