@@ -3,7 +3,7 @@ Thinking Machines' recipe), with a math-verify reward for evaluation and reward 
 
     python -m opd_jax.main --config experiments/qwen3_math_opd.py:1gpu --workdir runs/qwen3_math \\
         --set data.path=data/math/train.jsonl
-    python -m opd_jax.main --config experiments/qwen3_math_opd.py:smoke --workdir /tmp/q3  # CPU, ~1 min
+    python -m opd_jax.main --config experiments/qwen3_math_opd.py:smoke --workdir /tmp/q3  # CPU
 
 Arguments: ``1gpu`` (the default), ``8gpu``, ``v5e-8`` (a TPU v5e-8 slice, one host), ``smoke``.
 

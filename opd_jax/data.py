@@ -117,7 +117,8 @@ def _check_messages(messages, where: str, name: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: {name} must be a non-empty list of {{'role', 'content'}} turns")
     for j, m in enumerate(messages):
-        if not (isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)):
+        if not (isinstance(m, dict) and m.get("role") in _ROLES
+                and isinstance(m.get("content"), str)):
             raise DataError(f"{where}: {name}[{j}] must be {{'role': one of {list(_ROLES)}, "
                             f"'content': text}}, got {str(m)[:80]}")
     return messages
@@ -139,12 +140,12 @@ def _chat(tokenizer, messages, where: str, opts: TextOptions) -> tuple[int, ...]
         raise DataError(f"{where}: {e}") from e
 
 
-def _prompt(record, prefix: str, tokenizer, where: str, opts: TextOptions, vocab_size):
+def _prompt(record, prefix: str, tokenizer, where: str, opts: TextOptions):
     """The ids of ``{prefix}prompt_ids`` / ``{prefix}messages`` / ``{prefix}prompt``, the
     messages' trailing assistant turn (or None), or ``(None, None)`` if the record has none."""
     key = f"{prefix}prompt"
     if f"{key}_ids" in record:
-        return check_ids(record[f"{key}_ids"], where, f"{key}_ids", vocab_size), None
+        return check_ids(record[f"{key}_ids"], where, f"{key}_ids"), None
     if f"{prefix}messages" in record:
         msgs = _check_messages(record[f"{prefix}messages"], where, f"{prefix}messages")
         last = None
@@ -167,9 +168,9 @@ def _prompt(record, prefix: str, tokenizer, where: str, opts: TextOptions, vocab
     return None, None
 
 
-def _completion(record, chat_completion, where: str, opts: TextOptions, vocab_size):
+def _completion(record, chat_completion, where: str, opts: TextOptions):
     if "completion_ids" in record:
-        return check_ids(record["completion_ids"], where, "completion_ids", vocab_size)
+        return check_ids(record["completion_ids"], where, "completion_ids")
     if "completion" in record and chat_completion is not None:
         raise DataError(f"{where}: both `completion` and a trailing assistant turn in `messages`; "
                         "keep one reference completion")
@@ -228,17 +229,18 @@ def load_examples(path: str, *, tokenizer=None, max_prompt_len: int, vocab_size:
     out = []
     for line, record in _records(path):
         where = f"{path}:{line}"
-        prompt, chat_completion = _prompt(record, "", tokenizer, where, opts, vocab_size)
+        prompt, chat_completion = _prompt(record, "", tokenizer, where, opts)
         if prompt is None:
             raise DataError(f"{where}: no 'prompt' or 'prompt_ids' field (nor 'messages'; fields: "
                             f"{sorted(record)})")
         _check_prompt(prompt, where, "prompt", max_prompt_len)
-        teacher, _ = _prompt(record, "teacher_", t_tok, where, opts, vocab_size)
+        teacher, _ = _prompt(record, "teacher_", t_tok, where, opts)
         if teacher is not None:
             _check_prompt(teacher, where, "teacher prompt", max_prompt_len)
         _contexts(record, where, max_prompt_len, vocab_size)
-        completion = _completion(record, chat_completion, where, opts, vocab_size)
-        for name, ids in (("prompt", prompt), ("teacher_prompt", teacher), ("completion", completion)):
+        completion = _completion(record, chat_completion, where, opts)
+        for name, ids in (("prompt", prompt), ("teacher_prompt", teacher),
+                          ("completion", completion)):
             if ids and vocab_size is not None and max(ids) >= vocab_size:
                 raise DataError(f"{where}: {name} has token id {max(ids)} >= vocab_size {vocab_size}")
         out.append(Example(prompt, teacher, completion, record.get("answer"), line, record))

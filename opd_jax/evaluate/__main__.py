@@ -86,8 +86,6 @@ def run(a) -> dict:
     cfg = SamplerConfig(max_new_tokens=a.max_new_tokens, eos_ids=eos, temperature=a.temperature,
                         top_p=a.top_p, pad_id=tok.pad_token_id or 0)
     batch = min(a.batch_size, len(examples))
-    shards = mesh.shape["data"]
-    batch = -(-batch // shards) * shards  # a multiple of the data-parallel devices
     graphdef, params = nnx.split(model, nnx.Param)
     result = evaluate(graphdef, params, examples, reward_fn=reward_fn, cfg=cfg, k=a.k, seed=a.seed,
                       batch_size=batch, mesh=mesh, teacher=teacher, details=a.details,

@@ -28,7 +28,9 @@ results do not depend on the batch size.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -68,7 +70,8 @@ def _completions(roll) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             _host(roll.finished))
 
 
-def _check(examples, k, batch_size, mesh, cfg):
+def _check(examples, k, batch_size, cfg) -> int:
+    """Validate the arguments; returns the number of prompts per sampler call."""
     if not isinstance(cfg, SamplerConfig):
         raise TypeError(f"cfg must be a SamplerConfig, got {type(cfg).__name__}")
     if k < 1:
@@ -77,11 +80,7 @@ def _check(examples, k, batch_size, mesh, cfg):
         raise ValueError("no examples to evaluate")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if mesh is not None and batch_size is not None:
-        shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-        if batch_size % shards:
-            raise ValueError(f"batch_size={batch_size} prompts do not divide over the mesh's "
-                             f"{shards} data-parallel devices; change the batch size")
+    return len(examples) if batch_size is None else batch_size
 
 
 def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: SamplerConfig,
@@ -93,14 +92,13 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
 
     ``cfg`` gives ``max_new_tokens``, ``eos_ids``, ``pad_id`` and the sampling distribution of the
     ``k`` draws (its ``num_samples`` is replaced by ``k``; the greedy pass uses temperature 0).
-    ``batch_size`` prompts per sampler call (None: all at once; with ``mesh`` it must divide
-    over the data-parallel devices). ``temperature`` is the one the teacher diagnostics compare
+    ``batch_size`` prompts per sampler call (None: all at once; under ``mesh`` the rows are
+    spread over its data-parallel devices, fastest when they divide evenly). ``temperature`` is the one the teacher diagnostics compare
     the two models at. ``details=True`` adds ``"problems"``, one entry per example (with
     ``tokenizer``, the greedy completion's text).
     """
-    _check(examples, k, batch_size, mesh, cfg)
+    bs = _check(examples, k, batch_size, cfg)
     n = len(examples)
-    bs = n if batch_size is None else batch_size
     width = max(len(e.prompt_ids) for e in examples)
     t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
     if not cfg.prompt_buckets:  # one prompt width for every batch: one compiled program
@@ -208,8 +206,6 @@ def _summary(per, examples, k, threshold, sums, count, details) -> dict:
 def write_result(result: Mapping, path: str) -> None:
     """Write ``result`` as JSON at ``path`` atomically (a temporary file renamed into place), so a
     reader never sees a partial file and an earlier result is replaced whole or not at all."""
-    import json
-    import os
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:

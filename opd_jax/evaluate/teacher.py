@@ -41,7 +41,8 @@ def token_sums(s_graph, s_params, t_graph, t_params, s_seq: Sequences, t_seq: Se
                            teacher_head=t.lm_head_weight(), chunk_size=chunk)
     m = mask.astype(jnp.float32)
     sums = {name.removeprefix("diag/"): jnp.sum(v * m) for name, v in f.items()}
-    sums["entropy_gap_abs"] = jnp.sum(jnp.abs(f["diag/teacher_entropy"] - f["diag/student_entropy"]) * m)
+    gap = f["diag/teacher_entropy"] - f["diag/student_entropy"]
+    sums["entropy_gap_abs"] = jnp.sum(jnp.abs(gap) * m)
     return sums, jnp.sum(m)
 
 

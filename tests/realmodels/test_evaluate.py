@@ -122,8 +122,8 @@ def test_teacher_diagnostics_match_numpy_on_full_logits(tmp_path):
     t_model = hf_reference.random_model(tiny_config("qwen3", vocab_size=VOCAB, hidden_size=48,
                                                     intermediate_size=64, head_dim=12), seed=2)
     rng = np.random.default_rng(0)
-    examples = [Example(tuple(rng.integers(3, VOCAB, n).tolist()), answer="1",
-                        teacher_prompt_ids=tuple(rng.integers(3, VOCAB, n + 3).tolist()) if n % 2 else None)
+    ids = lambda n: tuple(rng.integers(3, VOCAB, n).tolist())  # noqa: E731
+    examples = [Example(ids(n), answer="1", teacher_prompt_ids=ids(n + 3) if n % 2 else None)
                 for n in (3, 5, 4)]
     k, temp, top = 2, 0.9, 4
     cfg = SamplerConfig(max_new_tokens=6, eos_ids=(1,), new_token_buckets=(8,))
@@ -135,33 +135,37 @@ def test_teacher_diagnostics_match_numpy_on_full_logits(tmp_path):
     # The same samples: the evaluation's documented protocol (key(seed), stream = problem index).
     width = max(len(e.prompt_ids) for e in examples)
     p, m = left_pad([e.prompt_ids for e in examples], width, 0)
-    roll = sample(sg, sp, p, m, jax.random.key(3), cfg=cfg.replace(num_samples=k, prompt_buckets=(width,)),
-                  row_ids=np.arange(3, dtype=np.int32))
+    roll = sample(sg, sp, p, m, jax.random.key(3), row_ids=np.arange(3, dtype=np.int32),
+                  cfg=cfg.replace(num_samples=k, prompt_buckets=(width,)))
     P = roll.prompt_len
     tokens, mask = np.asarray(roll.tokens), np.asarray(roll.mask)
     comp, cmask = tokens[:, P:], mask[:, P:]
     n = comp.shape[1]
     seq = Sequences.from_left_padded(tokens, mask)
-    s_logits = hf_reference.jax_logits(s_model, tokens, mask, np.asarray(seq.positions))[:, -n - 1:-1]
+    logits = lambda model, t, m, s: hf_reference.jax_logits(  # noqa: E731
+        model, t, m, np.asarray(s.positions))[:, -n - 1:-1]
+    s_logits = logits(s_model, tokens, mask, seq)
     t_prompts = [e.teacher_prompt_ids or e.prompt_ids for e in examples]
     tw = max(map(len, t_prompts))
     tpad, tmask = left_pad(t_prompts, tw, 0)
     t_tokens = np.concatenate([np.repeat(tpad, k, 0), comp], 1)
     t_mask = np.concatenate([np.repeat(tmask, k, 0), cmask], 1)
     t_seq = Sequences.from_left_padded(t_tokens, t_mask)
-    t_logits = hf_reference.jax_logits(t_model, t_tokens, t_mask, np.asarray(t_seq.positions))[:, -n - 1:-1]
+    t_logits = logits(t_model, t_tokens, t_mask, t_seq)
     ls, lt = _np_log_softmax(s_logits / temp), _np_log_softmax(t_logits / temp)
     ps, pt = np.exp(ls), np.exp(lt)
     sel = cmask
     top_s = np.argsort(-ls, -1)[..., :top]
     top_t = np.argsort(-lt, -1)[..., :top]
-    overlap = np.asarray([[len(set(a) & set(b)) / top for a, b in zip(ra, rb)] for ra, rb in zip(top_s, top_t)])
+    overlap = np.asarray([[len(set(a) & set(b)) / top for a, b in zip(ra, rb)]
+                          for ra, rb in zip(top_s, top_t)])
     h_s, h_t = -(ps * ls).sum(-1), -(pt * lt).sum(-1)
     expected = {
         "reverse_kl": (ps * (ls - lt)).sum(-1)[sel].mean(),
         "student_entropy": h_s[sel].mean(), "teacher_entropy": h_t[sel].mean(),
         "entropy_gap": (h_t - h_s)[sel].mean(), "entropy_gap_abs": np.abs(h_t - h_s)[sel].mean(),
-        "top1_agree": (ls.argmax(-1) == lt.argmax(-1))[sel].mean(), "overlap_ratio": overlap[sel].mean(),
+        "top1_agree": (ls.argmax(-1) == lt.argmax(-1))[sel].mean(),
+        "overlap_ratio": overlap[sel].mean(),
     }
     for name, value in expected.items():
         assert r[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name

@@ -40,7 +40,8 @@ def test_float32_export_loads_in_transformers_with_our_logits(tmp_path, tied):
     theirs = hf_reference.torch_logits(_torch(path), tokens, mask, positions)
     valid = mask.astype(bool)
     np.testing.assert_allclose(theirs[valid], ours[valid], atol=1e-4, rtol=0)
-    assert transformers.GenerationConfig.from_pretrained(path).eos_token_id == list(smoke.eos_ids(tok))
+    gen = transformers.GenerationConfig.from_pretrained(path)
+    assert gen.eos_token_id == list(smoke.eos_ids(tok))
     loaded_tok = transformers.AutoTokenizer.from_pretrained(path)
     chat = [{"role": "user", "content": "2+2?"}]
     assert loaded_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
@@ -58,7 +59,7 @@ def test_bfloat16_export_rounds_the_weights_once_and_matches_pytorch(tmp_path):
     model = _model(False)
     f32 = export(model, str(tmp_path / "f32"))
     bf16 = export(model, str(tmp_path / "bf16"), dtype="bfloat16")
-    a, b = load_file(os.path.join(f32, "model.safetensors")), load_file(os.path.join(bf16, "model.safetensors"))
+    a, b = (load_file(os.path.join(d, "model.safetensors")) for d in (f32, bf16))
     assert a.keys() == b.keys()
     for name in a:
         assert b[name].dtype == ml_dtypes.bfloat16, name

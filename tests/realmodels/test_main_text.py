@@ -74,9 +74,11 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_any_compile(tmp_path
     from transformers import PreTrainedTokenizerFast
     vocab = dict(smoke.chat_tokenizer().get_vocab())
     vocab["<swapped>"] = vocab.pop("7")
-    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>")),
-                                    unk_token="<|endoftext|>")
-    teacher = smoke.write_checkpoint(str(tmp_path / "teacher"), smoke.teacher_config(), tokenizer=other)
+    unk = "<|endoftext|>"
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=unk)),
+                                    unk_token=unk)
+    teacher = smoke.write_checkpoint(str(tmp_path / "teacher"), smoke.teacher_config(),
+                                     tokenizer=other)
     data = write_records(tmp_path / "p.jsonl", [{"prompt_ids": [5, 6]}])
     with pytest.raises(TokenizerMismatch, match=rf"id {vocab['<swapped>']} is '7' for the student "
                                                 rf"\(.*student\) but '<swapped>' for the teacher"):
@@ -88,9 +90,11 @@ def test_cli_errors_exit_before_training(tmp_path, capsys, student):
     exp_file = tmp_path / "exp.py"
     exp_file.write_text(
         "from opd_jax.sampling import SamplerConfig\n"
-        "from opd_jax.training.config import DataConfig, Experiment, ModelSpec, RunConfig, TeacherSpec\n"
+        "from opd_jax.training.config import (DataConfig, Experiment, ModelSpec, RunConfig,\n"
+        "                                     TeacherSpec)\n"
         "def get_config(arg):\n"
-        f"    return Experiment(student=ModelSpec(path={student!r}), teacher=TeacherSpec(kind='initial'),\n"
+        f"    return Experiment(student=ModelSpec(path={student!r}),\n"
+        "        teacher=TeacherSpec(kind='initial'),\n"
         f"        sampler=SamplerConfig(max_new_tokens=8), data=DataConfig(path={data!r}),\n"
         f"        run=RunConfig(steps=1, workdir={str(tmp_path / 'run')!r}))\n")
     assert M.main(["--config", str(exp_file), "--reward", "maths"]) == 1

@@ -78,7 +78,8 @@ def test_qwen3_opsd_smoke_with_the_student_from_the_local_hf_cache(tmp_path):
     (tmp_path / "hub" / "models--acme--tiny-qwen3" / "refs").mkdir()
     (tmp_path / "hub" / "models--acme--tiny-qwen3" / "refs" / "main").write_text("0123abcd")
     work = tmp_path / "run"
-    C.check_ok(C.run_cli(work, "student.path=acme/tiny-qwen3", config="experiments/qwen3_opsd.py:smoke",
+    C.check_ok(C.run_cli(work, "student.path=acme/tiny-qwen3",
+                         config="experiments/qwen3_opsd.py:smoke",
                          env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}))
     cfg = json.loads((work / "config.json").read_text())
     assert cfg["student"]["path"] == "acme/tiny-qwen3" and cfg["teacher"]["kind"] == "initial"

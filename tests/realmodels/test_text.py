@@ -39,9 +39,8 @@ def _load(tmp_path, records, tok, **kw):
 def test_messages_equal_apply_chat_template_ids(tmp_path, tok, kwargs):
     (e,) = _load(tmp_path, [{"messages": CHAT, "answer": "4"}], tok, template_kwargs=kwargs)
     assert list(e.prompt_ids) == _apply(tok, CHAT, **kwargs)
-    assert tok.decode(list(e.prompt_ids)).endswith(
-        "<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if kwargs.get("enable_thinking") is False
-                                     else ""))
+    empty_thoughts = "<think>\n\n</think>\n\n" if kwargs.get("enable_thinking") is False else ""
+    assert tok.decode(list(e.prompt_ids)).endswith("<|im_start|>assistant\n" + empty_thoughts)
     assert e.completion_ids is None and e.answer == "4"
 
 
@@ -93,7 +92,8 @@ def test_teacher_messages_go_through_the_teachers_tokenizer_and_template(tmp_pat
 
 def test_gzipped_jsonl_reads_like_jsonl(tmp_path, tok):
     recs = [{"messages": CHAT, "answer": "4"}, {"prompt_ids": [5, 6, 7]}]
-    plain = load_examples(write_records(tmp_path / "a.jsonl", recs), tokenizer=tok, max_prompt_len=256)
+    plain = load_examples(write_records(tmp_path / "a.jsonl", recs), tokenizer=tok,
+                          max_prompt_len=256)
     gz = load_examples(write_records(tmp_path / "a.jsonl.gz", recs, gz=True), tokenizer=tok,
                        max_prompt_len=256)
     assert plain == gz and [e.line for e in gz] == [1, 2]
@@ -108,10 +108,14 @@ def test_gzipped_jsonl_reads_like_jsonl(tmp_path, tok):
     ({"prompt_ids": [3], "teacher_prompt_ids": [1.5]}, r"teacher_prompt_ids must be a list"),
     ({"prompt_ids": [3], "aux_teacher_prompts_ids": [[3], [True]]},
      r"aux_teacher_prompts_ids\[1\] must be a list of non-negative ints"),
-    ({"prompt_ids": [3], "aux_teacher_prompts_ids": []}, r"aux_teacher_prompts_ids must be a non-empty"),
-    ({"prompt_ids": [3], "aux_teacher_prompts_ids": [[3], []]}, r"the aux_teacher_prompts_ids\[1\] is empty"),
-    ({"prompt_ids": [3], "aux_teacher_prompts_ids": [[3] * 9]}, r"the aux_teacher_prompts_ids\[0\] has 9 tokens"),
-    ({"prompt_ids": [3], "bad_teacher_prompt_ids": [3, 200]}, r"bad_teacher_prompt_ids has token id 200 >= vocab_size 128"),
+    ({"prompt_ids": [3], "aux_teacher_prompts_ids": []},
+     r"aux_teacher_prompts_ids must be a non-empty"),
+    ({"prompt_ids": [3], "aux_teacher_prompts_ids": [[3], []]},
+     r"the aux_teacher_prompts_ids\[1\] is empty"),
+    ({"prompt_ids": [3], "aux_teacher_prompts_ids": [[3] * 9]},
+     r"the aux_teacher_prompts_ids\[0\] has 9 tokens"),
+    ({"prompt_ids": [3], "bad_teacher_prompt_ids": [3, 200]},
+     r"bad_teacher_prompt_ids has token id 200 >= vocab_size 128"),
     ({"prompt_ids": [3], "bad_teacher_prompt_ids": []}, r"the bad_teacher_prompt_ids is empty"),
     ({"messages": []}, r"messages must be a non-empty list"),
     ({"messages": [{"role": "robot", "content": "x"}]}, r"messages\[0\] must be \{'role'"),
