@@ -8,6 +8,7 @@ import json
 import pytest
 from realmodels_helpers import write_records
 
+import opd_jax.training.loop  # noqa: F401  (imported here, not under capsys: see test_cli_errors...)
 from opd_jax import main as M
 from opd_jax import smoke
 from opd_jax.data import DataError
@@ -86,6 +87,8 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_any_compile(tmp_path
 
 
 def test_cli_errors_exit_before_training(tmp_path, capsys, student):
+    """(``opd_jax.training.logging.Progress`` binds ``sys.stderr`` when first imported; under
+    capsys that would be the capture stream, closed after this test: hence the import above.)"""
     data = write_records(tmp_path / "p.jsonl", [{"prompt": "x"}])
     exp_file = tmp_path / "exp.py"
     exp_file.write_text(
