@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 
@@ -128,8 +129,7 @@ def get(name: str, tokenizer, eos_ids: Sequence[int] = ()) -> RewardFn:
                          "'package.module:factory' (factory(tokenizer, eos_ids) -> f)")
     if tokenizer is None:
         raise ValueError(f"reward {name!r} reads the completion's text: it needs a tokenizer "
-                         "(a model checkpoint with tokenizer files, or data.tokenizer)")
-    import inspect
+                         "(a student checkpoint with tokenizer files)")
     try:
         takes_eos = len(inspect.signature(factory).parameters) >= 2
     except (TypeError, ValueError):

@@ -8,7 +8,7 @@ import json
 import pytest
 from realmodels_helpers import write_records
 
-import opd_jax.training.loop  # noqa: F401  (imported here, not under capsys: see test_cli_errors...)
+import opd_jax.training.loop  # noqa: F401  (imported here, not under capsys; see below)
 from opd_jax import main as M
 from opd_jax import smoke
 from opd_jax.data import DataError
@@ -76,8 +76,8 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_any_compile(tmp_path
     vocab = dict(smoke.chat_tokenizer().get_vocab())
     vocab["<swapped>"] = vocab.pop("7")
     unk = "<|endoftext|>"
-    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=unk)),
-                                    unk_token=unk)
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    other = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token=unk)
     teacher = smoke.write_checkpoint(str(tmp_path / "teacher"), smoke.teacher_config(),
                                      tokenizer=other)
     data = write_records(tmp_path / "p.jsonl", [{"prompt_ids": [5, 6]}])
