@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from opd_jax.models import Transformer, save_pretrained
-from opd_jax.models.hf_io import resolve_checkpoint_dir
+from opd_jax.models.hf_io import read_hf_config, resolve_checkpoint_dir
 
 DTYPES = ("float32", "bfloat16")
 
@@ -88,8 +88,7 @@ def export(model, path: str, *, params=None, tokenizer=None, eos_ids: Sequence[i
                          "to one host first")
     model = _as_model(model, params, dtype)
     if source and not getattr(model, "source_hf_config", None):
-        with open(os.path.join(resolve_checkpoint_dir(source), "config.json")) as f:
-            model.source_hf_config = json.dumps(json.load(f), sort_keys=True)
+        model.source_hf_config = json.dumps(read_hf_config(source), sort_keys=True)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -74,12 +74,8 @@ def _vocab_size(spec) -> int:
     """The vocabulary size of a ``ModelSpec``, from its checkpoint's config.json or its config."""
     if not spec.path:
         return spec.config.vocab_size
-    import json
-    import os
-
-    from opd_jax.models.hf_io import resolve_checkpoint_dir
-    with open(os.path.join(resolve_checkpoint_dir(spec.path), "config.json")) as f:
-        return int(json.load(f)["vocab_size"])
+    from opd_jax.models.hf_io import read_hf_config
+    return int(read_hf_config(spec.path)["vocab_size"])
 
 
 def _teacher_paths(exp) -> list[str]:

@@ -60,6 +60,7 @@ def run(a) -> dict:
     from opd_jax import rewards
     from opd_jax.evaluate import evaluate, write_result
     from opd_jax.models import from_pretrained, load_tokenizer
+    from opd_jax.models.hf_io import read_hf_config
     from opd_jax.models.tokenizer import check_same_tokenizer, default_eos_ids, tokenizer_of
     from opd_jax.sampling import SamplerConfig
     from opd_jax.sharding import make_mesh
@@ -73,13 +74,14 @@ def run(a) -> dict:
                              teacher_name=f"teacher ({a.teacher})")
     eos = default_eos_ids(a.model, tok)
     reward_fn = rewards.get(a.reward, tok, eos)
-    mesh = make_mesh(data=-1)
-    model = from_pretrained(a.model, param_dtype=a.dtype, mesh=mesh)
     examples = D.load_examples(a.data, tokenizer=tok, teacher_tokenizer=t_tok,
-                               max_prompt_len=a.max_prompt_len, vocab_size=model.cfg.vocab_size,
+                               max_prompt_len=a.max_prompt_len,
+                               vocab_size=int(read_hf_config(a.model)["vocab_size"]),
                                chat_template=a.chat_template,
                                template_kwargs=D.template_kwargs(a.template_kwargs))
     examples = examples[:a.limit] if a.limit else examples
+    mesh = make_mesh(data=-1)  # the records are checked before any weight is read
+    model = from_pretrained(a.model, param_dtype=a.dtype, mesh=mesh)
     teacher = None
     if a.teacher:
         teacher = nnx.split(from_pretrained(a.teacher, param_dtype=a.dtype, mesh=mesh), nnx.Param)
