@@ -1,10 +1,23 @@
-"""Prompt data: JSONL (or Parquet) records, read in a seeded order that depends only on a cursor.
+"""Prompt data: JSONL (optionally ``.jsonl.gz``) or Parquet records, read in a seeded order that
+depends only on a cursor.
 
-Each record is a JSON object with either ``"prompt"`` (text, tokenized with the student's
-tokenizer, optionally through its chat template) or ``"prompt_ids"`` (token ids). Optional
-fields: ``"teacher_prompt"``/``"teacher_prompt_ids"`` (a privileged context for the teacher:
-self-distillation), ``"completion"``/``"completion_ids"`` (a reference completion: off-policy
-data for GKD and SFT), ``"answer"`` (for a verifier's reward), and anything else, kept as-is.
+Each record is a JSON object whose prompt is one of (first found wins):
+
+- ``"prompt_ids"``: token ids;
+- ``"messages"``: a chat, ``[{"role": "system" | "user" | "assistant", "content": text}, ...]``,
+  rendered by the tokenizer's own chat template with the generation prompt (template keyword
+  arguments such as Qwen3's ``enable_thinking`` pass through). A trailing assistant turn is the
+  record's reference completion, the turns before it the prompt;
+- ``"prompt"``: text, tokenized as the tokenizer does by default (a Llama tokenizer adds its BOS
+  token), or, with ``chat_template=True``, as one user turn through the chat template.
+
+Optional fields: a privileged context for the teacher (self-distillation),
+``"teacher_prompt_ids"`` / ``"teacher_messages"`` / ``"teacher_prompt"``, read the same way
+through the *teacher's* tokenizer and template; a reference completion (off-policy data for GKD
+and SFT), ``"completion_ids"`` or ``"completion"`` (text, tokenized without special tokens and
+ended with the EOS token); ``"answer"`` (for a verifier's reward); the extra teacher contexts of
+UniSD, ``"aux_teacher_prompts_ids"`` (a list of id lists) and ``"bad_teacher_prompt_ids"``,
+checked like prompts; and anything else, kept as-is in ``Example.record``.
 
 The order is a fresh permutation per epoch, seeded by ``(shuffle_seed, epoch)``; the ``c``-th
 prompt ever consumed is ``perm[c // n][c % n]``. A run's whole data position is therefore one
@@ -13,8 +26,10 @@ own contiguous slice of every global batch.
 """
 
 import dataclasses
+import gzip
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +49,27 @@ class Example:
     record: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class TextOptions:
+    """How text fields become token ids.
+
+    ``tokenizer`` reads the student's fields, ``teacher_tokenizer`` (default: ``tokenizer``) the
+    teacher's context; ``chat_template`` wraps text prompts as a user turn of the template;
+    ``template_kwargs`` go to the template; ``eos_id`` ends text completions (default: the
+    tokenizer's ``eos_token_id``).
+    """
+    tokenizer: Any = None
+    teacher_tokenizer: Any = None
+    chat_template: bool = False
+    template_kwargs: Mapping | None = None
+    eos_id: int | None = None
+
+
+# Extra teacher contexts the objectives read from the record (see opd_jax.training.loop).
+CONTEXT_FIELDS = ("aux_teacher_prompts_ids", "bad_teacher_prompt_ids")
+_ROLES = ("system", "user", "assistant", "tool")
+
+
 def _records(path: str):
     if path.endswith(".parquet"):
         try:
@@ -46,65 +82,165 @@ def _records(path: str):
             raise DataError(f"{path}: not a readable Parquet file ({e})") from e
         yield from enumerate(rows, start=1)
         return
-    with open(path, encoding="utf-8") as f:
-        for i, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{i}: each line must be a JSON object, got "
-                                f"{type(record).__name__}")
-            yield i, record
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from e
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{i}: each line must be a JSON object, got "
+                                    f"{type(record).__name__}")
+                yield i, record
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # a damaged gzip stream, bad bytes
+        raise DataError(f"{path}: cannot be read as {'gzipped ' if opener is gzip.open else ''}"
+                        f"UTF-8 JSONL ({e})") from e
 
 
-def _ids(record, key, tokenizer, where, chat_template=False):
+def check_ids(ids, where: str, name: str, vocab_size: int | None = None) -> tuple[int, ...]:
+    """``ids`` as a tuple if it is a list of non-negative ints below ``vocab_size`` (booleans,
+    which JSON writes as ``true``/``false`` and Python counts as ints, are refused)."""
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                            and t >= 0 for t in ids):
+        raise DataError(f"{where}: {name} must be a list of non-negative ints (token ids), got "
+                        f"{str(ids)[:80]}")
+    if ids and vocab_size is not None and max(ids) >= vocab_size:
+        raise DataError(f"{where}: {name} has token id {max(ids)} >= vocab_size {vocab_size}")
+    return tuple(ids)
+
+
+def _check_messages(messages, where: str, name: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: {name} must be a non-empty list of {{'role', 'content'}} turns")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and m.get("role") in _ROLES
+                and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: {name}[{j}] must be {{'role': one of {list(_ROLES)}, "
+                            f"'content': text}}, got {str(m)[:80]}")
+    return messages
+
+
+def _need(tokenizer, where: str, key: str):
+    if tokenizer is None:
+        raise DataError(f"{where}: {key} is text but no tokenizer was given; store {key}_ids, "
+                        "give the model's tokenizer, or give a model checkpoint with tokenizer "
+                        "files (student.path)")
+    return tokenizer
+
+
+def _chat(tokenizer, messages, where: str, opts: TextOptions) -> tuple[int, ...]:
+    from opd_jax.models.tokenizer import chat_ids
+    try:
+        return tuple(chat_ids(tokenizer, messages, template_kwargs=opts.template_kwargs))
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from e
+
+
+def _prompt(record, prefix: str, tokenizer, where: str, opts: TextOptions):
+    """The ids of ``{prefix}prompt_ids`` / ``{prefix}messages`` / ``{prefix}prompt``, the
+    messages' trailing assistant turn (or None), or ``(None, None)`` if the record has none."""
+    key = f"{prefix}prompt"
     if f"{key}_ids" in record:
-        ids = record[f"{key}_ids"]
-        if not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids):
-            raise DataError(f"{where}: {key}_ids must be a list of non-negative ints")
-        return tuple(ids)
+        return check_ids(record[f"{key}_ids"], where, f"{key}_ids"), None
+    if f"{prefix}messages" in record:
+        msgs = _check_messages(record[f"{prefix}messages"], where, f"{prefix}messages")
+        last = None
+        if msgs[-1]["role"] == "assistant":
+            if prefix:
+                raise DataError(f"{where}: {prefix}messages ends with an assistant turn; the "
+                                "teacher's context ends where the student's completion begins")
+            msgs, last = msgs[:-1], msgs[-1]["content"]
+            if not msgs:
+                raise DataError(f"{where}: messages holds only an assistant turn; no prompt")
+        return _chat(_need(tokenizer, where, f"{prefix}messages"), msgs, where, opts), last
     if key in record:
         text = record[key]
         if not isinstance(text, str):
             raise DataError(f"{where}: {key} must be a string, got {type(text).__name__}")
-        if tokenizer is None:
-            raise DataError(f"{where}: {key} is text but no tokenizer was given; store "
-                            f"{key}_ids or give the model's tokenizer")
-        if chat_template and key != "completion":
-            msgs = [{"role": "user", "content": text}]
-            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
-                ids = ids["input_ids"]
-        else:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return tuple(int(t) for t in ids)
-    return None
+        tok = _need(tokenizer, where, key)
+        if opts.chat_template:
+            return _chat(tok, [{"role": "user", "content": text}], where, opts), None
+        return tuple(int(t) for t in tok(text)["input_ids"]), None
+    return None, None
+
+
+def _completion(record, chat_completion, where: str, opts: TextOptions):
+    if "completion_ids" in record:
+        return check_ids(record["completion_ids"], where, "completion_ids")
+    if "completion" in record and chat_completion is not None:
+        raise DataError(f"{where}: both `completion` and a trailing assistant turn in `messages`; "
+                        "keep one reference completion")
+    text = record.get("completion", chat_completion)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise DataError(f"{where}: completion must be a string, got {type(text).__name__}")
+    tok = _need(opts.tokenizer, where, "completion")
+    eos = opts.eos_id if opts.eos_id is not None else tok.eos_token_id
+    if eos is None:
+        raise DataError(f"{where}: a text completion ends with the EOS token, but the tokenizer "
+                        "has none; give the EOS id (eos_id) or store completion_ids")
+    ids = [int(t) for t in tok(text, add_special_tokens=False)["input_ids"]]
+    return tuple(ids if ids and ids[-1] == eos else ids + [int(eos)])
+
+
+def _contexts(record, where: str, max_len: int, vocab_size) -> None:
+    """UniSD's extra teacher contexts: each must be a valid, non-empty prompt."""
+    aux = record.get("aux_teacher_prompts_ids")
+    if aux is not None:
+        if not isinstance(aux, list) or not aux:
+            raise DataError(f"{where}: aux_teacher_prompts_ids must be a non-empty list of token-id "
+                            "lists (one per auxiliary context)")
+        for j, ids in enumerate(aux):
+            _check_prompt(check_ids(ids, where, f"aux_teacher_prompts_ids[{j}]", vocab_size),
+                          where, f"aux_teacher_prompts_ids[{j}]", max_len)
+    if "bad_teacher_prompt_ids" in record:
+        ids = check_ids(record["bad_teacher_prompt_ids"], where, "bad_teacher_prompt_ids", vocab_size)
+        _check_prompt(ids, where, "bad_teacher_prompt_ids", max_len)
+
+
+def _check_prompt(ids, where: str, name: str, max_len: int):
+    if not ids:
+        raise DataError(f"{where}: the {name} is empty")
+    if len(ids) > max_len:
+        raise DataError(f"{where}: the {name} has {len(ids)} tokens, more than "
+                        f"data.max_prompt_len={max_len}; shorten it or raise the limit")
 
 
 def load_examples(path: str, *, tokenizer=None, max_prompt_len: int, vocab_size: int | None = None,
-                  chat_template: bool = False) -> list[Example]:
-    """Read and validate every record; errors name the file and line."""
+                  chat_template: bool = False, teacher_tokenizer=None,
+                  template_kwargs: Mapping | None = None, eos_id: int | None = None
+                  ) -> list[Example]:
+    """Read and validate every record (see the module docstring); errors name the file and line.
+
+    ``vocab_size`` (the model's) bounds every token id. The other keywords are those of
+    :class:`TextOptions`.
+    """
     if not path:
         raise DataError("no data path given (set data.path)")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such data file")
+    opts = TextOptions(tokenizer, teacher_tokenizer, chat_template, template_kwargs, eos_id)
+    t_tok = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     out = []
     for line, record in _records(path):
         where = f"{path}:{line}"
-        prompt = _ids(record, "prompt", tokenizer, where, chat_template)
+        prompt, chat_completion = _prompt(record, "", tokenizer, where, opts)
         if prompt is None:
-            raise DataError(f"{where}: no 'prompt' or 'prompt_ids' field (fields: {sorted(record)})")
-        if not prompt:
-            raise DataError(f"{where}: the prompt is empty")
-        if len(prompt) > max_prompt_len:
-            raise DataError(f"{where}: the prompt has {len(prompt)} tokens, more than "
-                            f"data.max_prompt_len={max_prompt_len}; shorten it or raise the limit")
-        teacher = _ids(record, "teacher_prompt", tokenizer, where, chat_template)
-        completion = _ids(record, "completion", tokenizer, where)
-        for name, ids in (("prompt", prompt), ("teacher_prompt", teacher), ("completion", completion)):
+            raise DataError(f"{where}: no 'prompt' or 'prompt_ids' field (nor 'messages'; fields: "
+                            f"{sorted(record)})")
+        _check_prompt(prompt, where, "prompt", max_prompt_len)
+        teacher, _ = _prompt(record, "teacher_", t_tok, where, opts)
+        if teacher is not None:
+            _check_prompt(teacher, where, "teacher prompt", max_prompt_len)
+        _contexts(record, where, max_prompt_len, vocab_size)
+        completion = _completion(record, chat_completion, where, opts)
+        for name, ids in (("prompt", prompt), ("teacher_prompt", teacher),
+                          ("completion", completion)):
             if ids and vocab_size is not None and max(ids) >= vocab_size:
                 raise DataError(f"{where}: {name} has token id {max(ids)} >= vocab_size {vocab_size}")
         out.append(Example(prompt, teacher, completion, record.get("answer"), line, record))
@@ -157,3 +293,19 @@ def right_pad(seqs: list[tuple[int, ...]], length: int, pad_id: int) -> tuple[np
         tokens[i, :len(s)] = s
         mask[i, :len(s)] = True
     return tokens, mask
+
+
+def template_kwargs(value) -> dict:
+    """Chat-template keyword arguments from a mapping or a JSON object string (``""``: none), e.g.
+    ``'{"enable_thinking": false}'``."""
+    if not value:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"chat-template keyword arguments must be a JSON object, got {value!r} "
+                            f"({e.msg})") from e
+    if not isinstance(value, Mapping):
+        raise DataError(f"chat-template keyword arguments must be a JSON object, got {value!r}")
+    return dict(value)

@@ -56,6 +56,18 @@ def resolve_checkpoint_dir(path: str | os.PathLike, *, local_files_only: bool = 
                                 f"(local_files_only={local_files_only}): {e}") from e
 
 
+def read_hf_config(path: str | os.PathLike, *, local_files_only: bool = True,
+                   cache_dir: str | None = None) -> dict:
+    """The ``config.json`` of the checkpoint at ``path`` (a directory or a repo id in the local HF
+    cache), as a dict: its sizes and token ids, read without loading any weight."""
+    directory = resolve_checkpoint_dir(path, local_files_only=local_files_only, cache_dir=cache_dir)
+    file = os.path.join(directory, "config.json")
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{directory} has no config.json; is it a model checkpoint?")
+    with open(file) as f:
+        return json.load(f)
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 

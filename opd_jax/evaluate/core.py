@@ -1,0 +1,213 @@
+"""Evaluate a model on held-out prompts with answers, through the jitted sampler.
+
+Per problem, one greedy completion and ``k`` sampled ones (the sampler's temperature and
+filters), each scored by a reward function ``f(example, completion_ids) -> float``
+(:mod:`opd_jax.rewards`); a completion is *correct* when its reward is at least ``threshold``.
+Reported (means over problems unless said otherwise):
+
+- ``greedy_pass@1``: the greedy completion is correct;
+- ``pass@1`` and ``pass@k``: the unbiased estimators from the ``k`` samples (:func:`pass_at_k`);
+- ``reward``, ``greedy_reward``: mean rewards of the samples / greedy completions;
+- ``mean_length``, ``greedy_mean_length``: completion tokens (the end-of-sequence token
+  included); ``truncated``, ``greedy_truncated``: the fraction cut off at ``max_new_tokens``
+  before an end-of-sequence token;
+- ``entropy``: the mean of ``-log p`` of the sampled tokens under the distribution they were
+  drawn from (an estimate of the model's per-token entropy; exact below with a teacher);
+- with ``teacher=(graphdef, params)``, on the ``k`` samples, token means of the exact
+  ``reverse_kl`` to the teacher, ``student_entropy``, ``teacher_entropy``, ``entropy_gap``
+  (teacher minus student) and ``entropy_gap_abs``, ``top1_agree``, ``overlap_ratio`` (top
+  ``diagnostics_k``), the teacher reading its own (possibly privileged) prompt;
+- each ``per_problem`` hook's values, averaged over problems (e.g. the lab's distinct correct
+  solutions).
+
+Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
+which are dropped); every prompt keeps its own PRNG stream (its index in ``examples``), so the
+results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from opd_jax.data import Example, left_pad
+from opd_jax.evaluate import teacher as TD
+from opd_jax.sampling import SamplerConfig, sample
+from opd_jax.training.batch import Sequences
+
+Hook = Callable[[Example, list[np.ndarray], list[float]], Mapping[str, float]]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: the probability that ``k``
+    of them drawn without replacement include a correct one, ``1 - C(n - c, k) / C(n, k)``."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i=0}^{k-1} (n - c - i) / (n - i), a product of ratios <= 1.
+    return float(1.0 - np.prod((n - c - np.arange(k)) / (n - np.arange(k))))
+
+
+def _host(x) -> np.ndarray:
+    """A (possibly multi-host sharded) array as a numpy array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _completions(roll) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Completion tokens, mask and sampled log-probs ``[R, N]``, and ``finished [R]``."""
+    p = roll.prompt_len
+    return (_host(roll.tokens)[:, p:], _host(roll.completion_mask)[:, p:], _host(roll.logp)[:, p:],
+            _host(roll.finished))
+
+
+def _check(examples, k, batch_size, cfg) -> int:
+    """Validate the arguments; returns the number of prompts per sampler call."""
+    if not isinstance(cfg, SamplerConfig):
+        raise TypeError(f"cfg must be a SamplerConfig, got {type(cfg).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return len(examples) if batch_size is None else batch_size
+
+
+def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: SamplerConfig,
+             k: int = 8, seed: int = 0, batch_size: int | None = None, mesh=None, teacher=None,
+             temperature: float = 1.0, diagnostics_k: int = 16, chunk_size: int = 64,
+             threshold: float = 1.0, per_problem: Mapping[str, Hook] | None = None,
+             details: bool = False, tokenizer=None) -> dict:
+    """Metrics of the model ``(graphdef, params)`` on ``examples`` (see the module docstring).
+
+    ``cfg`` gives ``max_new_tokens``, ``eos_ids``, ``pad_id`` and the sampling distribution of the
+    ``k`` draws (its ``num_samples`` is replaced by ``k``; the greedy pass uses temperature 0).
+    ``batch_size`` prompts per sampler call (None: all at once; under ``mesh`` the rows are
+    spread over its data-parallel devices, fastest when they divide evenly). ``temperature`` is the one the teacher diagnostics compare
+    the two models at. ``details=True`` adds ``"problems"``, one entry per example (with
+    ``tokenizer``, the greedy completion's text).
+    """
+    bs = _check(examples, k, batch_size, cfg)
+    n = len(examples)
+    width = max(len(e.prompt_ids) for e in examples)
+    t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
+    if not cfg.prompt_buckets:  # one prompt width for every batch: one compiled program
+        cfg = cfg.replace(prompt_buckets=(width,))
+    greedy_cfg, draw_cfg = cfg.replace(temperature=0.0, num_samples=1), cfg.replace(num_samples=k)
+    key = jax.random.key(seed)
+    per = {"greedy_reward": [], "greedy_len": [], "greedy_trunc": [], "rewards": [], "lens": [],
+           "truncs": [], "nll": [], "tokens": 0, "hooks": {name: [] for name in per_problem or {}},
+           "greedy_text": []}
+    sums, count = {}, 0.0
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        for start in range(0, n, bs):
+            idx = list(range(start, min(start + bs, n)))
+            real = len(idx)
+            idx += [idx[-1]] * (bs - real)  # pad the last batch; the copies are dropped below
+            exs = [examples[i] for i in idx]
+            prompts, mask = left_pad([e.prompt_ids for e in exs], width, cfg.pad_id)
+            row_ids = np.asarray(idx, np.int32)
+            greedy = sample(graphdef, params, prompts, mask, key, cfg=greedy_cfg, row_ids=row_ids)
+            drawn = sample(graphdef, params, prompts, mask, key, cfg=draw_cfg, row_ids=row_ids)
+            _score(per, exs[:real], greedy, drawn, reward_fn, k, per_problem, tokenizer)
+            if teacher is not None:
+                t_prompts, t_mask = left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs],
+                                             t_width, cfg.pad_id)
+                s, c = _teacher_sums(graphdef, params, teacher, drawn, t_prompts, t_mask, k, real,
+                                     temperature, diagnostics_k, chunk_size)
+                sums = {name: sums.get(name, 0.0) + v for name, v in s.items()}
+                count += c
+    return _summary(per, examples, k, threshold, sums, count, details)
+
+
+def _score(per, exs, greedy, drawn, reward_fn, k, hooks, tokenizer):
+    """Rewards, lengths and truncation of this batch's real rows (host side)."""
+    g_tok, g_mask, _, g_fin = _completions(greedy)
+    d_tok, d_mask, d_logp, d_fin = _completions(drawn)
+    for b, e in enumerate(exs):
+        ids = g_tok[b][g_mask[b]]
+        per["greedy_reward"].append(float(reward_fn(e, ids)))
+        per["greedy_len"].append(len(ids))
+        per["greedy_trunc"].append(not g_fin[b])
+        if tokenizer is not None:
+            per["greedy_text"].append(tokenizer.decode(ids.tolist()))
+        rows = range(b * k, (b + 1) * k)
+        comps = [d_tok[r][d_mask[r]] for r in rows]
+        rewards = [float(reward_fn(e, c)) for c in comps]
+        per["rewards"].append(rewards)
+        per["lens"].append([len(c) for c in comps])
+        per["truncs"].append([not d_fin[r] for r in rows])
+        per["nll"].append(float(-d_logp[b * k:(b + 1) * k][d_mask[b * k:(b + 1) * k]].sum()))
+        per["tokens"] += int(d_mask[b * k:(b + 1) * k].sum())
+        for name, hook in (hooks or {}).items():
+            per["hooks"][name].append(dict(hook(e, comps, rewards)))
+
+
+def _teacher_sums(graphdef, params, teacher, drawn, t_prompts, t_mask, k, real, temperature,
+                  diagnostics_k, chunk):
+    """The teacher diagnostics' sums over the real rows of one batch."""
+    t_graph, t_params = teacher
+    p = drawn.prompt_len
+    tokens, mask = _host(drawn.tokens), _host(drawn.mask)
+    comp, comp_mask = tokens[:, p:], mask[:, p:]
+    counted = comp_mask.copy()
+    counted[real * k:] = False  # the padded prompts' samples do not count
+    rep = lambda x: np.repeat(x, k, axis=0)  # noqa: E731
+    t_seq = Sequences.from_left_padded(np.concatenate([rep(t_prompts), comp], 1),
+                                       np.concatenate([rep(t_mask), comp_mask], 1))
+    s_seq = Sequences.from_left_padded(tokens, mask)
+    sums, count = TD.token_sums(graphdef, params, t_graph, t_params, s_seq, t_seq, comp, counted,
+                                k=diagnostics_k, temperature=float(temperature), chunk=chunk)
+    return {name: float(_host(v)) for name, v in sums.items()}, float(_host(count))
+
+
+def _summary(per, examples, k, threshold, sums, count, details) -> dict:
+    correct = [sum(r >= threshold for r in rs) for rs in per["rewards"]]
+    out = {
+        "problems": len(examples), "k": k,
+        "greedy_pass@1": float(np.mean([r >= threshold for r in per["greedy_reward"]])),
+        "pass@1": float(np.mean([c / k for c in correct])),
+        f"pass@{k}": float(np.mean([pass_at_k(k, c, k) for c in correct])),
+        "reward": float(np.mean(per["rewards"])),
+        "greedy_reward": float(np.mean(per["greedy_reward"])),
+        "mean_length": float(np.mean(per["lens"])),
+        "greedy_mean_length": float(np.mean(per["greedy_len"])),
+        "truncated": float(np.mean(per["truncs"])),
+        "greedy_truncated": float(np.mean(per["greedy_trunc"])),
+        "entropy": float(sum(per["nll"]) / max(per["tokens"], 1)),
+    }
+    if count:
+        out.update(TD.means(sums, count))
+    for name, rows in per["hooks"].items():
+        for key in rows[0] if rows else ():
+            out[key] = float(np.mean([r[key] for r in rows]))
+    if details:
+        out["problems_detail"] = [
+            {"line": e.line, "answer": e.answer, "greedy_reward": per["greedy_reward"][i],
+             "correct": int(correct[i]), "rewards": per["rewards"][i],
+             **({"greedy_text": per["greedy_text"][i]} if per["greedy_text"] else {})}
+            for i, e in enumerate(examples)]
+    bad = [name for name, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"evaluation produced non-finite {bad}")
+    return out
+
+
+def write_result(result: Mapping, path: str) -> None:
+    """Write ``result`` as JSON at ``path`` atomically (a temporary file renamed into place), so a
+    reader never sees a partial file and an earlier result is replaced whole or not at all."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(result), f, indent=2)
+    os.replace(tmp, path)

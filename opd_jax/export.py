@@ -1,0 +1,120 @@
+"""Write a model as a Hugging Face checkpoint that ``transformers`` and vLLM load: ``config.json``,
+safetensors, ``generation_config.json`` and the tokenizer, in float32 or bfloat16.
+
+The directory is written whole or not at all: everything goes to a temporary sibling
+directory, which is renamed into place only once complete. An existing export is refused
+unless ``overwrite=True``; then it is replaced by renames, so at every moment either the old or
+the new checkpoint is complete on disk (a crash leaves at most a ``*.tmp-*`` / ``*.old-*``
+sibling, never a half-written ``path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from opd_jax.models import Transformer, save_pretrained
+from opd_jax.models.hf_io import read_hf_config, resolve_checkpoint_dir
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _as_model(model, params, dtype: str | None) -> Transformer:
+    """The model to write: ``model`` (or ``nnx.merge(model, params)``), cast to ``dtype``."""
+    if params is not None:  # host arrays (a restored checkpoint) are placed on the device
+        model = nnx.merge(model, jax.tree.map(
+            lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params))
+    if not isinstance(model, Transformer):
+        raise TypeError(f"export writes an opd_jax Transformer (or its graphdef and params), got "
+                        f"{type(model).__name__}")
+    if dtype is None or dtype == model.cfg.param_dtype:
+        return model
+    cfg = model.cfg.replace(param_dtype=dtype, dtype=dtype)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    state = jax.tree.map(lambda x: jnp.asarray(x, cfg.param_jnp_dtype), nnx.state(model, nnx.Param))
+    out = nnx.merge(graphdef, state)
+    source = getattr(model, "source_hf_config", None)
+    if source is not None:
+        out.source_hf_config = source
+    return out
+
+
+def _generation_config(source: str | None, eos_ids: Sequence[int], model: Transformer) -> dict:
+    """The source checkpoint's ``generation_config.json`` (its sampling defaults) if there is one,
+    with ``eos_token_id`` set to ``eos_ids`` when given."""
+    out = {}
+    if source:
+        path = os.path.join(resolve_checkpoint_dir(source), "generation_config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out = json.load(f)
+    if eos_ids:
+        out["eos_token_id"] = [int(i) for i in eos_ids] if len(eos_ids) > 1 else int(eos_ids[0])
+    hf = json.loads(getattr(model, "source_hf_config", "{}"))
+    for key in ("bos_token_id", "pad_token_id"):
+        if key not in out and hf.get(key) is not None:
+            out[key] = hf[key]
+    return out
+
+
+def export(model, path: str, *, params=None, tokenizer=None, eos_ids: Sequence[int] = (),
+           source: str | None = None, dtype: str | None = None, overwrite: bool = False,
+           max_shard_size: int = 5 * 2**30) -> str:
+    """Write ``model`` (an nnx ``Transformer``, or its graphdef with ``params``) to ``path``.
+
+    Args:
+      tokenizer: saved alongside (what a reader of the checkpoint tokenizes with).
+      eos_ids: the end-of-sequence ids for ``generation_config.json`` (all of them).
+      source: the checkpoint the model came from (a directory or repo id in the local HF cache):
+        its ``generation_config.json`` (sampling defaults) and ``config.json`` keys the model does
+        not define (token ids) are carried over.
+      dtype: ``"float32"`` or ``"bfloat16"`` (None: the model's parameter dtype).
+      overwrite: replace an existing checkpoint at ``path`` (else it is an error).
+    Returns ``path``. Single-process only (every parameter must be addressable here).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"export dtype must be one of {DTYPES}, got {dtype!r}")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; export(..., overwrite=True) replaces it")
+    if jax.process_count() > 1:
+        raise ValueError("export runs on one process; in a multi-host run gather the parameters "
+                         "to one host first")
+    model = _as_model(model, params, dtype)
+    if source and not getattr(model, "source_hf_config", None):
+        model.source_hf_config = json.dumps(read_hf_config(source), sort_keys=True)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_pretrained(model, tmp, tokenizer=tokenizer, max_shard_size=max_shard_size)
+        gen = _generation_config(source, eos_ids, model)
+        if gen:
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(gen, f, indent=2, sort_keys=True)
+        _replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _replace(tmp: str, path: str) -> None:
+    """Move the complete directory ``tmp`` to ``path``, replacing what is there by renames."""
+    if not os.path.exists(path):
+        os.rename(tmp, path)
+        return
+    old = f"{path}.old-{os.getpid()}"
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.rename(old, path)  # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
