@@ -181,10 +181,10 @@ class ServedTeacher(Teacher):
                 wait *= 2
 
     def _request(self, sequences, starts) -> list[wire.Scores]:
-        body, sent, received = self._post(wire.request(self.spec.api, self.model, sequences,
-                                                       self.spec.top_k))
-        self._count(bytes_sent=sent, bytes_received=received, requests=1)
         try:
+            body, sent, received = self._post(wire.request(self.spec.api, self.model, sequences,
+                                                           self.spec.top_k))
+            self._count(bytes_sent=sent, bytes_received=received, requests=1)
             return wire.parse(self.spec.api, body, sequences, starts, self.spec.top_k, self.vocab)
         except wire.MalformedResponse as e:
             raise TeacherServerError(f"the teacher server at {self.url} sent a malformed answer: "
@@ -217,7 +217,7 @@ class ServedTeacher(Teacher):
             error = e
         self._agree(error)
         self._counts["teacher/tokens"] = float(lengths.sum())
-        self._counts["teacher/seconds"] = time.perf_counter() - t0
+        self._counts["time/teacher_requests"] = time.perf_counter() - t0
         b, n, k = len(tokens), batch.completion_len, self.spec.top_k
         uniform = -np.log(np.float32(self.vocab))  # masked positions: finite filler
         ids = np.broadcast_to(np.arange(k, dtype=np.int32), (b, n, k)).copy()

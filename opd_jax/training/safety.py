@@ -14,10 +14,12 @@ from opd_jax.training.checkpoint import CheckpointNotFound, Checkpointer
 
 # Settings that change how a run is executed, logged or saved, not what it trains: a resumed run
 # may change them freely. An entry ending in "." covers a whole section (the mesh: a checkpoint
-# restores onto any mesh).
+# restores onto any mesh). Where a served teacher runs and how it is asked are the run's too.
 RUN_ONLY = ("run.steps", "run.workdir", "run.log_every", "run.tensorboard", "run.wandb",
             "run.progress", "run.diagnostics_k", "run.allow_config_change", "ckpt.every",
-            "ckpt.keep", "ckpt.async_save", "ckpt.resume_step", "mesh.")
+            "ckpt.keep", "ckpt.async_save", "ckpt.resume_step", "mesh.", "teacher.served.url",
+            "teacher.served.timeout_s", "teacher.served.retries", "teacher.served.backoff_s",
+            "teacher.served.max_in_flight", "teacher.served.rows_per_request")
 
 
 class ConfigChangedError(ValueError):
