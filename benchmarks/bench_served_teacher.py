@@ -6,8 +6,10 @@ checkpoints; nothing is downloaded) with sampled-token OPD on the same prompts. 
 scores with the teacher on the trainer's own devices (``teacher.kind="model"``); the served run
 asks ``python -m opd_jax.serve`` for the teacher's log-probs of each completion token and its
 top-k alternatives (``teacher.kind="served"``). Here the server runs on the same machine, so it
-competes with the trainer for the same cores: a real deployment gives it its own accelerators,
-where scoring overlaps nothing but the wire. Runs alternate (A B A B ...); medians.
+competes with the trainer for the same cores: a real deployment gives it its own accelerators.
+The third row scores each batch during the previous update (``teacher.served.overlap``, one step
+off-policy): its ``s scoring`` is the wait left after the overlap. Runs alternate (A B C A B C
+...); medians.
 
 The wire columns come from the served teacher's counters: request and answer bytes (JSON, as
 vLLM's ``prompt_logprobs`` answers are shaped) per scored completion token; ``dense f32`` is what
@@ -104,12 +106,16 @@ def main():
                 f.write(json.dumps({"prompt_ids": p}) + "\n")
         server, url = start_server(paths["teacher"])
         try:
-            served = TeacherSpec(kind="served", served=ServedSpec(
-                url=url, top_k=a.top_k, api=a.api, rows_per_request=a.rows_per_request))
+            def served(overlap):
+                return TeacherSpec(kind="served", served=ServedSpec(
+                    url=url, top_k=a.top_k, api=a.api, rows_per_request=a.rows_per_request,
+                    overlap=overlap))
             runs = {"local teacher": trainer(paths, TeacherSpec(kind="model", model=ModelSpec(
                         path=paths["teacher"])), prompts, a, os.path.join(workdir, "local")),
-                    "served teacher": trainer(paths, served, prompts, a,
-                                              os.path.join(workdir, "served"))}
+                    "served teacher": trainer(paths, served(False), prompts, a,
+                                              os.path.join(workdir, "served")),
+                    "served, overlapped": trainer(paths, served(True), prompts, a,
+                                                  os.path.join(workdir, "overlap"))}
             for t in runs.values():  # warm-up: compile both, and the server
                 t.iteration()
             stats = {k: [] for k in runs}

@@ -57,7 +57,8 @@ class Scorer:
         self.fn = jax.jit(partial(_score, graphdef), static_argnums=(3, 4))
 
     def check(self, sequences, top_k) -> list[list[int]]:
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 0 <= top_k <= self.max_top_k:
+        if (not isinstance(top_k, int) or isinstance(top_k, bool)
+                or not 0 <= top_k <= self.max_top_k):
             raise BadRequest(f"the number of log-probs per position must be an int in [0, "
                              f"{self.max_top_k}] (--max-top-k), got {top_k!r}")
         if isinstance(sequences, list) and sequences and all(isinstance(t, int) for t in sequences):
@@ -131,8 +132,8 @@ def _score(graphdef, params, tokens, mask, k: int, chunk: int):
         return tok, rank, ids.astype(jnp.int32), top
 
     out = jax.lax.map(block, (blocks(h), blocks(nxt)))
-    unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * chunk, *x.shape[3:])[:, :t - 1]  # noqa: E731
-    return tuple(unblock(x) for x in out)
+    return tuple(jnp.moveaxis(x, 0, 1).reshape(b, n * chunk, *x.shape[3:])[:, :t - 1]
+                 for x in out)
 
 
 class Server(ThreadingHTTPServer):

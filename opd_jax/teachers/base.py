@@ -52,6 +52,7 @@ class Teacher:
     """
     graphdef: Any = None
     sparse: bool = False
+    overlap: bool = False  # score the next batch while the student updates (one step stale)
 
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime) -> "Teacher":
@@ -81,6 +82,12 @@ class Teacher:
         """``batch`` with the teacher's scores of its completions (dense or sparse, see above)."""
         raise NotImplementedError
 
+    def start_score(self, batch: TrainBatch, prompts: Prompts, student_params):
+        """Begin :meth:`score`; the returned function gives the scored batch. A teacher that
+        answers from elsewhere works in the background meanwhile; a local one scores when the
+        function is called (its work is queued on the devices anyway)."""
+        return lambda: self.score(batch, prompts, student_params)
+
     def step_params(self, student_params):
         """The parameters the train step merges with ``graphdef`` (None: the student's own)."""
         return None
@@ -94,7 +101,7 @@ class Teacher:
         raise NotImplementedError(self.refusals(None).get("mix", "no teacher mixing"))
 
     def context_logp(self, prompts, mask, targets, loss_mask, student_params):
-        """The teacher's log-prob of each completion token when it reads other prompts, ``[B, N]``."""
+        """The teacher's log-prob of each completion token after other prompts, ``[B, N]``."""
         raise NotImplementedError(self.refusals(None).get("contexts", "no other contexts"))
 
     def update(self, state) -> None:

@@ -83,13 +83,9 @@ class ServedTeacher(Teacher):
         self.spec, self.model, self.vocab, self.max_len = spec, model, vocab, max_len
         self.runtime = runtime
         self.url = spec.url.rstrip("/")
-        self._counts: dict[str, float] = {}
-        self._lock = threading.Lock()  # requests run in threads and count into _counts
-
-    def _count(self, **amounts: float) -> None:
-        with self._lock:
-            for name, x in amounts.items():
-                self._counts[f"teacher/{name}"] = self._counts.get(f"teacher/{name}", 0.0) + x
+        self.overlap = spec.overlap
+        self._counts: dict[str, float] = {}  # of the last scored batch
+        self._background: ThreadPoolExecutor | None = None  # runs the requests of start_score
 
     @classmethod
     def refusals(cls, spec):
@@ -164,7 +160,7 @@ class ServedTeacher(Teacher):
 
     # ------------------------------------------------------------------ scoring
 
-    def _post(self, body: dict) -> tuple[object, int, int]:
+    def _post(self, body: dict, counts: "_Counts") -> tuple[object, int, int]:
         """One request, retried with exponential backoff on errors worth retrying."""
         wait, attempts = self.spec.backoff_s, self.spec.retries + 1
         for attempt in range(attempts):
@@ -176,50 +172,69 @@ class ServedTeacher(Teacher):
                         f"the teacher server at {self.url} failed {attempts} times; last: {e}. "
                         "Nothing was updated or saved by this step: restart the server (or raise "
                         "teacher.served.timeout_s / retries) and run again to resume.") from None
-                self._count(retries=1)
+                counts.add(retries=1)
                 time.sleep(wait)
                 wait *= 2
 
-    def _request(self, sequences, starts) -> list[wire.Scores]:
+    def _request(self, sequences, starts, counts: "_Counts") -> list[wire.Scores]:
         try:
             body, sent, received = self._post(wire.request(self.spec.api, self.model, sequences,
-                                                           self.spec.top_k))
-            self._count(bytes_sent=sent, bytes_received=received, requests=1)
+                                                           self.spec.top_k), counts)
+            counts.add(bytes_sent=sent, bytes_received=received, requests=1)
             return wire.parse(self.spec.api, body, sequences, starts, self.spec.top_k, self.vocab)
         except wire.MalformedResponse as e:
             raise TeacherServerError(f"the teacher server at {self.url} sent a malformed answer: "
                                      f"{e}") from None
 
-    def _fetch(self, tokens, mask, lengths) -> dict[int, wire.Scores]:
+    def _fetch(self, tokens, mask, lengths, counts: "_Counts") -> dict[int, wire.Scores]:
         """Scores of the completion (the last ``lengths[r]`` real tokens) of every row."""
+        t0 = time.perf_counter()
         rows = [r for r in range(len(tokens)) if lengths[r] > 0]
         seqs = [tokens[r][mask[r]].tolist() for r in rows]
         starts = [len(s) - int(lengths[r]) for s, r in zip(seqs, rows)]
         size = self.spec.rows_per_request
         groups = [range(i, min(i + size, len(rows))) for i in range(0, len(rows), size)]
-        with ThreadPoolExecutor(max_workers=self.spec.max_in_flight) as pool:
-            answers = pool.map(lambda g: self._request([seqs[i] for i in g],
-                                                       [starts[i] for i in g]), groups)
-            return {rows[i]: s for g, scores in zip(groups, answers) for i, s in zip(g, scores)}
+        try:
+            with ThreadPoolExecutor(max_workers=self.spec.max_in_flight) as pool:
+                answers = pool.map(lambda g: self._request([seqs[i] for i in g],
+                                                           [starts[i] for i in g], counts), groups)
+                return {rows[i]: s for g, scores in zip(groups, answers)
+                        for i, s in zip(g, scores)}
+        finally:
+            counts.add(tokens=float(sum(lengths)))
+            counts.values["time/teacher_requests"] = time.perf_counter() - t0
 
-    def score(self, batch, prompts, student_params):
+    def start_score(self, batch, prompts, student_params):
+        """Send ``batch``'s rows to the server in the background; the returned function waits
+        for the answers and gives the scored batch."""
         to_local = self.runtime.rows.to_local
         seq = batch.teacher_sequences
         tokens, mask = to_local(seq.tokens), to_local(seq.mask)
         lengths = to_local(batch.loss_mask).sum(axis=1)
-        self._counts = dict.fromkeys(("teacher/bytes_sent", "teacher/bytes_received",
-                                      "teacher/requests", "teacher/retries"), 0.0)
-        t0 = time.perf_counter()
-        error, scores = None, {}
-        try:
-            scores = self._fetch(tokens, mask, lengths)
-        except TrainingError as e:
-            error = e
-        self._agree(error)
-        self._counts["teacher/tokens"] = float(lengths.sum())
-        self._counts["time/teacher_requests"] = time.perf_counter() - t0
-        b, n, k = len(tokens), batch.completion_len, self.spec.top_k
-        uniform = -np.log(np.float32(self.vocab))  # masked positions: finite filler
+        counts = _Counts()
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1)
+        future = self._background.submit(self._fetch, tokens, mask, lengths, counts)
+
+        def finish():
+            error, scores = None, {}
+            try:
+                scores = future.result()
+            except TrainingError as e:
+                error = e
+            self._agree(error)
+            self._counts = dict(counts.values)
+            return self._scored(batch, scores, len(tokens))
+        return finish
+
+    def score(self, batch, prompts, student_params):
+        return self.start_score(batch, prompts, student_params)()
+
+    def _scored(self, batch, scores: dict[int, wire.Scores], b: int):
+        """``batch`` with the sparse teacher's extras for this host's ``b`` rows (a finite filler
+        where nothing was scored)."""
+        n, k = batch.completion_len, self.spec.top_k
+        uniform = -np.log(np.float32(self.vocab))
         ids = np.broadcast_to(np.arange(k, dtype=np.int32), (b, n, k)).copy()
         top, logp = np.full((b, n, k), uniform, np.float32), np.full((b, n), uniform, np.float32)
         for r, s in scores.items():
@@ -243,3 +258,22 @@ class ServedTeacher(Teacher):
 
     def metrics(self):
         return dict(self._counts)
+
+    def close(self):
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)
+            self._background = None
+
+
+class _Counts:
+    """What scoring one batch cost on the wire (requests run in threads, hence the lock)."""
+
+    def __init__(self):
+        self.values = dict.fromkeys(("teacher/bytes_sent", "teacher/bytes_received",
+                                     "teacher/requests", "teacher/retries", "teacher/tokens"), 0.0)
+        self.lock = threading.Lock()
+
+    def add(self, **amounts: float) -> None:
+        with self.lock:
+            for name, x in amounts.items():
+                self.values[f"teacher/{name}"] += x

@@ -96,7 +96,7 @@ def choose_source(loop, key: jax.Array, step: int) -> str:
 
 
 def sampling_prompts(rows: Rows, prompts: Prompts, source: str):
-    """The global prompts a sampler starts from: a teacher rollout reads the teacher's own prompt."""
+    """The global prompts a sampler starts from (a teacher rollout: the teacher's own prompt)."""
     if source in TEACHER_ROLLOUTS and prompts.teacher_tokens is not None:
         return rows.to_global(prompts.teacher_tokens), rows.to_global(prompts.teacher_mask)
     return rows.to_global(prompts.tokens), rows.to_global(prompts.mask)
@@ -110,7 +110,8 @@ def join(prompts, prompt_mask, completion, completion_mask) -> Sequences:
 
 def assemble(prompts, prompt_mask, completion, completion_mask, behavior_logp, t_prompts=None,
              t_mask=None) -> TrainBatch:
-    """Sequences = left-padded prompt ++ completion, for the student and (own prompt) the teacher."""
+    """Sequences = left-padded prompt ++ completion, for the student and (own prompt) the
+    teacher."""
     return TrainBatch(student=join(prompts, prompt_mask, completion, completion_mask),
                       targets=completion, loss_mask=completion_mask, behavior_logp=behavior_logp,
                       teacher=None if t_prompts is None else join(t_prompts, t_mask, completion,

@@ -54,6 +54,10 @@ class ServedSpec:
     backoff_s: float = 1.0  # first wait between attempts (then doubled)
     max_in_flight: int = 4  # requests open at once
     rows_per_request: int = 8  # sequences batched in one request
+    # Score the next batch while the student updates on this one: the next batch is then sampled
+    # with the weights before this update (one step off-policy; behaviour log-probs stay exact, so
+    # importance ratios correct policy gradients). A resumed run samples its first batch on-policy.
+    overlap: bool = False
 
     def __post_init__(self):
         _check(self.api in ("openai", "sglang"),

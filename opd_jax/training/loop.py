@@ -12,12 +12,17 @@ data from the state's cursor, so a resumed run repeats an uninterrupted one exac
    compute rewards and the extra teacher contexts only if the objective takes them;
 4. one jitted train step with the objective (the SFT objective during the cold start);
 5. let the teacher follow the student (EMA), log, run the step callbacks, save.
+
+With ``teacher.served.overlap`` the next step's batch is sampled and sent to the teacher server
+before this step's update, so that the server scores it while the student updates (that batch
+is then one step off-policy).
 """
 
 import dataclasses
 import os
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +55,15 @@ __all__ = ["StepCallback", "Trainer", "TrainingError", "evaluate"]
 # metrics are logged and the checkpoint is saved) as ``fn(trainer, step, metrics)``; the metrics
 # it returns (or None) are logged with the step's. ``step == trainer.exp.run.steps`` is the last.
 StepCallback = Callable[["Trainer", int, dict[str, float]], dict[str, float] | None]
+
+
+class _Prepared(NamedTuple):
+    """A step's batch before its update: ``finish()`` gives it scored by the teacher."""
+    step: int
+    source: str
+    prompts: B.Prompts
+    finish: Callable[[], TrainBatch]
+    scored: bool
 
 
 class Trainer:
@@ -109,6 +123,7 @@ class Trainer:
         self.sft_fn = make_train_step(objective=self.sft, teacher_graphdef=None, **common)
         self.ckpt = Checkpointer(os.path.join(exp.run.workdir, "checkpoints"),
                                  keep=exp.ckpt.keep, async_save=exp.ckpt.async_save)
+        self._ahead: _Prepared | None = None  # the next step's batch (teacher.overlap)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -122,32 +137,47 @@ class Trainer:
         """One optimizer step (see the module docstring); returns its metrics."""
         state = self.state
         step = int(state.step)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), step)
-        source = B.choose_source(self.exp.loop, key, step)
-        prompts = self.prompts(int(state.cursor))
-        supervised = source == "cold_start"  # the SFT objective: no teacher, no rewards
         timings = {}
         with jax.set_mesh(self.mesh):
             t0 = time.perf_counter()
-            batch = jax.block_until_ready(self._batch(source, prompts, key))
+            ahead, self._ahead = self._ahead, None
+            now = ahead if ahead is not None and ahead.step == step else self._prepare(
+                step, int(state.cursor))
+            if self.teacher.overlap and step + 1 < self.exp.run.steps:
+                # the next batch, from the weights before this update, scored during the update
+                self._ahead = self._prepare(step + 1, now.prompts.next_cursor)
             timings["time/sample"] = time.perf_counter() - t0
-            if self.reward_fn is not None and not supervised:
-                batch = B.with_rewards(self.rows, batch, prompts, self.reward_fn)
             t1 = time.perf_counter()
-            scored = self.reads_teacher and not supervised
-            if scored:
-                batch = jax.block_until_ready(self._score(batch, prompts))
+            batch = jax.block_until_ready(now.finish())
             timings["time/score"] = time.perf_counter() - t1
+            if self.reward_fn is not None and now.source != "cold_start":
+                batch = B.with_rewards(self.rows, batch, now.prompts, self.reward_fn)
             t2 = time.perf_counter()
-            fn = self.sft_fn if supervised else self.step_fn
-            teacher_params = self.teacher.step_params(state.params) if scored else None
+            fn = self.step_fn if now.source != "cold_start" else self.sft_fn
+            teacher_params = self.teacher.step_params(state.params) if now.scored else None
             new_state, metrics = fn(state, batch, teacher_params)
-            new_state = new_state.replace(cursor=jnp.asarray(prompts.next_cursor, jnp.int32))
+            new_state = new_state.replace(cursor=jnp.asarray(now.prompts.next_cursor, jnp.int32))
             metrics = jax.device_get(metrics)
             timings["time/update"] = time.perf_counter() - t2
         self.state = new_state
         self.teacher.update(self.state)
-        return self._metrics(metrics, timings, batch, prompts, source, scored)
+        return self._metrics(metrics, timings, batch, now.prompts, now.source, now.scored)
+
+    def _prepare(self, step: int, cursor: int) -> "_Prepared":
+        """Step ``step``'s batch (from the data at ``cursor``, sampled with the current weights),
+        with the teacher's scoring begun if the step's objective reads a teacher."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(self.state.key), step)
+        source = B.choose_source(self.exp.loop, key, step)
+        prompts = self.prompts(cursor)
+        batch = jax.block_until_ready(self._batch(source, prompts, key))
+        scored = self.reads_teacher and source != "cold_start"  # cold start: the SFT objective
+        if not scored:
+            return _Prepared(step, source, prompts, lambda: batch, False)
+        params = self.state.params
+        pending = self.teacher.start_score(batch, prompts, params)
+        finish = (lambda: self._with_contexts(pending(), prompts, params)) if self.contexts \
+            else pending
+        return _Prepared(step, source, prompts, finish, True)
 
     def _batch(self, source: str, prompts: B.Prompts, key) -> TrainBatch:
         """The batch of step ``source``: data completions, teacher rollouts or student samples."""
@@ -165,12 +195,9 @@ class Trainer:
                           teacher_mix=mix)
         return B.from_rollout(self.rows, prompts, roll, self.exp.sampler.num_samples)
 
-    def _score(self, batch: TrainBatch, prompts: B.Prompts) -> TrainBatch:
-        """The teacher's scores of ``batch``, and its log-probs under the records' other
-        contexts when the objective reads them (UniSD's auxiliary and bad teachers)."""
-        batch = self.teacher.score(batch, prompts, self.state.params)
-        if not self.contexts:
-            return batch
+    def _with_contexts(self, batch: TrainBatch, prompts: B.Prompts, params) -> TrainBatch:
+        """``batch`` with the teacher's log-probs of its completions under the records' other
+        contexts (UniSD's auxiliary and bad teachers), for the objectives that read them."""
         extras = dict(batch.extras)
         k = self.exp.sampler.num_samples
 
@@ -179,7 +206,7 @@ class Trainer:
                               self.exp.sampler.pad_id)
             rep = lambda x: self.rows.to_global(np.repeat(x, k, axis=0))  # noqa: E731
             return self.teacher.context_logp(rep(p), rep(m), batch.targets, batch.loss_mask,
-                                             self.state.params)
+                                             params)
         records = [e.record for e in prompts.examples]
         if "aux_teacher_logp" in self.contexts:
             aux = [r[C.CONTEXT_FIELDS["aux_teacher_logp"]] for r in records]
@@ -238,6 +265,7 @@ class Trainer:
         items, _ = self.ckpt.restore(step, targets)
         self.state = items.pop("state")
         self.teacher.load(items)
+        self._ahead = None  # a batch prepared from other weights
         return True
 
     def run_info(self) -> dict:

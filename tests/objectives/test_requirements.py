@@ -11,7 +11,8 @@ from tests.objectives.conftest import make_batch
 # every recipe at its defaults, and the variants that read other inputs (a PPO surrogate, the
 # sampled-token loss of OPSD, a student-top-k baseline)
 CONFIGS = [cls() for cls in O.RECIPES.values()] + [
-    O.AOPDConfig(surrogate="ppo"), O.OPSDConfig(loss="sampled"), O.VOPDConfig(baseline="topk", k=10)]
+    O.AOPDConfig(surrogate="ppo"), O.OPSDConfig(loss="sampled"),
+    O.VOPDConfig(baseline="topk", k=10)]
 
 
 def _loss_and_grad(cfg, b, teacher_logits, behavior_logp):

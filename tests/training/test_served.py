@@ -110,7 +110,8 @@ def test_served_scores_equal_the_local_teachers_and_both_protocols_agree(tmp_pat
     mask, targets = np.asarray(batch.loss_mask), np.asarray(batch.targets)
     want_top = -np.sort(-lq, axis=-1)[..., :TOP_K]
     want_tok = np.take_along_axis(lq, targets[..., None], -1)[..., 0]
-    got_ids, got_top = np.asarray(sparse["teacher_topk_ids"]), np.asarray(sparse["teacher_topk_logp"])
+    got_ids = np.asarray(sparse["teacher_topk_ids"])
+    got_top = np.asarray(sparse["teacher_topk_logp"])
     np.testing.assert_allclose(got_top[mask], want_top[mask], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(sparse["teacher_logp"])[mask], want_tok[mask], rtol=1e-5,
                                atol=1e-5)
@@ -164,6 +165,29 @@ def test_a_server_dying_mid_run_stops_before_any_update_and_the_resume_is_bitwis
     Trainer(exp(work, server)).run()  # another server (URL) resumes: a run-only setting
     assert_bitwise_equal(read_state(work, 4), read_state(ref, 4))
     assert [reproducible(m) for m in metrics(work)] == [reproducible(m) for m in metrics(ref)]
+
+
+def test_overlap_samples_the_next_batch_from_the_weights_before_the_update(tmp_path, server):
+    """With teacher.served.overlap, step 1 trains on a batch sampled from the initial weights
+    (it was sent to the server during step 0's update); the oracle builds that step by hand."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    over = Trainer(_exp(tmp_path / "a", served(server, overlap=True)))
+    ref = Trainer(_exp(tmp_path / "b", served(server)))
+    theta0 = jax.tree.map(lambda x: x.copy(), ref.state.params)
+    a, b = over.iteration(), ref.iteration()  # step 0: both from the initial weights
+    assert reproducible(a) == reproducible(b)
+    assert_bitwise_equal(jax.device_get(over.state), jax.device_get(ref.state))
+    prompts = ref.prompts(int(ref.state.cursor))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(ref.state.key), 1), 2)
+    g = ref.rows.to_global
+    with jax.set_mesh(ref.mesh):
+        roll = sample(ref.s_graph, theta0, g(prompts.tokens), g(prompts.mask), key,
+                      cfg=ref.exp.sampler, row_ids=g(prompts.row_ids))
+        batch = ref.teacher.score(from_rollout(ref.rows, prompts, roll, 2), prompts, None)
+        want, _ = ref.step_fn(ref.state, batch, None)
+    over.iteration()
+    assert_bitwise_equal(jax.device_get(over.state.params), jax.device_get(want.params))
 
 
 # ------------------------------------------------------------------ misbehaving servers
@@ -305,7 +329,7 @@ def test_the_tokenizer_probe_compares_the_servers_tokenizer_with_the_students(fa
     fake.script = {"/tokenize": lambda body: (200, {"tokens": want})}
     ServedTeacher.from_spec(spec, student, None, _runtime())  # the same: fine
     fake.script = {"/tokenize": lambda body: (200, {"tokens": want[:3] + [0] + want[4:]})}
-    with pytest.raises(TeacherServerError, match=r"tokenizer differs .*first difference at token 3"):
+    with pytest.raises(TeacherServerError, match=r"tokenizer differs .*difference at token 3"):
         ServedTeacher.from_spec(spec, student, None, _runtime())
 
 
