@@ -286,7 +286,7 @@ class Trainer:
         step = exp.ckpt.resume_step if exp.ckpt.resume_step is not None else self.ckpt.latest_step()
         if step is not None:
             saved = self.ckpt.meta(step).get("config")
-            entry = safety.check_config_change(saved, to_dict(exp), step=step,
+            entry = safety.check_config_change(saved, exp, step=step,
                                                allow=exp.run.allow_config_change,
                                                where=exp.run.workdir)
             history += [entry] if entry else []

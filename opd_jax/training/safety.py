@@ -4,12 +4,14 @@ Every check here runs before the run writes anything it checks against, so a ref
 its work directory exactly as it found it.
 """
 
+import dataclasses
 import json
 import math
 import os
 import time
 from typing import Any
 
+from opd_jax.config import to_dict
 from opd_jax.training.checkpoint import CheckpointNotFound, Checkpointer
 
 # Settings that change how a run is executed, logged or saved, not what it trains: a resumed run
@@ -59,26 +61,49 @@ def _relative(value: Any, workdir: str) -> Any:
     return value
 
 
-def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+def field_defaults(cfg, prefix: str = "") -> dict[str, Any]:
+    """The declared default of every field of a (nested) config, keyed like :func:`flatten`."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(cfg, f.name)
+        if f.default is not dataclasses.MISSING:
+            out[path] = to_dict(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[path] = to_dict(f.default_factory())
+        if isinstance(out.get(path), dict):  # a section: its type, then its own fields
+            out[path] = out[path]["_type"]
+        if dataclasses.is_dataclass(value):
+            out.update(field_defaults(value, path))
+    return out
+
+
+def config_changes(saved: dict, current: dict,
+                   defaults: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
     """``{field: (saved value, current value)}`` for every setting that differs, except the
-    run-only ones (:data:`RUN_ONLY`). Both arguments are ``to_dict`` views of experiments;
-    paths inside each run's own work directory compare relative to it."""
+    run-only ones (:data:`RUN_ONLY`). ``saved`` and ``current`` are ``to_dict`` views of
+    experiments; paths inside each run's own work directory compare relative to it. A setting
+    the saved configuration lacks (one added to the code since) counts as unchanged while it
+    holds its default (``defaults``, see :func:`field_defaults`)."""
     def view(cfg):
         workdir = (cfg.get("run") or {}).get("workdir", "")
         return {k: _relative(v, workdir) for k, v in flatten(cfg).items() if not _run_only(k)}
     a, b = view(saved), view(current)
+    defaults = defaults or {}
     missing = object()
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)}
+            if a.get(k, missing) != b.get(k, missing)
+            and not (k not in a and k in defaults and b[k] == defaults[k])}
 
 
-def check_config_change(saved: dict | None, current: dict, *, step: int, allow: bool,
+def check_config_change(saved: dict | None, current, *, step: int, allow: bool,
                         where: str) -> dict | None:
-    """Refuse to resume checkpoint ``step`` (saved with config ``saved``) under ``current``,
-    unless ``allow``; then return the history entry that records the change (None: no change)."""
+    """Refuse to resume checkpoint ``step`` (saved with config ``saved``) under the experiment
+    ``current``, unless ``allow``; then return the history entry that records the change (None:
+    no change)."""
     if saved is None:
         return None
-    changes = config_changes(saved, current)
+    changes = config_changes(saved, to_dict(current), field_defaults(current))
     if not changes:
         return None
     if not allow:

@@ -14,10 +14,10 @@ import pytest
 
 import opd_jax.objectives as O
 from cli_helpers import digest
-from opd_jax.config import ConfigOverrideError, apply_overrides
+from opd_jax.config import ConfigOverrideError, apply_overrides, to_dict
 from opd_jax.training.config import LoopConfig, TeacherSpec, resolve
 from opd_jax.training.loop import Trainer
-from opd_jax.training.safety import ConfigChangedError, config_changes
+from opd_jax.training.safety import ConfigChangedError, config_changes, field_defaults
 from test_loop import experiment
 
 
@@ -116,3 +116,16 @@ def test_resume_with_another_config_is_refused_unless_allowed(tmp_path):
     # history is kept
     Trainer(apply_overrides(changed, ["run.steps=4"])).run()
     assert json.loads((work / "config.json").read_text())["history"] == [entry]
+
+
+def test_a_setting_added_to_the_code_since_the_checkpoint_is_no_change_at_its_default(tmp_path):
+    exp = resolve(_exp(tmp_path))
+    current = to_dict(exp)
+    saved = json.loads(json.dumps(current))
+    del saved["teacher"]["served"]  # a checkpoint from before served teachers existed
+    del saved["loop"]["teacher_mix"]
+    assert config_changes(saved, current, field_defaults(exp)) == {}
+    moved = to_dict(dataclasses.replace(exp, loop=dataclasses.replace(exp.loop, teacher_mix=0.5)))
+    assert config_changes(saved, moved, field_defaults(exp)) == {"loop.teacher_mix": (None, 0.5)}
+    del current["optim"]["b1"]  # a setting the code no longer has is a change
+    assert config_changes(saved, current, field_defaults(exp)) == {"optim.b1": (0.9, None)}
