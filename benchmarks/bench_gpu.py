@@ -168,8 +168,8 @@ def bench_iteration(smoke: bool, batch: int, prompt_len: int, new_tokens: int, r
     import opd_jax.objectives as O
     from opd_jax.models import named_config, tiny_config
     from opd_jax.sampling import SamplerConfig
-    from opd_jax.training.config import (DataConfig, Experiment, MeshConfig, ModelSpec, OptimConfig,
-                                         RunConfig, TeacherSpec)
+    from opd_jax.training.config import (DataConfig, Experiment, LoopConfig, MeshConfig, ModelSpec,
+                                         OptimConfig, RunConfig, TeacherSpec)
     from opd_jax.training.loop import Trainer
     from opd_jax.training.step import StepConfig
 
@@ -187,7 +187,7 @@ def bench_iteration(smoke: bool, batch: int, prompt_len: int, new_tokens: int, r
         student=ModelSpec(config=s_cfg, param_dtype="float32", dtype="bfloat16", remat=remat),
         teacher=TeacherSpec(kind="model", model=ModelSpec(config=t_cfg, param_dtype="bfloat16",
                                                           dtype="bfloat16", seed=1)),
-        objective=O.GKDConfig(beta=0.5),
+        objective=O.GKDConfig(beta=0.5), loop=LoopConfig(lmbda=1.0),  # every step on-policy
         sampler=SamplerConfig(max_new_tokens=new_tokens, pad_id=0, eos_ids=(),
                               new_token_buckets=(new_tokens,), prompt_buckets=(prompt_len,)),
         optim=OptimConfig(lr=1e-6), step=StepConfig(chunk_size=256),

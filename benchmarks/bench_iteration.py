@@ -94,8 +94,8 @@ def trl_iteration(paths, prompts, new_tokens, workdir):
 def ours_iteration(paths, prompts, new_tokens, workdir, cpu_devices=1):
     import opd_jax.objectives as O
     from opd_jax.sampling import SamplerConfig
-    from opd_jax.training.config import (DataConfig, Experiment, MeshConfig, ModelSpec,
-                                         OptimConfig, RunConfig, TeacherSpec)
+    from opd_jax.training.config import (DataConfig, Experiment, LoopConfig, MeshConfig,
+                                         ModelSpec, OptimConfig, RunConfig, TeacherSpec)
     from opd_jax.training.loop import Trainer
     from opd_jax.training.step import StepConfig
     data = os.path.join(workdir, "prompts.jsonl")
@@ -105,7 +105,7 @@ def ours_iteration(paths, prompts, new_tokens, workdir, cpu_devices=1):
     exp = Experiment(
         student=ModelSpec(path=paths["student"]),
         teacher=TeacherSpec(kind="model", model=ModelSpec(path=paths["teacher"])),
-        objective=O.GKDConfig(beta=BETA),
+        objective=O.GKDConfig(beta=BETA), loop=LoopConfig(lmbda=1.0),  # every step on-policy
         sampler=SamplerConfig(max_new_tokens=new_tokens, pad_id=0, eos_ids=(),
                               new_token_buckets=(new_tokens,), prompt_buckets=(len(prompts[0]),)),
         optim=OptimConfig(lr=LR, clip_norm=0.0), step=StepConfig(chunk_size=64),

@@ -23,8 +23,8 @@ import numpy as np
 from opd_jax.models.config import tiny_config
 from opd_jax.objectives.recipes import GKDConfig
 from opd_jax.sampling import SamplerConfig
-from opd_jax.training.config import (CheckpointConfig, DataConfig, Experiment, ModelSpec,
-                                     OptimConfig, RunConfig, TeacherSpec)
+from opd_jax.training.config import (CheckpointConfig, DataConfig, Experiment, LoopConfig,
+                                     ModelSpec, OptimConfig, RunConfig, TeacherSpec)
 
 VOCAB = 32
 EOS, PAD = 1, 0
@@ -46,6 +46,7 @@ def get_config(arg: str = "") -> Experiment:
                           seed=0),
         teacher=TeacherSpec(kind="models", models=teachers, names=DOMAINS, combine="route"),
         objective=GKDConfig(beta=0.5),
+        loop=LoopConfig(lmbda=1.0),  # on-policy at every step (GKD's own default is 0.5)
         sampler=SamplerConfig(max_new_tokens=8, eos_ids=(EOS,), pad_id=PAD, num_samples=2),
         optim=OptimConfig(lr=1e-2),
         data=DataConfig(path="", batch_size=8, max_prompt_len=16),  # "": synthetic, see prepare

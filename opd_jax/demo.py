@@ -19,7 +19,6 @@ valid answers, before and after; everything runs through the same code path as a
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -77,6 +76,16 @@ def valid_fraction(trainer, prompts) -> float:
     return float(np.mean([is_valid(list(pr), list(t[mk])) for pr, t, mk in zip(prompts, toks, mask)]))
 
 
+def export_teacher(trainer, path: str) -> str:
+    """The trained teacher as a Hugging Face checkpoint at ``path`` (what the student's run names
+    as its teacher, so that its config.json describes the teacher it used)."""
+    from flax import nnx
+
+    from opd_jax.models import save_pretrained
+    save_pretrained(nnx.merge(trainer.s_graph, trainer.state.params), path)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None,
@@ -90,7 +99,7 @@ def main(argv=None):
     import opd_jax.objectives as O
     from opd_jax.models.config import tiny_config
     from opd_jax.training.config import LoopConfig, ModelSpec, TeacherSpec
-    from opd_jax.training.loop import Trainer, evaluate
+    from opd_jax.training.loop import Trainer
 
     if args.workdir is None:
         args.workdir = os.path.join("runs", "demo", time.strftime("%Y%m%d-%H%M%S"))
@@ -113,6 +122,7 @@ def main(argv=None):
                              loop=LoopConfig(lmbda=0.0), batch=64))
     sft.run()
     print(f"   teacher: {valid_fraction(sft, held_out):.0%} valid answers on held-out prompts")
+    teacher_dir = export_teacher(sft, os.path.join(args.workdir, "teacher", "hf"))
 
     total = args.cold_start_steps + args.steps
     print(f"2/2 a smaller student: {args.cold_start_steps} supervised steps on teacher samples "
@@ -121,15 +131,13 @@ def main(argv=None):
                                                 num_layers=2,
                                                 intermediate_size=64), seed=0)
     opd = Trainer(experiment(os.path.join(args.workdir, "student"), data, student=student_spec,
-                             teacher=TeacherSpec(kind="model", model=teacher_spec),
+                             teacher=TeacherSpec(kind="model", model=ModelSpec(path=teacher_dir)),
                              objective=O.OPDConfig(), steps=total, lr=3e-3,
                              loop=LoopConfig(cold_start_steps=args.cold_start_steps), batch=16))
-    opd.t_graph, opd.t_params = sft.s_graph, sft.state.params  # the teacher just trained
-    rows = [("initial", evaluate(opd), valid_fraction(opd, held_out))]
+    rows = [("initial", opd.evaluate(), valid_fraction(opd, held_out))]
     for name, steps in (("after the cold start", args.cold_start_steps), ("after OPD", total)):
-        opd.exp = dataclasses.replace(opd.exp, run=dataclasses.replace(opd.exp.run, steps=steps))
-        opd.run()  # continues from the state in memory (and its checkpoint)
-        rows.append((name, evaluate(opd), valid_fraction(opd, held_out)))
+        opd.run(until=steps)  # continues from the state in memory (and its checkpoint)
+        rows.append((name, opd.evaluate(), valid_fraction(opd, held_out)))
     print("   student               reverse KL to teacher (nats/token)   valid answers")
     for name, ev, valid in rows:
         print(f"   {name:21s} {ev['eval/reverse_kl']:12.3f} {valid:28.0%}")

@@ -27,6 +27,7 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, GKDConf
                                         TopKOPDConfig, UniSDConfig, VOPDConfig, build_objective,
                                         make_config, recipe_name, required_inputs,
                                         with_diagnostics)
+from opd_jax.objectives.requirements import loop_defaults, needs_behavior_logp, reads_teacher
 from opd_jax.objectives.reductions import (Reduced, seq_mean_token_mean, seq_mean_token_sum,
                                            seq_mean_weighted_mean, token_mean, total,
                                            weighted_mean)

@@ -79,15 +79,16 @@ class OPDConfig(_Recipe):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GKDConfig(_Recipe):
-    """Generalized KD: full-vocabulary JSD(beta) (TRL's convention: 0 = forward, 1 = reverse KL)."""
+    """Generalized KD: full-vocabulary JSD(beta) (TRL's convention: 0 = forward, 1 = reverse KL).
+
+    GKD's lambda (the fraction of on-policy batches, 0.5 by default for this recipe) and
+    ``seq_kd`` belong to the training loop (``loop.lmbda``, ``loop.seq_kd``); see
+    :func:`opd_jax.objectives.loop_defaults`."""
     beta: float = 0.5
-    lmbda: float = 0.5  # read by the training loop: probability of an on-policy batch
-    seq_kd: bool = False  # read by the training loop: off-policy batches sampled from the teacher
 
     def __post_init__(self):
         super().__post_init__()
         _unit("beta", self.beta)
-        _unit("lmbda", self.lmbda)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,8 +182,8 @@ class UniSDConfig(_Recipe):
     contrastive_coef: float = 0.0
     margin: float = 0.5
     hidden_coef: float = 0.0
-    ema_beta: float = 0.9  # read by the training loop (EMA teacher)
-    ema_every: int = 0  # read by the training loop; 0 = no EMA teacher
+    # The EMA teacher (UniSD's beta 0.9 every 10 steps by default) is the training loop's:
+    # teacher.kind="ema", teacher.ema_decay, teacher.ema_every; see loop_defaults.
 
     def __post_init__(self):
         super().__post_init__()

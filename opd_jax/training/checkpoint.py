@@ -88,6 +88,17 @@ class Checkpointer:
                              f"checkpoint (steps {earlier}).") from e
         return {k: out[k] for k in targets}, out["meta"]
 
+    def meta(self, step: int) -> dict:
+        """The JSON record saved with checkpoint ``step`` (its step and configuration)."""
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # Orbax raises many types for damaged files
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ValueError(f"checkpoint {self.directory}/{step} cannot be restored (its record "
+                             f"is damaged): {detail}. It was left untouched; move it out of "
+                             f"{self.directory} to resume from an earlier checkpoint.") from e
+        return dict(out["meta"])
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

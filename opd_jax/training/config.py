@@ -9,6 +9,7 @@ from typing import Literal
 
 from opd_jax.models.config import ModelConfig
 from opd_jax.objectives.recipes import ObjectiveConfig, OPDConfig, make_config
+from opd_jax.objectives.requirements import loop_defaults
 from opd_jax.sampling import SamplerConfig
 from opd_jax.training.step import StepConfig
 
@@ -34,8 +35,47 @@ class ModelSpec:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ServedSpec:
+    """A teacher served by an inference engine (``teacher.kind="served"``).
+
+    The trainer sends each row's prompt plus the student's completion as token ids and reads back
+    the log-probability of every completion token and the teacher's ``top_k`` most likely
+    alternatives (the sparse teacher of :class:`opd_jax.objectives.TeacherTopK`). ``api="openai"``
+    speaks the OpenAI-compatible completions endpoint with vLLM's ``prompt_logprobs``
+    (``vllm serve``, ``python -m opd_jax.serve``); ``api="sglang"`` speaks SGLang's native
+    ``/generate``. See :mod:`opd_jax.teachers.served` for the commands that start each server.
+    """
+    url: str = ""  # e.g. http://teacher-host:8000
+    model: str = ""  # the served model's name ("" = the server's only model)
+    api: Literal["openai", "sglang"] = "openai"
+    top_k: int = 20  # alternatives per token (vLLM's default --max-logprobs is 20)
+    timeout_s: float = 60.0  # per request
+    retries: int = 3  # further attempts of a failed request, with exponential backoff
+    backoff_s: float = 1.0  # first wait between attempts (then doubled)
+    max_in_flight: int = 4  # requests open at once
+    rows_per_request: int = 8  # sequences batched in one request
+    # Score the next batch while the student updates on this one: the next batch is then sampled
+    # with the weights before this update (one step off-policy; behaviour log-probs stay exact, so
+    # importance ratios correct policy gradients). A resumed run samples its first batch on-policy.
+    overlap: bool = False
+
+    def __post_init__(self):
+        _check(self.api in ("openai", "sglang"),
+               f"teacher.served.api must be 'openai' or 'sglang', got {self.api!r}")
+        _check(self.top_k >= 1, f"teacher.served.top_k must be >= 1, got {self.top_k}")
+        _check(self.timeout_s > 0, f"teacher.served.timeout_s must be > 0, got {self.timeout_s}")
+        _check(self.retries >= 0, f"teacher.served.retries must be >= 0, got {self.retries}")
+        _check(self.backoff_s >= 0, f"teacher.served.backoff_s must be >= 0, got {self.backoff_s}")
+        _check(self.max_in_flight >= 1,
+               f"teacher.served.max_in_flight must be >= 1, got {self.max_in_flight}")
+        _check(self.rows_per_request >= 1,
+               f"teacher.served.rows_per_request must be >= 1, got {self.rows_per_request}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TeacherSpec:
-    """The teacher: a separate model, several models, the student itself, or an EMA of it.
+    """The teacher: a separate model, several models, the student itself (now, as an EMA, or as it
+    was at the start), or a model served by an inference engine.
 
     Several teachers (``kind="models"``) act as one: per row, the teacher logits are
     ``sum_j w_j * z_j`` over the teachers' logits ``z_j``. ``combine="route"`` takes one-hot
@@ -44,21 +84,27 @@ class TeacherSpec:
     ``weights`` for every row: a log-linear ensemble (product of experts, renormalised by the
     log-softmax). Teacher rollouts (cold start, sequence KD) are drawn from each row's routed
     teacher; they need ``combine="route"``.
+
+    ``ema_decay``/``ema_every`` left at None take the objective's own defaults (UniSD: 0.9 every
+    10 steps, see :func:`opd_jax.objectives.loop_defaults`), else 0.999 every step.
     """
-    kind: Literal["model", "models", "self", "ema", "initial"] = "model"  # self = the student
+    kind: Literal["model", "models", "self", "ema", "initial", "served"] = "model"
     model: ModelSpec | None = None  # kind == "model"
     models: tuple[ModelSpec, ...] = ()  # kind == "models"
     names: tuple[str, ...] = ()  # kind == "models": names for the records' ``teacher`` field
     combine: Literal["route", "mix"] = "route"
     weights: tuple[float, ...] = ()  # combine == "mix" (default: uniform)
-    ema_decay: float = 0.999  # kind == "ema": theta_T <- d * theta_T + (1 - d) * theta
-    ema_every: int = 1  # kind == "ema": update period in optimizer steps
+    ema_decay: float | None = None  # kind == "ema": theta_T <- d * theta_T + (1 - d) * theta
+    ema_every: int | None = None  # kind == "ema": update period in optimizer steps
+    served: ServedSpec = dataclasses.field(default_factory=ServedSpec)  # kind == "served"
 
     def __post_init__(self):
         _check(self.kind != "model" or self.model is not None,
                "teacher.kind='model' needs teacher.model")
         _check(self.kind != "models" or len(self.models) >= 1,
                "teacher.kind='models' needs at least one model in teacher.models")
+        _check(self.kind != "served" or bool(self.served.url),
+               "teacher.kind='served' needs teacher.served.url (e.g. http://localhost:8000)")
         _check(not self.names or len(self.names) == len(self.models),
                f"teacher.names has {len(self.names)} names for {len(self.models)} teacher.models")
         _check(len(set(self.names)) == len(self.names), f"teacher.names repeat: {self.names}")
@@ -68,8 +114,10 @@ class TeacherSpec:
                f"teacher.weights has {len(self.weights)} weights for {len(self.models)} models")
         _check(all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
                f"teacher.weights must be >= 0 and not all 0, got {self.weights}")
-        _check(0.0 <= self.ema_decay < 1.0, f"teacher.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        _check(self.ema_every >= 1, f"teacher.ema_every must be >= 1, got {self.ema_every}")
+        _check(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
+               f"teacher.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        _check(self.ema_every is None or self.ema_every >= 1,
+               f"teacher.ema_every must be >= 1, got {self.ema_every}")
 
     def mix_weights(self) -> tuple[float, ...]:
         """``combine="mix"``: the weights, normalised to sum to 1."""
@@ -118,13 +166,16 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     """What each iteration trains on."""
-    lmbda: float = 1.0  # GKD: probability that a step trains on fresh student samples
+    # GKD's lambda: probability that a step trains on fresh student samples (None: the
+    # objective's default, see opd_jax.objectives.loop_defaults: GKD 0.5; otherwise 1.0)
+    lmbda: float | None = None
     seq_kd: bool = False  # off-policy steps use teacher samples (sequence-level KD), else data
     cold_start_steps: int = 0  # supervised steps on teacher rollouts before OPD (Rethinking OPD)
     teacher_mix: float = 0.0  # MiniLLM-style: each sampled token from the teacher with this prob.
 
     def __post_init__(self):
-        _check(0.0 <= self.lmbda <= 1.0, f"loop.lmbda must lie in [0, 1], got {self.lmbda}")
+        _check(self.lmbda is None or 0.0 <= self.lmbda <= 1.0,
+               f"loop.lmbda must lie in [0, 1], got {self.lmbda}")
         _check(self.cold_start_steps >= 0, "loop.cold_start_steps must be >= 0")
         _check(0.0 <= self.teacher_mix <= 1.0, f"loop.teacher_mix must lie in [0, 1], got {self.teacher_mix}")
 
@@ -153,6 +204,8 @@ class RunConfig:
     tensorboard: bool = True
     wandb: bool = False  # log to Weights & Biases (when installed)
     progress: bool = True
+    # resume even if the configuration differs from the checkpoint's (recorded in config.json)
+    allow_config_change: bool = False
 
     def __post_init__(self):
         _check(self.steps >= 1, f"run.steps must be >= 1, got {self.steps}")
@@ -174,3 +227,19 @@ class Experiment:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     ckpt: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+# The loop's own defaults for the settings an objective may have its own default for.
+LOOP_DEFAULTS = {"lmbda": 1.0, "ema_decay": 0.999, "ema_every": 1}
+
+
+def resolve(exp: Experiment) -> Experiment:
+    """``exp`` with every setting left unset (None) filled in: the objective's own default
+    (:func:`opd_jax.objectives.loop_defaults`, e.g. GKD's lambda 0.5), else the loop's
+    (:data:`LOOP_DEFAULTS`). What runs, and what ``config.json`` records, is the result."""
+    d = {**LOOP_DEFAULTS, **loop_defaults(exp.objective)}
+    pick = lambda value, name: d[name] if value is None else value  # noqa: E731
+    loop = dataclasses.replace(exp.loop, lmbda=pick(exp.loop.lmbda, "lmbda"))
+    teacher = dataclasses.replace(exp.teacher, ema_decay=pick(exp.teacher.ema_decay, "ema_decay"),
+                                  ema_every=pick(exp.teacher.ema_every, "ema_every"))
+    return dataclasses.replace(exp, loop=loop, teacher=teacher)

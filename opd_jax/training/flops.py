@@ -43,3 +43,29 @@ def update_flops(student: ModelConfig, teacher: ModelConfig | None, rows: int, s
     if teacher is not None:
         out += head_flops(teacher, rows * completion_len)
     return out
+
+
+def iteration_flops(student: ModelConfig, teachers: list[ModelConfig], *, source: str,
+                    rows: int, seq_len: int, completion_len: int, teacher_len: int,
+                    prompts: int, prompt_len: int, decode_steps: int, teacher_mix: bool,
+                    scored: bool) -> dict[str, float]:
+    """Model FLOPs of one iteration's phases, all hosts together.
+
+    ``source`` is the batch's source (``"data"``: nothing sampled; ``"cold_start"``/``"seq_kd"``:
+    every local teacher samples every row; else the student, plus the first teacher when tokens
+    are mixed); ``scored``: the teacher's body ran over its sequences and its head over the
+    completion (not on SFT steps). ``teachers`` are the local teacher models (none when served).
+    """
+    if source == "data":
+        sample_f = 0.0
+    elif source in ("cold_start", "seq_kd"):
+        sample_f = sum(sample_flops(c, prompts, prompt_len, rows, decode_steps) for c in teachers)
+    else:
+        sample_f = sample_flops(student, prompts, prompt_len, rows, decode_steps)
+        if teacher_mix:
+            sample_f += sample_flops(teachers[0], prompts, prompt_len, rows, decode_steps)
+    scoring = teachers if scored else []
+    return {"flops/sample": sample_f,
+            "flops/score": sum(score_flops(c, rows, teacher_len) for c in scoring),
+            "flops/update": update_flops(student, None, rows, seq_len, completion_len)
+            + sum(head_flops(c, rows * completion_len) for c in scoring)}

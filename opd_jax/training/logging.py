@@ -81,8 +81,9 @@ class Progress:
     written at most every ``every_s`` seconds, and for the last step.
     """
 
-    def __init__(self, total: int, start: int, enabled: bool = True, stream=sys.stderr,
+    def __init__(self, total: int, start: int, enabled: bool = True, stream=None,
                  every_s: float = 10.0):
+        stream = sys.stderr if stream is None else stream  # the current one, not import time's
         self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
         self.t0 = self.last = time.perf_counter()
         self.every_s = every_s

@@ -29,7 +29,7 @@ def write_prompts(path, n=64, seed=0, teacher_prompts=False, completions=False):
     return str(path)
 
 
-def experiment(tmp_path, objective, *, steps, lr, teacher=None, loop=LoopConfig(), samples=8,
+def experiment(tmp_path, objective, *, steps, lr, teacher=None, loop=LoopConfig(lmbda=1.0), samples=8,
                data_kw=None, **run_kw):
     student = ModelSpec(config=tiny_config(vocab_size=V, hidden_size=32, num_layers=1,
                                            intermediate_size=64), seed=0)
@@ -47,9 +47,9 @@ def experiment(tmp_path, objective, *, steps, lr, teacher=None, loop=LoopConfig(
 
 def sharpen_teacher(trainer, factor=10.0):
     """A peaked teacher (scaled final norm → logits x factor), so the student has much to learn."""
-    trainer.t_params = jax.tree_util.tree_map_with_path(
+    trainer.teacher.params = jax.tree_util.tree_map_with_path(
         lambda path, x: x * factor if "final_norm" in jax.tree_util.keystr(path) else x,
-        trainer.t_params)
+        trainer.teacher.params)
 
 
 # Reverse KL to the teacher on fresh student samples, before vs after a short run. The student
@@ -98,13 +98,14 @@ def test_self_distillation_with_privileged_prompts_and_ema_teacher(tmp_path):
                      teacher=TeacherSpec(kind="ema", ema_decay=0.5, ema_every=1),
                      data_kw=dict(teacher_prompts=True))
     trainer = Trainer(exp)
-    t0 = jax.tree.map(np.array, trainer.t_params)
+    t0 = jax.tree.map(np.array, trainer.teacher.params)
     m = trainer.iteration()
     assert np.isfinite(m["loss/total"])
-    moved = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - b)), trainer.t_params, t0)
+    moved = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - b)), trainer.teacher.params,
+                         t0)
     assert max(jax.tree.leaves(moved)) > 0  # the EMA teacher followed the student
     expected = jax.tree.map(lambda t, s: 0.5 * t + 0.5 * np.asarray(s), t0, trainer.state.params)
-    for a, b in zip(jax.tree.leaves(trainer.t_params), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(trainer.teacher.params), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 

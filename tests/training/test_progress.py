@@ -37,3 +37,12 @@ def test_disabled_writes_nothing():
     out = io.StringIO()
     Progress(1, 0, enabled=False, stream=out).update(1, 1.0, 1.0)
     assert out.getvalue() == ""
+
+
+def test_the_default_stream_is_stderr_at_construction_not_at_import(monkeypatch):
+    """A Progress made after sys.stderr was replaced (pytest's capture, a notebook) writes to the
+    current stderr, not to the one of import time (which may be closed by then)."""
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    Progress(1, 0, every_s=0.0).update(1, 1.0, 1.0)
+    assert out.getvalue().startswith("step 1/1")

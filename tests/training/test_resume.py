@@ -112,8 +112,8 @@ def test_resume_restores_the_ema_teacher_and_the_data_source_draws(tmp_path):
     """An EMA teacher (its own saved copy) and GKD's per-step random choice of data source
     (lmbda=0.5, teacher samples on off-policy steps): stopped at step 2, resumed to 4, equal to
     4 steps in one go."""
-    sets = ["teacher.kind=ema", "teacher.ema_decay=0.5", "loop.lmbda=0.5", "loop.seq_kd=true",
-            "ckpt.every=1", "ckpt.keep=5"]
+    sets = ["objective=gkd", "teacher.kind=ema", "teacher.ema_decay=0.5", "loop.lmbda=0.5",
+            "loop.seq_kd=true", "ckpt.every=1", "ckpt.keep=5"]
     ref, work = tmp_path / "uninterrupted", tmp_path / "resumed"
     check_ok(run_cli(ref, *sets, "run.steps=4"))
     check_ok(run_cli(work, *sets, "run.steps=2"))

@@ -91,17 +91,18 @@ def test_routed_teacher_rollouts_come_from_each_rows_teacher(tmp_path):
                                   teacher=_two(), loop=LoopConfig(cold_start_steps=1)),
                        tmp_path, ["a", "b", "b"])
     trainer = Trainer(exp)
-    exs, p, m, _, _, _ = trainer._prompts(0)
-    weights = trainer._teacher_weights(exs)
+    prompts = trainer.prompts(0)
+    exs, p, m = prompts.examples, prompts.tokens, prompts.mask
+    weights = trainer.teacher.row_weights(exs, exp.sampler.num_samples)
     pick = np.argmax(np.asarray(weights), axis=1)
     want = [int(e.record["teacher"] == "b") for e in exs]
     assert list(pick[::2]) == list(pick[1::2]) == want and 0 < sum(want) < 8  # both teachers
-    rep = lambda x: trainer._global(np.asarray(x))  # noqa: E731
+    rep = lambda x: trainer.rows.to_global(np.asarray(x))  # noqa: E731
     key, rows = jax.random.key(5), rep(np.arange(8, dtype=np.int32))
     with jax.set_mesh(trainer.mesh):
-        roll = trainer._teacher_rollout(rep(p), rep(m), key, rows, weights)
+        roll = trainer.teacher.rollout(rep(p), rep(m), key, rows, exs, trainer.state.params)
         own = [sample(g, par, rep(p), rep(m), key, cfg=exp.sampler, row_ids=rows)
-               for g, par in trainer._teachers()]
+               for g, par in trainer.teacher.models(trainer.state.params)]
     for j in (0, 1):
         np.testing.assert_array_equal(np.asarray(roll.tokens)[pick == j],
                                       np.asarray(own[j].tokens)[pick == j])

@@ -217,7 +217,8 @@ def test_damaged_checkpoint_names_the_directory_and_keeps_the_good_one(run_copy,
 def test_divergence_stops_and_keeps_the_checkpoints(run_copy, lr, what):
     earlier = {s: read_state(run_copy, s) for s in (2, 4)}
     before = digest(run_copy / "checkpoints")
-    proc = run_cli(run_copy, "run.steps=8", "ckpt.every=1", "ckpt.keep=9", f"optim.lr={lr}")
+    proc = run_cli(run_copy, "run.steps=8", "ckpt.every=1", "ckpt.keep=9", f"optim.lr={lr}",
+                   "run.allow_config_change=true")  # resumed with another learning rate
     assert proc.returncode == 1, proc.stderr[-3000:]
     found = re.search(what + r" at step (\d+); stopping without saving\. The last good checkpoint "
                       r"\(step (\d+)\)", proc.stderr)

@@ -1,0 +1,19 @@
+"""Teachers behind one interface (:class:`Teacher`), one class per ``teacher.kind``.
+
+- ``"model"``: a separate local model (:class:`ModelTeacher`);
+- ``"models"``: several local models, routed per record or mixed (:class:`RoutedTeacher`);
+- ``"self"``: the student's current weights (:class:`SelfTeacher`);
+- ``"ema"``: an exponential moving average of the student (:class:`EMATeacher`);
+- ``"initial"``: the student's initial weights (:class:`InitialTeacher`);
+- ``"served"``: a model behind an inference server (:class:`ServedTeacher`), sparse top-k.
+"""
+
+from opd_jax.teachers.base import Runtime, Student, Teacher
+from opd_jax.teachers.build import KINDS, build_teacher, teacher_class
+from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
+from opd_jax.teachers.routed import RoutedTeacher
+from opd_jax.teachers.served import ServedTeacher, TeacherServerError
+
+__all__ = ["EMATeacher", "InitialTeacher", "KINDS", "ModelTeacher", "RoutedTeacher", "Runtime",
+           "SelfTeacher", "ServedTeacher", "Student", "Teacher", "TeacherServerError",
+           "build_teacher", "teacher_class"]

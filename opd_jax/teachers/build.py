@@ -1,0 +1,25 @@
+"""The one place that maps ``teacher.kind`` to the class of its teacher."""
+
+from opd_jax.teachers.base import Runtime, Student, Teacher
+from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
+from opd_jax.teachers.routed import RoutedTeacher
+from opd_jax.teachers.served import ServedTeacher
+
+KINDS: dict[str, type[Teacher]] = {
+    "model": ModelTeacher, "models": RoutedTeacher, "self": SelfTeacher, "ema": EMATeacher,
+    "initial": InitialTeacher, "served": ServedTeacher,
+}
+
+
+def teacher_class(spec) -> type[Teacher]:
+    """The class of ``spec.kind``'s teacher (its ``refusals`` can be read before building it)."""
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown teacher.kind {spec.kind!r}; known: {sorted(KINDS)}")
+    return KINDS[spec.kind]
+
+
+def build_teacher(spec, student: Student, mesh, runtime: Runtime) -> Teacher:
+    """The teacher of ``spec`` (a resolved :class:`~opd_jax.training.config.TeacherSpec`): its
+    models loaded onto ``mesh`` (or its server reached) and checked against the student's
+    vocabulary and tokenizer."""
+    return teacher_class(spec).from_spec(spec, student, mesh, runtime)

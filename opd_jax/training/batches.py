@@ -1,0 +1,154 @@
+"""One step's batch: its prompts (a function of the data position only), its source, and the
+sequences the student learns from.
+
+A batch comes from one of four sources, chosen per step by :func:`choose_source`:
+
+- ``"cold_start"``: teacher rollouts during the first ``loop.cold_start_steps`` (SFT objective);
+- ``"on_policy"``: fresh student samples, with probability ``loop.lmbda`` (GKD's lambda);
+- ``"seq_kd"``: teacher samples on the other steps when ``loop.seq_kd`` (sequence-level KD);
+- ``"data"``: the records' reference completions on the other steps otherwise.
+
+Every host builds its own rows (its contiguous slice of the global batch) as NumPy arrays;
+:class:`Rows` turns them into global arrays sharded over the mesh's data axes and back.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from opd_jax import data as D
+from opd_jax.sampling.config import SamplerConfig
+from opd_jax.training.batch import Sequences, TrainBatch
+from opd_jax.training.errors import TrainingError
+
+SOURCES = ("cold_start", "on_policy", "seq_kd", "data")
+TEACHER_ROLLOUTS = ("cold_start", "seq_kd")  # the sources a teacher samples
+
+
+class Rows:
+    """Host rows ↔ global arrays whose leading (row) axis is sharded over ``("data", "fsdp")``."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.sharding = NamedSharding(mesh, P(("data", "fsdp")))
+
+    def to_global(self, x: np.ndarray | None) -> jax.Array | None:
+        """This process's rows → one global array (None stays None)."""
+        if x is None:
+            return None
+        if jax.local_device_count() == jax.device_count():
+            return jax.device_put(x, self.sharding)
+        return jax.make_array_from_process_local_data(self.sharding, x)
+
+    def to_local(self, x: jax.Array) -> np.ndarray:
+        """This process's rows of a global array (the inverse of :meth:`to_global`)."""
+        if jax.process_count() == 1:
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.global_array_to_host_local_array(
+            x, self.mesh, P(("data", "fsdp"))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """One step's prompts on this host, left-padded to the widest prompt of the data set (so every
+    step has the same shapes)."""
+    examples: tuple[D.Example, ...]  # this host's records, in row order
+    tokens: np.ndarray  # int32 [b, P]
+    mask: np.ndarray  # bool [b, P]
+    teacher_tokens: np.ndarray | None  # the teacher's own prompts, when any record has one
+    teacher_mask: np.ndarray | None
+    row_ids: np.ndarray  # int32 [b]: global indices of the prompts (the sampler's PRNG streams)
+    next_cursor: int  # the data position after this step
+
+
+def prompts_at(examples: list[D.Example], cursor: int, *, batch_size: int, shuffle_seed: int,
+               pad_id: int) -> Prompts:
+    """The prompts of the step that starts at data position ``cursor`` (this host's slice)."""
+    idx = D.global_indices(len(examples), shuffle_seed, cursor, batch_size)
+    local = idx[D.host_slice(batch_size, jax.process_index(), jax.process_count())]
+    exs = tuple(examples[i] for i in local)
+    width = max(len(e.prompt_ids) for e in examples)
+    p, m = D.left_pad([e.prompt_ids for e in exs], width, pad_id)
+    tp = tm = None
+    if any(e.teacher_prompt_ids is not None for e in examples):
+        t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
+        tp, tm = D.left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs], t_width, pad_id)
+    row_ids = (np.arange(len(exs), dtype=np.int32) + cursor
+               + jax.process_index() * len(exs))
+    return Prompts(exs, p, m, tp, tm, row_ids, cursor + batch_size)
+
+
+def choose_source(loop, key: jax.Array, step: int) -> str:
+    """The source of step ``step``'s batch (one of :data:`SOURCES`), drawn from the step's key."""
+    if step < loop.cold_start_steps:
+        return "cold_start"
+    if loop.lmbda >= 1.0:
+        return "on_policy"
+    u = float(jax.random.uniform(jax.random.fold_in(key, 1)))
+    if u < loop.lmbda:
+        return "on_policy"
+    return "seq_kd" if loop.seq_kd else "data"
+
+
+def sampling_prompts(rows: Rows, prompts: Prompts, source: str):
+    """The global prompts a sampler starts from (a teacher rollout: the teacher's own prompt)."""
+    if source in TEACHER_ROLLOUTS and prompts.teacher_tokens is not None:
+        return rows.to_global(prompts.teacher_tokens), rows.to_global(prompts.teacher_mask)
+    return rows.to_global(prompts.tokens), rows.to_global(prompts.mask)
+
+
+def join(prompts, prompt_mask, completion, completion_mask) -> Sequences:
+    """A left-padded prompt followed by the completion."""
+    return Sequences.from_left_padded(jnp.concatenate([prompts, completion], 1),
+                                      jnp.concatenate([prompt_mask, completion_mask], 1))
+
+
+def assemble(prompts, prompt_mask, completion, completion_mask, behavior_logp, t_prompts=None,
+             t_mask=None) -> TrainBatch:
+    """Sequences = left-padded prompt ++ completion, for the student and (own prompt) the
+    teacher."""
+    return TrainBatch(student=join(prompts, prompt_mask, completion, completion_mask),
+                      targets=completion, loss_mask=completion_mask, behavior_logp=behavior_logp,
+                      teacher=None if t_prompts is None else join(t_prompts, t_mask, completion,
+                                                                  completion_mask))
+
+
+def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int) -> TrainBatch:
+    """The batch of sampled completions (``num_samples`` per prompt), with each row's prompts."""
+    def rep(x):
+        return None if x is None else rows.to_global(np.repeat(x, num_samples, axis=0))
+    start = roll.prompt_len
+    return assemble(rep(prompts.tokens), rep(prompts.mask), roll.tokens[:, start:],
+                    roll.completion_mask[:, start:], roll.logp[:, start:],
+                    rep(prompts.teacher_tokens), rep(prompts.teacher_mask))
+
+
+def from_data(rows: Rows, prompts: Prompts, sampler: SamplerConfig) -> TrainBatch:
+    """The batch of the records' reference completions (one row per prompt), cut at the
+    sampler's generation bucket; their behaviour log-prob is undefined and set to 0."""
+    if any(e.completion_ids is None for e in prompts.examples):
+        raise TrainingError("an off-policy step (loop.lmbda < 1, seq_kd off) trains on the "
+                            "data's reference completions, but some records have none")
+    c, cm = D.right_pad([e.completion_ids for e in prompts.examples], sampler.new_token_bucket(),
+                        sampler.pad_id)
+    g = rows.to_global
+    return assemble(g(prompts.tokens), g(prompts.mask), g(c), g(cm),
+                    g(np.zeros(c.shape, np.float32)), g(prompts.teacher_tokens),
+                    g(prompts.teacher_mask))
+
+
+def with_rewards(rows: Rows, batch: TrainBatch, prompts: Prompts,
+                 reward_fn: Callable[[D.Example, np.ndarray], float]) -> TrainBatch:
+    """``batch`` with the ``reward`` extra: ``reward_fn(example, completion)`` of each of this
+    host's rows, broadcast over the row's tokens."""
+    comp, mask = rows.to_local(batch.targets), rows.to_local(batch.loss_mask)
+    per = len(comp) // len(prompts.examples)  # rows per prompt (samples, or 1 for data)
+    r = np.array([reward_fn(prompts.examples[i // per], comp[i][mask[i]])
+                  for i in range(len(comp))], np.float32)
+    reward = rows.to_global(np.broadcast_to(r[:, None], comp.shape).copy())
+    return batch.replace(extras={**batch.extras, "reward": reward})

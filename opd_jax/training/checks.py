@@ -1,0 +1,167 @@
+"""Set-up checks: pure functions that refuse an experiment before anything is compiled or written.
+
+Each raises ``ValueError`` (``DataError`` for the data) with a message that names the setting,
+file or line at fault and what to do about it.
+"""
+
+import dataclasses
+
+import opd_jax.objectives as O
+from opd_jax import data as D
+
+# The objectives' extra inputs scored from the records' extra teacher contexts, and their fields.
+CONTEXT_FIELDS = {"aux_teacher_logp": "aux_teacher_prompts_ids",
+                  "bad_teacher_logp": "bad_teacher_prompt_ids"}
+
+
+def check_layout(exp, mesh_shape, process_count: int) -> None:
+    """The batch divides over the data-parallel devices, the micro-batches and the hosts."""
+    rows = exp.data.batch_size * exp.sampler.num_samples
+    shards = mesh_shape["data"] * mesh_shape["fsdp"]
+    if exp.data.batch_size % shards:  # prompts are sharded before num_samples repeats them
+        raise ValueError(f"data.batch_size={exp.data.batch_size} prompts do not divide over "
+                         f"the {shards} data-parallel devices (mesh data={mesh_shape['data']} x "
+                         f"fsdp={mesh_shape['fsdp']}); change the batch size or the mesh.")
+    if rows % exp.step.grad_accum or (rows // exp.step.grad_accum) % shards:
+        raise ValueError(f"{rows} rows cannot be split into step.grad_accum={exp.step.grad_accum} "
+                         f"micro-batches that each divide over {shards} devices.")
+    if exp.data.batch_size % process_count:
+        raise ValueError(f"data.batch_size={exp.data.batch_size} must divide over "
+                         f"{process_count} hosts.")
+
+
+def uses_rollouts(loop) -> bool:
+    """The loop samples from the teacher (cold start, or sequence KD on off-policy steps)."""
+    return loop.cold_start_steps > 0 or (loop.seq_kd and loop.lmbda < 1)
+
+
+def check_teacher_use(exp, refusals: dict[str, str]) -> None:
+    """The run asks of its teacher only what the teacher's kind can do (see
+    :meth:`opd_jax.teachers.Teacher.refusals`)."""
+    asked = {"rollout": uses_rollouts(exp.loop), "mix": exp.loop.teacher_mix > 0,
+             "hidden": bool(getattr(exp.objective, "hidden_coef", 0.0)),
+             "contexts": bool(set(CONTEXT_FIELDS) & O.required_inputs(exp.objective))}
+    for what, needed in asked.items():
+        if needed and what in refusals:
+            raise ValueError(refusals[what])
+
+
+def check_sparse_teacher(exp, top_k: int) -> None:
+    """A teacher that sends its top-``top_k`` log-probs at temperature 1 can feed the objective:
+    the loss temperature is 1 and no top-k size of the objective or the diagnostics exceeds it
+    (recipes that need full teacher logits are refused by ``build_objective``)."""
+    name = O.recipe_name(exp.objective)
+    if exp.objective.temperature != 1.0:
+        raise ValueError(f"objective {name!r} has temperature={exp.objective.temperature}, but a "
+                         "served teacher returns log-probs at temperature 1 (inference engines "
+                         "do not temper prompt log-probs); set objective.temperature=1.")
+    sizes = {f"objective.{f.name}": getattr(exp.objective, f.name)
+             for f in dataclasses.fields(exp.objective) if f.name in ("k", "teacher_top_k")}
+    sizes["run.diagnostics_k"] = exp.run.diagnostics_k
+    for field, k in sizes.items():
+        if k is not None and k > top_k:
+            raise ValueError(f"{field}={k} exceeds the {top_k} log-probs per token the served "
+                             f"teacher sends (teacher.served.top_k); lower {field} or raise "
+                             "teacher.served.top_k.")
+
+
+def check_policy_gradient(exp) -> None:
+    """A recipe that reads the sampler's behaviour log-prob trains on the student's own samples
+    only: on reference completions or teacher samples that log-prob does not exist."""
+    if exp.loop.lmbda >= 1.0 or not O.needs_behavior_logp(exp.objective):
+        return
+    name = O.recipe_name(exp.objective)
+    other = "teacher samples (loop.seq_kd)" if exp.loop.seq_kd else "the data's completions"
+    raise ValueError(
+        f"objective {name!r} is a policy gradient on the student's own samples (it reads their "
+        f"behaviour log-probability), but loop.lmbda={exp.loop.lmbda} < 1 also trains on {other}, "
+        "where the student has none. Set loop.lmbda=1 (a cold start, loop.cold_start_steps, "
+        "trains on teacher samples with the SFT objective), or use an objective that compares "
+        "distributions (gkd, sg_topk, topk_opd, opsd, tip).")
+
+
+def check_vocab(student_vocab: int, teacher_vocab: int, who: str = "teacher") -> None:
+    if student_vocab != teacher_vocab:
+        if who == "teacher":
+            raise ValueError(f"teacher and student vocabularies differ (student {student_vocab}, "
+                             f"teacher {teacher_vocab}); on-policy distillation needs one "
+                             "tokenizer.")
+        raise ValueError(f"{who}'s vocabulary ({teacher_vocab}) differs from the student's "
+                         f"({student_vocab}); on-policy distillation needs one tokenizer.")
+
+
+def check_tokenizers(student_path: str, teacher_path: str) -> None:
+    """Two checkpoints' tokenizers have the same vocabulary (skipped where one has no tokenizer
+    files: transformers would build an empty tokenizer of the model's type for it)."""
+    if not (student_path and teacher_path):
+        return
+    from opd_jax.models import load_tokenizer
+    from opd_jax.models.hf_io import has_tokenizer
+    if not (has_tokenizer(student_path) and has_tokenizer(teacher_path)):
+        return
+    try:
+        vs, vt = load_tokenizer(student_path).get_vocab(), load_tokenizer(teacher_path).get_vocab()
+    except (OSError, ValueError):
+        return
+    if vs != vt:
+        diff = sorted(set(vs.items()) ^ set(vt.items()))[:3]
+        raise ValueError(f"student ({student_path}) and teacher ({teacher_path}) tokenizers "
+                         f"differ, e.g. {diff}; on-policy distillation needs one tokenizer.")
+
+
+def route_of(spec, record: dict) -> int | None:
+    """The index of the teacher model named by a record's ``teacher`` field (None if none)."""
+    v = record.get("teacher")
+    if isinstance(v, str) and v in spec.names:
+        return spec.names.index(v)
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(spec.models):
+        return v
+    return None
+
+
+def check_routes(spec, examples: list[D.Example], path: str) -> None:
+    """With routed teachers, every record names its teacher."""
+    if spec.kind != "models" or spec.combine != "route":
+        return
+    for e in examples:
+        if route_of(spec, e.record) is None:
+            known = list(spec.names) or list(range(len(spec.models)))
+            raise D.DataError(
+                f"{path}:{e.line}: teacher.combine='route' needs a `teacher` field naming one of "
+                f"{known} (a name of teacher.names or an index), got {e.record.get('teacher')!r}.")
+
+
+def check_lengths(examples: list[D.Example], max_new: int, limits, path: str) -> None:
+    """Every prompt plus ``max_new`` generated tokens fits each model's position range.
+
+    ``limits``: ``[(name, max positions, reads the teacher prompt)]``.
+    """
+    for who, max_positions, teacher_prompt in limits:
+        def ids(e):
+            return (e.teacher_prompt_ids or e.prompt_ids) if teacher_prompt else e.prompt_ids
+        e = max(examples, key=lambda e: len(ids(e)))
+        if len(ids(e)) + max_new > max_positions:
+            raise D.DataError(
+                f"{path}:{e.line}: a prompt of {len(ids(e))} tokens plus sampler.max_new_tokens="
+                f"{max_new} exceeds the {who}'s max_position_embeddings={max_positions}; shorten "
+                "the prompts (data.max_prompt_len) or lower sampler.max_new_tokens.")
+
+
+def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
+    """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
+    need = O.required_inputs(exp.objective)
+    name = O.recipe_name(exp.objective)
+    if "reward" in need and not has_reward_fn:
+        raise ValueError(f"objective {name!r} trains on a reward: pass reward_fn=f to Trainer, "
+                         "f(example, completion_ids) -> float (e.g. a verifier's 0/1); from "
+                         "the command line, define reward_fn in the experiment file.")
+    terms = {"aux_teacher_logp": "the agreement weights (objective.agreement)",
+             "bad_teacher_logp": "the contrastive term (objective.contrastive_coef)"}
+    for extra, what in terms.items():
+        if extra in need:
+            field = CONTEXT_FIELDS[extra]
+            missing = next((e for e in examples if field not in e.record), None)
+            if missing is not None:
+                raise D.DataError(f"{exp.data.path}:{missing.line}: objective {name!r} needs a "
+                                  f"`{field}` field in every record for {what}; add it or turn "
+                                  "that term off.")
