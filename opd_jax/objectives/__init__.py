@@ -7,33 +7,43 @@ surrogates, gates and token selection, self-distillation pieces.
 
 Level 2 — composition: :class:`Feature` (vocabulary phase), :class:`TokenCtx`,
 :class:`Objective`, :func:`weighted_sum`, reductions to ``(numerator, denominator)``, and
-the named recipes of :func:`build_objective`.
+the named recipes of :func:`build_objective` (configs in ``configs`` / ``configs_2026``,
+builders in ``recipes_pg`` / ``recipes_dist`` / ``recipes_select``; the table of methods and
+their status is :mod:`opd_jax.objectives.recipes`' docstring).
+
+Zero probabilities (``-inf`` logits) and padding never produce NaN or inf: see
+:mod:`opd_jax.objectives.divergences` for the rule (:data:`LOG_FLOOR`).
 """
 
 from opd_jax.objectives.advantages import (clip, clip_below, discounted_future_sum,
-                                           mixture_clip_floor, opd_advantage, positive_part,
-                                           scale_by_sign, vopd_advantage)
+                                           iw_opd_weights, margin_shift, mixture_clip_floor,
+                                           opd_advantage, positive_part, scale_by_sign,
+                                           vopd_advantage)
 from opd_jax.objectives.base import (Feature, Objective, TokenCtx, VocabInputs, coefficient,
-                                     feature, merge_features, stateless, token_objective,
-                                     weighted_sum)
+                                     extra, feature, mask_rows, merge_features, stateless,
+                                     token_objective, weighted_sum)
 from opd_jax.objectives.diagnostics import (diagnostic_features, diagnostic_metrics,
                                             overlap_ratio, top1_agreement)
-from opd_jax.objectives.divergences import (forward_kl, generalized_jsd, log_probs, log_ratio,
-                                            reverse_kl, sampled_kl, token_entropy, token_logp,
-                                            total_variation)
-from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, GKDConfig,
-                                        ObjectiveConfig, OPDConfig, OPSDConfig, REOPOLDConfig,
-                                        ReinforceConfig, SFTConfig, SGTopKConfig, TIPConfig,
-                                        TopKOPDConfig, UniSDConfig, VOPDConfig, build_objective,
-                                        make_config, recipe_name, required_inputs,
-                                        with_diagnostics)
+from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_kl,
+                                            generalized_jsd, log_probs, log_ratio,
+                                            normalized_entropy, reverse_kl, sampled_kl,
+                                            token_entropy, token_logp, total_variation)
+from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, FiReOPDConfig,
+                                        GKDConfig, IWOPDConfig, ObjectiveConfig, OPDConfig,
+                                        OPSDConfig, REOPOLDConfig, ReinforceConfig, SEADConfig,
+                                        SFTConfig, SGTopKConfig, TAOPDConfig, TIPConfig,
+                                        TopKOPDConfig, UniOPDConfig, UniSDConfig, VOPDConfig,
+                                        build_objective, make_config, recipe_name,
+                                        required_inputs, with_diagnostics)
 from opd_jax.objectives.requirements import loop_defaults, needs_behavior_logp, reads_teacher
-from opd_jax.objectives.reductions import (Reduced, seq_mean_token_mean, seq_mean_token_sum,
-                                           seq_mean_weighted_mean, token_mean, total,
-                                           weighted_mean)
-from opd_jax.objectives.selection import (entropy_gate, masked_quantile, minmax_normalize,
-                                          quadrant_select, quantile_select, reopold_select,
-                                          sampled_fraction_select, soft_or, tip_sampling_weights,
+from opd_jax.objectives.reductions import (Reduced, masked_mean, seq_mean_token_mean,
+                                           seq_mean_token_sum, seq_mean_weighted_mean,
+                                           token_mean, total, weighted_mean)
+from opd_jax.objectives.selection import (confidence_weights, cosine_anneal, entropy_gate,
+                                          entropy_zones, fraction_count, masked_quantile,
+                                          minmax_normalize, quadrant_select, quantile_select,
+                                          reopold_select, sampled_fraction_select,
+                                          sequence_quantile_keep, soft_or, tip_sampling_weights,
                                           top_fraction_select, two_stage)
 from opd_jax.objectives.self_distillation import (clip_divergence, contrastive_hinge,
                                                   hidden_state_matching,
@@ -45,7 +55,8 @@ from opd_jax.objectives.surrogates import (importance_ratio, importance_sampling
 from opd_jax.objectives.topk import (TeacherTopK, intersect_topk_reverse_kl,
                                      student_topk_renormalized_reverse_kl,
                                      student_topk_reverse_kl, student_topk_reverse_kl_sg,
-                                     student_topk_reverse_kl_tail, teacher_logp_at,
-                                     teacher_topk, teacher_topk_forward_kl,
-                                     teacher_topk_generalized_jsd, topk_opd_loss)
+                                     student_topk_reverse_kl_tail, student_topk_teacher_mass,
+                                     teacher_logp_at, teacher_support, teacher_topk,
+                                     teacher_topk_forward_kl, teacher_topk_generalized_jsd)
+from opd_jax.objectives.topk_opd import topk_opd_behavior_loss, topk_opd_loss
 from opd_jax.objectives.vocab import compute_features, fused_token_loss

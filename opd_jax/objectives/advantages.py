@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from opd_jax.objectives import _checks
+from opd_jax.objectives.divergences import floor_log_probs
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -31,13 +32,20 @@ def opd_advantage(teacher_logp: Array, logp: Array, *, coef: float = 1.0,
 
     Pass the *behaviour* log-probs recorded by the sampler as ``logp`` for the Thinking
     Machines / Tinker form (``-c * k_t``), or the learner's recomputed log-probs for the
-    verl / REOPOLD form; on-policy at step 0 they agree.
+    verl / REOPOLD form; on-policy at step 0 they agree. A ``-inf`` log-prob (a teacher that
+    forbids the sampled token) reads as ``LOG_FLOOR`` (:mod:`~opd_jax.objectives.divergences`),
+    so the advantage stays finite.
 
     References: Lu & Thinking Machines (2025), tinker-cookbook ``kl_penalty_coef``.
     """
     _checks.check_same_shape(teacher_logp=teacher_logp, logp=logp, where=where)
-    adv = coef * (teacher_logp.astype(jnp.float32) - logp.astype(jnp.float32))
-    return sg(_zero_masked(adv, where))
+    lq, lp = _finite(teacher_logp, where), _finite(logp, where)
+    return sg(_zero_masked(coef * (lq - lp), where))
+
+
+def _finite(logp: Array, where: Array | None) -> Array:
+    """Float32, masked positions zeroed before use, ``-inf`` floored."""
+    return floor_log_probs(_zero_masked(logp.astype(jnp.float32), where))
 
 
 def discounted_future_sum(values: Array, mask: Array, *, gamma: float) -> Array:
@@ -63,19 +71,25 @@ def discounted_future_sum(values: Array, mask: Array, *, gamma: float) -> Array:
 
 
 def vopd_advantage(teacher_logp: Array, logp: Array, baseline_kl: Array, *,
-                   where: Array | None = None) -> Array:
+                   reward_floor: float | None = None, where: Array | None = None) -> Array:
     r"""vOPD's advantage with the closed-form value baseline: ``sg(r_t + KL(p_t || q_t))``.
 
     The value of OPD at a prefix is ``V(s_t) = -KL(p_t || q_t)``; subtracting it leaves the
     expected gradient unchanged (it depends only on the prefix) and lowers the variance.
     ``baseline_kl`` is the full-vocabulary reverse KL, or the top-k renormalised one.
+    ``reward_floor`` applies vOPD's optional reward clipping first,
+    ``r_t <- max(r_t, reward_floor)`` (its code uses ``log(lambda) / (1 - lambda)``, see
+    :func:`mixture_clip_floor` ``reading="log_over"``).
 
-    References: Oh et al., vOPD, arXiv 2605.07865.
+    References: Oh et al., vOPD, arXiv 2605.07865 (``reward_clip_lambda``).
     """
     _checks.check_same_shape(teacher_logp=teacher_logp, logp=logp, baseline_kl=baseline_kl,
                              where=where)
-    adv = teacher_logp - logp + baseline_kl
-    return sg(_zero_masked(adv.astype(jnp.float32), where))
+    r = _finite(teacher_logp, where) - _finite(logp, where)
+    if reward_floor is not None:
+        r = jnp.maximum(r, reward_floor)
+    adv = r + _zero_masked(baseline_kl.astype(jnp.float32), where)
+    return sg(_zero_masked(adv, where))
 
 
 def mixture_clip_floor(lam: float, *,
@@ -116,3 +130,71 @@ def positive_part(advantage: Array) -> Array:
 def scale_by_sign(advantage: Array, *, pos: float = 1.0, neg: float = 1.0) -> Array:
     """Scale positive and non-positive advantages separately: ``pos * A`` if A > 0 else ``neg * A``."""
     return sg(jnp.where(advantage > 0, pos * advantage, neg * advantage))
+
+
+def iw_opd_weights(advantage: Array, mask: Array, *, gamma: float = 0.5,
+                   eps: float = 1e-8) -> Array:
+    r"""IW-OPD's position weights: a sequence's early tokens count up to ``1 + gamma`` times.
+
+    .. math::
+       w_t = 1 + \gamma \Big(1 - \frac{\sum_{s<t} m_s |a_s|}{\max(\epsilon, \sum_s m_s |a_s|)}\Big)
+
+    along the last (time) axis: 1 + gamma at the first token, falling as the sequence's
+    absolute advantage accumulates, down to ``1 + gamma |a_T| / sum |a|`` at the last.
+    Stop-gradient; 0 where ``mask`` is False.
+
+    References: IW-OPD, arXiv 2606.22600 (TRL ``IWOPDTrainer._compute_iw_opd_loss``).
+    """
+    _checks.check_same_shape(advantage=advantage, mask=mask)
+    a = jnp.abs(_zero_masked(sg(advantage.astype(jnp.float32)), mask.astype(bool)))
+    before = jnp.cumsum(a, axis=-1) - a  # exclusive prefix sum, s < t
+    total = jnp.maximum(jnp.sum(a, axis=-1, keepdims=True), eps)
+    return sg(_zero_masked(1.0 + gamma * (1.0 - before / total), mask.astype(bool)))
+
+
+def margin_shift(advantage: Array, mask: Array, correct: Array, *, delta: float,
+                 mode: Literal["mean", "minmax"] = "mean", group_size: int = 0) -> Array:
+    r"""Uni-OPD's outcome-aware margin: lift correct samples' advantages above incorrect ones'.
+
+    With ``Abar_i`` the mean advantage of sequence i over its valid tokens, within each group
+    (``group_size`` consecutive rows, e.g. the samples of one prompt; 0 = all rows):
+    ``gap = mean(Abar_correct) - mean(Abar_incorrect)`` (``mode="mean"``) or
+    ``min(Abar_correct) - max(Abar_incorrect)`` (``"minmax"``). If ``gap < delta`` every token
+    advantage of the group's correct samples is shifted by ``delta - gap``, which makes the gap
+    exactly ``delta``. Groups without both kinds of sample are left alone. Stop-gradient.
+
+    Args:
+      advantage: ``[B, T]`` per-token advantages.
+      mask: bool ``[B, T]``.
+      correct: bool ``[B]``, the verified outcome of each sample.
+      delta: the margin (>= 0).
+
+    References: Uni-OPD, arXiv 2605.03677 (``margin_calibration/margin_shift.py``).
+    """
+    _checks.check_same_shape(advantage=advantage, mask=mask)
+    b = mask.shape[0]
+    g = group_size or b
+    if correct.shape != (b,):
+        raise ValueError(f"correct must be one flag per sequence, shape {(b,)}; "
+                         f"got {correct.shape}.")
+    if b % g:
+        raise ValueError(f"group_size={group_size} does not divide the {b} rows of the batch; "
+                         "rows of a group must be consecutive and complete.")
+    m = mask.astype(bool)
+    adv = _zero_masked(sg(advantage.astype(jnp.float32)), m)
+    n = jnp.sum(m, axis=-1)
+    seq = (jnp.sum(adv, axis=-1) / jnp.maximum(n, 1)).reshape(-1, g)
+    valid = (n > 0).reshape(-1, g)
+    cor, inc = valid & correct.reshape(-1, g), valid & ~correct.reshape(-1, g)
+    if mode == "mean":
+        gap = (jnp.sum(jnp.where(cor, seq, 0.0), -1) / jnp.maximum(jnp.sum(cor, -1), 1)
+               - jnp.sum(jnp.where(inc, seq, 0.0), -1) / jnp.maximum(jnp.sum(inc, -1), 1))
+    elif mode == "minmax":
+        gap = (jnp.min(jnp.where(cor, seq, jnp.inf), -1)
+               - jnp.max(jnp.where(inc, seq, -jnp.inf), -1))
+    else:
+        raise ValueError(f"mode must be 'mean' or 'minmax', got {mode!r}.")
+    both = jnp.any(cor, -1) & jnp.any(inc, -1)
+    shift = jnp.where(both & (gap < delta), delta - jnp.where(both, gap, 0.0), 0.0)  # [groups]
+    row_shift = jnp.where(cor, shift[:, None], 0.0).reshape(b)
+    return sg(_zero_masked(adv + row_shift[:, None], m))

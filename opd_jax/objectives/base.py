@@ -29,9 +29,23 @@ from opd_jax.objectives.topk import TeacherTopK
 Array = jax.Array
 
 # Names of the inputs a feature can read (fields of VocabInputs; "teacher" picks the dense
-# teacher when there is one, else the sparse one).
+# teacher when there is one, else the sparse one; "extra:<name>" one of the batch's per-token
+# extra inputs, see `extra`).
 STUDENT, TEACHER_LOGITS, TEACHER_TOPK, TEACHER, TOKENS = (
     "logits", "teacher_logits", "teacher_topk", "teacher", "tokens")
+EXTRA_PREFIX = "extra:"
+
+
+def extra(name: str) -> str:
+    """The feature-input name of the per-token extra input ``name`` (e.g. the behaviour
+    policy's top-k log-probs), for :func:`feature`."""
+    return EXTRA_PREFIX + name
+
+
+def mask_rows(x: Array, mask: Array) -> Array:
+    """``x [B, T, ...]`` with the positions where ``mask [B, T]`` is False replaced by zeros."""
+    m = mask.astype(bool).reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+    return jnp.where(m, x, jnp.zeros((), x.dtype))
 
 
 class VocabInputs(NamedTuple):
@@ -40,8 +54,16 @@ class VocabInputs(NamedTuple):
     teacher_logits: Array | None  # [N, V]
     teacher_topk: TeacherTopK | None  # [N, K]
     tokens: Array  # sampled tokens [N]
+    extras: Mapping[str, Array] | None = None  # per-token extra inputs [N, ...], no gradient
 
     def get(self, name: str):
+        if name.startswith(EXTRA_PREFIX):
+            key = name[len(EXTRA_PREFIX):]
+            if not self.extras or key not in self.extras:
+                raise ValueError(f"a feature reads the extra input {key!r}, which this batch does "
+                                 f"not have (extras: {sorted(self.extras or {})}); see "
+                                 "opd_jax.objectives.required_inputs for what a recipe needs.")
+            return self.extras[key]
         if name == TEACHER:
             value = self.teacher_logits if self.teacher_logits is not None else self.teacher_topk
         else:
@@ -70,11 +92,18 @@ class Feature:
     def needs_teacher_logits(self) -> bool:
         return TEACHER_LOGITS in self.inputs
 
+    @property
+    def extra_inputs(self) -> tuple[str, ...]:
+        """The names of the per-token extra inputs this feature reads."""
+        return tuple(n[len(EXTRA_PREFIX):] for n in self.inputs if n.startswith(EXTRA_PREFIX))
+
 
 def feature(fn: Callable[..., Array], *inputs: str, **kwargs) -> Feature:
-    """``feature(reverse_kl, "logits", "teacher_logits", temperature=1.0)``."""
+    """``feature(reverse_kl, "logits", "teacher_logits", temperature=1.0)``; an extra input is
+    named with :func:`extra`."""
     for name in inputs:
-        if name not in (STUDENT, TEACHER_LOGITS, TEACHER_TOPK, TEACHER, TOKENS):
+        if (name not in (STUDENT, TEACHER_LOGITS, TEACHER_TOPK, TEACHER, TOKENS)
+                and not (name.startswith(EXTRA_PREFIX) and len(name) > len(EXTRA_PREFIX))):
             raise ValueError(f"unknown feature input {name!r}")
     return Feature(fn, tuple(inputs), tuple(sorted(kwargs.items())))
 
@@ -119,6 +148,18 @@ class TokenCtx:
     def __contains__(self, name: str) -> bool:
         return name in self.features or name in self.extras
 
+    def masked(self) -> "TokenCtx":
+        """This context with every per-token extra zeroed where ``mask`` is False.
+
+        Padding may hold anything (a ``-inf`` behaviour or sparse-teacher log-prob, a NaN
+        reward); zeroing it before any arithmetic is what makes masked positions contribute
+        exactly 0 with a zero gradient. Features are already 0 there (vocabulary phase).
+        """
+        b_t = self.mask.shape
+        extras = {k: mask_rows(v, self.mask) if v.shape[:len(b_t)] == b_t else v
+                  for k, v in self.extras.items()}
+        return self.replace(extras=extras)
+
     @property
     def logp(self) -> Array:
         return self["logp"]
@@ -153,9 +194,9 @@ class Objective(NamedTuple):
 
 def stateless(fn: Callable[[TokenCtx], tuple[Terms, Metrics]], features: Mapping[str, Feature]
               ) -> Objective:
-    """An objective from ``fn(ctx) -> (terms, metrics)``."""
+    """An objective from ``fn(ctx) -> (terms, metrics)``; ``fn`` sees :meth:`TokenCtx.masked`."""
     def apply(ctx, state):
-        terms, metrics = fn(ctx)
+        terms, metrics = fn(ctx.masked())
         return terms, state, metrics
     return Objective(dict(features), apply)
 
@@ -163,11 +204,18 @@ def stateless(fn: Callable[[TokenCtx], tuple[Terms, Metrics]], features: Mapping
 def token_objective(token_loss: Callable[[TokenCtx], Array], features: Mapping[str, Feature], *,
                     name: str = "loss",
                     metrics: Callable[[TokenCtx], Metrics] | None = None) -> Objective:
-    """A token-local objective: ``mean over valid tokens of token_loss(ctx)``."""
+    """A token-local objective: ``mean over valid tokens of token_loss(ctx)``.
+
+    ``token_loss`` and ``metrics`` see :meth:`TokenCtx.masked` (also on the fused one-pass
+    path, which calls the objective's ``token_loss`` directly).
+    """
+    def masked_loss(ctx):
+        return token_loss(ctx.masked())
+
     def apply(ctx, state):
-        terms = {name: token_mean(token_loss(ctx), ctx.mask)}
-        return terms, state, ({} if metrics is None else metrics(ctx))
-    return Objective(dict(features), apply, token_loss=token_loss)
+        terms = {name: token_mean(masked_loss(ctx), ctx.mask)}
+        return terms, state, ({} if metrics is None else metrics(ctx.masked()))
+    return Objective(dict(features), apply, token_loss=masked_loss)
 
 
 def coefficient(coef, step) -> Array:

@@ -23,16 +23,17 @@ import jax.numpy as jnp
 from opd_jax.objectives import divergences as D
 from opd_jax.objectives import topk as K
 from opd_jax.objectives.base import TEACHER, TEACHER_LOGITS, Feature, TokenCtx, feature
+from opd_jax.objectives.reductions import masked_mean
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
 
 def _overlap_sets(logits, teacher, k, temperature):
-    lp_V = D.log_probs(sg(logits), temperature=temperature)
+    lp_V = K.student_log_probs(sg(logits), temperature=temperature)
     s_lp, s_ids = jax.lax.top_k(lp_V, k)
-    t_ids, _ = K._teacher_ids_k(teacher, k, temperature, None)
-    inside = K._overlap(s_ids, t_ids)
+    t_ids, _ = K.teacher_support(teacher, k, temperature=temperature)
+    inside = K.membership(s_ids, t_ids)
     lq_k, known = K.teacher_logp_at(s_ids, teacher, temperature=temperature, fill=s_lp)
     return lp_V, s_lp, s_ids, inside & known, lq_k
 
@@ -122,10 +123,6 @@ def _sg_pair(fn):
     return _SG_CACHE[fn]
 
 
-def _mean(x, m):
-    return jnp.sum(jnp.where(m, x, 0.0)) / jnp.maximum(jnp.sum(m), 1)
-
-
 def diagnostic_metrics(ctx: TokenCtx) -> dict[str, Array]:
     """Scalars from the ``diag/`` features present in ``ctx`` (and ``logp``/``teacher_logp``)."""
     m = ctx.mask.astype(bool)
@@ -134,21 +131,21 @@ def diagnostic_metrics(ctx: TokenCtx) -> dict[str, Array]:
     for name in ("student_entropy", "teacher_entropy", "top1_agree", "overlap_ratio",
                  "reverse_kl", "topk_reverse_kl", "topk_reverse_kl_tail"):
         if f"diag/{name}" in f:
-            out[f"diag/{name}"] = _mean(f[f"diag/{name}"], m)
+            out[f"diag/{name}"] = masked_mean(f[f"diag/{name}"], m)
     if "diag/teacher_entropy" in f:
         gap = f["diag/teacher_entropy"] - f["diag/student_entropy"]
-        out["diag/entropy_gap_abs"] = _mean(jnp.abs(gap), m)
-        out["diag/entropy_gap_signed"] = _mean(gap, m)
+        out["diag/entropy_gap_abs"] = masked_mean(jnp.abs(gap), m)
+        out["diag/entropy_gap_signed"] = masked_mean(gap, m)
     if "diag/overlap_count" in f:
         some = m & (f["diag/overlap_count"] > 0)
-        out["diag/overlap_mass_student"] = _mean(f["diag/overlap_mass_student"], some)
-        out["diag/overlap_mass_teacher"] = _mean(f["diag/overlap_mass_teacher"], some)
+        out["diag/overlap_mass_student"] = masked_mean(f["diag/overlap_mass_student"], some)
+        out["diag/overlap_mass_teacher"] = masked_mean(f["diag/overlap_mass_teacher"], some)
         out["diag/overlap_advantage"] = (
             jnp.sum(jnp.where(m, f["diag/overlap_adv_sum"], 0.0))
             / jnp.maximum(jnp.sum(jnp.where(m, f["diag/overlap_count"], 0.0)), 1.0))
     if "logp" in ctx and "teacher_logp" in ctx:
         u = sg(ctx.teacher_logp - ctx.logp)
-        out["diag/sampled_kl_k1"] = _mean(-u, m)
-        out["diag/sampled_kl_k3"] = _mean(jnp.expm1(u) - u, m)
+        out["diag/sampled_kl_k1"] = masked_mean(-u, m)
+        out["diag/sampled_kl_k3"] = masked_mean(jnp.expm1(u) - u, m)
     out["diag/tokens"] = jnp.sum(m.astype(jnp.float32))
     return out

@@ -11,8 +11,23 @@ Conventions (those of TRL and the GKD paper): with student ``p = softmax(z/τ)``
 
 - forward KL is ``KL(q || p)`` (mass-covering), reverse KL is ``KL(p || q)`` (mode-seeking);
 - ``generalized_jsd(beta=0)`` is forward KL and ``beta=1`` is reverse KL.
+
+Zero probabilities (``-inf`` logits: masked vocabulary entries, padded embedding rows,
+constrained decoding). Every function returns finite values with finite gradients:
+
+- an entry where *both* distributions are 0 drops out exactly (``0 log 0 = 0``), so the value
+  is the exact divergence over the remaining entries;
+- an entry where one distribution is 0 and the other is not makes a KL infinite. We return a
+  large finite value instead: a ``-inf`` log-probability is read as :data:`LOG_FLOOR`
+  ``= log(2**-126) ≈ -87.34``, the log of the smallest normal float32 probability (below it
+  float32 cannot tell a probability from 0). So ``KL(p || q)`` with ``q(v) = 0 < p(v)``
+  counts ``p(v) (log p(v) + 87.34)`` for that entry, and its gradient keeps pushing the
+  student's mass off the entry. Finite log-probabilities are used as they are, even below
+  the floor (logits of ±1e4 give their exact values). The generalized JSD (0 < beta < 1) and
+  total variation are bounded and exact in every case.
 """
 
+import math
 from typing import Literal
 
 import jax
@@ -21,6 +36,8 @@ import jax.numpy as jnp
 from opd_jax.objectives import _checks
 
 Array = jax.Array
+
+LOG_FLOOR = -87.33654475055310898657  # log(2**-126), the smallest normal float32, as a log-prob
 
 
 def log_probs(logits: Array, *, temperature: float = 1.0, where: Array | None = None) -> Array:
@@ -37,15 +54,36 @@ def log_probs(logits: Array, *, temperature: float = 1.0, where: Array | None = 
     return jax.nn.log_softmax(x / temperature, axis=-1)
 
 
-def _masked(value: Array, where: Array | None) -> Array:
+def masked(value: Array, where: Array | None) -> Array:
+    """``value`` where ``where`` is True, exactly 0 elsewhere (``where=None``: all of it)."""
     return value if where is None else jnp.where(where, value, 0.0)
 
 
-def _kl_from_logp(lp: Array, lq: Array) -> Array:
-    """``sum_v p(v) (log p(v) - log q(v))``, with ``0 log 0 = 0`` (``p(v) = 0`` terms drop out)."""
+def floor_log_probs(logp: Array) -> Array:
+    """``-inf`` log-probabilities (zero probabilities) read as :data:`LOG_FLOOR`; others kept.
+
+    The replaced entries get no gradient (they could not move anyway: a ``-inf`` logit stays
+    ``-inf``), and no ``inf - inf`` or ``0 * inf`` can arise from them downstream.
+    """
+    return jnp.where(logp > -jnp.inf, logp, LOG_FLOOR)
+
+
+def kl_terms(lp: Array, lq: Array, *, stop_gradient_log: bool = False) -> Array:
+    """Elementwise ``p (log p - log q)``: 0 where ``p = 0``, ``log q`` floored where ``q = 0``.
+
+    With ``stop_gradient_log`` the ``log p`` inside the bracket is stop-gradient (the
+    gradient then flows through the weight ``p`` only).
+    """
     support = lp > -jnp.inf
-    diff = jnp.where(support, lp - jnp.where(support, lq, 0.0), 0.0)
-    return jnp.sum(jnp.exp(lp) * diff, axis=-1)
+    inner = jax.lax.stop_gradient(lp) if stop_gradient_log else lp
+    # select before subtracting: no -inf - (-inf) even in the branch that is thrown away
+    diff = jnp.where(support, jnp.where(support, inner, 0.0) - floor_log_probs(lq), 0.0)
+    return jnp.exp(lp) * diff
+
+
+def _kl_from_logp(lp: Array, lq: Array) -> Array:
+    """``sum_v p(v) (log p(v) - log q(v))`` under :func:`kl_terms`' rules for zeros."""
+    return jnp.sum(kl_terms(lp, lq), axis=-1)
 
 
 def _entropy_from_logp(lp: Array) -> Array:
@@ -81,7 +119,7 @@ def forward_kl(logits: Array, teacher_logits: Array, *, temperature: float = 1.0
     References: Agarwal et al., GKD, arXiv 2306.13649 (β = 0 end of the generalized JSD).
     """
     lp, lq = _pair(logits, teacher_logits, temperature, where)
-    return _masked(_kl_from_logp(lq, lp), where)
+    return masked(_kl_from_logp(lq, lp), where)
 
 
 def reverse_kl(logits: Array, teacher_logits: Array, *, temperature: float = 1.0,
@@ -105,11 +143,16 @@ def reverse_kl(logits: Array, teacher_logits: Array, *, temperature: float = 1.0
     References: Lu & Thinking Machines, "On-Policy Distillation" (2025); GKD β = 1.
     """
     lp, lq = _pair(logits, teacher_logits, temperature, where)
-    return _masked(_kl_from_logp(lp, lq), where)
+    return masked(_kl_from_logp(lp, lq), where)
 
 
 def _jsd_interior(lp: Array, lq: Array, beta) -> Array:
-    log_m = jnp.logaddexp(lq + jnp.log(beta), lp + jnp.log1p(-beta))
+    # Where both are 0, m is 0 too and the entry drops out of both KLs; its inputs are replaced
+    # before logaddexp, whose gradient at (-inf, -inf) is NaN.
+    both = (lp == -jnp.inf) & (lq == -jnp.inf)
+    log_m = jnp.logaddexp(jnp.where(both, 0.0, lq) + jnp.log(beta),
+                          jnp.where(both, 0.0, lp) + jnp.log1p(-beta))
+    log_m = jnp.where(both, -jnp.inf, log_m)
     return beta * _kl_from_logp(lq, log_m) + (1.0 - beta) * _kl_from_logp(lp, log_m)
 
 
@@ -156,14 +199,14 @@ def generalized_jsd(logits: Array, teacher_logits: Array, *, beta: float = 0.5,
         inner = _jsd_interior(lp, lq, jnp.clip(beta, 1e-12, 1.0 - 1e-7))
         value = jnp.where(beta <= 0.0, _kl_from_logp(lq, lp),
                           jnp.where(beta >= 1.0, _kl_from_logp(lp, lq), inner))
-    return _masked(value, where)
+    return masked(value, where)
 
 
 def total_variation(logits: Array, teacher_logits: Array, *, temperature: float = 1.0,
                     where: Array | None = None) -> Array:
     r"""Total variation distance ``0.5 * sum_v |p(v) - q(v)|`` at each position, in ``[0, 1]``."""
     lp, lq = _pair(logits, teacher_logits, temperature, where)
-    return _masked(0.5 * jnp.sum(jnp.abs(jnp.exp(lp) - jnp.exp(lq)), axis=-1), where)
+    return masked(0.5 * jnp.sum(jnp.abs(jnp.exp(lp) - jnp.exp(lq)), axis=-1), where)
 
 
 def token_entropy(logits: Array, *, temperature: float = 1.0, where: Array | None = None) -> Array:
@@ -172,8 +215,20 @@ def token_entropy(logits: Array, *, temperature: float = 1.0, where: Array | Non
     Pass teacher logits to get the teacher's entropy (EOPD's gate); wrap the input in
     ``jax.lax.stop_gradient`` when the entropy is used as a weight rather than a loss.
     """
-    return _masked(_entropy_from_logp(log_probs(logits, temperature=temperature, where=where)),
+    return masked(_entropy_from_logp(log_probs(logits, temperature=temperature, where=where)),
                    where)
+
+
+def normalized_entropy(logits: Array, *, temperature: float = 1.0,
+                       where: Array | None = None) -> Array:
+    r"""Entropy divided by its maximum, ``H(p) / ln V``, in ``[0, 1]`` (0 when ``V = 1``).
+
+    ``V`` is the logits' last dimension, so the normalisation needs no other input; TIP's
+    ``normalize="fixed"`` uses it.
+    """
+    v = logits.shape[-1]
+    h = token_entropy(logits, temperature=temperature, where=where)
+    return h / math.log(v) if v > 1 else jnp.zeros_like(h)
 
 
 def token_logp(logits: Array, tokens: Array, *, temperature: float = 1.0,
@@ -181,7 +236,8 @@ def token_logp(logits: Array, tokens: Array, *, temperature: float = 1.0,
     r"""Log-probability of ``tokens`` under ``softmax(logits / temperature)``, float32 ``[...]``.
 
     Computed as ``z[y] - logsumexp(z)`` so that no ``[..., V]`` log-softmax is kept. Use the
-    temperature the sampler used, so that importance ratios are exactly 1 on-policy.
+    temperature the sampler used, so that importance ratios are exactly 1 on-policy. A token of
+    probability 0 (a ``-inf`` logit) gets :data:`LOG_FLOOR`, with no gradient.
     """
     _checks.check_temperature(temperature)
     _checks.check_where(where, logits.shape[:-1])
@@ -195,7 +251,7 @@ def token_logp(logits: Array, tokens: Array, *, temperature: float = 1.0,
         x = jnp.where(where[..., None], x, 0.0)
     x = x / temperature
     picked = jnp.take_along_axis(x, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return _masked(picked - jax.nn.logsumexp(x, axis=-1), where)
+    return masked(floor_log_probs(picked - jax.nn.logsumexp(x, axis=-1)), where)
 
 
 def log_ratio(logp: Array, teacher_logp: Array, *, where: Array | None = None) -> Array:
@@ -206,7 +262,7 @@ def log_ratio(logp: Array, teacher_logp: Array, *, where: Array | None = None) -
     """
     _checks.check_same_shape(logp=logp, teacher_logp=teacher_logp, where=where)
     value = teacher_logp.astype(jnp.float32) - logp.astype(jnp.float32)
-    return _masked(value, where)
+    return masked(value, where)
 
 
 def sampled_kl(logp: Array, ref_logp: Array, *, estimator: Literal["k1", "k2", "k3"] = "k3",
@@ -233,4 +289,4 @@ def sampled_kl(logp: Array, ref_logp: Array, *, estimator: Literal["k1", "k2", "
         value = jnp.expm1(u) - u
     else:
         raise ValueError(f"estimator must be 'k1', 'k2' or 'k3', got {estimator!r}.")
-    return _masked(value, where)
+    return masked(value, where)

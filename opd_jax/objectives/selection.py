@@ -66,16 +66,19 @@ def two_stage(step, switch_step, first: Array, second: Array) -> Array:
 
 
 def reopold_select(reward: Array, student_entropy: Array, mask: Array, *, floor, top_frac,
-                   step, switch_step) -> Array:
+                   step, switch_step, entropy_select: bool = True) -> Array:
     r"""REOPOLD's token mask under its two-stage schedule.
 
     Stage 1 (exploration, ``step < switch_step``): keep tokens whose reward is above the floor,
     ``1[R_t >= F]`` (drop rather than clip the heavy negative tail). Stage 2 (refinement): the
-    entropy quantile mask of :func:`quantile_select`. The switch step is not given in any
-    accessible source; a reproduction assumed half the run.
+    entropy quantile mask of :func:`quantile_select`, or every valid token when
+    ``entropy_select`` is False. The switch step is not given in any accessible source; a
+    reproduction assumed half the run.
     """
+    mask = mask.astype(bool)
     stage1 = (mask & (sg(reward) >= floor)).astype(jnp.float32)
-    stage2 = quantile_select(student_entropy, mask, top_frac=top_frac)
+    stage2 = (quantile_select(student_entropy, mask, top_frac=top_frac) if entropy_select
+              else mask.astype(jnp.float32))
     return two_stage(step, switch_step, stage1, stage2)
 
 
@@ -104,22 +107,36 @@ def _rank_desc(score: Array, mask: Array) -> Array:
     return ranks.reshape(score.shape)
 
 
-def top_fraction_select(score: Array, mask: Array, *, frac) -> Array:
-    r"""Keep exactly ``ceil(frac * n)`` valid tokens with the highest score (n = number valid).
+def fraction_count(frac, n: Array) -> Array:
+    r"""How many of ``n`` valid tokens a fraction ``frac`` keeps: ``max(floor(frac * n), 1)``
+    (0 when ``n = 0``).
 
-    TIP keeps the top-``rho`` fraction of tokens by its soft-OR score. Ties break by position.
+    ``floor`` is what TIP's token-sampling utility does (``floor(rho * N)`` positions) and what
+    ``int(rho * n)`` gives in the deterministic top-``rho`` selections; one rule for every
+    arm keeps them comparable (same token budget). The floor of 1 keeps a tiny batch from
+    training on nothing. Products within 1e-4 of an integer count as that integer (float32).
+    """
+    n = n.astype(jnp.float32)
+    return jnp.where(n > 0, jnp.maximum(jnp.floor(frac * n + 1e-4), 1.0), 0.0)
+
+
+def top_fraction_select(score: Array, mask: Array, *, frac) -> Array:
+    r"""Keep the :func:`fraction_count` ``= max(floor(frac n), 1)`` valid tokens with the highest
+    score (n = number valid). Ties break by position.
+
+    TIP keeps the top-``rho`` fraction of tokens by its soft-OR score; TA-OPD by teachability.
 
     References: Xu et al., TIP, arXiv 2604.14084.
     """
     _checks.check_same_shape(score=score, mask=mask)
     _checks.check_fraction(frac, "frac")
-    n = jnp.sum(mask.astype(jnp.float32))
-    keep = jnp.ceil(frac * n - 1e-6)
+    keep = fraction_count(frac, jnp.sum(mask.astype(jnp.int32)))
     return (mask & (_rank_desc(score, mask) < keep)).astype(jnp.float32)
 
 
 def sampled_fraction_select(weights: Array, mask: Array, key: Array, *, frac) -> Array:
-    r"""Sample ``ceil(frac * n)`` valid tokens without replacement, with probability ∝ ``weights``.
+    r"""Sample :func:`fraction_count` ``= max(floor(frac n), 1)`` valid tokens without
+    replacement, with probability ∝ ``weights``.
 
     Uses the Gumbel-top-k trick (``log w + Gumbel`` then top-k), which samples without
     replacement exactly. Uniform ``weights`` give the random-selection control arm. Tokens of
@@ -151,3 +168,76 @@ def quadrant_select(entropy_n: Array, divergence_n: Array, mask: Array, *, high_
     d_hi = divergence_n > threshold
     keep = (h_hi == high_entropy) & (d_hi == high_divergence) & mask
     return keep.astype(jnp.float32)
+
+
+def sequence_quantile_keep(values: Array, mask: Array, *, q) -> Array:
+    r"""FiRe-OPD's sequence filter: 1 for the sequences whose mean ``values`` over their valid
+    tokens is at least the ``q``-quantile of those means (over sequences with a valid token).
+
+    Returns float32 ``[B]`` (0 for sequences without a valid token).
+
+    References: FiRe-OPD, arXiv 2606.02684 (keep a sequence if its mean teacher log-prob is at
+    least the batch's 20th percentile).
+    """
+    _checks.check_same_shape(values=values, mask=mask)
+    m = mask.astype(bool)
+    n = jnp.sum(m, axis=-1)
+    per_seq = jnp.sum(jnp.where(m, sg(values.astype(jnp.float32)), 0.0), -1) / jnp.maximum(n, 1)
+    has = n > 0
+    return (has & (per_seq >= masked_quantile(per_seq, has, q))).astype(jnp.float32)
+
+
+def confidence_weights(teacher_entropy: Array, student_entropy: Array, mask: Array, *,
+                       teacher_coef: float = 1.0, student_coef: float = 1.0) -> Array:
+    r"""FiRe-OPD's token weights, normalised to mean 1 over the valid tokens of ``mask``.
+
+    .. math::
+       w_t \propto \Big(1 + a\,\big(1 - \tfrac{H_T(t)}{\max H_T}\big)\Big)
+                   \Big(1 + b\,\tfrac{H_S(t)}{\max H_S}\Big)
+
+    high where the teacher is confident and the student is confused; maxima over the valid
+    tokens. Stop-gradient, 0 off the mask.
+
+    References: FiRe-OPD, arXiv 2606.02684 (``dp_actor.py``; a = b = 1).
+    """
+    _checks.check_same_shape(teacher_entropy=teacher_entropy, student_entropy=student_entropy,
+                             mask=mask)
+    m = mask.astype(bool)
+
+    def scaled(h):
+        h = jnp.where(m, sg(h.astype(jnp.float32)), 0.0)
+        return h / jnp.maximum(jnp.max(h), 1e-12)
+
+    w = (1.0 + teacher_coef * (1.0 - scaled(teacher_entropy))) * (
+        1.0 + student_coef * scaled(student_entropy))
+    w = jnp.where(m, w, 0.0)
+    return w / jnp.maximum(jnp.sum(w) / jnp.maximum(jnp.sum(m), 1), 1e-12)
+
+
+def cosine_anneal(step, total_steps: int) -> Array:
+    r"""``(1 + cos(pi min(step, K) / K)) / 2``: 1 at step 0, 0 from step K on (SEAD's
+    forward-to-reverse KL weight)."""
+    k = jnp.minimum(jnp.asarray(step, jnp.float32), float(total_steps))
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * k / total_steps))
+
+
+def entropy_zones(student_entropy: Array, teacher_entropy: Array, mask: Array, *,
+                  student_threshold=None, teacher_threshold=None) -> tuple[Array, Array]:
+    r"""SEAD's zones: whether each token's student and teacher entropies are *high*.
+
+    A token is high on an axis when its entropy exceeds the threshold (nats); a threshold of
+    None is the batch median of that entropy over the valid tokens. Returns two bool
+    ``[B, T]`` arrays (student high, teacher high), False off the mask.
+
+    References: SEAD, arXiv 2606.28562 (zones from the joint entropies; thresholds not public).
+    """
+    _checks.check_same_shape(student_entropy=student_entropy, teacher_entropy=teacher_entropy,
+                             mask=mask)
+    m = mask.astype(bool)
+
+    def high(h, threshold):
+        h = sg(h.astype(jnp.float32))
+        t = masked_quantile(h, m, 0.5) if threshold is None else threshold
+        return m & (h > t)
+
+    return high(student_entropy, student_threshold), high(teacher_entropy, teacher_threshold)

@@ -13,16 +13,24 @@ Faces code, its teacher log-prob is then replaced by the student's own (so that 
 to a reverse KL) and the token counts as outside the overlap. All log-probs are normalised
 over the full vocabulary unless a function says it renormalises.
 
+Zero probabilities follow :mod:`~opd_jax.objectives.divergences`: every log-prob that enters
+a top-k computation (student, dense or sparse teacher) is first passed through
+:func:`~opd_jax.objectives.divergences.floor_log_probs`, so a ``-inf`` reads as
+``LOG_FLOOR ≈ -87.34`` and values and gradients stay finite. A student top-k that has to
+include zero-probability tokens (fewer than k finite logits) gives them weight ``e^-87.34``,
+i.e. nothing measurable.
+
 Shapes: ``[...]`` is any batch shape, ``V`` the vocabulary, ``k`` the support size.
 """
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from opd_jax.objectives import _checks
-from opd_jax.objectives.divergences import _masked, generalized_jsd, log_probs
+from opd_jax.objectives.divergences import (floor_log_probs, generalized_jsd, kl_terms, log_probs,
+                                            masked)
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -47,7 +55,14 @@ def teacher_topk(teacher_logits: Array, *, k: int, temperature: float = 1.0,
     return TeacherTopK(ids.astype(jnp.int32), logp)
 
 
-def _check_teacher(logits: Array, teacher, k: int) -> None:
+def student_log_probs(logits: Array, *, temperature: float = 1.0,
+                      where: Array | None = None) -> Array:
+    """The student's full-vocabulary log-probs, floored (the form every top-k function uses)."""
+    return floor_log_probs(log_probs(logits, temperature=temperature, where=where))
+
+
+def check_teacher(logits: Array, teacher, k: int) -> None:
+    """``k`` fits the vocabulary, and the teacher (either form) covers the logits' positions."""
     _checks.check_k(k, logits.shape[-1])
     if isinstance(teacher, TeacherTopK):
         if teacher.ids.shape != teacher.logp.shape:
@@ -60,15 +75,17 @@ def _check_teacher(logits: Array, teacher, k: int) -> None:
         _checks.check_logits_pair(logits, teacher, ("logits", "teacher"))
 
 
-def _teacher_ids_k(teacher, k: int, temperature: float, where) -> tuple[Array, Array]:
-    """The teacher's top-k ids and log-probs, from either form."""
+def teacher_support(teacher, k: int, *, temperature: float = 1.0,
+                    where: Array | None = None) -> tuple[Array, Array]:
+    """The teacher's top-k ids ``[..., k]`` and their (floored, stop-gradient) log-probs, from
+    either form of teacher."""
     if isinstance(teacher, TeacherTopK):
         if k > teacher.ids.shape[-1]:
             raise ValueError(f"k={k} exceeds the {teacher.ids.shape[-1]} entries the sparse "
                              "teacher sent; ask the teacher server for more log-probs.")
-        return teacher.ids[..., :k], sg(teacher.logp[..., :k].astype(jnp.float32))
+        return teacher.ids[..., :k], floor_log_probs(sg(teacher.logp[..., :k].astype(jnp.float32)))
     top = teacher_topk(teacher, k=k, temperature=temperature, where=where)
-    return top.ids, top.logp
+    return top.ids, floor_log_probs(top.logp)
 
 
 def teacher_logp_at(ids: Array, teacher, *, temperature: float = 1.0, where=None,
@@ -76,27 +93,46 @@ def teacher_logp_at(ids: Array, teacher, *, temperature: float = 1.0, where=None
     """Teacher log-probs at ``ids [..., k]`` and whether the teacher knew each one.
 
     Dense teachers know every token. For a :class:`TeacherTopK`, ids absent from its list get
-    ``fill`` (default ``-inf``) and ``known = False``. The result is stop-gradient.
+    ``fill`` (default ``-inf``) and ``known = False``. The result is stop-gradient; known
+    log-probs of ``-inf`` are floored (:func:`~opd_jax.objectives.divergences.floor_log_probs`).
     """
     if isinstance(teacher, TeacherTopK):
         hit = ids[..., :, None] == teacher.ids[..., None, :]  # [..., k, K]
         known = jnp.any(hit, axis=-1)
-        logp = jnp.sum(jnp.where(hit, teacher.logp[..., None, :].astype(jnp.float32), 0.0), -1)
+        sent = floor_log_probs(teacher.logp.astype(jnp.float32))
+        logp = jnp.sum(jnp.where(hit, sent[..., None, :], 0.0), -1)
         fill = jnp.full_like(logp, -jnp.inf) if fill is None else fill
         return sg(jnp.where(known, logp, fill)), known
-    lq = log_probs(sg(teacher), temperature=temperature, where=where)
+    lq = floor_log_probs(log_probs(sg(teacher), temperature=temperature, where=where))
     return jnp.take_along_axis(lq, ids, axis=-1), jnp.ones(ids.shape, bool)
 
 
-def _student_support(logits, teacher, k, temperature, where):
+def student_support(logits, teacher, k, temperature, where):
     """Student log-probs, top-k ids, their log-probs, and the teacher's at those ids."""
-    _check_teacher(logits, teacher, k)
-    lp_V = log_probs(logits, temperature=temperature, where=where)
+    check_teacher(logits, teacher, k)
+    lp_V = student_log_probs(logits, temperature=temperature, where=where)
     ids = jax.lax.top_k(sg(lp_V), k)[1]
     lp_k = jnp.take_along_axis(lp_V, ids, axis=-1)
     lq_k, known = teacher_logp_at(ids, teacher, temperature=temperature, where=where,
                                   fill=sg(lp_k))
     return lp_V, ids, lp_k, lq_k, known
+
+
+def student_topk_teacher_mass(logits: Array, teacher, *, k: int = 16, temperature: float = 1.0,
+                              where: Array | None = None) -> Array:
+    r"""The teacher's probability mass on the student's top-k, ``sum_{v in S_k} q(v)``, in [0, 1].
+
+    TA-OPD's "token teachability" (compatibility): high where the teacher's preferred tokens
+    are among those the student already considers. No gradient. A sparse teacher's tokens it
+    did not send count as 0 mass.
+
+    References: TA-OPD, arXiv 2605.26844 (``compat_t``, objectives_2026.md).
+    """
+    check_teacher(logits, teacher, k)
+    lp_V = student_log_probs(sg(logits), temperature=temperature, where=where)
+    ids = jax.lax.top_k(lp_V, k)[1]
+    lq_k, known = teacher_logp_at(ids, teacher, temperature=temperature, where=where)
+    return masked(jnp.sum(jnp.where(known, jnp.exp(lq_k), 0.0), axis=-1), where)
 
 
 def teacher_topk_forward_kl(logits: Array, teacher, *, k: int = 16, temperature: float = 1.0,
@@ -124,11 +160,12 @@ def teacher_topk_forward_kl(logits: Array, teacher, *, k: int = 16, temperature:
     References: Jin et al., EOPD, arXiv 2603.07079 (top-k form per the re-implementations
     cited in objectives.md §3).
     """
-    _check_teacher(logits, teacher, k)
-    ids, lq_k = _teacher_ids_k(teacher, k, temperature, where)
+    check_teacher(logits, teacher, k)
+    ids, lq_k = teacher_support(teacher, k, temperature=temperature, where=where)
     lqn_k = lq_k - jax.nn.logsumexp(lq_k, axis=-1, keepdims=True)
-    lp_k = jnp.take_along_axis(log_probs(logits, temperature=temperature, where=where), ids, -1)
-    return _masked(jnp.sum(jnp.exp(lqn_k) * (lqn_k - lp_k), axis=-1), where)
+    lp_k = jnp.take_along_axis(student_log_probs(logits, temperature=temperature, where=where),
+                               ids, -1)
+    return masked(jnp.sum(kl_terms(lqn_k, lp_k), axis=-1), where)
 
 
 def student_topk_reverse_kl(logits: Array, teacher, *, k: int = 16, temperature: float = 1.0,
@@ -143,8 +180,8 @@ def student_topk_reverse_kl(logits: Array, teacher, *, k: int = 16, temperature:
 
     References: Zhu et al., "The Many Faces of OPD", arXiv 2605.11182 (``topk_reverse_kl_notail``).
     """
-    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
-    return _masked(jnp.sum(jnp.exp(lp_k) * (lp_k - lq_k), axis=-1), where)
+    lp_V, ids, lp_k, lq_k, _ = student_support(logits, teacher, k, temperature, where)
+    return masked(jnp.sum(kl_terms(lp_k, lq_k), axis=-1), where)
 
 
 def student_topk_reverse_kl_sg(logits: Array, teacher, *, k: int = 16,
@@ -161,8 +198,8 @@ def student_topk_reverse_kl_sg(logits: Array, teacher, *, k: int = 16,
     References: Many Faces, arXiv 2605.11182 (``topk_reverse_kl_notail_sg``; the code, not the
     CLI help text, is followed).
     """
-    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
-    return _masked(jnp.sum(jnp.exp(lp_k) * (sg(lp_k) - lq_k), axis=-1), where)
+    lp_V, ids, lp_k, lq_k, _ = student_support(logits, teacher, k, temperature, where)
+    return masked(jnp.sum(kl_terms(lp_k, lq_k, stop_gradient_log=True), axis=-1), where)
 
 
 def student_topk_reverse_kl_tail(logits: Array, teacher, *, k: int = 16,
@@ -179,11 +216,11 @@ def student_topk_reverse_kl_tail(logits: Array, teacher, *, k: int = 16,
 
     References: Many Faces ``full_vocab_topk_reverse_kl``; TRL ``loss_add_tail``.
     """
-    lp_V, ids, lp_k, lq_k, _ = _student_support(logits, teacher, k, temperature, where)
-    head = jnp.sum(jnp.exp(lp_k) * (lp_k - lq_k), axis=-1)
+    lp_V, ids, lp_k, lq_k, _ = student_support(logits, teacher, k, temperature, where)
+    head = jnp.sum(kl_terms(lp_k, lq_k), axis=-1)
     p_tail = jnp.maximum(1.0 - jnp.sum(jnp.exp(lp_k), axis=-1), eps)
     q_tail = jnp.maximum(1.0 - jnp.sum(jnp.exp(lq_k), axis=-1), eps)
-    return _masked(head + p_tail * (jnp.log(p_tail) - jnp.log(q_tail)), where)
+    return masked(head + p_tail * (jnp.log(p_tail) - jnp.log(q_tail)), where)
 
 
 def student_topk_renormalized_reverse_kl(logits: Array, teacher, *, k: int = 16,
@@ -200,7 +237,7 @@ def student_topk_renormalized_reverse_kl(logits: Array, teacher, *, k: int = 16,
 
     References: Oh et al., vOPD, arXiv 2605.07865 (``kl_top_k``).
     """
-    lp_V, ids, lp_k, lq_k, known = _student_support(logits, teacher, k, temperature, where)
+    lp_V, ids, lp_k, lq_k, known = student_support(logits, teacher, k, temperature, where)
     lpn = lp_k - jax.nn.logsumexp(lp_k, axis=-1, keepdims=True)
     # Missing tokens (sparse teacher) take q~ = p~; the known ones share the rest of the mass in
     # proportion to q. With a dense teacher every token is known and this is plain renormalising.
@@ -209,11 +246,11 @@ def student_topk_renormalized_reverse_kl(logits: Array, teacher, *, k: int = 16,
     lqn_known = (lq_known - jax.nn.logsumexp(lq_known, axis=-1, keepdims=True)
                  + jnp.log(jnp.maximum(1.0 - missing_mass, 1e-30)))
     lqn = jnp.where(known, lqn_known, sg(lpn))
-    inner = sg(lpn) if stop_gradient_logp else lpn
-    return _masked(jnp.sum(jnp.exp(lpn) * (inner - lqn), axis=-1), where)
+    return masked(jnp.sum(kl_terms(lpn, lqn, stop_gradient_log=stop_gradient_logp), axis=-1),
+                  where)
 
 
-def _overlap(ids_s: Array, ids_t: Array) -> Array:
+def membership(ids_s: Array, ids_t: Array) -> Array:
     """For each of the first set's ids ``[..., k]``: is it in the second set ``[..., k2]``?"""
     return jnp.any(ids_s[..., :, None] == ids_t[..., None, :], axis=-1)
 
@@ -230,58 +267,16 @@ def intersect_topk_reverse_kl(logits: Array, teacher, *, k: int = 16, temperatur
 
     References: Many Faces ``topk_reverse_kl_intersect_sg_norm``.
     """
-    lp_V, ids, lp_k, lq_k, known = _student_support(logits, teacher, k, temperature, where)
-    t_ids, _ = _teacher_ids_k(teacher, k, temperature, where)
-    inside = _overlap(ids, t_ids) & known
+    lp_V, ids, lp_k, lq_k, known = student_support(logits, teacher, k, temperature, where)
+    t_ids, _ = teacher_support(teacher, k, temperature=temperature, where=where)
+    inside = membership(ids, t_ids) & known
     neg = jnp.float32(-1e30)  # finite stand-in for -inf keeps the gradients of empty rows finite
     lp_i = jnp.where(inside, lp_k, neg)
     lq_i = jnp.where(inside, lq_k, neg)
     lpn = lp_i - jax.nn.logsumexp(lp_i, axis=-1, keepdims=True)
     lqn = lq_i - jax.nn.logsumexp(lq_i, axis=-1, keepdims=True)
     terms = jnp.where(inside, jnp.exp(lpn) * (sg(lpn) - lqn), 0.0)
-    return _masked(jnp.sum(terms, axis=-1), where)
-
-
-def topk_opd_loss(logits: Array, teacher, *, k: int = 16,
-                  restrict: Literal["none", "overlap", "non_overlap"] = "none",
-                  temperature: float = 1.0, where: Array | None = None) -> Array:
-    r"""Rethinking-OPD's top-k policy-gradient loss, optionally restricted to (non-)overlap tokens.
-
-    For each support token ``v`` the advantage is ``A(v) = w(v) (log q(v) - log p(v))``
-    (stop-gradient), and the on-policy loss is ``-sum_v A(v) rho(v)`` with
-    ``rho(v) = exp(log p(v) - sg(log p(v)))`` (value 1, gradient ``grad log p(v)``). Supports:
-
-    - ``"none"``: the student's top-k ``S_k``; ``w`` = student probs renormalised on ``S_k``;
-    - ``"overlap"``: ``S_k ∩ T_k``; ``w`` renormalised on it (0 if empty);
-    - ``"non_overlap"``: the symmetric difference ``(S_k \ T_k) ∪ (T_k \ S_k)``; ``w`` = raw
-      student probabilities (not renormalised), as in the reference code.
-
-    References: Li et al., "Rethinking OPD", arXiv 2604.13016 (thunlp/OPD
-    ``compute_distillation_reward``: ``only_stu``, ``intersection``, ``union-intersection``).
-    """
-    if restrict not in ("none", "overlap", "non_overlap"):
-        raise ValueError(f"restrict must be 'none', 'overlap' or 'non_overlap', got {restrict!r}.")
-    lp_V, ids, lp_k, lq_k, known = _student_support(logits, teacher, k, temperature, where)
-    if restrict == "non_overlap":
-        t_ids, lq_t = _teacher_ids_k(teacher, k, temperature, where)
-        ids = jnp.concatenate([ids, t_ids], axis=-1)
-        lp_s = jnp.concatenate([lp_k, jnp.take_along_axis(lp_V, t_ids, -1)], axis=-1)
-        lq_s = jnp.concatenate([lq_k, lq_t], axis=-1)
-        valid = jnp.concatenate([~_overlap(ids[..., :k], t_ids) & known,
-                                 ~_overlap(t_ids, ids[..., :k])], axis=-1)
-        w = sg(jnp.exp(lp_s))
-    else:
-        # tokens a sparse teacher did not send stay in S_k (their advantage is 0 by the fill rule)
-        lp_s, lq_s, valid = lp_k, lq_k, jnp.ones_like(known)
-        if restrict == "overlap":
-            valid = known
-            t_ids, _ = _teacher_ids_k(teacher, k, temperature, where)
-            valid = valid & _overlap(ids, t_ids)
-        p = jnp.where(valid, sg(jnp.exp(lp_s)), 0.0)
-        w = p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), 1e-30)
-    adv = sg(w * (lq_s - lp_s))
-    ratio = jnp.exp(lp_s - sg(lp_s))
-    return _masked(-jnp.sum(jnp.where(valid, adv * ratio, 0.0), axis=-1), where)
+    return masked(jnp.sum(terms, axis=-1), where)
 
 
 def teacher_topk_generalized_jsd(logits: Array, teacher, *, k: int = 50, beta: float = 0.5,
@@ -294,7 +289,8 @@ def teacher_topk_generalized_jsd(logits: Array, teacher, *, k: int = 50, beta: f
 
     References: Zhao et al., OPSD, arXiv 2601.18734 (official code ``top_k_loss``).
     """
-    _check_teacher(logits, teacher, k)
-    ids, lq_k = _teacher_ids_k(teacher, k, temperature, where)
-    lp_k = jnp.take_along_axis(log_probs(logits, temperature=temperature, where=where), ids, -1)
-    return _masked(generalized_jsd(lp_k, lq_k, beta=beta), where)
+    check_teacher(logits, teacher, k)
+    ids, lq_k = teacher_support(teacher, k, temperature=temperature, where=where)
+    lp_k = jnp.take_along_axis(student_log_probs(logits, temperature=temperature, where=where),
+                               ids, -1)
+    return masked(generalized_jsd(lp_k, lq_k, beta=beta), where)

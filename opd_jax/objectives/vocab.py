@@ -18,8 +18,8 @@ forward pass (as Liger's fused linear losses do), so it needs no recomputation: 
 ``N x D x V`` matmuls, like the naive loss, and one block of logits in memory.
 
 Blocks run along the sequence axis and keep the batch axis whole, so a batch sharded over
-devices stays sharded. Rows where ``mask`` is False are zeroed before any softmax, and their
-features are exactly 0 with zero gradient.
+devices stays sharded. Rows where ``mask`` is False are zeroed before any softmax (logits and
+any per-token extra a feature reads), and their features are exactly 0 with zero gradient.
 """
 
 from collections.abc import Callable, Mapping
@@ -28,7 +28,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from opd_jax.objectives.base import Feature, TokenCtx, VocabInputs
+from opd_jax.objectives.base import Feature, TokenCtx, VocabInputs, mask_rows
 from opd_jax.objectives.topk import TeacherTopK
 
 Array = jax.Array
@@ -53,13 +53,31 @@ def _head_logits(h: Array, w: Array) -> Array:
     return jnp.einsum("...d,dv->...v", h, w, preferred_element_type=jnp.float32)
 
 
-def _row_features(features, mask, tokens, logits, teacher_logits, teacher_topk):
+def _row_features(features, mask, tokens, logits, teacher_logits, teacher_topk, extras=None):
     """Zero the masked rows, evaluate every feature, zero masked outputs."""
     logits = jnp.where(mask[..., None], logits.astype(jnp.float32), 0.0)
     if teacher_logits is not None:
         teacher_logits = jnp.where(mask[..., None], sg(teacher_logits).astype(jnp.float32), 0.0)
-    v = VocabInputs(logits, teacher_logits, teacher_topk, tokens)
+    extras = {k: mask_rows(sg(x), mask) for k, x in (extras or {}).items()}
+    v = VocabInputs(logits, teacher_logits, teacher_topk, tokens, extras)
     return {name: jnp.where(mask, f(v).astype(jnp.float32), 0.0) for name, f in features.items()}
+
+
+def _vocab_extras(features, extras, tokens):
+    """The extras the features read (checked: present, ``[B, T, ...]``); the others stay out."""
+    extras = dict(extras or {})
+    out = {}
+    for name, f in features.items():
+        for key in f.extra_inputs:
+            if key not in extras:
+                raise ValueError(f"feature {name!r} reads the extra input {key!r}, which was not "
+                                 f"given (extras: {sorted(extras)}); pass the batch's extras to "
+                                 "the vocabulary phase (see required_inputs).")
+            if extras[key].shape[:2] != tokens.shape:
+                raise ValueError(f"extra input {key!r} has shape {extras[key].shape}; extras must "
+                                 f"start with [B, T] = {tokens.shape}.")
+            out[key] = extras[key]
+    return out
 
 
 def _check_inputs(features, tokens, mask, logits, hidden, head, teacher_logits, teacher_hidden,
@@ -97,6 +115,7 @@ def compute_features(features: Mapping[str, Feature], *, tokens: Array, mask: Ar
                      head: Array | None = None, teacher_logits: Array | None = None,
                      teacher_hidden: Array | None = None, teacher_head: Array | None = None,
                      teacher_topk: TeacherTopK | None = None,
+                     extras: Mapping[str, Array] | None = None,
                      chunk_size: int | None = None) -> dict[str, Array]:
     """Evaluate named features per token; returns ``{name: float32 [B, T]}``.
 
@@ -108,14 +127,17 @@ def compute_features(features: Mapping[str, Feature], *, tokens: Array, mask: Ar
       hidden, head: final student hidden states ``[B, T, D]`` and LM head ``[D, V]`` (fused).
       teacher_logits, teacher_hidden, teacher_head, teacher_topk: the teacher, dense (logits or
         hidden + head) and/or sparse. Always stop-gradient.
+      extras: the batch's per-token extra inputs ``{name: [B, T, ...]}``; only those a feature
+        reads (``extra("name")``) are used, without gradient.
       chunk_size: positions per block; None evaluates everything at once (naive). The fused form
         always runs in blocks (default 256 positions).
     """
     _check_inputs(features, tokens, mask, logits, hidden, head, teacher_logits, teacher_hidden,
                   teacher_head, teacher_topk)
+    extras = _vocab_extras(features, extras, tokens)
     mask = mask.astype(bool)
     if hidden is None and chunk_size is None:
-        return _row_features(features, mask, tokens, logits, teacher_logits, teacher_topk)
+        return _row_features(features, mask, tokens, logits, teacher_logits, teacher_topk, extras)
     c = 256 if chunk_size is None else chunk_size
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
@@ -126,7 +148,8 @@ def compute_features(features: Mapping[str, Feature], *, tokens: Array, mask: Ar
         logits if logits is not None else hidden), teacher=blocked(
         None if teacher_logits is None and teacher_hidden is None else
         sg(teacher_logits if teacher_logits is not None else teacher_hidden)),
-        topk=None if teacher_topk is None else jax.tree.map(blocked, sg(teacher_topk)))
+        topk=None if teacher_topk is None else jax.tree.map(blocked, sg(teacher_topk)),
+        extras={k: blocked(sg(v)) for k, v in extras.items()})
     t_head = None if teacher_head is None else sg(teacher_head)
 
     @jax.checkpoint
@@ -135,7 +158,7 @@ def compute_features(features: Mapping[str, Feature], *, tokens: Array, mask: Ar
         tl = x["teacher"]
         if tl is not None and t_head is not None:
             tl = _head_logits(tl, t_head)
-        return _row_features(features, x["mask"], x["tokens"], s, tl, x["topk"])
+        return _row_features(features, x["mask"], x["tokens"], s, tl, x["topk"], x["extras"])
 
     out = jax.lax.map(lambda x: body(x, head), xs)
     return {k: _unblock(v, t) for k, v in out.items()}
@@ -153,13 +176,15 @@ def fused_token_loss(token_loss: Callable[[TokenCtx], Array], features: Mapping[
     and extras); ``weights`` (no gradient) carry the mask and the normalisation, e.g.
     ``mask / mask.sum()`` for a token mean. The gradient with respect to ``hidden`` and
     ``head`` is computed block by block during the forward pass and stored (``[B, T, D]`` and
-    ``[D, V]``), so the backward pass is a scaling. The teacher gets no gradient.
+    ``[D, V]``), so the backward pass is a scaling. The teacher gets no gradient. ``extras``
+    (``[B, T, ...]``, no gradient) reach ``token_loss`` and the features that read them.
 
     Returns:
       ``(loss, feature_values)``, the latter ``{name: [B, T]}`` without gradient (for metrics).
     """
     _check_inputs(features, tokens, mask, None, hidden, head, None, teacher_hidden, teacher_head,
                   teacher_topk)
+    _vocab_extras(features, extras, tokens)
     extras = dict(extras or {})
     for name, x in extras.items():
         if x.shape[:2] != tokens.shape:
@@ -196,7 +221,7 @@ def _fused_fwd(token_loss, features, c, hidden, head, tokens, mask, weights, t_h
         tl = None if x["th"] is None else _head_logits(x["th"], t_head)
 
         def loss_of_logits(z):
-            f = _row_features(features, x["mask"], x["tokens"], z, tl, x["topk"])
+            f = _row_features(features, x["mask"], x["tokens"], z, tl, x["topk"], x["extras"])
             ctx = TokenCtx(mask=x["mask"], features=f, extras=x["extras"], step=step)
             per_token = jnp.where(x["mask"], token_loss(ctx), 0.0)
             return jnp.sum(x["w"] * per_token), f

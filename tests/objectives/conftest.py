@@ -17,12 +17,16 @@ def make_batch(seed=0, b=3, t=7, d=8, v=40):
     lengths = jnp.array([t - 2, t, 2][:b] + [t] * max(0, b - 3))
     mask = jnp.arange(t)[None, :] < lengths[:, None]
     logits = hidden @ head
+    top_logp, top_ids = jax.lax.top_k(jax.nn.log_softmax(logits), 4)
     extras = {
         "behavior_logp": O.token_logp(logits, tokens) + 0.05 * jax.random.normal(ks[5], (b, t)),
         "aux_teacher_logp": jax.random.normal(ks[6], (b, t, 3)) - 2.0,
         "bad_teacher_logp": jax.random.normal(ks[7], (b, t)) - 3.0,
         "hidden": hidden, "teacher_hidden": t_hidden,
         "reward": jnp.broadcast_to((jnp.arange(b) % 2).astype(jnp.float32)[:, None], (b, t)),
+        # the behaviour policy's top-4 (TopKOPDConfig(k=4, surrogate="ppo")), slightly stale
+        "behavior_topk_ids": top_ids,
+        "behavior_topk_logp": top_logp + 0.1 * jax.random.normal(ks[9], top_logp.shape),
     }
     return dict(hidden=hidden, head=head, t_hidden=t_hidden, t_head=t_head, tokens=tokens,
                 mask=mask, extras=extras, key=ks[8])
@@ -39,7 +43,9 @@ def recipe_configs():
              O.UniSDConfig(alpha=0.5, clip="quantile", agreement="token", contrastive_coef=0.1,
                            hidden_coef=0.1),
              O.VOPDConfig(baseline="topk", k=10, surrogate="ppo"),
-             O.TopKOPDConfig(restrict="overlap")]
+             O.TopKOPDConfig(support="union", weights="teacher"),
+             O.TopKOPDConfig(k=4, surrogate="ppo"), O.TIPConfig(normalize="fixed"),
+             O.SEADConfig(student_threshold=2.0, teacher_threshold=2.0)]
     cfgs += [O.SGTopKConfig(variant=v, k=6) for v in ("tail", "intersect", "renormalized")]
     return cfgs
 

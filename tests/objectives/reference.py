@@ -421,10 +421,10 @@ def intersect_topk_reverse_kl(z, teacher, k, temperature=1.0, where=None, grad=F
     return _per_position(row, z, teacher, k, temperature, where, grad)
 
 
-def topk_opd_loss(z, teacher, k, restrict="none", temperature=1.0, where=None, grad=False):
+def topk_opd_loss(z, teacher, k, support="student", temperature=1.0, where=None, grad=False):
     """§9 Rethinking-OPD: ``-sum_v A(v)`` with ``A(v) = w(v)(lT(v) - lS(v))`` (ratio value 1).
 
-    Supports: none = S_k, w = p renormalised on S_k (tokens a sparse teacher lacks have A = 0
+    Supports: student = S_k, w = p renormalised on S_k (tokens a sparse teacher lacks have A = 0
     by the fill rule); overlap = S_k ∩ T_k, w renormalised there; non_overlap = symmetric
     difference, w = raw p. Gradient: ``-sum_v A(v) (onehot(v) - p) / tau``.
     """
@@ -433,20 +433,20 @@ def topk_opd_loss(z, teacher, k, restrict="none", temperature=1.0, where=None, g
         p = np.exp(lp)
         T, lq_T = _teacher_topk_row(trow, k)
         Tset, Sset = set(T.tolist()), set(S.tolist())
-        if restrict == "none":
+        if support == "student":
             ids, lq, w = S, lq_S, p[S] / np.sum(p[S])
-        elif restrict == "overlap":
+        elif support == "overlap":
             keep = np.array([int(v) in Tset for v in S]) & known
             ids, lq = S[keep], lq_S[keep]
             w = p[ids] / np.sum(p[ids]) if keep.any() else np.zeros(0)
-        elif restrict == "non_overlap":
+        elif support == "non_overlap":
             keep_s = np.array([int(v) not in Tset for v in S]) & known
             keep_t = np.array([int(v) not in Sset for v in T])
             ids = np.concatenate([S[keep_s], T[keep_t]]).astype(int)
             lq = np.concatenate([lq_S[keep_s], lq_T[keep_t]])
             w = p[ids]
         else:
-            raise ValueError(restrict)
+            raise ValueError(support)
         A = w * (lq - lp[ids])
         value = -np.sum(A)
         g = np.zeros_like(lp)
@@ -671,13 +671,16 @@ def soft_or(a, b):
 
 
 def n_keep(frac, n):
-    """``ceil(frac * n)``, reading products within 1e-9 of an integer as that integer."""
+    """``max(floor(frac * n), 1)`` (0 if n = 0), reading products within 1e-9 of an integer as
+    that integer (TIP's utility samples floor(rho N) positions; at least one is kept)."""
+    if n == 0:
+        return 0
     x = frac * n
-    return int(round(x)) if abs(x - round(x)) < 1e-9 else math.ceil(x)
+    return max(int(round(x)) if abs(x - round(x)) < 1e-9 else math.floor(x), 1)
 
 
 def top_fraction_select(score, mask, frac):
-    """§10: keep the ``ceil(frac n)`` valid tokens of highest score; ties by flat position."""
+    """§10: keep the ``n_keep(frac, n)`` valid tokens of highest score; ties by flat position."""
     s, m = f64(score).reshape(-1), np.asarray(mask, bool).reshape(-1)
     valid = [i for i in range(s.size) if m[i]]
     order = sorted(valid, key=lambda i: (-s[i], i))

@@ -126,7 +126,7 @@ FUNCS = {
     "topk_rkl_tail": lambda a, b: O.student_topk_reverse_kl_tail(a, b, k=3),
     "topk_renorm": lambda a, b: O.student_topk_renormalized_reverse_kl(a, b, k=3),
     "intersect": lambda a, b: O.intersect_topk_reverse_kl(a, b, k=3),
-    "topk_opd": lambda a, b: O.topk_opd_loss(a, b, k=3, restrict="non_overlap"),
+    "topk_opd": lambda a, b: O.topk_opd_loss(a, b, k=3, support="non_overlap"),
     "topk_jsd": lambda a, b: O.teacher_topk_generalized_jsd(a, b, k=3),
 }
 

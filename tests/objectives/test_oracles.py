@@ -95,7 +95,7 @@ TOPK_REF = {
     "rkl_tail": (R.student_topk_reverse_kl_tail, {}),
     "renorm": (R.student_topk_renormalized_reverse_kl, {}),
     "intersect": (R.intersect_topk_reverse_kl, {}),
-    "opd_none": (R.topk_opd_loss, {"restrict": "none"}),
+    "opd_none": (R.topk_opd_loss, {"support": "student"}),
     "teacher_fkl": (R.teacher_topk_forward_kl, {}),
     "teacher_jsd0": (R.teacher_topk_generalized_jsd, {"beta": 0.0}),
     "teacher_jsd0.3": (R.teacher_topk_generalized_jsd, {"beta": 0.3}),
@@ -273,12 +273,13 @@ def test_spec_section1_trl_edge_cases():
         np.testing.assert_allclose(O.generalized_jsd(ones, ones, beta=b), 0.0, atol=1e-5)
         z = rand_logits(3, SHAPES[0])
         np.testing.assert_allclose(O.generalized_jsd(z, z, beta=b), 0.0, atol=1e-6)
-    expect = {0.0: 0.8 * math.log(9), 1.0: 0.8 * math.log(9), 0.5: 0.3680642, 0.1: 0.1463105,
-              0.9: 0.1463105}
-    assert abs(expect[0.0] - 1.7577797) < 1e-7
+    # the spec's printed values (TRL's test: beta = 0 and 1 are both 0.8 ln 9 here)
+    expect = {0.0: 1.7577797, 1.0: 1.7577797, 0.5: 0.3680642, 0.1: 0.1463105, 0.9: 0.1463105}
     for b, v in expect.items():
         close(O.generalized_jsd(TRL_S, TRL_T, beta=b), [v], atol=SPEC_ATOL)
         close(R.generalized_jsd(TRL_S, TRL_T, b), [v], atol=1e-6)
+    for b in (0.0, 1.0):  # and the closed form: KL([.1, .9] || [.9, .1]) = 0.8 ln 9
+        close(O.generalized_jsd(TRL_S, TRL_T, beta=b), [0.8 * math.log(9)], atol=2e-6)
     close(O.generalized_jsd(TRL_S, TRL_T, beta=1.0), R.kl(np.exp(TRL_S), np.exp(TRL_T)), atol=2e-6)
     close(O.generalized_jsd(TRL_S, TRL_T, beta=0.0), R.kl(np.exp(TRL_T), np.exp(TRL_S)), atol=2e-6)
 
@@ -337,8 +338,13 @@ def test_spec_section8_sg_topk_values_and_gradients():
     close(R.student_topk_reverse_kl(z[None], zt[None], 2, grad=True)[1], [SPEC8["dK"]], atol=1e-6)
     close(R.student_topk_renormalized_reverse_kl(z[None], zt[None], 2), [SPEC8["renorm"]],
           atol=1e-7)
-    # difference of the two gradients = gradient of the student's top-k mass
-    close(np.subtract(SPEC8["dK"], SPEC8["dKsg"]), [-0.16, 0.06, 0.10], atol=1e-6)
+    # the library's two gradients differ by the gradient of the student's top-k mass P_S,
+    # d P_S / dz_j = 1[j in S] p_j - p_j P_S (S = {1, 2}: [-0.16, 0.06, 0.10])
+    in_s = np.array([0.0, 1.0, 1.0])
+    mass_grad = in_s * P0 - P0 * np.sum(in_s * P0)
+    close(grad_of(lambda a: O.student_topk_reverse_kl(a, ZT0, k=2), Z0)
+          - grad_of(lambda a: O.student_topk_reverse_kl_sg(a, ZT0, k=2), Z0), [mass_grad] * 3,
+          atol=SPEC_ATOL)
 
 
 # ============================================================================================
@@ -440,8 +446,8 @@ TOPK = {
     "renormalized_sg_logp": (lambda *a, **kw: O.student_topk_renormalized_reverse_kl(
         *a, stop_gradient_logp=True, **kw), R.student_topk_renormalized_reverse_kl, {}),
     "intersect": (O.intersect_topk_reverse_kl, R.intersect_topk_reverse_kl, {}),
-    **{f"topk_opd_{r}": (O.topk_opd_loss, R.topk_opd_loss, {"restrict": r})
-       for r in ("none", "overlap", "non_overlap")},
+    **{f"topk_opd_{r}": (O.topk_opd_loss, R.topk_opd_loss, {"support": r})
+       for r in ("student", "overlap", "non_overlap")},
     "teacher_topk_fkl": (O.teacher_topk_forward_kl, R.teacher_topk_forward_kl, {}),
     **{f"teacher_topk_jsd_{b}": (O.teacher_topk_generalized_jsd, R.teacher_topk_generalized_jsd,
                                  {"beta": b}) for b in (0.0, 0.3, 1.0)},
@@ -549,7 +555,7 @@ def test_sparse_teacher_covering_student_topk_equals_dense(name, seed, temperatu
 # functions that accept a sparse teacher with fewer than k entries (they never need T_k)
 STUDENT_ONLY = ["student_topk_reverse_kl", "student_topk_reverse_kl_sg",
                 "student_topk_reverse_kl_tail", "renormalized", "renormalized_sg_logp"]
-MISSING_CASES = [(name, K_mode) for name in sorted(set(TOPK) - {"topk_opd_none"})
+MISSING_CASES = [(name, K_mode) for name in sorted(set(TOPK) - {"topk_opd_student"})
                  for K_mode in (["K=k", "K=1"] if name in STUDENT_ONLY else ["K=k"])]
 
 
@@ -560,7 +566,7 @@ def test_sparse_teacher_missing_tokens_follow_fill_rule(name, K_mode, seed, temp
     log-prob as teacher log-prob (module docstring of ``topk``; the reference's ``_support_row``
     applies it before anything else, so the renormalised RKL renormalises the filled values --
     its own docstring's stronger claim is tested separately below). K = 1 < k only for the
-    functions that never need the teacher's top-k. ``topk_opd_loss(restrict="none")`` has its
+    functions that never need the teacher's top-k. ``topk_opd_loss(support="student")`` has its
     own test below."""
     fn, ref, kw = TOPK[name]
     tol = TOPK_TOL.get(name, {})
@@ -908,14 +914,17 @@ _KEYS = jax.random.split(jax.random.key(1234), 4000)
 
 
 def test_sampled_fraction_select_structure():
-    """Exactly ceil(frac n) valid tokens, never an invalid one, zero weights picked last."""
+    """Exactly max(floor(frac n), 1) valid tokens (TIP's floor(rho N)), never an invalid one,
+    zero weights picked last."""
     w = np.array([[0.5, 0.0, 2.0, 1.0, 9.0, 3.0]], np.float32)
     m = np.array([[True, True, True, True, False, True]])
-    sel = np.asarray(_SAMPLE(w, m, _KEYS, 0.9))[:, 0]  # 5 valid -> keep 5
-    assert R.n_keep(0.9, 5) == 5 and np.all(sel.sum(-1) == 5) and np.all(sel[:, 4] == 0)
+    sel = np.asarray(_SAMPLE(w, m, _KEYS, 0.99))[:, 0]  # 5 valid -> floor(4.95) = 4
+    assert R.n_keep(0.99, 5) == 4 and np.all(sel.sum(-1) == 4) and np.all(sel[:, 4] == 0)
     assert np.all(sel[:, [0, 2, 3, 5]] == 1)  # every positive weight before the zero one
-    sel = np.asarray(_SAMPLE(w, m, _KEYS, 0.5))[:, 0]  # keep 3 of the 4 positive weights
+    sel = np.asarray(_SAMPLE(w, m, _KEYS, 0.7))[:, 0]  # floor(3.5): 3 of the 4 positive weights
     assert np.all(sel.sum(-1) == 3) and np.all(sel[:, 1] == 0) and np.all(sel[:, 4] == 0)
+    sel = np.asarray(_SAMPLE(w, m, _KEYS, 0.1))[:, 0]  # floor(0.5) = 0 -> at least one
+    assert R.n_keep(0.1, 5) == 1 and np.all(sel.sum(-1) == 1) and np.all(sel[:, [1, 4]] == 0)
 
 
 def test_sampled_fraction_select_inclusion_probabilities():

@@ -1,238 +1,490 @@
-"""Each named recipe equals its formula written by hand with the level-1 functions, and the
-composition layer (weighted sums, schedules, reductions) behaves like the arithmetic it names."""
+"""Each named recipe against an independent float64 NumPy oracle of its formula
+(``recipe_oracles.py``): the loss value, and its gradient in the student logits by central
+differences of the oracle with every stop-gradient quantity frozen (at 60 entries covering
+every valid position)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import opd_jax.objectives as O
+from tests.objectives import recipe_oracles as RO
 from tests.objectives.conftest import make_batch
 
-sg = jax.lax.stop_gradient
+SHAPE = dict(b=4, t=5, d=8, v=12)  # 15 valid positions (lengths 3, 5, 2, 5)
 
 
 def _setup(seed=0):
-    b = make_batch(seed)
+    b = make_batch(seed, **SHAPE)
     z = b["hidden"] @ b["head"]
     zt = b["t_hidden"] @ b["t_head"]
-    return b, z, zt
+    np_b = {"zt": np.asarray(zt, np.float64), "tokens": np.asarray(b["tokens"]),
+            "mask": np.asarray(b["mask"]),
+            **{k: np.asarray(v, np.float64) for k, v in b["extras"].items()}}
+    return b, z, zt, np_b
 
 
-CONCRETE = {}
-
-
-def _recipe_loss(cfg, b, z, zt, step=3):
+def recipe_loss(cfg, b, z, zt, step=3, extras=None):
     obj = O.build_objective(cfg)
+    ex = b["extras"] if extras is None else extras
     feats = O.compute_features(obj.features, tokens=b["tokens"], mask=b["mask"], logits=z,
-                               teacher_logits=zt)
-    ctx = O.TokenCtx(mask=b["mask"], features=feats, extras=b["extras"], step=jnp.int32(step),
+                               teacher_logits=zt, extras=ex)
+    ctx = O.TokenCtx(mask=b["mask"], features=feats, extras=ex, step=jnp.int32(step),
                      key=b["key"])
     terms, _, metrics = obj.apply(ctx, obj.init())
     return O.total(terms), metrics
 
 
-def _mean(x, m):
-    return jnp.sum(jnp.where(m, x, 0.0)) / jnp.sum(m)
+def fd_entries(mask, v, n=60, seed=0):
+    """``n`` logit entries (row, position, vocab) at valid positions, every valid position at
+    least once: where the finite-difference gradient is taken (all 180 would cost 3x more)."""
+    pos = list(zip(*np.nonzero(mask)))
+    rng = np.random.default_rng(seed)
+    picks = [(*p, int(rng.integers(v))) for p in pos]
+    picks += [(*pos[i], int(rng.integers(v))) for i in rng.integers(len(pos), size=n - len(pos))]
+    return sorted(set(picks))
 
 
-def _check(cfg, expected_fn, seed=0, step=3):
-    """``expected_fn(z, zt, batch, mask)``; NumPy work on logits must use ``CONCRETE["z"]``."""
-    b, z, zt = _setup(seed)
-    CONCRETE["z"] = z
-    m = b["mask"]
-    got, got_g = jax.value_and_grad(lambda a: _recipe_loss(cfg, b, a, zt, step)[0])(z)
-    exp, exp_g = jax.value_and_grad(lambda a: expected_fn(a, zt, b, m))(z)
-    # selections are computed with NumPy from the concrete logits (they carry no gradient)
-    np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got_g, exp_g, rtol=1e-4, atol=1e-6)
+def fd_grad(fn, z0, entries, h=1e-5):
+    """Central differences of ``fn(z)`` at ``z0`` at the given entries."""
+    z = np.asarray(z0, np.float64).copy()
+    out = []
+    for e in entries:
+        old = z[e]
+        z[e] = old + h
+        up = fn(z)
+        z[e] = old - h
+        down = fn(z)
+        z[e] = old
+        out.append((up - down) / (2 * h))
+    return np.array(out)
 
 
-def _lp(z, b, t=1.0):
-    return O.token_logp(z, b["tokens"], temperature=t)
+def check(cfg, oracle, seed=0, step=3, extras=None, grad_atol=2e-6):
+    """``oracle(z, z0, nb) -> float`` against the recipe's value and gradient."""
+    b, z, zt, nb = _setup(seed)
+    if extras is not None:
+        nb.update({k: np.asarray(v, np.float64) for k, v in extras.items()})
+    nb["step"] = step
+    got, got_g = jax.value_and_grad(lambda a: recipe_loss(cfg, b, a, zt, step, extras)[0])(z)
+    z0 = np.asarray(z, np.float64)
+    want = oracle(z0, z0, nb)
+    np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)
+    entries = fd_entries(nb["mask"], z0.shape[-1], seed=seed)
+    want_g = fd_grad(lambda a: oracle(a, z0, nb), z0, entries)
+    got_g = np.asarray(got_g, np.float64)
+    np.testing.assert_allclose([got_g[e] for e in entries], want_g, rtol=1e-3, atol=grad_atol)
+    assert np.all(got_g[~nb["mask"]] == 0.0)  # padded positions: exactly no gradient
 
 
-def test_opd():
-    def exp(z, zt, b, m):
-        adv = sg(_lp(zt, b) - b["extras"]["behavior_logp"])
-        return _mean(-adv * jnp.exp(_lp(z, b) - b["extras"]["behavior_logp"]), m)
-    _check(O.OPDConfig(), exp)
+def lps(z, z0, nb, t=1.0):
+    """Student log-prob of the sampled tokens at z and z0, teacher's, behaviour's."""
+    tok = nb["tokens"]
+    return (RO.token_lp(z, tok, t), RO.token_lp(z0, tok, t), RO.token_lp(nb["zt"], tok, t),
+            nb["behavior_logp"])
+
+
+# ------------------------------------------------------------------ sampled-token recipes
+
+
+@pytest.mark.parametrize("surrogate", ["is", "ppo"])
+def test_opd(surrogate):
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        return RO.tmean(RO.surrogate(surrogate, lq - beh, lp, beh), nb["mask"])
+    check(O.OPDConfig(surrogate=surrogate), oracle)
 
 
 def test_opd_discounted_ppo():
-    def exp(z, zt, b, m):
-        beh = b["extras"]["behavior_logp"]
-        r = jnp.where(m, 2.0 * (_lp(zt, b) - beh), 0.0)
-        adv = np.zeros(r.shape, np.float32)
-        r = np.asarray(r)
-        for t in reversed(range(r.shape[1])):
-            adv[:, t] = r[:, t] + (0.5 * adv[:, t + 1] if t + 1 < r.shape[1] else 0.0)
-        rho = jnp.exp(_lp(z, b) - beh)
-        loss = jnp.maximum(-rho * adv, -jnp.clip(rho, 0.8, 1.2) * adv)
-        return _mean(loss, m)
-    _check(O.OPDConfig(discount=0.5, kl_coef=2.0, surrogate="ppo"), exp)
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        adv = RO.R.discounted_future_sum(2.0 * (lq - beh), nb["mask"], 0.5)
+        return RO.tmean(RO.ppo_loss(adv, lp, beh, 0.2), nb["mask"])
+    check(O.OPDConfig(discount=0.5, kl_coef=2.0, surrogate="ppo"), oracle)
+
+
+def test_opd_tinker_sum_per_sequence():
+    """Tinker's normalisation: each sequence's token losses summed, then the mean over sequences."""
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        m = nb["mask"]
+        per_seq = np.sum(np.where(m, RO.is_loss(lq - beh, lp, beh), 0.0), -1)
+        return float(per_seq[m.any(-1)].mean())
+    check(O.OPDConfig(reduction="sum_per_sequence"), oracle)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
 def test_gkd(beta):
-    _check(O.GKDConfig(beta=beta, temperature=0.9),
-           lambda z, zt, b, m: _mean(O.generalized_jsd(z, zt, beta=beta, temperature=0.9), m))
+    check(O.GKDConfig(beta=beta, temperature=0.9),
+          lambda z, z0, nb: RO.tmean(RO.jsd(RO.lsm(z, 0.9), RO.lsm(nb["zt"], 0.9), beta),
+                                     nb["mask"]))
 
 
-def test_eopd():
-    def exp(z, zt, b, m):
-        beh = b["extras"]["behavior_logp"]
-        adv = sg(_lp(zt, b) - beh)
-        rho = jnp.exp(_lp(z, b) - beh)
-        pg = jnp.maximum(-rho * adv, -jnp.clip(rho, 0.8, 1.2) * adv)
-        gate = (O.token_entropy(zt) > 2.0).astype(jnp.float32)
-        return _mean(pg + 0.5 * gate * O.teacher_topk_forward_kl(z, zt, k=5), m)
-    _check(O.EOPDConfig(tau=2.0, k=5, fkl_coef=0.5), exp)
+@pytest.mark.parametrize("soft_width", [None, 0.3])
+def test_eopd_hard_and_soft_gate(soft_width):
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        h = RO.entropy(nb["zt"])
+        gate = (h > 2.0) if soft_width is None else 1 / (1 + np.exp(-(h - 2.0) / soft_width))
+        fkl = RO.per_position(lambda a, at: float(RO.R.teacher_topk_forward_kl(
+            a[None], at[None], 5)[0]), z, nb["zt"])
+        return RO.tmean(RO.ppo_loss(lq - beh, lp, beh, 0.2) + 0.5 * gate * fkl, nb["mask"])
+    check(O.EOPDConfig(tau=2.0, k=5, fkl_coef=0.5, soft_width=soft_width), oracle)
 
 
-def test_aopd():
-    def exp(z, zt, b, m):
-        lp = _lp(z, b)
-        adv = sg(_lp(zt, b) - lp)
-        pg = -adv * jnp.exp(lp - b["extras"]["behavior_logp"])
-        return _mean(jnp.where(adv > 0, pg, 0.7 * O.reverse_kl(z, zt)), m)
-    _check(O.AOPDConfig(alpha=0.7), exp)
+@pytest.mark.parametrize("local,surrogate", [("reverse_kl", "is"), ("forward_kl", "is"),
+                                             ("topk_reverse_kl_sg", "ppo")])
+def test_aopd(local, surrogate):
+    def oracle(z, z0, nb):
+        lp, lp0, lq, beh = lps(z, z0, nb)
+        adv = lq - lp0  # the learner's log-prob, frozen
+        pg = RO.surrogate(surrogate, adv, lp, beh)
+        lz, lt = RO.lsm(z), RO.lsm(nb["zt"])
+        loc = {"reverse_kl": lambda: RO.kl(lz, lt), "forward_kl": lambda: RO.kl(lt, lz),
+               "topk_reverse_kl_sg": lambda: RO.sg_topk_rkl(z, z0, nb["zt"], 5, 1.0)}[local]()
+        return RO.tmean(np.where(adv > 0, pg, 0.7 * loc), nb["mask"])
+    check(O.AOPDConfig(alpha=0.7, local=local, k=5, surrogate=surrogate), oracle)
 
 
-@pytest.mark.parametrize("step", [1, 5])
-def test_reopold_two_stages(step):
+@pytest.mark.parametrize("baseline,clip,surrogate", [("full", None, "is"), ("topk", None, "ppo"),
+                                                     ("full", 0.3, "is")])
+def test_vopd(baseline, clip, surrogate):
+    def oracle(z, z0, nb):
+        lp, lp0, lq, beh = lps(z, z0, nb)
+        r = lq - lp0
+        if clip is not None:  # vOPD code: max(r, log(lambda) / (1 - lambda))
+            r = np.maximum(r, np.log(clip) / (1 - clip))
+        if baseline == "full":
+            base = RO.kl(RO.lsm(z0), RO.lsm(nb["zt"]))
+        else:
+            base = RO.per_position(lambda a, at: float(RO.R.student_topk_renormalized_reverse_kl(
+                a[None], at[None], 6)[0]), z0, nb["zt"])
+        return RO.tmean(RO.surrogate(surrogate, r + base, lp, beh), nb["mask"])
+    check(O.VOPDConfig(baseline=baseline, k=6, reward_clip=clip, surrogate=surrogate), oracle)
+
+
+def test_sft_and_reinforce():
+    check(O.SFTConfig(), lambda z, z0, nb: RO.tmean(-RO.token_lp(z, nb["tokens"]), nb["mask"]))
+
+    def reinforce(z, z0, nb):
+        lp, _, _, beh = lps(z, z0, nb)
+        m, r = nb["mask"], nb["reward"]
+        rows = m.any(-1)
+        baseline = np.mean([r[i][m[i]].mean() for i in range(len(m)) if rows[i]])
+        return RO.tmean(RO.is_loss(r - baseline, lp, beh), m)
+    check(O.ReinforceConfig(), reinforce)
+
+
+# ------------------------------------------------------------------ selection recipes
+
+
+def _reopold_oracle(step, switch_step, entropy_select, surrogate):
     floor = np.log(0.2 / 0.8)
 
-    def exp(z, zt, b, m):
-        lp = _lp(z, b)
-        r = sg(_lp(zt, b) - lp)
-        if step < 3:
-            keep = m & (r >= floor)
+    def oracle(z, z0, nb):
+        lp, lp0, lq, beh = lps(z, z0, nb)
+        m = nb["mask"]
+        reward = lq - lp0
+        entropy_keep = m & (RO.entropy(z0) >= RO.quantile(RO.entropy(z0), m, 0.5))
+        if switch_step is not None and step < switch_step:
+            keep = m & (reward >= floor)
         else:
-            h = np.asarray(O.token_entropy(CONCRETE["z"]))[np.asarray(m)]
-            keep = m & (O.token_entropy(z) >= np.quantile(h, 0.5))
-        loss = -jnp.maximum(r, floor) * jnp.exp(lp - b["extras"]["behavior_logp"])
-        return jnp.sum(jnp.where(keep, loss, 0.0)) / jnp.sum(keep)
-    _check(O.REOPOLDConfig(switch_step=3), exp, step=step)
+            keep = entropy_keep if entropy_select else m
+        loss = RO.surrogate(surrogate, np.maximum(reward, floor), lp, beh)
+        return RO.wmean(np.where(keep, loss, 0.0), keep.astype(float))
+    return oracle
 
 
-def test_tip_soft_or():
-    def exp(z, zt, b, m):
-        mm = np.asarray(m)
-        h = np.asarray(O.token_entropy(CONCRETE["z"]))
-        d = np.asarray(O.generalized_jsd(CONCRETE["z"], zt, beta=0.5))
-        norm = lambda x: (x - x[mm].min()) / (x[mm].max() - x[mm].min())  # noqa: E731
-        s = np.where(mm, 1 - (1 - norm(h)) * (1 - norm(d)), -np.inf)
-        n_keep = int(np.ceil(0.3 * mm.sum()))
-        keep = np.zeros(mm.shape, bool)
-        keep.flat[np.argsort(-s, axis=None, kind="stable")[:n_keep]] = True
-        return jnp.sum(jnp.where(keep, O.reverse_kl(z, zt), 0.0)) / n_keep
-    _check(O.TIPConfig(frac=0.3), exp)
+@pytest.mark.parametrize("step,switch_step,entropy_select,surrogate", [
+    (3, None, True, "is"),  # the default path
+    (1, 3, True, "is"), (5, 3, True, "ppo"),  # the two stages
+    (5, 3, False, "is"),  # after the switch without entropy selection: every valid token
+])
+def test_reopold(step, switch_step, entropy_select, surrogate):
+    check(O.REOPOLDConfig(switch_step=switch_step, entropy_select=entropy_select,
+                          surrogate=surrogate),
+          _reopold_oracle(step, switch_step, entropy_select, surrogate), step=step)
 
 
-def test_opsd_teacher_topk():
-    def exp(z, zt, b, m):
-        return _mean(O.teacher_topk_generalized_jsd(z, zt, k=6, beta=0.5, temperature=1.1), m)
-    _check(O.OPSDConfig(teacher_top_k=6), exp)
+@pytest.mark.parametrize("select,normalize", [("soft_or", "minmax"), ("soft_or", "fixed"),
+                                              ("q3", "fixed"), ("q3", "minmax"), ("all", "minmax")])
+def test_tip_deterministic(select, normalize):
+    def oracle(z, z0, nb):
+        m = nb["mask"]
+        h = RO.entropy(z0)
+        d = RO.jsd(RO.lsm(z0), RO.lsm(nb["zt"]), 0.5)
+        if normalize == "minmax":
+            hn, dn = RO.minmax(h, m), RO.minmax(d, m)
+        else:  # h / ln V and JSD / ln 2
+            hn, dn = np.clip(h / np.log(z.shape[-1]), 0, 1), np.clip(d / np.log(2), 0, 1)
+        if select == "soft_or":
+            keep = RO.top_mask(1 - (1 - hn) * (1 - dn), m, 0.3)
+        elif select == "q3":
+            keep = m & (hn <= 0.4) & (dn > 0.4)
+        else:
+            keep = m
+        rkl = RO.kl(RO.lsm(z), RO.lsm(nb["zt"]))
+        return RO.wmean(np.where(keep, rkl, 0.0), keep.astype(float)) if keep.any() else 0.0
+    check(O.TIPConfig(select=select, normalize=normalize, frac=0.3, q3_threshold=0.4), oracle)
+
+
+def _selected_rows(cfg, keys):
+    """For each key: the recipe's loss and which positions carry gradient (= were selected)."""
+    b, z, zt, nb = _setup(0)
+
+    def one(key):
+        bb = dict(b, key=key)
+        loss, g = jax.value_and_grad(lambda a: recipe_loss(cfg, bb, a, zt)[0])(z)
+        return loss, jnp.any(g != 0, axis=-1)
+    losses, sel = jax.jit(jax.vmap(one))(keys)
+    return np.asarray(losses, np.float64), np.asarray(sel), z, nb
+
+
+@pytest.mark.parametrize("select", ["random", "entropy_sampling"])
+def test_tip_sampled(select):
+    """floor(rho N) tokens, never a masked one, the loss is the mean reverse KL over them, and
+    random selection includes every valid token equally often (N = 15, keep 4: p = 4/15)."""
+    cfg = O.TIPConfig(select=select, frac=0.3, gamma=1.0)
+    losses, sel, z, nb = _selected_rows(cfg, jax.random.split(jax.random.key(7), 300))
+    m = nb["mask"]
+    assert RO.n_keep(0.3, m.sum()) == 4
+    assert np.all(sel.reshape(len(sel), -1).sum(-1) == 4) and not np.any(sel & ~m)
+    rkl = RO.kl(RO.lsm(np.asarray(z, np.float64)), RO.lsm(nb["zt"]))
+    np.testing.assert_allclose(losses, [rkl[s].mean() for s in sel], rtol=2e-5)
+    if select == "random":  # binomial(300, 4/15): sd 0.026; 4.5 sd
+        np.testing.assert_allclose(sel.mean(0)[m], 4 / 15, atol=0.12)
+
+
+def test_tip_entropy_sampling_inclusion_probabilities():
+    """Weights h^alpha d^gamma (gamma = 0: entropy only) on min-max normalised scores; inclusion
+    frequencies over 2000
+    keys against the exact successive-sampling probabilities (5 valid tokens, keep 2)."""
+    b, z, zt, nb = _setup(0)
+    m = np.zeros(nb["mask"].shape, bool)
+    m[1, :5] = True
+    cfg = O.TIPConfig(select="entropy_sampling", frac=0.5, alpha=1.0, gamma=0.0)
+
+    def one(key):
+        bb = dict(b, key=key, mask=jnp.asarray(m))
+        g = jax.grad(lambda a: recipe_loss(cfg, bb, a, zt)[0])(z)
+        return jnp.any(g != 0, axis=-1)
+    sel = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(3), 2000)))
+    z0 = np.asarray(z, np.float64)
+    w = RO.minmax(RO.entropy(z0), m)[m]
+    np.testing.assert_allclose(sel.mean(0)[m], RO.R.inclusion_probabilities(w, 2), atol=0.045)
+
+
+@pytest.mark.parametrize("loss", ["pg", "reverse_kl"])
+def test_ta_opd(loss):
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        m = nb["mask"]
+        rkl0 = RO.kl(RO.lsm(z0), RO.lsm(nb["zt"]))
+        mass = RO.teacher_mass_on_student_topk(z0, nb["zt"], 4, 1.0)
+        keep = RO.top_mask(RO.minmax(rkl0, m) * RO.minmax(mass, m), m, 0.3)
+        per = (RO.is_loss(lq - beh, lp, beh) if loss == "pg"
+               else RO.kl(RO.lsm(z), RO.lsm(nb["zt"])))
+        return RO.wmean(np.where(keep, per, 0.0), keep.astype(float))
+    check(O.TAOPDConfig(k=4, frac=0.3, loss=loss), oracle)
+
+
+def test_fire_opd():
+    """Keep sequences whose mean teacher log-prob is >= the batch's 40% quantile; weights
+    (1 + a(1 - H_T/max H_T))(1 + b H_S/max H_S) normalised to mean 1 over kept tokens."""
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        m = nb["mask"]
+        seq = np.array([lq[i][m[i]].mean() for i in range(len(m))])
+        keep = m & (seq >= np.quantile(seq, 0.4))[:, None]
+        ht, hs = RO.entropy(nb["zt"]), RO.entropy(z0)
+        w = (1 + 0.5 * (1 - ht / ht[keep].max())) * (1 + 2.0 * hs / hs[keep].max())
+        w = np.where(keep, w / w[keep].mean(), 0.0)
+        return RO.tmean(RO.ppo_loss(w * (lq - beh), lp, beh, 0.2), m)
+    check(O.FiReOPDConfig(keep_quantile=0.4, teacher_coef=0.5, student_coef=2.0), oracle)
+
+
+@pytest.mark.parametrize("mode,group_size", [("mean", 0), ("minmax", 2), ("mean", 2)])
+def test_uni_opd_margin(mode, group_size):
+    """Correct (reward > 0.5) samples' advantages shifted so that the gap is delta."""
+    reward = jnp.broadcast_to(jnp.array([1.0, 0.0, 0.0, 1.0])[:, None], (4, 5))
+
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        m = nb["mask"]
+        adv = np.where(m, lq - beh, 0.0)
+        abar = np.array([adv[i][m[i]].mean() for i in range(4)])
+        correct = np.array([True, False, False, True])
+        g = group_size or 4
+        for start in range(0, 4, g):
+            rows = np.arange(start, start + g)
+            cor, inc = rows[correct[rows]], rows[~correct[rows]]
+            if len(cor) == 0 or len(inc) == 0:
+                continue
+            gap = (abar[cor].mean() - abar[inc].mean() if mode == "mean"
+                   else abar[cor].min() - abar[inc].max())
+            if gap < 0.5:
+                adv[cor] += 0.5 - gap
+        return RO.tmean(RO.is_loss(adv, lp, beh), m)
+    b, *_ = _setup(0)
+    check(O.UniOPDConfig(delta=0.5, mode=mode, group_size=group_size), oracle,
+          extras={**b["extras"], "reward": reward})
+
+
+@pytest.mark.parametrize("thresholds,step", [((None, None), 0), ((None, None), 37),
+                                             ((1.5, 1.6), 100), ((1.5, 1.6), 50)])
+def test_sead(thresholds, step):
+    """Zones by (H(p) > t_S, H(q) > t_T) (median when None); default zone rules; alpha_k =
+    (1 + cos(pi min(k, K)/K)) / 2 with K = 100."""
+    ts, tt = thresholds
+
+    def oracle(z, z0, nb):
+        m = nb["mask"]
+        hs, ht = RO.entropy(z0), RO.entropy(nb["zt"])
+        s_hi = hs > (RO.quantile(hs, m, 0.5) if ts is None else ts)
+        t_hi = ht > (RO.quantile(ht, m, 0.5) if tt is None else tt)
+        alpha = 0.5 * (1 + np.cos(np.pi * min(step, 100) / 100))
+        lz, lt = RO.lsm(z), RO.lsm(nb["zt"])
+        fkl, rkl = RO.kl(lt, lz), RO.kl(lz, lt)
+        loss = np.where(~s_hi & t_hi, fkl, 0.0) + np.where(
+            s_hi & ~t_hi, alpha * fkl + (1 - alpha) * rkl, 0.0)
+        return RO.tmean(loss, m)
+    cfg = O.SEADConfig(anneal_steps=100, student_threshold=ts, teacher_threshold=tt)
+    check(cfg, oracle, step=step)
+    assert (O.build_objective(cfg).token_loss is not None) == (ts is not None)
+
+
+def test_iw_opd():
+    """TRL's weights: 1 + gamma (1 - sum_{s<t}|a_s| / max(eps, sum_s |a_s|)), a = log q - log mu."""
+    def oracle(z, z0, nb):
+        lp, _, lq, beh = lps(z, z0, nb)
+        m = nb["mask"]
+        a = np.where(m, lq - beh, 0.0)
+        w = np.zeros_like(a)
+        for i in range(len(a)):
+            tot = max(np.abs(a[i]).sum(), 1e-8)
+            for t in range(a.shape[1]):
+                w[i, t] = 1 + 0.7 * (1 - np.abs(a[i, :t]).sum() / tot)
+        return RO.tmean(RO.is_loss(w * a, lp, beh), m)
+    check(O.IWOPDConfig(gamma=0.7), oracle)
+
+
+# ------------------------------------------------------------------ distribution recipes
+
+
+@pytest.mark.parametrize("top_k", [None, 6])
+def test_opsd_jsd(top_k):
+    def oracle(z, z0, nb):
+        if top_k is None:
+            return RO.tmean(RO.jsd(RO.lsm(z, 1.1), RO.lsm(nb["zt"], 1.1), 0.5), nb["mask"])
+        v = RO.per_position(lambda a, at: float(RO.R.teacher_topk_generalized_jsd(
+            a[None], at[None], top_k, beta=0.5, temperature=1.1)[0]), z, nb["zt"])
+        return RO.tmean(v, nb["mask"])
+    check(O.OPSDConfig(teacher_top_k=top_k), oracle)
+
+
+def test_opsd_sampled():
+    """Eq. 9: A = sg(log p_T(y) - log p_S(y)), loss -A log p_S(y) (ratio to the current p_S)."""
+    def oracle(z, z0, nb):
+        lp, lp0, lq, _ = lps(z, z0, nb, 1.1)
+        return RO.tmean(-(lq - lp0) * np.exp(lp - lp0), nb["mask"])
+    check(O.OPSDConfig(loss="sampled"), oracle)
+
+
+def _unisd_aggregate(div, nb, agreement, gamma):
+    """§6: token agreement: per sequence sum w l / sum w; sequence agreement: each sequence's
+    token mean times exp(-gamma Var_k S^(k)), mean over sequences."""
+    m = nb["mask"]
+    rows = [i for i in range(len(m)) if m[i].any()]
+    aux = nb["aux_teacher_logp"]
+    if agreement == "token":
+        w = RO.R.token_agreement_weights(aux, m, gamma, 0.95)
+        return float(np.mean([np.sum((w * div)[i][m[i]]) / np.sum(w[i][m[i]]) for i in rows]))
+    per = []
+    for i in rows:
+        s_k = aux[i][m[i]].mean(0)
+        per.append(max(np.exp(-gamma * np.var(s_k)), 1e-6) * div[i][m[i]].mean())
+    return float(np.mean(per))
 
 
 def test_unisd_star():
-    cfg = O.UniSDConfig(alpha=0.0, clip="static", clip_value=3.0, agreement="token",
-                        contrastive_coef=0.1, hidden_coef=0.1)
-
-    def exp(z, zt, b, m):
-        e = b["extras"]
-        div = jnp.minimum(O.forward_kl(z, zt, temperature=0.7), 3.0)
-        w = O.token_agreement_weights(e["aux_teacher_logp"], m)
-        mf = m.astype(jnp.float32)
-        per_seq = jnp.sum(w * div, 1) / jnp.sum(w, 1)
-        lp = _lp(z, b, 0.7)
-        hinge = jax.nn.relu(0.5 + jnp.abs(lp - _lp(zt, b, 0.7)) - jnp.abs(lp - e["bad_teacher_logp"]))
-        seq = lambda x: jnp.mean(jnp.sum(x * mf, 1) / jnp.sum(mf, 1))  # noqa: E731
-        hid = jnp.mean((e["hidden"] - e["teacher_hidden"]) ** 2, -1)
-        return jnp.mean(per_seq) + 0.1 * seq(hinge) + 0.1 * seq(hid)
-    _check(cfg, exp)
+    def oracle(z, z0, nb):
+        m = nb["mask"]
+        div = np.minimum(RO.kl(RO.lsm(nb["zt"], 0.7), RO.lsm(z, 0.7)), 3.0)
+        lp, lq = RO.token_lp(z, nb["tokens"], 0.7), RO.token_lp(nb["zt"], nb["tokens"], 0.7)
+        hinge = np.maximum(0.5 + np.abs(lp - lq) - np.abs(lp - nb["bad_teacher_logp"]), 0)
+        hid = np.mean((nb["hidden"] - nb["teacher_hidden"]) ** 2, -1)
+        seq = lambda x: np.mean([x[i][m[i]].mean() for i in range(len(m)) if m[i].any()])  # noqa
+        return _unisd_aggregate(div, nb, "token", 1.0) + 0.1 * seq(hinge) + 0.1 * seq(hid)
+    check(O.UniSDConfig(alpha=0.0, clip="static", clip_value=3.0, agreement="token",
+                        contrastive_coef=0.1, hidden_coef=0.1), oracle)
 
 
-@pytest.mark.parametrize("variant,fn", [("sg", O.student_topk_reverse_kl_sg),
-                                        ("tail", O.student_topk_reverse_kl_tail),
-                                        ("intersect", O.intersect_topk_reverse_kl)])
-def test_sg_topk(variant, fn):
-    _check(O.SGTopKConfig(k=6, variant=variant), lambda z, zt, b, m: _mean(fn(z, zt, k=6), m))
+def test_unisd_sequence_agreement_and_quantile_clip():
+    def oracle(z, z0, nb):
+        m = nb["mask"]
+        div_fn = lambda a: RO.jsd(RO.lsm(a, 0.7), RO.lsm(nb["zt"], 0.7), 0.4)  # noqa: E731
+        cap = RO.quantile(div_fn(z0), m, 0.8)
+        return _unisd_aggregate(np.minimum(div_fn(z), cap), nb, "sequence", 2.0)
+    check(O.UniSDConfig(alpha=0.4, clip="quantile", clip_q=0.8, agreement="sequence",
+                        agreement_gamma=2.0), oracle)
 
 
-def test_vopd_topk_baseline():
-    def exp(z, zt, b, m):
-        lp = _lp(z, b)
-        base = O.student_topk_renormalized_reverse_kl(z, zt, k=10)
-        adv = sg(_lp(zt, b) - lp + base)
-        return _mean(-adv * jnp.exp(lp - b["extras"]["behavior_logp"]), m)
-    _check(O.VOPDConfig(baseline="topk", k=10), exp)
+def test_unisd_sequence_weight_scales_that_sequence():
+    """Down-weighting one sequence (its auxiliary teachers disagree) lowers the loss by exactly
+    (1 - w) * that sequence's token mean / number of sequences."""
+    b, z, zt, nb = _setup(0)
+    aux = np.zeros((4, 5, 3), np.float32)
+    aux[2, :, :] = [[0.0, -1.0, -2.0]]  # row 2: Var_k of the per-teacher means = 2/3
+    ex = {**b["extras"], "aux_teacher_logp": jnp.asarray(aux)}
+    cfg = O.UniSDConfig(agreement="sequence", agreement_gamma=1.5)
+    plain, _ = recipe_loss(O.UniSDConfig(), b, z, zt, extras=ex)
+    weighted, _ = recipe_loss(cfg, b, z, zt, extras=ex)
+    div = RO.kl(RO.lsm(nb["zt"], 0.7), RO.lsm(np.asarray(z, np.float64), 0.7))
+    row2 = div[2][nb["mask"][2]].mean()
+    expected = float(plain) - (1 - np.exp(-1.5 * 2 / 3)) * row2 / 4
+    np.testing.assert_allclose(float(weighted), expected, rtol=1e-5)
 
 
-def test_topk_opd_and_sft_and_reinforce():
-    _check(O.TopKOPDConfig(k=5, restrict="overlap"),
-           lambda z, zt, b, m: _mean(O.topk_opd_loss(z, zt, k=5, restrict="overlap"), m))
-    _check(O.SFTConfig(), lambda z, zt, b, m: _mean(-_lp(z, b), m))
-
-    def reinforce(z, zt, b, m):
-        r = b["extras"]["reward"]
-        per_seq = jnp.sum(r * m, 1) / jnp.sum(m, 1)
-        baseline = jnp.mean(per_seq)
-        return _mean(-(r - baseline) * jnp.exp(_lp(z, b) - b["extras"]["behavior_logp"]), m)
-    _check(O.ReinforceConfig(), reinforce)
-
-
-def test_topk_opd_on_policy_gradient_is_the_weighted_log_prob_gradient():
-    """Rethinking-OPD: on-policy, grad = -sum_{v in S_k} A(v) grad log p(v)."""
-    z, zt = jax.random.normal(jax.random.key(1), (9,)), jax.random.normal(jax.random.key(2), (9,))
-    g = jax.grad(lambda a: O.topk_opd_loss(a, zt, k=4))(z)
-    lp, lq = jax.nn.log_softmax(z), jax.nn.log_softmax(zt)
-    top = jax.lax.top_k(lp, 4)[1]
-    w = jax.nn.softmax(lp[top])
-    adv = w * (lq[top] - lp[top])
-    exp = jax.grad(lambda a: -jnp.sum(adv * jax.nn.log_softmax(a)[top]))(z)
-    np.testing.assert_allclose(g, exp, rtol=1e-5, atol=1e-7)
+@pytest.mark.parametrize("variant", ["sg", "plain", "tail", "intersect", "renormalized"])
+def test_sg_topk(variant):
+    def oracle(z, z0, nb):
+        zt = nb["zt"]
+        v = {"sg": lambda: RO.sg_topk_rkl(z, z0, zt, 5, 1.0),
+             "plain": lambda: RO.topk_rkl(z, zt, 5, 1.0),
+             "tail": lambda: RO.per_position(lambda a, at: float(
+                 RO.R.student_topk_reverse_kl_tail(a[None], at[None], 5)[0]), z, zt),
+             "intersect": lambda: RO.intersect_rkl(z, z0, zt, 5, 1.0),
+             "renormalized": lambda: RO.per_position(lambda a, at: float(
+                 RO.R.student_topk_renormalized_reverse_kl(a[None], at[None], 5)[0]), z, zt),
+             }[variant]()
+        return RO.tmean(v, nb["mask"])
+    check(O.SGTopKConfig(k=5, variant=variant), oracle, grad_atol=1e-5)
 
 
-# ------------------------------------------------------------------ composition
+@pytest.mark.parametrize("support,weights", [
+    ("student", "student"), ("student", "teacher"), ("student", "uniform"),
+    ("overlap", "student"), ("non_overlap", "student"), ("non_overlap", "uniform"),
+    ("teacher", "teacher"), ("union", "student"), ("union", "uniform")])
+def test_topk_opd(support, weights):
+    check(O.TopKOPDConfig(k=4, support=support, weights=weights),
+          lambda z, z0, nb: RO.tmean(RO.topk_pg(z, z0, nb["zt"], 4, 1.0, support, weights),
+                                     nb["mask"]))
 
 
-def test_weighted_sum_equals_the_sum_by_hand_with_schedules():
-    b, z, zt = _setup(1)
-    sched = optax.linear_schedule(0.0, 1.0, transition_steps=10)
-    gkd = O.build_objective(O.GKDConfig(beta=0.5))
-    sft = O.build_objective(O.SFTConfig())
-    combo = O.weighted_sum(jsd=(2.0, gkd), ce=(sched, sft))
-    assert combo.token_loss is not None
-    feats = O.compute_features(combo.features, tokens=b["tokens"], mask=b["mask"], logits=z,
-                               teacher_logits=zt)
-    ctx = O.TokenCtx(mask=b["mask"], features=feats, step=jnp.int32(4))
-    terms, state, metrics = combo.apply(ctx, combo.init())
-    assert set(terms) == {"jsd/jsd", "ce/nll"}
-    m = b["mask"]
-    expected = (2.0 * _mean(O.generalized_jsd(z, zt), m) + 0.4 * _mean(-_lp(z, b), m))
-    np.testing.assert_allclose(O.total(terms), expected, rtol=1e-5)
-    np.testing.assert_allclose(metrics["ce/coef"], 0.4, rtol=1e-6)
-    np.testing.assert_allclose(_mean(combo.token_loss(ctx), m), expected, rtol=1e-5)
-
-
-def test_feature_name_conflicts_are_errors():
-    a = O.build_objective(O.GKDConfig(beta=0.1))
-    c = O.build_objective(O.GKDConfig(beta=0.9))
-    with pytest.raises(ValueError, match="'jsd' is defined twice"):
-        O.weighted_sum(a=(1.0, a), c=(1.0, c))
-    # the same feature asked for twice is shared, not an error
-    O.weighted_sum(a=(1.0, a), b=(1.0, O.build_objective(O.GKDConfig(beta=0.1))))
-
-
-@pytest.mark.parametrize("reduce", [O.token_mean, O.seq_mean_token_mean, O.seq_mean_token_sum])
-def test_reductions_add_over_microbatches(reduce):
-    x = jax.random.normal(jax.random.key(3), (6, 5))
-    m = jax.random.bernoulli(jax.random.key(4), 0.7, (6, 5)).at[2].set(False)
-    whole = reduce(x, m)
-    parts = reduce(x[:2], m[:2]) + reduce(x[2:], m[2:])
-    np.testing.assert_allclose(parts.num, whole.num, rtol=1e-6)
-    np.testing.assert_allclose(parts.den, whole.den, rtol=1e-6)
-    assert float(O.Reduced(jnp.float32(3.0), jnp.float32(0.0)).value()) == 0.0
+@pytest.mark.parametrize("support", ["student", "overlap"])
+def test_topk_opd_ppo_with_behaviour_topk(support):
+    """PPO clipping per top-k token against the behaviour policy's recorded top-k log-probs (a
+    perturbed copy of the current ones, ratios 0.6-1.6 so that some clip)."""
+    b, z, zt, nb = _setup(0)
+    lp = jax.nn.log_softmax(z)
+    top_lp, top_ids = jax.lax.top_k(lp, 4)
+    noise = jax.random.uniform(jax.random.key(5), top_lp.shape, minval=-0.5, maxval=0.5)
+    ex = {**b["extras"], "behavior_topk_ids": top_ids, "behavior_topk_logp": top_lp + noise}
+    assert O.required_inputs(O.TopKOPDConfig(surrogate="ppo")) == {"behavior_topk_ids",
+                                                                   "behavior_topk_logp"}
+    check(O.TopKOPDConfig(k=4, support=support, surrogate="ppo", clip_eps=0.2),
+          lambda z_, z0, nb_: RO.tmean(RO.topk_pg(
+              z_, z0, nb_["zt"], 4, 1.0, support, "student", beh_ids=np.asarray(top_ids),
+              beh_logp=np.asarray(top_lp + noise, np.float64), eps=0.2), nb_["mask"]),
+          extras=ex)

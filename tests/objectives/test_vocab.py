@@ -10,7 +10,24 @@ import opd_jax.objectives as O
 from opd_jax.sharding import make_mesh
 from tests.objectives.conftest import make_batch, recipe_configs
 
-CFGS = recipe_configs()
+
+
+def _path_configs():
+    """The recipe variants whose vocabulary phase adds something: every token-local one (its
+    ``token_loss`` runs the one-pass path) and every other one that brings a feature not seen
+    before. The rest share features with those, and their token phase is the same function of
+    the same features on every path (it is oracle-tested in test_recipes)."""
+    seen, out = set(), []
+    for cfg in recipe_configs():
+        obj = O.build_objective(cfg)
+        feats = set(obj.features.values())
+        if obj.token_loss is not None or not feats <= seen:
+            out.append(cfg)
+            seen |= feats
+    return out
+
+
+CFGS = _path_configs()
 
 
 def _loss(obj, feats, b, step=3):
@@ -24,7 +41,7 @@ def _all_modes(obj, b, chunk=3):
     """Loss, metrics and gradients by every evaluation path, compiled as one program."""
     def generic(mode):
         def loss(hidden, head):
-            kw = dict(tokens=b["tokens"], mask=b["mask"])
+            kw = dict(tokens=b["tokens"], mask=b["mask"], extras=b["extras"])
             if mode == "fused":
                 kw.update(hidden=hidden, head=head, teacher_hidden=b["t_hidden"],
                           teacher_head=b["t_head"], chunk_size=chunk)
@@ -68,10 +85,15 @@ def test_naive_chunked_fused_one_pass_agree(cfg):
 
 
 def test_token_locality_is_declared_where_expected():
-    local = {O.recipe_name(c) for c in CFGS if O.build_objective(c).token_loss is not None}
-    assert {"opd", "gkd", "eopd", "aopd", "opsd", "sg_topk", "vopd", "topk_opd", "sft"} <= local
-    assert not local & {"tip", "reopold", "unisd", "reinforce"}
+    local = {O.recipe_name(c) for c in recipe_configs()
+             if O.build_objective(c).token_loss is not None}
+    assert {"opd", "gkd", "eopd", "aopd", "opsd", "sg_topk", "vopd", "topk_opd", "sft",
+            "sead"} <= local
+    assert not local & {"tip", "reopold", "unisd", "reinforce", "iw_opd", "fire_opd", "ta_opd",
+                        "uni_opd"}
     assert O.build_objective(O.OPDConfig(discount=0.5)).token_loss is None
+    assert O.build_objective(O.OPDConfig(reduction="sum_per_sequence")).token_loss is None
+    assert O.build_objective(O.SEADConfig()).token_loss is None  # batch-median zones
 
 
 def test_one_pass_returns_the_feature_values_and_no_teacher_gradient():

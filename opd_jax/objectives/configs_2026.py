@@ -1,0 +1,125 @@
+"""Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
+margin and SEAD's zones. Their sources give one-line formulas; every choice they leave open is
+a field here, with the reconstruction's default (see :mod:`opd_jax.objectives.recipes`)."""
+
+import dataclasses
+from typing import Literal
+
+from opd_jax.objectives.configs import PGRecipe, Recipe, check_int, choice, positive, unit
+
+Zone = Literal["zero", "forward_kl", "reverse_kl", "schedule"]
+ZONES = ("zero", "forward_kl", "reverse_kl", "schedule")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IWOPDConfig(PGRecipe):
+    """Importance-weighted OPD: a sequence's early tokens weigh up to 1 + gamma.
+
+    ``a_t = sg(log q(y_t) - log mu(y_t))``, loss ``-w_t a_t rho_t`` with
+    :func:`~opd_jax.objectives.advantages.iw_opd_weights`. Source: arXiv 2606.22600, TRL
+    ``IWOPDTrainer._compute_iw_opd_loss`` (exact; TRL writes ``-w a log p``, whose gradient is
+    the same on-policy).
+    """
+    gamma: float = 0.5  # w_t = 1 + gamma * (1 - sum_{s<t} |a_s| / max(eps, sum_s |a_s|))
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
+        positive("eps", self.eps)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FiReOPDConfig(PGRecipe):
+    """FiRe-OPD: filter sequences by mean teacher log-prob, reweight tokens by confidence.
+
+    Keep sequence i if ``mean_t log q(y_t) >= quantile_q`` over the batch's sequences;
+    ``A_t = sg(w_t (log q - log mu)) keep_i`` with
+    :func:`~opd_jax.objectives.selection.confidence_weights`; PPO-clipped; token mean over all
+    valid tokens (dropped sequences count, with advantage 0). Source: arXiv 2606.02684, its
+    ``dp_actor.py`` as summarised in objectives_2026.md. Reconstructed [INF]: the maxima and the
+    mean-1 normalisation are taken over the kept tokens of the (micro-)batch.
+    """
+    surrogate: Literal["is", "ppo"] = "ppo"
+    keep_quantile: float = 0.2  # keep a sequence if its mean log q(y_t) >= this batch quantile
+    teacher_coef: float = 1.0  # a in (1 + a (1 - H_T / max H_T))
+    student_coef: float = 1.0  # b in (1 + b H_S / max H_S)
+
+    def __post_init__(self):
+        super().__post_init__()
+        unit("keep_quantile", self.keep_quantile, open_high=True)
+        for name in ("teacher_coef", "student_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TAOPDConfig(PGRecipe):
+    """TA-OPD: OPD only on the most teachable positions.
+
+    ``s_t = minmax(RKL_t) * minmax(compat_t)``, ``compat_t = sum_{v in TopK(p_t)} q_t(v)``
+    (:func:`~opd_jax.objectives.topk.student_topk_teacher_mass`); the loss acts on the top
+    ``frac`` of the valid tokens by ``s_t``, averaged over them. Source: arXiv 2605.26844
+    (abstract; formula via a third-party summary). Reconstructed [INF]: the divergence
+    ``D_t`` (full reverse KL), the min-max normalisation, the OPD loss (``loss``).
+    """
+    k: int = 16  # K of the student's top-K candidates
+    frac: float = 0.05  # rho: keeps max(floor(rho * N), 1) of the N valid tokens
+    loss: Literal["pg", "reverse_kl"] = "pg"  # sampled-token OPD, or the full reverse KL
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("k", self.k, minimum=1)
+        unit("frac", self.frac, open_low=True)
+        choice("loss", self.loss, ("pg", "reverse_kl"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UniOPDConfig(PGRecipe):
+    """Uni-OPD's outcome-aware margin: correct samples' advantages at least delta above the rest.
+
+    Tinker's OPD advantage, then :func:`~opd_jax.objectives.advantages.margin_shift` with
+    ``correct_i = reward_i > correct_threshold`` (the ``reward`` extra). Source: arXiv
+    2605.03677, ``miles/Uni_OPD_utils/margin_calibration/margin_shift.py`` as summarised in
+    objectives_2026.md. Reconstructed [INF]: ``delta``'s default, the correctness threshold, the
+    group layout (consecutive rows); its batch balancing and offline upsampling are data-side.
+    """
+    delta: float = 0.1  # margin, nats per token
+    mode: Literal["mean", "minmax"] = "mean"  # gap of group means, or min(correct) - max(incorrect)
+    correct_threshold: float = 0.5  # a sample is verified-correct when its reward > this
+    group_size: int = 0  # consecutive rows sharing a prompt; 0 = the whole (micro-)batch
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.delta >= 0:
+            raise ValueError(f"delta must be >= 0, got {self.delta}.")
+        choice("mode", self.mode, ("mean", "minmax"))
+        check_int("group_size", self.group_size, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SEADConfig(Recipe):
+    """SEAD: entropy zones, each with its own divergence, and a forward-to-reverse KL schedule.
+
+    ``L_t = cf_t FKL_t + cr_t RKL_t`` with ``(cf, cr)`` from the token's zone
+    (:func:`~opd_jax.objectives.selection.entropy_zones`): ``zero`` (0, 0), ``forward_kl``
+    (1, 0), ``reverse_kl`` (0, 1), ``schedule`` (alpha_k, 1 - alpha_k),
+    ``alpha_k = (1 + cos(pi min(k, K) / K)) / 2`` at the optimizer step k; token mean over all
+    valid tokens. Source: arXiv 2606.28562 (abstract). Reconstructed [INF]: the zone thresholds,
+    which divergence each zone gets, the normalisation; its prompt curriculum is data-side.
+    """
+    anneal_steps: int = 1000  # K: alpha_k = (1 + cos(pi min(k, K) / K)) / 2 (forward -> reverse)
+    student_threshold: float | None = None  # nats splitting low/high H(p); None = batch median
+    teacher_threshold: float | None = None  # nats splitting low/high H(q); None = batch median
+    # zone (student entropy, teacher entropy): "zero", "forward_kl", "reverse_kl" or "schedule"
+    zone_low_low: Zone = "zero"  # both confident: nothing to learn
+    zone_low_high: Zone = "forward_kl"  # student overconfident where the teacher hedges
+    zone_high_low: Zone = "schedule"  # teacher confident, student unsure: the teaching zone
+    zone_high_high: Zone = "zero"  # both unsure: the teacher's signal is noise
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("anneal_steps", self.anneal_steps, minimum=1)
+        for name in ("zone_low_low", "zone_low_high", "zone_high_low", "zone_high_high"):
+            choice(name, getattr(self, name), ZONES)

@@ -1,0 +1,105 @@
+"""Builders of the distribution-matching recipes: a divergence between the student's and the
+teacher's next-token distributions at each position (full vocabulary or a top-k support).
+
+GKD, OPSD, UniSD, the Many Faces top-k reverse KLs and Rethinking-OPD's top-k policy gradient.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from opd_jax.objectives import advantages as A
+from opd_jax.objectives import divergences as D
+from opd_jax.objectives import self_distillation as SD
+from opd_jax.objectives import surrogates as P
+from opd_jax.objectives import topk as K
+from opd_jax.objectives import topk_opd as TO
+from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, extra, feature,
+                                     stateless, token_objective)
+from opd_jax.objectives.configs import (GKDConfig, OPSDConfig, SGTopKConfig, TopKOPDConfig,
+                                        UniSDConfig)
+from opd_jax.objectives.recipe_parts import sampled_features
+from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean,
+                                           seq_mean_weighted_mean)
+
+# The extra inputs of TopKOPDConfig(surrogate="ppo"): the behaviour policy's top-k ids and
+# log-probs at each position, recorded by the sampler.
+BEHAVIOR_TOPK_IDS, BEHAVIOR_TOPK_LOGP = "behavior_topk_ids", "behavior_topk_logp"
+
+
+def gkd(c: GKDConfig, dense: bool) -> Objective:
+    feats = {"jsd": feature(D.generalized_jsd, "logits", TEACHER_LOGITS, beta=c.beta,
+                            temperature=c.temperature)}
+    return token_objective(lambda ctx: ctx["jsd"], feats, name="jsd")
+
+
+def opsd(c: OPSDConfig, dense: bool) -> Objective:
+    if c.loss == "sampled":  # Eq. 9: A = sg(log p_T(y) - log p_S(y)), loss -A log p_S(y)
+        def loss(ctx):
+            m = ctx.mask.astype(bool)
+            adv = A.opd_advantage(ctx.teacher_logp, ctx.logp, where=m)
+            return P.importance_sampling_loss(ctx.logp, jax.lax.stop_gradient(ctx.logp), adv,
+                                              where=m)
+        return token_objective(loss, sampled_features(c.temperature, dense), name="pg")
+    if c.teacher_top_k is None:
+        jsd = feature(D.generalized_jsd, "logits", TEACHER_LOGITS, beta=c.beta,
+                      temperature=c.temperature)
+    else:
+        jsd = feature(K.teacher_topk_generalized_jsd, "logits", TEACHER, k=c.teacher_top_k,
+                      beta=c.beta, temperature=c.temperature)
+    return token_objective(lambda ctx: ctx["jsd"], {"jsd": jsd}, name="jsd")
+
+
+def unisd(c: UniSDConfig, dense: bool) -> Objective:
+    feats = sampled_features(c.temperature, dense) | {
+        "div": feature(D.generalized_jsd, "logits", TEACHER_LOGITS, beta=c.alpha,
+                       temperature=c.temperature)}
+
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        div = ctx["div"]
+        if c.clip == "static":
+            div = SD.clip_divergence(div, max_value=c.clip_value)
+        elif c.clip == "quantile":
+            div = SD.quantile_clip_divergence(div, m, q=c.clip_q)
+        if c.agreement == "token":
+            w = SD.token_agreement_weights(ctx["aux_teacher_logp"], m, gamma=c.agreement_gamma,
+                                           q=c.agreement_q)
+            terms = {"div": seq_mean_weighted_mean(div, w)}
+        elif c.agreement == "sequence":
+            # one weight per sequence, scaling that sequence's share of the batch loss
+            w = SD.sequence_agreement_weights(ctx["aux_teacher_logp"], m,
+                                              gamma=c.agreement_gamma)
+            terms = {"div": seq_mean_token_mean(div, m, seq_weights=jnp.max(w, axis=-1))}
+        else:
+            w = m.astype(jnp.float32)
+            terms = {"div": seq_mean_token_mean(div, m)}
+        if c.contrastive_coef:
+            hinge = SD.contrastive_hinge(ctx.logp, ctx.teacher_logp, ctx["bad_teacher_logp"],
+                                         margin=c.margin, where=m)
+            terms["contrastive"] = seq_mean_token_mean(hinge, m).scale(c.contrastive_coef)
+        if c.hidden_coef:
+            hid = SD.hidden_state_matching(ctx["hidden"], ctx["teacher_hidden"], where=m)
+            terms["hidden"] = seq_mean_token_mean(hid, m).scale(c.hidden_coef)
+        return terms, {"unisd/mean_weight": masked_mean(w, m)}
+    return stateless(apply, feats)
+
+
+TOPK_RKL = {"sg": K.student_topk_reverse_kl_sg, "plain": K.student_topk_reverse_kl,
+            "tail": K.student_topk_reverse_kl_tail, "intersect": K.intersect_topk_reverse_kl,
+            "renormalized": K.student_topk_renormalized_reverse_kl}
+
+
+def sg_topk(c: SGTopKConfig, dense: bool) -> Objective:
+    feats = {"topk_rkl": feature(TOPK_RKL[c.variant], "logits", TEACHER, k=c.k,
+                                 temperature=c.temperature)}
+    return token_objective(lambda ctx: ctx["topk_rkl"], feats, name="topk_rkl")
+
+
+def topk_opd(c: TopKOPDConfig, dense: bool) -> Objective:
+    kw = dict(k=c.k, support=c.support, weights=c.weights, temperature=c.temperature)
+    if c.surrogate == "is":
+        pg = feature(TO.topk_opd_loss, "logits", TEACHER, **kw)
+    else:
+        pg = feature(TO.topk_opd_behavior_loss, "logits", TEACHER, extra(BEHAVIOR_TOPK_IDS),
+                     extra(BEHAVIOR_TOPK_LOGP), clip_eps=c.clip_eps, **kw)
+    return token_objective(lambda ctx: ctx["topk_pg"], {"topk_pg": pg}, name="pg")
