@@ -234,6 +234,18 @@ class Difficulty:
             raise ValueError(f"max_number >= 2, max_target >= 1 and min_solutions >= 1 needed, got {self}")
 
 
+def qualifying_targets(numbers: tuple[int, ...], difficulty: Difficulty) -> list[int]:
+    """The targets a problem on ``numbers`` may have: results reachable with no dead step, at most
+    ``max_target``, none of the numbers, in at least ``min_solutions`` distinct ways (sorted)."""
+    d = difficulty
+    by_target: dict[int, set[str]] = {}
+    for steps, no_dead in _search(numbers, (False,) * len(numbers), (), len(numbers) - 1, len(numbers)):
+        r = steps[-1].result
+        if no_dead and r <= d.max_target and r not in numbers:
+            by_target.setdefault(r, set()).add(canonical(list(steps)))
+    return sorted(t for t, ways in by_target.items() if len(ways) >= d.min_solutions)
+
+
 def sample_problem(rng, difficulty: Difficulty = Difficulty(), max_tries: int = 1000) -> Problem:
     """A random problem with at least ``difficulty.min_solutions`` distinct solutions.
 
@@ -243,12 +255,17 @@ def sample_problem(rng, difficulty: Difficulty = Difficulty(), max_tries: int = 
     d = difficulty
     for _ in range(max_tries):
         numbers = tuple(int(x) for x in rng.integers(1, d.max_number + 1, d.count))
-        by_target: dict[int, set[str]] = {}
-        for steps, no_dead in _search(numbers, (False,) * d.count, (), d.count - 1, d.count):
-            r = steps[-1].result
-            if no_dead and r <= d.max_target and r not in numbers:
-                by_target.setdefault(r, set()).add(canonical(list(steps)))
-        ok = sorted(t for t, ways in by_target.items() if len(ways) >= d.min_solutions)
+        ok = qualifying_targets(numbers, d)
         if ok:
             return Problem(numbers, int(ok[rng.integers(len(ok))]))
     raise ValueError(f"no problem with {d.min_solutions} solutions found in {max_tries} draws of {d}")
+
+
+def every_problem(difficulty: Difficulty = Difficulty()) -> Iterator[Problem]:
+    """Every problem of ``difficulty`` once (its numbers sorted): the whole space that
+    ``sample_problem`` draws from (about 22,000 problems for the default difficulty)."""
+    import itertools
+    d = difficulty
+    for numbers in itertools.combinations_with_replacement(range(1, d.max_number + 1), d.count):
+        for target in qualifying_targets(numbers, d):
+            yield Problem(numbers, target)

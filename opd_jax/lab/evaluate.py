@@ -27,15 +27,23 @@ def distinct_correct(tokenizer):
     return hook
 
 
+TEACHER_METRICS = ("reverse_kl", "student_entropy", "teacher_entropy", "entropy_gap", "top1_agree",
+                   "overlap_ratio")
+
+
 def evaluate(graphdef, params, examples, tokenizer, *, k: int = 8, max_new_tokens: int = 32,
-             seed: int = 0, mesh=None) -> dict[str, float]:
-    """Metrics of the model ``(graphdef, params)`` on ``examples`` (records with ``answer``)."""
+             seed: int = 0, mesh=None, teacher=None) -> dict[str, float]:
+    """Metrics of the model ``(graphdef, params)`` on ``examples`` (records with ``answer``);
+    with ``teacher=(graphdef, params)`` also the exact token diagnostics against it on the
+    samples (``TEACHER_METRICS``)."""
     width = max(len(e.prompt_ids) for e in examples) if examples else 1
     cfg = SamplerConfig(max_new_tokens=max_new_tokens, eos_ids=(EOS_ID,), pad_id=PAD_ID,
                         temperature=1.0, prompt_buckets=(width,),
                         new_token_buckets=(max_new_tokens,))
     r = E.evaluate(graphdef, params, examples, reward_fn=L.reward_fn(tokenizer), cfg=cfg, k=k,
-                   seed=seed, mesh=mesh, per_problem={"distinct": distinct_correct(tokenizer)})
-    return {"greedy_pass@1": r["greedy_pass@1"], "pass@1": r["pass@1"], f"pass@{k}": r[f"pass@{k}"],
+                   seed=seed, mesh=mesh, per_problem={"distinct": distinct_correct(tokenizer)},
+                   teacher=teacher)
+    extra = {m: r[m] for m in TEACHER_METRICS if teacher is not None}
+    return extra | {"greedy_pass@1": r["greedy_pass@1"], "pass@1": r["pass@1"], f"pass@{k}": r[f"pass@{k}"],
             "distinct_correct": r["distinct_correct"], "entropy": r["entropy"],
             "finished": 1.0 - r["truncated"]}

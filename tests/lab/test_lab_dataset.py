@@ -74,3 +74,39 @@ def test_solutions_are_drawn_uniformly_over_distinct_ones():
     df, z = m - 1, 3.0902  # z: the standard normal's 0.999 quantile
     critical = df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3  # Wilson-Hilferty
     assert stat < critical
+
+
+def test_every_problem_is_the_space_sample_problem_draws_from():
+    """Each enumerated problem qualifies by an independent count of its distinct solutions, every
+    qualifying (numbers, target) pair is enumerated, and draws of sample_problem land in it."""
+    import itertools
+    d = C.Difficulty(count=3, max_number=7, max_target=25, min_solutions=2)
+    space = {p.key for p in C.every_problem(d)}
+    expected = set()
+    for numbers in itertools.combinations_with_replacement(range(1, 8), 3):
+        for target in range(1, 26):
+            if target not in numbers and len(C.distinct(C.solutions(C.Problem(numbers, target)))) >= 2:
+                expected.add(C.Problem(numbers, target).key)
+    assert space == expected and len(space) > 50
+    rng = np.random.default_rng(1)
+    assert {C.sample_problem(rng, d).key for _ in range(300)} <= space
+
+
+def test_whole_split_with_every_solution(tmp_path):
+    d = C.Difficulty(count=3, max_number=7, max_target=25, min_solutions=2)
+    out = str(tmp_path / "all")
+    manifest = dataset.build(out, difficulty=d, train=None, test=5, test_fraction=0.2, solutions="all")
+    tok = load_tokenizer(os.path.join(out, "tokenizer"))
+    train = load_examples(os.path.join(out, "train.jsonl"), tokenizer=tok, max_prompt_len=32)
+    by_problem = {}
+    for e in train:
+        p, fmt = L.answer_problem(e.answer)
+        assert C.verify(p, e.record["completion"], fmt)
+        by_problem.setdefault(p.key, set()).add(C.canonical(C.parse(e.record["completion"], fmt)))
+    want = {p.key for p in C.every_problem(d) if C.split_of(p, 0.2) == "train"}
+    assert set(by_problem) == want and manifest["train"] == len(want)
+    for key, found in by_problem.items():  # every distinct solution, once
+        numbers, target = key.split(" -> ")
+        p = C.Problem(tuple(int(x) for x in numbers.split()), int(target))
+        assert found == C.distinct(C.solutions(p))
+    assert manifest["records"] == len(train) == sum(len(v) for v in by_problem.values())
