@@ -1,0 +1,82 @@
+"""The lab's experiment runner: arms over seeds through the Trainer, results kept and reused,
+a changed arm refused under its old name, and the statistics its verdicts are written in."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import opd_jax.objectives as O
+from opd_jax.export import export
+from opd_jax.lab import countdown as C
+from opd_jax.lab import dataset
+from opd_jax.lab import runner as R
+from opd_jax.lab import tokenizer as T
+from opd_jax.models import Transformer, load_tokenizer, tiny_config
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    data = str(root / "data")
+    dataset.build(data, difficulty=C.Difficulty(count=3, max_number=9, max_target=40), train=24, test=4)
+    tok = load_tokenizer(os.path.join(data, "tokenizer"))
+    models = {}
+    for name, (width, seed) in {"teacher": (32, 1), "weak": (16, 2)}.items():
+        cfg = tiny_config("llama", vocab_size=T.vocab_size(), hidden_size=width, intermediate_size=2 * width,
+                          num_layers=1, num_heads=2, num_kv_heads=2, head_dim=width // 2)
+        models[name] = export(Transformer(cfg, rngs=nnx.Rngs(seed)), str(root / name), tokenizer=tok)
+    return R.Lab(data, models)
+
+
+SCHEDULE = R.Schedule(every=2, problems=4, k=2)
+
+
+def test_arms_run_over_seeds_and_their_results_are_reused(lab, tmp_path, monkeypatch):
+    arms = [R.Arm("rkl", O.GKDConfig(beta=1.0), steps=3, prompts=2, samples=2, lr=1e-2),
+            R.Arm("seqkd", O.SFTConfig(), source="teacher", steps=3, prompts=2, samples=2, lr=1e-2),
+            R.Arm("data", O.SFTConfig(), source="data", teacher="self", steps=3, prompts=2, lr=1e-2)]
+    out = str(tmp_path / "out")
+    results = (R.run_all(arms[:1], lab, [0, 1], out=out, schedule=SCHEDULE, log=None)
+               + R.run_all(arms[1:], lab, [0], out=out, schedule=SCHEDULE, log=None))
+    assert [(r["arm"], r["seed"]) for r in results] == [("rkl", 0), ("rkl", 1), ("seqkd", 0), ("data", 0)]
+    for r in results:
+        assert [e["step"] for e in r["evals"]] == [0, 2, 3]
+        assert r["evals"][0]["flops"] == 0 and r["evals"][-1]["flops"] > r["evals"][1]["flops"] > 0
+        assert 0 <= r["evals"][-1]["pass@1"] <= 1 and r["evals"][0]["reverse_kl"] >= 0
+        assert r["commit"] and r["command"]
+        saved = json.load(open(os.path.join(out, r["arm"], f"seed{r['seed']}.json")))
+        assert saved["evals"] == r["evals"]
+    # One start, one evaluation seed: every arm begins from the same measured student.
+    assert len({json.dumps(r["evals"][0], sort_keys=True) for r in results}) == 1
+    # Seeds differ once training has run.
+    a0, a1 = (r["evals"][-1]["reverse_kl"] for r in results[:2])
+    assert a0 != a1
+    monkeypatch.setattr(R, "run", lambda *a, **k: pytest.fail("a stored run was trained again"))
+    assert R.run_all(arms[:1], lab, [0, 1], out=out, schedule=SCHEDULE, log=None) == results[:2]
+    changed = [R.Arm("rkl", O.GKDConfig(beta=1.0), steps=3, prompts=2, samples=2, lr=3e-2)]
+    with pytest.raises(ValueError, match="another configuration of arm 'rkl'"):
+        R.run_all(changed, lab, [0], out=out, schedule=SCHEDULE, log=None)
+    png = R.figure(results, ["pass@1", "reverse_kl"], str(tmp_path / "fig.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_policy_gradient_arms_must_train_on_the_students_own_samples():
+    with pytest.raises(ValueError, match="policy gradient"):
+        R.Arm("bad", O.OPDConfig(), source="teacher")
+    with pytest.raises(ValueError, match="source must be one of"):
+        R.Arm("bad", O.SFTConfig(), source="elsewhere")
+
+
+def test_values_and_the_gap_rule():
+    results = [{"arm": a, "seed": s, "evals": [{"step": 0, "m": 0.0}, {"step": 5, "m": v}]}
+               for a, vs in {"a": [0.5, 0.7, 0.6], "b": [0.1, 0.3, 0.2]}.items() for s, v in enumerate(vs)]
+    assert R.values(results, "m") == {"a": [0.5, 0.7, 0.6], "b": [0.1, 0.3, 0.2]}
+    assert R.values(results, "m", step=0) == {"a": [0.0] * 3, "b": [0.0] * 3}
+    g = R.gap([0.5, 0.7, 0.6], [0.1, 0.3, 0.2])
+    se = np.sqrt(0.1 ** 2 / 3 + 0.1 ** 2 / 3)  # both sample standard deviations are 0.1
+    assert g["difference"] == pytest.approx(0.4) and g["pooled_se"] == pytest.approx(se)
+    assert g["holds"] and not R.gap([0.5, 0.7, 0.6], [0.1, 0.3, 0.2], factor=0.4 / se + 0.01)["holds"]
+    assert R.mean_std([1.0]) == (1.0, 0.0)
