@@ -51,9 +51,12 @@ def wrong_result(rng, step: C.Step) -> C.Step:
 
 
 def continuation(rng, problem: C.Problem, first: C.Step, sols=None) -> list[C.Step] | None:
-    """Steps after ``first``: a solution's when one continues it (uniformly drawn), else legal
-    steps that each use the previous result and one unused given number, until none is left or
-    no legal step exists. None when not even one legal step follows."""
+    """Steps after ``first``: none when ``first`` already solves the problem, a solution's when
+    one continues it (uniformly drawn), else legal steps that each use the previous result and
+    one unused given number, until none is left or no legal step exists. None when not even one
+    legal step follows."""
+    if C.check(problem, [first]) is None:
+        return []
     sols = C.solutions(problem) if sols is None else sols
     same = lambda s: (max(s.a, s.b), s.op, min(s.a, s.b), s.result) if s.op in "+*" else \
         (s.a, s.op, s.b, s.result)  # noqa: E731
@@ -104,8 +107,8 @@ def record(rng, problem: C.Problem, tokenizer, *, wrong: float = 0.5, fmt: str =
     out = L.record(problem, tokenizer, fmt=fmt)
     out["prompt"] = out["prompt"] + C.write([step], fmt) + " "
     out["prompt_ids"] = encode(out["prompt"])
-    out["completion"] = C.write(rest, fmt)
-    out["completion_ids"] = encode(out["completion"]) + [EOS_ID]
+    out["completion"] = C.write(rest, fmt) if rest else ""
+    out["completion_ids"] = (encode(out["completion"]) if rest else []) + [EOS_ID]
     return out
 
 
