@@ -16,10 +16,12 @@ from opd_jax.training.checkpoint import CheckpointNotFound, Checkpointer
 
 # Settings that change how a run is executed, logged or saved, not what it trains: a resumed run
 # may change them freely. An entry ending in "." covers a whole section (the mesh: a checkpoint
-# restores onto any mesh). Where a served teacher runs and how it is asked are the run's too.
+# restores onto any mesh; the held-out evaluation). Where a served teacher runs and how it is
+# asked are the run's too, and so are the exports of the student.
 RUN_ONLY = ("run.steps", "run.workdir", "run.log_every", "run.tensorboard", "run.wandb",
             "run.progress", "run.diagnostics_k", "run.allow_config_change", "ckpt.every",
-            "ckpt.keep", "ckpt.async_save", "ckpt.resume_step", "mesh.", "teacher.served.url",
+            "ckpt.keep", "ckpt.async_save", "ckpt.resume_step", "ckpt.export", "ckpt.export_every",
+            "ckpt.export_dtype", "mesh.", "eval.", "teacher.served.url",
             "teacher.served.timeout_s", "teacher.served.retries", "teacher.served.backoff_s",
             "teacher.served.max_in_flight", "teacher.served.rows_per_request")
 
@@ -71,8 +73,12 @@ def field_defaults(cfg, prefix: str = "") -> dict[str, Any]:
             out[path] = to_dict(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             out[path] = to_dict(f.default_factory())
-        if isinstance(out.get(path), dict):  # a section: its type, then its own fields
-            out[path] = out[path]["_type"]
+        default = out.get(path)
+        if isinstance(default, dict) and "_type" in default:  # a section: its type, then fields
+            out[path] = default["_type"]
+        elif isinstance(default, dict):  # a mapping: its entries, as flatten keys them
+            del out[path]
+            out.update(flatten(default, path))
         if dataclasses.is_dataclass(value):
             out.update(field_defaults(value, path))
     return out
