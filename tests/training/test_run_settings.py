@@ -9,6 +9,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -96,13 +97,16 @@ def test_resume_with_another_config_is_refused_unless_allowed(tmp_path):
     Trainer(base).run()
     work = tmp_path / "run"
     before = digest(work)
+    assert sorted(os.listdir(work / "hf")) == ["step_2"]  # the export at the end
     changed = apply_overrides(base, ["optim.lr=3e-3", "objective.kl_coef=0.5", "run.steps=3",
-                                     "ckpt.every=3", "run.log_every=2"])
+                                     "ckpt.every=3", "run.log_every=2", "eval.k=3",
+                                     "ckpt.export_every=1", "ckpt.export_dtype=bfloat16"])
     with pytest.raises(ConfigChangedError) as e:
         Trainer(changed).run()
     msg = str(e.value)
     assert "step 2" in msg and "optim.lr: 0.001 -> 0.003" in msg and "objective.kl_coef" in msg
     assert "run.steps" not in msg and "ckpt.every" not in msg and "log_every" not in msg
+    assert "eval" not in msg and "export" not in msg  # evaluations and exports: run-only
     assert "run.allow_config_change=true" in msg
     assert digest(work) == before  # nothing written, not even config.json
 
@@ -129,3 +133,12 @@ def test_a_setting_added_to_the_code_since_the_checkpoint_is_no_change_at_its_de
     assert config_changes(saved, moved, field_defaults(exp)) == {"loop.teacher_mix": (None, 0.5)}
     del current["optim"]["b1"]  # a setting the code no longer has is a change
     assert config_changes(saved, current, field_defaults(exp)) == {"optim.b1": (0.9, None)}
+    # text settings: unset in an older checkpoint, unchanged at their defaults; a template
+    # keyword argument is a change of what the prompts are, named by its key
+    for name in ("tokenizer", "chat_template_kwargs", "eval", "reward"):
+        (saved["data"] if name in saved["data"] else saved).pop(name)
+    assert config_changes(saved, to_dict(exp), field_defaults(exp)) == {}
+    thinking = dataclasses.replace(exp, data=dataclasses.replace(
+        exp.data, chat_template_kwargs={"enable_thinking": False}))
+    assert config_changes(saved, to_dict(thinking), field_defaults(thinking)) == {
+        "data.chat_template_kwargs.enable_thinking": (None, False)}
