@@ -150,8 +150,9 @@ def test_cli_errors_exit_before_training(tmp_path, capsys, student):
         "        teacher=TeacherSpec(kind='initial'),\n"
         f"        sampler=SamplerConfig(max_new_tokens=8), data=DataConfig(path={data!r}),\n"
         f"        run=RunConfig(steps=1, workdir={str(tmp_path / 'run')!r}))\n")
-    assert M.main(["--config", str(exp_file), "--reward", "maths"]) == 1
-    assert "unknown reward 'maths'" in capsys.readouterr().err
+    for flags in (["--reward", "maths"], ["--set", "reward=maths"]):
+        assert M.main(["--config", str(exp_file), *flags]) == 1
+        assert "unknown reward 'maths'" in capsys.readouterr().err
     assert M.main(["--config", str(exp_file), "--set", f"eval.path={data}"]) == 1
     err = capsys.readouterr().err
     assert "is set but the run has no reward function" in err and not (tmp_path / "run").exists()

@@ -18,7 +18,8 @@ from cli_helpers import digest
 from opd_jax.config import ConfigOverrideError, apply_overrides, to_dict
 from opd_jax.training.config import LoopConfig, TeacherSpec, resolve
 from opd_jax.training.loop import Trainer
-from opd_jax.training.safety import ConfigChangedError, config_changes, field_defaults
+from opd_jax.training.safety import (ConfigChangedError, check_config_change, config_changes,
+                                    field_defaults)
 from test_loop import experiment
 
 
@@ -120,6 +121,20 @@ def test_resume_with_another_config_is_refused_unless_allowed(tmp_path):
     # history is kept
     Trainer(apply_overrides(changed, ["run.steps=4"])).run()
     assert json.loads((work / "config.json").read_text())["history"] == [entry]
+
+
+def test_the_reward_is_a_training_setting_only_for_objectives_that_train_on_it(tmp_path):
+    for objective, trains_on_it in ((O.OPDConfig(), False), (O.ReinforceConfig(), True)):
+        exp = resolve(_exp(tmp_path, objective))
+        changed = dataclasses.replace(exp, reward="math")
+
+        def check():
+            return check_config_change(to_dict(exp), changed, step=2, allow=False, where="run")
+        if trains_on_it:
+            with pytest.raises(ConfigChangedError, match="reward: '' -> 'math'"):
+                check()
+        else:
+            assert check() is None  # it scores evaluations only
 
 
 def test_a_setting_added_to_the_code_since_the_checkpoint_is_no_change_at_its_default(tmp_path):
