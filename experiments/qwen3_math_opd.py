@@ -15,9 +15,15 @@ The data file holds one JSON object per line: ``{"messages": [{"role": "user", "
 "<problem> Please reason step by step, and put your final answer within \\boxed{}."}],
 "answer": "<reference answer>"}`` (or ``"prompt"`` text, wrapped by the chat template because
 ``data.chat_template`` is on). The tokenizer and chat template are the student's; sampling stops
-at every end-of-sequence id of its ``generation_config.json``. Evaluate before and after with
-``python -m opd_jax.evaluate --model PATH --data data/math/test.jsonl --k 8`` (the teacher's score
-is the ceiling).
+at every end-of-sequence id of its ``generation_config.json``.
+
+The run evaluates the student on the held-out ``data/math/test.jsonl`` (records with ``answer``,
+checked by math-verify: ``reward="math"``) before the first step, every 100 steps and at the end
+(``<workdir>/eval/<step>.json``; greedy pass@1, pass@1 and pass@4, lengths, truncation, and the
+exact reverse KL, top-16 overlap and entropy gap to the teacher on the student's samples), and
+exports it in bfloat16 at the end (``<workdir>/hf/step_200``, for ``transformers`` or vLLM).
+``--set eval.path=`` turns the evaluation off. The teacher's own score, the ceiling, comes from
+``python -m opd_jax.evaluate --model Qwen/Qwen3-8B --data data/math/test.jsonl --k 4``.
 
 Memory and step time (estimates from the model sizes, not measured; scale from BENCHMARKS.md's
 H100 figures: decode ~2.5 ms/step at 1.7B and 32 rows, teacher scoring at ~56% MFU, the
@@ -34,6 +40,10 @@ student's update at ~21% MFU of 731 TFLOP/s):
   1024 decode steps ~3 s, teacher scoring 8.5e14 FLOP ~2 s, update 6.8e14 FLOP ~4.5 s: ~10 s.
 - ``8gpu``: data parallel over 8 GPUs, 64 prompts x 4 = 256 rows, the same per-GPU work and
   memory as ``1gpu`` plus a 6.9 GB gradient all-reduce (~30 ms on NVLink): ~10 s per step.
+- evaluation (not measured): 500 problems in batches of 8 prompts, each a greedy call of 8 rows
+  and a sampled call of 32 rows of up to 1024 tokens (~3 s each at 1.7B on one GPU), plus the
+  teacher's scoring pass: ~63 x 7 s ~ 7 min per evaluation on ``1gpu``, three per run (steps 0,
+  100, 200). Lower ``eval.limit`` or raise ``eval.every`` to spend less.
 - ``v5e-8`` (8 chips x 16 GB HBM, 197 bf16 TFLOP/s each): FSDP over the 8 chips (weights and
   optimizer state 44 GB / 8 = 5.5 GB per chip), 16 prompts x 4 = 64 rows (8 per chip), 2
   micro-batches: ~13 GB per chip. Step: ~3e15 FLOP at ~35% MFU ~6 s, plus sampling slowed by the
@@ -43,11 +53,9 @@ student's update at ~21% MFU of 731 TFLOP/s):
 from opd_jax import smoke
 from opd_jax.objectives.recipes import OPDConfig
 from opd_jax.sampling import SamplerConfig
-from opd_jax.training.config import (CheckpointConfig, DataConfig, Experiment, MeshConfig,
-                                     ModelSpec, OptimConfig, RunConfig, TeacherSpec)
+from opd_jax.training.config import (CheckpointConfig, DataConfig, EvalConfig, Experiment,
+                                     MeshConfig, ModelSpec, OptimConfig, RunConfig, TeacherSpec)
 from opd_jax.training.step import StepConfig
-
-reward_fn = "math"  # opd_jax.rewards: reward objectives (--set objective=reinforce) and evaluation
 
 STUDENT, TEACHER = "Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B"
 # preset -> (mesh, prompts per step, micro-batches)
@@ -78,14 +86,17 @@ def get_config(arg: str = "") -> Experiment:
         mesh=mesh,
         data=DataConfig(path="data/math/train.jsonl", batch_size=prompts, max_prompt_len=512,
                         chat_template=True),
-        ckpt=CheckpointConfig(every=25, keep=2),
+        ckpt=CheckpointConfig(every=25, keep=2, export_dtype="bfloat16"),
         run=RunConfig(steps=200, workdir="runs/qwen3_math_opd", diagnostics_k=16),
+        eval=EvalConfig(path="data/math/test.jsonl", every=100, at_start=True, k=4),
+        reward="math",  # opd_jax.rewards: evaluation, and reward objectives (objective=reinforce)
     )
 
 
 def smoke_config() -> Experiment:
     """The same code path at toy size: tiny random Qwen3 models written as HF checkpoints with a
-    chat-template tokenizer (see ``prepare``), 16 arithmetic problems, 2 steps."""
+    chat-template tokenizer (see ``prepare``), 16 arithmetic problems, 2 steps, evaluated on 8
+    held-out ones before the first step and after each, exported at the end."""
     return Experiment(
         student=ModelSpec(config=smoke.student_config(), dtype="float32", seed=0),
         teacher=TeacherSpec(kind="model", model=ModelSpec(config=smoke.teacher_config(), seed=1)),
@@ -93,15 +104,17 @@ def smoke_config() -> Experiment:
         sampler=SamplerConfig(max_new_tokens=16, num_samples=2, new_token_buckets=(16,)),
         optim=OptimConfig(lr=1e-3),
         data=DataConfig(path="", batch_size=8, max_prompt_len=192, chat_template=True),
-        ckpt=CheckpointConfig(every=0, keep=1),
+        ckpt=CheckpointConfig(every=0, keep=1),  # the student exported at the end (float32)
         run=RunConfig(steps=2, workdir="runs/qwen3_math_opd_smoke", tensorboard=False,
                       diagnostics_k=4),
+        eval=EvalConfig(every=1, at_start=True, k=2),  # eval.path: written by prepare
+        reward="math",
     )
 
 
 def prepare(exp: Experiment) -> Experiment:
     """Smoke runs (no data path): write the tiny models as HF checkpoints and the problems as
-    chat records under the work directory, and train on them."""
+    chat records under the work directory, train on them and evaluate on the held-out ones."""
     if exp.data.path:
         return exp
     return smoke.prepare_run(exp, privileged=False)

@@ -4,10 +4,10 @@ write the resolved configuration.
 Experiments are Python files defining ``get_config(arg: str) -> <frozen dataclass>``; the
 command line names one as ``path/to/file.py`` or ``path/to/file.py:arg``. Overrides are
 ``a.b.c=value`` strings applied with ``dataclasses.replace`` and parsed by the field's type
-(int, float, bool, str, None, tuples, Literals, nested dataclasses); the dataclasses' own
-``__post_init__`` checks then run, so a bad value fails with the class's message. A field may
-carry ``metadata={"factory": fn}``: then ``field=name`` builds a new value with ``fn(name)``
-(used to switch the objective recipe: ``objective=eopd``).
+(int, float, bool, str, None, tuples, Literals, dicts as JSON objects, nested dataclasses); the
+dataclasses' own ``__post_init__`` checks then run, so a bad value fails with the class's
+message. A field may carry ``metadata={"factory": fn}``: then ``field=name`` builds a new value
+with ``fn(name)`` (used to switch the objective recipe: ``objective=eopd``).
 """
 
 import dataclasses
@@ -82,6 +82,15 @@ def parse_value(text: str, tp, name: str):
                 if str(option) == text:
                     return option
             raise ConfigOverrideError(f"{name} must be one of {options}, got {text!r}")
+        if origin is dict:  # a JSON object: {"enable_thinking": false}
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise ConfigOverrideError(f"{name} must be a JSON object such as "
+                                          f"'{{\"name\": value}}', got {text!r}")
+            return value
         if origin is tuple:
             args = typing.get_args(tp)
             elem = args[0] if args else str

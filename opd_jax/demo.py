@@ -76,16 +76,6 @@ def valid_fraction(trainer, prompts) -> float:
     return float(np.mean([is_valid(list(pr), list(t[mk])) for pr, t, mk in zip(prompts, toks, mask)]))
 
 
-def export_teacher(trainer, path: str) -> str:
-    """The trained teacher as a Hugging Face checkpoint at ``path`` (what the student's run names
-    as its teacher, so that its config.json describes the teacher it used)."""
-    from flax import nnx
-
-    from opd_jax.models import save_pretrained
-    save_pretrained(nnx.merge(trainer.s_graph, trainer.state.params), path)
-    return path
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None,
@@ -122,7 +112,9 @@ def main(argv=None):
                              loop=LoopConfig(lmbda=0.0), batch=64))
     sft.run()
     print(f"   teacher: {valid_fraction(sft, held_out):.0%} valid answers on held-out prompts")
-    teacher_dir = export_teacher(sft, os.path.join(args.workdir, "teacher", "hf"))
+    # the run exported the trained teacher at its end as a Hugging Face checkpoint: what the
+    # student's run names as its teacher, so that its config.json describes the teacher it used
+    teacher_dir = sft.export_dir()
 
     total = args.cold_start_steps + args.steps
     print(f"2/2 a smaller student: {args.cold_start_steps} supervised steps on teacher samples "

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from opd_jax.models import Transformer, save_pretrained
@@ -76,16 +77,20 @@ def export(model, path: str, *, params=None, tokenizer=None, eos_ids: Sequence[i
         not define (token ids) are carried over.
       dtype: ``"float32"`` or ``"bfloat16"`` (None: the model's parameter dtype).
       overwrite: replace an existing checkpoint at ``path`` (else it is an error).
-    Returns ``path``. Single-process only (every parameter must be addressable here).
+    Returns ``path``. Every parameter must be addressable by this process: in a multi-host run,
+    gather them first (:func:`gather`, on every process) and export on one.
     """
     path = os.path.abspath(os.fspath(path))
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"export dtype must be one of {DTYPES}, got {dtype!r}")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; export(..., overwrite=True) replaces it")
-    if jax.process_count() > 1:
-        raise ValueError("export runs on one process; in a multi-host run gather the parameters "
-                         "to one host first")
+    tree = params if params is not None else (
+        nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else {})
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)):
+        raise ValueError("export writes from one process, but some parameters live on other "
+                         "hosts; gather them first: params = opd_jax.export.gather(params) on "
+                         "every process, then export on one")
     model = _as_model(model, params, dtype)
     if source and not getattr(model, "source_hf_config", None):
         model.source_hf_config = json.dumps(read_hf_config(source), sort_keys=True)
@@ -103,6 +108,18 @@ def export(model, path: str, *, params=None, tokenizer=None, eos_ids: Sequence[i
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def gather(params):
+    """``params`` with every array that spans several hosts gathered whole onto this one (as a
+    NumPy array). A collective: every process of a multi-host run must call it."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+    return jax.tree.map(one, params)
 
 
 def _replace(tmp: str, path: str) -> None:

@@ -6,15 +6,19 @@
 The experiment file defines ``get_config(arg) -> Experiment`` and may define
 ``prepare(exp) -> Experiment``, called once the configuration is final (e.g. to write a synthetic
 data file), and ``reward_fn``: a function ``f(example, completion_ids) -> float`` (for reward
-objectives), or the name of one (``"math"``, or ``"package.module:factory"``; see
-``opd_jax.rewards``); ``--reward NAME`` overrides it.
+objectives and ``eval.path``), or the name of one (``"math"``, or ``"package.module:factory"``;
+see ``opd_jax.rewards``). The configuration's ``reward`` (``--set reward=math``, or
+``--reward math``) names one too and wins; a name is recorded in ``config.json``.
 
-Text: the tokenizer is the student checkpoint's (``student.path``, a local directory or a repo id
-in the local HF cache), the teacher's prompts go through the teacher's; a teacher whose tokenizer
-differs from the student's is refused. Unless ``sampler.eos_ids`` is set, sampling stops at every
-end-of-sequence id of the student's ``generation_config.json`` (resolved into ``config.json``).
-Overrides and ``--workdir`` are checked before anything is compiled or written; a bad one exits
-with status 2 naming the field. The run resumes from the latest finished checkpoint in
+Text (see ``opd_jax.training.text``): the tokenizer is the student checkpoint's (``student.path``,
+a local directory or a repo id in the local HF cache) or ``data.tokenizer``, the teacher's
+prompts go through the teacher's; a teacher whose tokenizer differs from the student's is
+refused. Unless ``sampler.eos_ids`` is set, sampling stops at every end-of-sequence id of the
+student's ``generation_config.json`` (resolved into ``config.json``). With ``eval.path`` the
+student is evaluated on held-out problems (``<workdir>/eval/<step>.json``); at the end it is
+exported as a Hugging Face checkpoint (``<workdir>/hf/step_<N>``). Overrides and ``--workdir``
+are checked before anything is compiled or written; a bad one exits with status 2 naming the
+field. The run resumes from the latest finished checkpoint in
 ``<workdir>/checkpoints`` and writes the resolved configuration to ``<workdir>/config.json``.
 Errors found by the run (data, models, checkpoints, a non-finite loss) exit with status 1.
 With ``--coordinator`` every host runs the same command with its own ``--process-id``.
@@ -67,63 +71,24 @@ def resolve(args):
     exp = apply_overrides(module.get_config(arg), args.overrides)
     if args.workdir:
         exp = apply_overrides(exp, [f"run.workdir={args.workdir}"])
+    if args.reward:
+        exp = apply_overrides(exp, [f"reward={args.reward}"])
     return module, exp
 
 
-def _vocab_size(spec) -> int:
-    """The vocabulary size of a ``ModelSpec``, from its checkpoint's config.json or its config."""
-    if not spec.path:
-        return spec.config.vocab_size
-    from opd_jax.models.hf_io import read_hf_config
-    return int(read_hf_config(spec.path)["vocab_size"])
-
-
-def _teacher_paths(exp) -> list[str]:
-    t = exp.teacher
-    specs = [t.model] if t.kind == "model" else list(t.models) if t.kind == "models" else []
-    return [s.path for s in specs if s.path]
-
-
-def prepare_text(exp):
-    """``(exp, tokenizer, examples)``: the student's tokenizer (``data.tokenizer`` if the config
-    has that field and sets it, else the checkpoint's at ``student.path``; None without either),
-    the teachers' tokenizers checked against it, ``sampler.eos_ids`` defaulted from the
-    student's generation config, and the records read with the chat-template options."""
+def reward_of(module, exp):
+    """``(exp, reward_fn)``: the experiment file's ``reward_fn`` as the run takes it. The
+    configured ``reward`` wins; else a name becomes ``exp.reward`` (recorded in ``config.json``)
+    and a function goes to the Trainer."""
     import dataclasses
-
-    from opd_jax import data as D
-    from opd_jax.models import load_tokenizer
-    from opd_jax.models.tokenizer import check_same_tokenizer, default_eos_ids, tokenizer_of
-    # Proposed DataConfig fields (read here once they exist): ``tokenizer`` (a tokenizer
-    # directory or repo id overriding the student's) and ``chat_template_kwargs`` (a JSON object).
-    named = getattr(exp.data, "tokenizer", "")
-    tok = load_tokenizer(named) if named else tokenizer_of(exp.student.path)
-    t_tok = None
-    for path in _teacher_paths(exp):
-        other = tokenizer_of(path)
-        if other is not None and tok is not None:
-            check_same_tokenizer(tok, other, student_name=f"student ({named or exp.student.path})",
-                                 teacher_name=f"teacher ({path})")
-        t_tok = t_tok or other
-    eos = default_eos_ids(exp.student.path, tok, exp.sampler.eos_ids)
-    exp = dataclasses.replace(exp, sampler=exp.sampler.replace(eos_ids=eos))
-    examples = D.load_examples(
-        exp.data.path, tokenizer=tok, teacher_tokenizer=t_tok,
-        max_prompt_len=exp.data.max_prompt_len, vocab_size=_vocab_size(exp.student),
-        chat_template=exp.data.chat_template,
-        template_kwargs=D.template_kwargs(getattr(exp.data, "chat_template_kwargs", "")))
-    return exp, tok, examples
-
-
-def resolve_reward(reward, tokenizer, eos_ids):
-    """A reward function from the experiment file's ``reward_fn`` or ``--reward``: a function is
-    used as it is, a name is built by :func:`opd_jax.rewards.get`; None stays None."""
-    if reward is None or callable(reward):
-        return reward
-    if not isinstance(reward, str):
+    reward = getattr(module, "reward_fn", None)
+    if reward is not None and not (callable(reward) or isinstance(reward, str)):
         raise ValueError(f"reward_fn must be a function or a name, got {type(reward).__name__}")
-    from opd_jax import rewards
-    return rewards.get(reward, tokenizer, eos_ids)
+    if exp.reward or reward is None:
+        return exp, None
+    if isinstance(reward, str):
+        return dataclasses.replace(exp, reward=reward), None
+    return exp, reward
 
 
 def main(argv=None) -> int:
@@ -146,10 +111,8 @@ def main(argv=None) -> int:
     try:
         if hasattr(module, "prepare"):
             exp = module.prepare(exp)
-        exp, tok, examples = prepare_text(exp)
-        reward_fn = resolve_reward(args.reward or getattr(module, "reward_fn", None), tok,
-                                   exp.sampler.eos_ids)
-        Trainer(exp, examples=examples, tokenizer=tok, reward_fn=reward_fn).run()
+        exp, reward_fn = reward_of(module, exp)
+        Trainer(exp, reward_fn=reward_fn).run()
     except (ValueError, OSError, FloatingPointError, TrainingError) as e:
         if args.debug:
             raise

@@ -88,9 +88,10 @@ def _training(path: str) -> tuple[dict, tuple | None]:
                 series[k][0].append(r["step"])
                 series[k][1].append(num)
     flops = None
-    if rows and all(k in rows[0] for k in FLOPS):
-        steps = np.asarray([r["step"] for r in rows], float)
-        per_step = np.asarray([sum(float(r.get(k, 0.0)) for k in FLOPS) for r in rows])
+    counted = [r for r in rows if all(k in r for k in FLOPS)]  # training steps, not evaluations
+    if counted:
+        steps = np.asarray([r["step"] for r in counted], float)
+        per_step = np.asarray([sum(float(r[k]) for k in FLOPS) for r in counted])
         flops = (steps, np.cumsum(per_step * np.diff(np.r_[0.0, steps])))
     return {k: (np.asarray(s, float), np.asarray(v, float)) for k, (s, v) in series.items()}, flops
 

@@ -128,7 +128,8 @@ def prepare_run(exp, *, privileged: bool = False):
     """An experiment whose models are random inits (``config``, no ``path``) and which has no
     data path, turned into one that reads real files: the models written once as HF checkpoints
     under ``<workdir>/models/{student,teacher}``, the problems as chat records in
-    ``<workdir>/data/train.jsonl`` (16) and ``eval.jsonl`` (8, held out)."""
+    ``<workdir>/data/train.jsonl`` (16, ``data.path``) and ``eval.jsonl`` (8, held out; also
+    ``eval.path`` unless that is set)."""
     work = exp.run.workdir
     paths = {}
     for who, spec in (("student", exp.student), ("teacher", exp.teacher.model)):
@@ -146,4 +147,6 @@ def prepare_run(exp, *, privileged: bool = False):
     if "teacher" in paths:
         exp = dataclasses.replace(exp, teacher=dataclasses.replace(
             exp.teacher, model=as_path(exp.teacher.model, paths["teacher"])))
-    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, path=data))
+    held_out = exp.eval.path or os.path.join(work, "data", "eval.jsonl")
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, path=data),
+                               eval=dataclasses.replace(exp.eval, path=held_out))

@@ -1,4 +1,5 @@
-"""Command-line values for tuple fields: plain lists, JSON lists, quoted strings."""
+"""Command-line values: tuples as plain lists, JSON lists or quoted strings; dicts as JSON
+objects."""
 
 from typing import Literal
 
@@ -17,6 +18,9 @@ from opd_jax.config import ConfigOverrideError, parse_value
     ("'math','code'", tuple[str, ...], ("math", "code")),
     ('["a,b", "c"]', tuple[str, ...], ("a,b", "c")),
     ("route", Literal["route", "mix"], "route"),
+    ('{"enable_thinking": false, "n": 2}', dict[str, bool | int],
+     {"enable_thinking": False, "n": 2}),
+    ("{}", dict[str, int], {}),
 ])
 def test_parse_value(text, tp, want):
     assert parse_value(text, tp, "f") == want
@@ -26,6 +30,8 @@ def test_parse_value(text, tp, want):
     ('[1, "x"]', tuple[int, ...]),
     ("blend", Literal["route", "mix"]),
     ("1.5", int),
+    ("[1]", dict[str, int]),
+    ("enable_thinking=false", dict[str, bool]),
 ])
 def test_parse_value_errors_name_the_field(text, tp):
     with pytest.raises(ConfigOverrideError, match="teacher.f"):

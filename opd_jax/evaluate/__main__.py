@@ -3,16 +3,18 @@
     python -m opd_jax.evaluate --model PATH --data FILE [--teacher PATH] [--k 8]
         [--reward math] [--max-new-tokens 1024] [--temperature 1.0] [--top-p 1.0]
         [--batch-size 8] [--limit N] [--chat-template] [--template-kwargs JSON]
-        [--dtype bfloat16] [--seed 0] [--out results.json] [--details]
+        [--diagnostics-k 16] [--dtype bfloat16] [--seed 0] [--out results.json] [--details]
 
 ``PATH`` is a local checkpoint directory or a repo id in the local HF cache (nothing is
 downloaded); the tokenizer comes with the model (``--tokenizer`` names another), the
 end-of-sequence ids from its ``generation_config.json``. ``FILE`` holds records as the trainer
 reads them (``prompt`` / ``messages`` / ``prompt_ids``, and ``answer``). With ``--teacher`` the
 token diagnostics of the model's samples against that teacher are added (it must share the
-tokenizer); evaluating the teacher itself as ``--model`` gives the ceiling to compare a student
-with. The metrics are printed as JSON and, with ``--out``, written there atomically. Bad
-arguments exit with status 2, errors found while running with status 1.
+tokenizer; ``--diagnostics-k`` is the top-k of its overlap ratio); evaluating the teacher itself
+as ``--model`` gives the ceiling to compare a student with. A training run's own evaluation
+(``eval.path``) is this one with the run's settings (``--seed`` = ``run.seed``). The metrics
+are printed as JSON and, with ``--out``, written there atomically. Bad arguments exit with
+status 2, errors found while running with status 1.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-prompt-len", type=int, default=1024)
     p.add_argument("--chat-template", action="store_true", help="wrap text prompts in the template")
     p.add_argument("--template-kwargs", default="", help='JSON, e.g. \'{"enable_thinking": false}\'')
+    p.add_argument("--diagnostics-k", type=int, default=16, help="top-k of the overlap ratio")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--details", action="store_true", help="add per-problem results")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     a = p.parse_args(argv)
-    for name in ("k", "max_new_tokens", "batch_size", "max_prompt_len", "limit"):
+    for name in ("k", "max_new_tokens", "batch_size", "max_prompt_len", "limit", "diagnostics_k"):
         value = getattr(a, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -91,8 +94,8 @@ def run(a) -> dict:
     graphdef, params = nnx.split(model, nnx.Param)
     result = evaluate(graphdef, params, examples, reward_fn=reward_fn, cfg=cfg, k=a.k, seed=a.seed,
                       batch_size=batch, mesh=mesh, teacher=teacher, details=a.details,
-                      tokenizer=tok)
-    result.update(model=a.model, data=a.data, teacher=a.teacher, reward=a.reward,
+                      tokenizer=tok, diagnostics_k=a.diagnostics_k)
+    result.update(model=a.model, data=a.data, teacher=a.teacher, reward_fn=a.reward,
                   max_new_tokens=a.max_new_tokens, temperature=a.temperature)
     if a.out:
         write_result(result, a.out)

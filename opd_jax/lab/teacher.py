@@ -69,7 +69,8 @@ def experiment(setting: Setting, data_dir: str, workdir: str):
         mesh=MeshConfig(data=1),
         data=DataConfig(path=os.path.join(data_dir, "train.jsonl"), batch_size=setting.batch,
                         max_prompt_len=MAX_PROMPT_LEN),
-        ckpt=CheckpointConfig(every=max(1, setting.steps // 4), keep=1),
+        ckpt=CheckpointConfig(every=max(1, setting.steps // 4), keep=1,
+                              export=False),  # exported to teacher/hf by train() instead
         run=RunConfig(steps=setting.steps, workdir=workdir, diagnostics_k=0, tensorboard=False,
                       log_every=max(1, setting.steps // 20)))
 
@@ -100,15 +101,7 @@ def export(trainer, tok, path: str) -> None:
     ``ModelSpec(path=...)`` loads), written whole or not at all; kept if already there."""
     if os.path.exists(os.path.join(path, "config.json")):
         return
-    import shutil
-
-    from flax import nnx
-
-    from opd_jax.models import save_pretrained
-    tmp = f"{path}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(nnx.merge(trainer.s_graph, trainer.state.params), tmp, tokenizer=tok)
-    os.replace(tmp, path)
+    trainer.export(path)
 
 
 def main(argv=None):

@@ -152,9 +152,10 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
     if "reward" in need and not has_reward_fn:
-        raise ValueError(f"objective {name!r} trains on a reward: pass reward_fn=f to Trainer, "
-                         "f(example, completion_ids) -> float (e.g. a verifier's 0/1); from "
-                         "the command line, define reward_fn in the experiment file.")
+        raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
+                         "--set reward=math on the command line; see opd_jax.rewards), define "
+                         "reward_fn in the experiment file, or pass reward_fn=f to Trainer, "
+                         "f(example, completion_ids) -> float (e.g. a verifier's 0/1).")
     terms = {"aux_teacher_logp": "the agreement weights (objective.agreement)",
              "bad_teacher_logp": "the contrastive term (objective.contrastive_coef)"}
     for extra, what in terms.items():

@@ -5,6 +5,7 @@ An experiment file returns an :class:`Experiment`; the command line changes any 
 """
 
 import dataclasses
+import json
 from typing import Literal
 
 from opd_jax.models.config import ModelConfig
@@ -149,18 +150,68 @@ class MeshConfig:
     tensor: int = 1
 
 
+TemplateValue = bool | int | float | str | None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Prompts (JSONL or Parquet), read in a seeded order that depends only on the cursor."""
+    """Prompts (JSONL or Parquet), read in a seeded order that depends only on the cursor.
+
+    Text (``prompt``, ``messages``, ``completion``; see :mod:`opd_jax.data`) is tokenized by the
+    student checkpoint's tokenizer, or by ``tokenizer`` (a directory or a repo id in the local HF
+    cache) when set; ``chat_template_kwargs`` go to the chat template, e.g. Qwen3's
+    ``{"enable_thinking": False}`` (``--set 'data.chat_template_kwargs={"enable_thinking": false}'``
+    from the command line).
+    """
     path: str = ""
     batch_size: int = 8  # prompts per optimizer step, over all hosts
     max_prompt_len: int = 512  # longer prompts are an error naming the line
     shuffle_seed: int = 0
     chat_template: bool = False  # wrap text prompts in the tokenizer's chat template
+    tokenizer: str = ""  # a tokenizer replacing the student checkpoint's ("" = the student's)
+    chat_template_kwargs: dict[str, TemplateValue] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_prompt_len >= 1, f"data.max_prompt_len must be >= 1, got {self.max_prompt_len}")
+        kw = self.chat_template_kwargs
+        _check(isinstance(kw, dict) and all(isinstance(k, str) for k in kw),
+               f"data.chat_template_kwargs must be a mapping of names to values, got {kw!r}")
+        _check(all(v is None or isinstance(v, (bool, int, float, str)) for v in kw.values()),
+               f"data.chat_template_kwargs values must be booleans, numbers or text, got {kw!r}")
+        # a copy, so that the caller's dict cannot change a frozen config afterwards
+        object.__setattr__(self, "chat_template_kwargs", json.loads(json.dumps(kw)))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Held-out evaluation during and after a run (``eval.path`` set; needs a reward function).
+
+    At every ``every``-th optimizer step, at the last one (``run.steps``) and, with ``at_start``,
+    before the first, the student answers each held-out problem greedily and ``k`` times by
+    sampling; the reward function scores the answers (:mod:`opd_jax.evaluate` lists the metrics:
+    greedy pass@1, unbiased pass@1 and pass@k, lengths, truncation, and the token diagnostics
+    against a local teacher). Results go to ``<workdir>/eval/<step>.json`` and, prefixed
+    ``eval/``, into that step's metrics. The records are read like ``data.path``'s (same
+    tokenizer and chat template). Evaluation never changes what the run trains on: every
+    setting here may change when a run resumes.
+    """
+    path: str = ""  # held-out records with an `answer` ("" = no evaluation)
+    every: int = 0  # also every N optimizer steps (0 = only at the end)
+    at_start: bool = False  # also before the first step (step 0: the starting model)
+    k: int = 8  # samples per problem (pass@k)
+    batch_size: int = 0  # prompts per sampler call (0 = data.batch_size)
+    max_new_tokens: int = 0  # 0 = sampler.max_new_tokens
+    temperature: float | None = None  # of the k samples (None = sampler.temperature)
+    limit: int = 0  # evaluate the first N records only (0 = all)
+
+    def __post_init__(self):
+        _check(self.every >= 0, f"eval.every must be >= 0, got {self.every}")
+        _check(self.k >= 1, f"eval.k must be >= 1, got {self.k}")
+        for name in ("batch_size", "max_new_tokens", "limit"):
+            _check(getattr(self, name) >= 0, f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.temperature is None or self.temperature >= 0,
+               f"eval.temperature must be >= 0 (0 = greedy), got {self.temperature}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,13 +233,24 @@ class LoopConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CheckpointConfig:
+    """Orbax checkpoints of the whole train state in ``<workdir>/checkpoints`` (what a run resumes
+    from), and the student as a Hugging Face checkpoint in ``<workdir>/hf/step_<N>`` (what
+    ``transformers`` and vLLM load: weights, tokenizer, generation config), each written whole
+    or not at all."""
     every: int = 0  # save every N optimizer steps (0 = only at the end)
     keep: int = 2
     async_save: bool = True
     resume_step: int | None = None  # restore this step instead of the latest (None: the latest)
+    export: bool = True  # write the student as an HF checkpoint at the end of the run
+    export_every: int = 0  # and every N optimizer steps (0 = only at the end)
+    export_dtype: Literal["float32", "bfloat16"] | None = None  # None: student.param_dtype
 
     def __post_init__(self):
         _check(self.every >= 0, f"ckpt.every must be >= 0, got {self.every}")
+        _check(self.export_every >= 0, f"ckpt.export_every must be >= 0, got {self.export_every}")
+        _check(self.export_dtype in (None, "float32", "bfloat16"),
+               f"ckpt.export_dtype must be float32 or bfloat16 (or None), got "
+               f"{self.export_dtype!r}")
         _check(self.keep >= 1, f"ckpt.keep must be >= 1, got {self.keep}")
         _check(self.resume_step is None or self.resume_step >= 0,
                f"ckpt.resume_step must be >= 0 (or None), got {self.resume_step}")
@@ -227,6 +289,10 @@ class Experiment:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     ckpt: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    # The reward function by name (opd_jax.rewards.get: "math", or "package.module:factory"),
+    # for reward objectives and evaluation; "" = none, or the one given to the Trainer.
+    reward: str = ""
 
 
 # The loop's own defaults for the settings an objective may have its own default for.

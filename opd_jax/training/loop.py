@@ -11,7 +11,8 @@ data from the state's cursor, so a resumed run repeats an uninterrupted one exac
 3. score it with the teacher (:mod:`opd_jax.teachers`), only if the objective reads a teacher;
    compute rewards and the extra teacher contexts only if the objective takes them;
 4. one jitted train step with the objective (the SFT objective during the cold start);
-5. let the teacher follow the student (EMA), log, run the step callbacks, save.
+5. let the teacher follow the student (EMA); evaluate on the held-out data and export the
+   student when due (:mod:`~opd_jax.training.outputs`); run the step callbacks, log, save.
 
 With ``teacher.served.overlap`` the next step's batch is sampled and sent to the teacher server
 before this step's update, so that the server scores it while the student updates (that batch
@@ -38,9 +39,10 @@ from opd_jax.teachers import Runtime, Student, build_teacher, teacher_class
 from opd_jax.training import batches as B
 from opd_jax.training import checks as C
 from opd_jax.training import flops as F
-from opd_jax.training import safety
+from opd_jax.training import outputs, safety
+from opd_jax.training import text as T
 from opd_jax.training.batch import TrainBatch
-from opd_jax.training.build import build_model, vocab_size
+from opd_jax.training.build import build_model
 from opd_jax.training.checkpoint import Checkpointer, abstract
 from opd_jax.training.config import Experiment, resolve
 from opd_jax.training.errors import TrainingError
@@ -51,9 +53,10 @@ from opd_jax.training.step import make_train_step, sharded_init_state
 
 __all__ = ["StepCallback", "Trainer", "TrainingError", "evaluate"]
 
-# Called after every optimizer step of ``Trainer.run`` (after the finiteness check, before the
-# metrics are logged and the checkpoint is saved) as ``fn(trainer, step, metrics)``; the metrics
-# it returns (or None) are logged with the step's. ``step == trainer.exp.run.steps`` is the last.
+# Called after every optimizer step of ``Trainer.run`` (after the finiteness check and the step's
+# held-out evaluation and export, before the metrics are logged and the checkpoint is saved) as
+# ``fn(trainer, step, metrics)``; the metrics it returns (or None) are logged with the step's.
+# ``step == trainer.exp.run.steps`` is the last.
 StepCallback = Callable[["Trainer", int, dict[str, float]], dict[str, float] | None]
 
 
@@ -70,17 +73,24 @@ class Trainer:
     """Builds everything an experiment needs; ``run()`` then trains it, resuming when possible.
 
     Public surface: the constructor (build), :meth:`run`, :meth:`iteration` (one step),
-    :meth:`evaluate`, :meth:`save`, :meth:`restore`, :meth:`prompts`; and what they act on:
-    ``exp`` (the resolved experiment), ``state`` (the :class:`~opd_jax.training.step.TrainState`),
-    ``s_graph`` (the student's graph definition: ``nnx.merge(s_graph, state.params)`` is the
-    student), ``teacher``, ``mesh``, ``rows``, ``ckpt`` and ``callbacks`` (a list of
-    :data:`StepCallback`).
+    :meth:`evaluate`, :meth:`evaluate_heldout`, :meth:`export` (:meth:`export_dir`),
+    :meth:`save`, :meth:`restore`, :meth:`prompts`; and what they act on: ``exp`` (the resolved
+    experiment), ``state`` (the :class:`~opd_jax.training.step.TrainState`), ``s_graph`` (the
+    student's graph definition: ``nnx.merge(s_graph, state.params)`` is the student),
+    ``teacher``, ``tokenizer``, ``examples``, ``eval_examples``, ``reward_fn``, ``mesh``,
+    ``rows``, ``ckpt`` and ``callbacks`` (a list of :data:`StepCallback`).
+
+    The text set-up is the command line's (:mod:`~opd_jax.training.text`): without
+    ``examples``, ``data.path`` is read with the student checkpoint's tokenizer (or
+    ``tokenizer``, or ``data.tokenizer``) and chat template, ``sampler.eos_ids`` default to the
+    checkpoint's generation config, and ``reward`` names the reward function unless
+    ``reward_fn`` is given.
     """
 
     def __init__(self, exp: Experiment, *, examples: list[D.Example] | None = None, tokenizer=None,
                  reward_fn: Callable[[D.Example, np.ndarray], float] | None = None, mesh=None,
                  callbacks: tuple[StepCallback, ...] = ()):
-        self.exp = exp = resolve(exp)
+        exp = resolve(exp)
         self.mesh = mesh if mesh is not None else make_mesh(**dataclasses.asdict(exp.mesh))
         self.rows = B.Rows(self.mesh)
         self.callbacks = list(callbacks)
@@ -92,26 +102,32 @@ class Trainer:
         sparse = teacher_class(spec).sparse
         if sparse:
             C.check_sparse_teacher(exp, spec.served.top_k)
+        # Text: tokenizers, EOS ids, records, reward function (still no model built).
+        text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn)
+        self.exp = exp = text.exp
+        self.tokenizer, self.reward_fn = text.tokenizer, text.reward_fn
+        self.examples, self.eval_examples = text.examples, text.eval_examples
+        self.eval_cfg = outputs.heldout_sampler(exp)
+        C.check_routes(spec, self.examples, exp.data.path)
+        C.check_inputs(exp, self.examples, self.reward_fn is not None)
+        self.rewarded = "reward" in O.required_inputs(exp.objective)
         self.reads_teacher = O.reads_teacher(exp.objective)
         diagnostics = (exp.run.diagnostics_k or None) if self.reads_teacher else None
         self.objective = O.build_objective(exp.objective, dense_teacher=not sparse,
                                            diagnostics_k=diagnostics)
         self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
-        self.reward_fn = reward_fn if "reward" in O.required_inputs(exp.objective) else None
         self.contexts = sorted(set(C.CONTEXT_FIELDS) & O.required_inputs(exp.objective))
 
         self.s_graph, params, self.p_sh = build_model(exp.student, self.mesh)
         runtime = Runtime(self.rows, exp.sampler, exp.objective.temperature, exp.step.chunk_size)
         self.teacher = build_teacher(spec, Student(self.s_graph, params, self.p_sh,
-                                                   exp.student.path, tokenizer), self.mesh, runtime)
-        self.examples = examples if examples is not None else D.load_examples(
-            exp.data.path, tokenizer=tokenizer, max_prompt_len=exp.data.max_prompt_len,
-            vocab_size=vocab_size(self.s_graph, params), chat_template=exp.data.chat_template)
+                                                   exp.student.path, self.tokenizer), self.mesh,
+                                     runtime)
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
         C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path)
-        C.check_routes(spec, self.examples, exp.data.path)
-        C.check_inputs(exp, self.examples, reward_fn is not None)
+        if self.eval_examples:
+            C.check_lengths(self.eval_examples, self.eval_cfg.max_new_tokens, limits, exp.eval.path)
 
         self.tx = make_optimizer(exp.optim, exp.run.steps)
         with jax.set_mesh(self.mesh):
@@ -150,7 +166,7 @@ class Trainer:
             t1 = time.perf_counter()
             batch = jax.block_until_ready(now.finish())
             timings["time/score"] = time.perf_counter() - t1
-            if self.reward_fn is not None and now.source != "cold_start":
+            if self.rewarded and now.source != "cold_start":
                 batch = B.with_rewards(self.rows, batch, now.prompts, self.reward_fn)
             t2 = time.perf_counter()
             fn = self.step_fn if now.source != "cold_start" else self.sft_fn
@@ -248,6 +264,26 @@ class Trainer:
         """Divergences to the teacher on fresh student samples (see :func:`evaluate`)."""
         return evaluate(self, cursor=cursor, seed=seed)
 
+    def evaluate_heldout(self) -> dict:
+        """The student as it is now on the held-out records of ``eval.path``: pass@k, lengths,
+        truncation, token diagnostics (see :mod:`~opd_jax.training.outputs`)."""
+        if self.eval_examples is None:
+            raise ValueError("no held-out data to evaluate on: set eval.path")
+        return outputs.evaluate_heldout(self, self.eval_cfg)
+
+    def export(self, path: str | None = None, *, dtype: str | None = None) -> str:
+        """Write the student as it is now as a Hugging Face checkpoint (weights, tokenizer,
+        generation config) at ``path`` (default ``<workdir>/hf/step_<step>``), whole or not at
+        all, replacing one there; ``dtype`` ``"float32"``/``"bfloat16"`` (default
+        ``ckpt.export_dtype``, else the parameters'). Every process calls it."""
+        path = path or self.export_dir()
+        return outputs.export_student(self, path, dtype or self.exp.ckpt.export_dtype)
+
+    def export_dir(self, step: int | None = None) -> str:
+        """Where the run exports the student of ``step`` (default: the current step)."""
+        step = int(self.state.step) if step is None else step
+        return outputs.export_dir(self.exp.run.workdir, step)
+
     # ------------------------------------------------------------------ checkpoints and the run
 
     def save(self) -> None:
@@ -309,19 +345,31 @@ class Trainer:
         progress = Progress(last, int(self.state.step), enabled=exp.run.progress and lead)
         metrics = {}
         try:
+            if self.eval_examples and exp.eval.at_start and int(self.state.step) == 0:
+                writer.write(0, outputs.record(self, 0, self.evaluate_heldout()))
+            ran_last = False
             while int(self.state.step) < last:
                 metrics = self.iteration()
                 step = int(self.state.step)
                 safety.check_finite(metrics, step, self.ckpt)
+                evaluated = outputs.at_step(self, step)
+                metrics.update(evaluated)
+                ran_last = step == exp.run.steps
                 for callback in self.callbacks:
                     metrics.update(callback(self, step, metrics) or {})
-                if step % exp.run.log_every == 0 or step == last:
+                if step % exp.run.log_every == 0 or step == last or evaluated:
                     writer.write(step, metrics)
                 progress.update(step, metrics["loss/total"], metrics["throughput/tokens_per_s"])
                 if exp.ckpt.every and step % exp.ckpt.every == 0:
                     self.save()
             if self.ckpt.latest_step() != int(self.state.step):
                 self.save()
+            if int(self.state.step) == exp.run.steps and not ran_last:
+                # a finished run resumed: the final evaluation and export, if not written yet
+                # (e.g. asked for after it finished)
+                evaluated = outputs.at_step(self, exp.run.steps, missing_only=True)
+                if evaluated:
+                    writer.write(exp.run.steps, evaluated)
         finally:
             self.ckpt.wait()
             writer.close()

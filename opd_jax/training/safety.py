@@ -11,15 +11,19 @@ import os
 import time
 from typing import Any
 
+import opd_jax.objectives as O
 from opd_jax.config import to_dict
 from opd_jax.training.checkpoint import CheckpointNotFound, Checkpointer
 
 # Settings that change how a run is executed, logged or saved, not what it trains: a resumed run
 # may change them freely. An entry ending in "." covers a whole section (the mesh: a checkpoint
-# restores onto any mesh). Where a served teacher runs and how it is asked are the run's too.
+# restores onto any mesh; the held-out evaluation). Where a served teacher runs and how it is
+# asked are the run's too, and so are the exports of the student. The reward function (``reward``)
+# is the run's when the objective trains on no reward (it then only scores evaluations).
 RUN_ONLY = ("run.steps", "run.workdir", "run.log_every", "run.tensorboard", "run.wandb",
             "run.progress", "run.diagnostics_k", "run.allow_config_change", "ckpt.every",
-            "ckpt.keep", "ckpt.async_save", "ckpt.resume_step", "mesh.", "teacher.served.url",
+            "ckpt.keep", "ckpt.async_save", "ckpt.resume_step", "ckpt.export", "ckpt.export_every",
+            "ckpt.export_dtype", "mesh.", "eval.", "teacher.served.url",
             "teacher.served.timeout_s", "teacher.served.retries", "teacher.served.backoff_s",
             "teacher.served.max_in_flight", "teacher.served.rows_per_request")
 
@@ -71,8 +75,12 @@ def field_defaults(cfg, prefix: str = "") -> dict[str, Any]:
             out[path] = to_dict(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             out[path] = to_dict(f.default_factory())
-        if isinstance(out.get(path), dict):  # a section: its type, then its own fields
-            out[path] = out[path]["_type"]
+        default = out.get(path)
+        if isinstance(default, dict) and "_type" in default:  # a section: its type, then fields
+            out[path] = default["_type"]
+        elif isinstance(default, dict):  # a mapping: its entries, as flatten keys them
+            del out[path]
+            out.update(flatten(default, path))
         if dataclasses.is_dataclass(value):
             out.update(field_defaults(value, path))
     return out
@@ -104,6 +112,8 @@ def check_config_change(saved: dict | None, current, *, step: int, allow: bool,
     if saved is None:
         return None
     changes = config_changes(saved, to_dict(current), field_defaults(current))
+    if "reward" not in O.required_inputs(current.objective):
+        changes.pop("reward", None)  # evaluation's only: the objective trains on no reward
     if not changes:
         return None
     if not allow:

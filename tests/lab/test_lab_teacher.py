@@ -4,11 +4,10 @@
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scripted_model import Scripted
 
 from opd_jax.data import load_examples
 from opd_jax.lab import countdown as C
@@ -16,31 +15,9 @@ from opd_jax.lab import data as L
 from opd_jax.lab import teacher
 from opd_jax.lab import tokenizer as T
 from opd_jax.lab.evaluate import evaluate
-from opd_jax.models import KVCache, from_pretrained, load_tokenizer, tiny_config
+from opd_jax.models import from_pretrained, load_tokenizer
 
 BIG = 40.0
-
-
-class Bigram(nnx.Module):
-    """Next token = a fixed function of the current one (``EOS`` where unlisted), margin ``BIG``."""
-
-    def __init__(self, successor: dict[int, int]):
-        V = T.vocab_size()
-        self.cfg = tiny_config("llama", vocab_size=V, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2)
-        table = np.full(V, T.EOS_ID)
-        for a, b in successor.items():
-            table[a] = b
-        self.table = nnx.Param(jnp.asarray(np.eye(V, dtype=np.float32)[table] * BIG))
-
-    def hidden(self, tokens, positions, *, mask=None, cache: KVCache | None = None):
-        mask = jnp.ones(tokens.shape, jnp.bool_) if mask is None else mask
-        if cache is not None:
-            valid = jax.lax.dynamic_update_slice(cache.valid, mask, (jnp.int32(0), cache.index))
-            cache = cache.replace(valid=valid, index=cache.index + tokens.shape[1])
-        return jax.nn.one_hot(tokens, self.cfg.vocab_size, dtype=jnp.float32), cache
-
-    def logits(self, h):
-        return h @ self.table[...]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +29,7 @@ def test_evaluate_scores_a_scripted_model_exactly(tok, tmp_path):
     """The model always answers ``9*8=72``: right for 9 8 5 -> 72, wrong for 9 8 5 -> 17."""
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     script = ids(":9*8=72")  # every character distinct: a bigram table can spell it
-    model = Bigram(dict(zip(script, script[1:])))
+    model = Scripted(T.vocab_size(), dict(zip(script, script[1:])), default=T.EOS_ID, big=BIG)
     path = str(tmp_path / "eval.jsonl")
     L.write_records(path, [L.record(C.Problem((9, 8, 5), 72), tok), L.record(C.Problem((9, 8, 5), 17), tok)])
     examples = load_examples(path, tokenizer=tok, max_prompt_len=32)

@@ -1,5 +1,6 @@
 """Helpers of the real-model tests: the test suite's other helper modules (loaded by path, so
-that they are shared, not copied), JSONL writing, and a scripted fake model."""
+that they are shared, not copied), JSONL writing, and scripted fake models
+(:class:`scripted_model.Scripted`, shared with the lab's tests)."""
 
 import gzip
 import importlib.util
@@ -7,12 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-
-from opd_jax.models import KVCache, tiny_config
+from scripted_model import Scripted
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -36,32 +32,6 @@ def write_records(path, records, *, gz: bool = False) -> str:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return str(path)
-
-
-class Scripted(nnx.Module):
-    """Next token = ``successor[current token]`` with margin ``big`` (``default`` where unlisted):
-    a model whose completions are known in advance. ``successor`` may map a token to several
-    (equally likely) next tokens."""
-
-    def __init__(self, vocab: int, successor: dict, default: int, big: float = 40.0):
-        self.cfg = tiny_config("llama", vocab_size=vocab, num_layers=1, num_heads=1, num_kv_heads=1,
-                               head_dim=2, max_position_embeddings=4096)
-        table = np.zeros((vocab, vocab), np.float32)
-        table[:, default] = big
-        for a, b in successor.items():
-            table[a] = 0.0
-            table[a, list(b) if isinstance(b, (list, tuple)) else b] = big
-        self.table = nnx.Param(jnp.asarray(table))
-
-    def hidden(self, tokens, positions, *, mask=None, cache: KVCache | None = None):
-        mask = jnp.ones(tokens.shape, jnp.bool_) if mask is None else mask
-        if cache is not None:
-            valid = jax.lax.dynamic_update_slice(cache.valid, mask, (jnp.int32(0), cache.index))
-            cache = cache.replace(valid=valid, index=cache.index + tokens.shape[1])
-        return jax.nn.one_hot(tokens, self.cfg.vocab_size, dtype=jnp.float32), cache
-
-    def logits(self, h):
-        return h @ self.table[...]
 
 
 def script_model(tokenizer, text: str, after: str, end: int, vocab: int) -> Scripted:

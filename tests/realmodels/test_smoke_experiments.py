@@ -1,24 +1,28 @@
 """The real-model experiment files end to end through ``python -m opd_jax.main`` on tiny Qwen3
-checkpoints with a chat-template tokenizer (nothing downloaded), then the path after training:
-the trained student exported as an HF checkpoint, evaluated by ``python -m opd_jax.evaluate``
-against its teacher, and plotted."""
+checkpoints with a chat-template tokenizer (nothing downloaded): the run itself evaluates the
+student on held-out problems and exports it as a Hugging Face checkpoint. Oracles: PyTorch
+(``transformers``) reading the run's export gives the logits of the student in the run's Orbax
+checkpoint; the standalone ``python -m opd_jax.evaluate`` of that export gives the run's own
+evaluation; a bfloat16 export holds exactly the rounded weights of the checkpoint."""
 
 import json
 import os
-import subprocess
-import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
+import torch
 import transformers
 from flax import nnx
 from realmodels_helpers import cli_helpers as C
+from realmodels_helpers import hf_reference
 
 from opd_jax import plot, smoke
-from opd_jax.export import export
-from opd_jax.models import from_pretrained, load_tokenizer
+from opd_jax.evaluate import __main__ as evaluate_cli
+from opd_jax.models import from_pretrained
 
 pytestmark = pytest.mark.slow
+EVAL_SETTINGS = ("step", "data", "max_new_tokens", "temperature")
 
 
 def _pure(tree):
@@ -28,51 +32,83 @@ def _pure(tree):
     return tree
 
 
-def test_qwen3_math_opd_smoke_trains_then_exports_evaluates_and_plots(tmp_path):
+def _checkpointed(model_dir, work, step):
+    """``(graphdef, params)`` of the student in the run's Orbax checkpoint of ``step``, and the
+    parameters it started from (those of ``model_dir``)."""
+    graphdef, params = nnx.split(from_pretrained(str(model_dir)), nnx.Param)
+    initial = C.leaves(params)
+    nnx.replace_by_pure_dict(params, _pure(C.read_state(work, step)["params"]))
+    return graphdef, params, initial
+
+
+def _results(work):
+    return {int(p[:-5]): json.loads((work / "eval" / p).read_text())
+            for p in os.listdir(work / "eval")}
+
+
+def test_qwen3_math_opd_smoke_evaluates_and_exports_through_the_command_line(tmp_path, capsys):
     work = tmp_path / "run"
     C.check_ok(C.run_cli(work, config="experiments/qwen3_math_opd.py:smoke"))
     cfg = json.loads((work / "config.json").read_text())
     student, teacher = work / "models" / "student", work / "models" / "teacher"
+    held_out = work / "data" / "eval.jsonl"
     assert cfg["student"]["path"] == str(student) and cfg["teacher"]["model"]["path"] == str(teacher)
     assert cfg["sampler"]["eos_ids"] == [2, 0]  # both ids of the checkpoint's generation config
     assert cfg["data"]["path"] == str(work / "data" / "train.jsonl") and cfg["data"]["chat_template"]
+    assert cfg["reward"] == "math" and cfg["eval"]["path"] == str(held_out)
     records = [json.loads(line) for line in open(work / "data" / "train.jsonl")]
     assert "messages" in records[0] and "answer" in records[0]
-    assert [m["step"] for m in C.metrics(work)] == [1, 2] and C.steps(work) == [2]
+    rows = C.metrics(work)
+    assert [m["step"] for m in rows] == [0, 1, 2] and C.steps(work) == [2]
 
-    # What the loop will do at the end of a run: the trained student as an HF checkpoint.
-    tok = load_tokenizer(str(student))
-    graphdef, params = nnx.split(from_pretrained(str(student)), nnx.Param)
-    initial = C.leaves(params)
-    nnx.replace_by_pure_dict(params, _pure(C.read_state(work, 2)["params"]))
-    trained = C.leaves(params)
-    assert initial.keys() == trained.keys()
-    assert any(not np.array_equal(initial[k], trained[k]) for k in initial)  # it trained
-    hf = export(graphdef, str(work / "hf" / "step_2"), params=params, tokenizer=tok,
-                eos_ids=tuple(cfg["sampler"]["eos_ids"]), source=str(student))
-    assert transformers.AutoConfig.from_pretrained(hf).model_type == "qwen3"
+    # The run's evaluations: before the first step and after each, in the files and the metrics.
+    results = _results(work)
+    assert sorted(results) == [0, 1, 2]
+    for row in rows:
+        r = results[row["step"]]
+        assert r["step"] == row["step"] and r["problems"] == 8 and r["k"] == 2
+        for name in ("greedy_pass@1", "pass@1", "pass@2", "mean_length", "truncated",
+                     "reverse_kl", "overlap_ratio", "entropy_gap"):
+            assert row[f"eval/{name}"] == r[name], name
+        assert r["reverse_kl"] > 0 and 0 < r["mean_length"] <= 16
 
-    out = work / "eval" / "2.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "opd_jax.evaluate", "--model", hf, "--teacher", str(teacher),
-         "--data", str(work / "data" / "eval.jsonl"), "--k", "2", "--max-new-tokens", "16",
-         "--max-prompt-len", "192", "--dtype", "float32", "--out", str(out)],
-        cwd=C.REPO, text=True, capture_output=True, timeout=300, env=C.child_env(8))
-    C.check_ok(proc)
-    result = json.loads(out.read_text())
-    assert json.loads(proc.stdout)["pass@2"] == result["pass@2"]
-    for name in ("greedy_pass@1", "pass@1", "pass@2", "truncated"):
-        assert 0.0 <= result[name] <= 1.0, name
-    assert result["problems"] == 8 and result["reverse_kl"] > 0 and 0 < result["mean_length"] <= 16
+    # The run's export at its end: PyTorch reads it and computes the checkpoint's logits.
+    assert os.listdir(work / "hf") == ["step_2"]
+    hf = str(work / "hf" / "step_2")
+    graphdef, params, initial = _checkpointed(student, work, 2)
+    assert any(not np.array_equal(initial[k], v) for k, v in C.leaves(params).items())  # trained
+    tokens, mask, positions = hf_reference.padded_batch(smoke.student_config().vocab_size,
+                                                        (9, 5), 9)
+    ours = hf_reference.jax_logits(nnx.merge(graphdef, params), tokens, mask, positions)
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(
+        hf, attn_implementation="eager", dtype=torch.float32).eval()
+    theirs = hf_reference.torch_logits(torch_model, tokens, mask, positions)
+    np.testing.assert_allclose(theirs[mask], ours[mask], atol=1e-4, rtol=0)
+    assert transformers.GenerationConfig.from_pretrained(hf).eos_token_id == [2, 0]
+    assert transformers.AutoTokenizer.from_pretrained(hf).chat_template
 
-    assert plot.main([str(work)]) == 0
+    # The standalone evaluation of the export, with the run's settings, is the run's last one.
+    out = tmp_path / "standalone.json"
+    assert evaluate_cli.main(
+        ["--model", hf, "--teacher", str(teacher), "--data", str(held_out), "--k", "2",
+         "--max-new-tokens", "16", "--max-prompt-len", "192", "--dtype", "float32",
+         "--diagnostics-k", "4", "--batch-size", "8", "--seed", "0", "--out", str(out)]) == 0
+    standalone = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out)["pass@2"] == standalone["pass@2"]
+    run = {k: v for k, v in results[2].items() if k not in EVAL_SETTINGS}
+    assert run.keys() <= standalone.keys()
+    for name, value in run.items():
+        assert standalone[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+    assert plot.main([str(work)]) == 0  # the evaluation at step 0 precedes the FLOPs records
     assert sorted(os.listdir(work / "plots")) == ["eval_flops.png", "eval_step.png",
                                                   "training_flops.png", "training_step.png"]
 
 
 def test_qwen3_opsd_smoke_with_the_student_from_the_local_hf_cache(tmp_path):
     """``student.path`` as a repo id, found in the local HF cache layout (no network); the
-    teacher (the initial student) reads the records' privileged ``teacher_messages``."""
+    teacher (the initial student) reads the records' privileged ``teacher_messages``; the run
+    exports after every step, in bfloat16."""
     snapshot = tmp_path / "hub" / "models--acme--tiny-qwen3" / "snapshots" / "0123abcd"
     smoke.write_checkpoint(str(snapshot), smoke.student_config())
     (tmp_path / "hub" / "models--acme--tiny-qwen3" / "refs").mkdir()
@@ -88,3 +124,21 @@ def test_qwen3_opsd_smoke_with_the_student_from_the_local_hf_cache(tmp_path):
     assert "teacher_messages" in json.loads(open(work / "data" / "train.jsonl").readline())
     rows = C.metrics(work)
     assert [m["step"] for m in rows] == [1, 2] and all(np.isfinite(m["loss/total"]) for m in rows)
+
+    results = _results(work)
+    assert sorted(results) == [1, 2]
+    for row in rows:
+        assert row["eval/pass@2"] == results[row["step"]]["pass@2"]
+        assert results[row["step"]]["reverse_kl"] > 0  # the teacher reads the worked solution
+
+    assert sorted(os.listdir(work / "hf")) == ["step_1", "step_2"]
+    hf = work / "hf" / "step_2"
+    assert json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((hf / "generation_config.json").read_text())["eos_token_id"] == [2, 0]
+    _, params, _ = _checkpointed(snapshot, work, 2)
+    exported = C.leaves(nnx.split(from_pretrained(str(hf), param_dtype="float32"), nnx.Param)[1])
+    expected = {k: v.astype(ml_dtypes.bfloat16).astype(np.float32)
+                for k, v in C.leaves(params).items()}
+    assert exported.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)

@@ -2,12 +2,15 @@
 
 Two processes of the command line (4 fake CPU devices each) join through
 ``jax.distributed.initialize`` on loopback, each reading its own slice of every batch of
-prompts, and end where one process with 8 devices ends. The teacher is loaded from a Hugging
-Face directory: it is never saved with the run and its files are never modified. A checkpoint
+prompts, and end where one process with 8 devices ends, with the same held-out evaluation and
+the same export of the student (gathered from both processes, written by process 0). The
+teacher is loaded from a Hugging Face directory: it is never saved with the run and its files
+are never modified. A checkpoint
 written on one mesh restores bit-exactly onto another (data=8 → data=2, fsdp=2, tensor=2).
 """
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -20,7 +23,7 @@ from flax import nnx
 from cli_helpers import (EXPERIMENT, REPO, check_ok, child_env, cli_args,
                          digest, max_abs_diff, metrics, read_state, reproducible, run_cli, steps)
 from opd_jax.config import apply_overrides, load_experiment
-from opd_jax.models import Transformer, save_pretrained, tiny_config
+from opd_jax.models import Transformer, from_pretrained, save_pretrained, tiny_config
 from opd_jax.training.checkpoint import Checkpointer
 from opd_jax.training.loop import Trainer
 
@@ -62,7 +65,12 @@ def runs(tmp_path_factory):
     cfg = tiny_config(vocab_size=32, hidden_size=48, num_layers=2)  # tiny_opd's teacher
     save_pretrained(Transformer(cfg, rngs=nnx.Rngs(1)), teacher)
     before = digest(teacher)
-    sets = [f"run.steps={N}", "ckpt.every=2", f"teacher.model.path={teacher}"]
+    held_out = root / "held_out.jsonl"
+    rng = np.random.default_rng(3)
+    held_out.write_text("".join(json.dumps({"prompt_ids": rng.integers(2, 32, 4).tolist()}) + "\n"
+                                for _ in range(6)))
+    sets = [f"run.steps={N}", "ckpt.every=2", f"teacher.model.path={teacher}",
+            f"eval.path={held_out}", "eval.k=2"]  # tiny_opd's reward_fn scores the answers
     one, two = root / "one_process", root / "two_processes"
     check_ok(run_cli(one, *sets, devices=8))
     _two_processes(two, sets, root)
@@ -82,6 +90,17 @@ def test_two_processes_match_one(runs):
     assert steps(runs["two"]) == [2, 4]
     assert (runs["two"] / "config.json").exists()
     assert len(metrics(runs["two"])) == N  # one writer: process 0
+    evals = [json.loads((runs[r] / "eval" / f"{N}.json").read_text()) for r in ("one", "two")]
+    assert evals[0].keys() == evals[1].keys() and "reverse_kl" in evals[0]
+    for name, value in evals[0].items():
+        assert evals[1][name] == (pytest.approx(value, rel=1e-4, abs=1e-5)
+                                  if isinstance(value, float) else value), name
+    for run in ("one", "two"):  # the export: the run's final parameters
+        assert os.listdir(runs[run] / "hf") == [f"step_{N}"]
+        exported = nnx.split(from_pretrained(str(runs[run] / "hf" / f"step_{N}")), nnx.Param)[1]
+        saved = jax.tree.map(lambda x: x["value"], read_state(runs[run], N)["params"],
+                             is_leaf=lambda x: isinstance(x, dict) and set(x) == {"value"})
+        assert max_abs_diff(nnx.to_pure_dict(exported), saved) == 0.0
 
 
 def test_model_teacher_is_read_only_and_never_saved(runs):
@@ -95,6 +114,7 @@ def test_model_teacher_is_read_only_and_never_saved(runs):
 
 
 def _trainer(workdir, sets, **mesh):
+    sets = [s for s in sets if not s.startswith("eval.")]  # restoring needs no evaluation
     exp = apply_overrides(load_experiment(str(REPO / EXPERIMENT)),
                           [*sets, f"run.workdir={workdir}"])
     data = dataclasses.replace(exp.data, path=str(workdir / "prompts.jsonl"))

@@ -9,6 +9,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,8 @@ from cli_helpers import digest
 from opd_jax.config import ConfigOverrideError, apply_overrides, to_dict
 from opd_jax.training.config import LoopConfig, TeacherSpec, resolve
 from opd_jax.training.loop import Trainer
-from opd_jax.training.safety import ConfigChangedError, config_changes, field_defaults
+from opd_jax.training.safety import (ConfigChangedError, check_config_change, config_changes,
+                                    field_defaults)
 from test_loop import experiment
 
 
@@ -96,13 +98,16 @@ def test_resume_with_another_config_is_refused_unless_allowed(tmp_path):
     Trainer(base).run()
     work = tmp_path / "run"
     before = digest(work)
+    assert sorted(os.listdir(work / "hf")) == ["step_2"]  # the export at the end
     changed = apply_overrides(base, ["optim.lr=3e-3", "objective.kl_coef=0.5", "run.steps=3",
-                                     "ckpt.every=3", "run.log_every=2"])
+                                     "ckpt.every=3", "run.log_every=2", "eval.k=3",
+                                     "ckpt.export_every=1", "ckpt.export_dtype=bfloat16"])
     with pytest.raises(ConfigChangedError) as e:
         Trainer(changed).run()
     msg = str(e.value)
     assert "step 2" in msg and "optim.lr: 0.001 -> 0.003" in msg and "objective.kl_coef" in msg
     assert "run.steps" not in msg and "ckpt.every" not in msg and "log_every" not in msg
+    assert "eval" not in msg and "export" not in msg  # evaluations and exports: run-only
     assert "run.allow_config_change=true" in msg
     assert digest(work) == before  # nothing written, not even config.json
 
@@ -118,6 +123,20 @@ def test_resume_with_another_config_is_refused_unless_allowed(tmp_path):
     assert json.loads((work / "config.json").read_text())["history"] == [entry]
 
 
+def test_the_reward_is_a_training_setting_only_for_objectives_that_train_on_it(tmp_path):
+    for objective, trains_on_it in ((O.OPDConfig(), False), (O.ReinforceConfig(), True)):
+        exp = resolve(_exp(tmp_path, objective))
+        changed = dataclasses.replace(exp, reward="math")
+
+        def check():
+            return check_config_change(to_dict(exp), changed, step=2, allow=False, where="run")
+        if trains_on_it:
+            with pytest.raises(ConfigChangedError, match="reward: '' -> 'math'"):
+                check()
+        else:
+            assert check() is None  # it scores evaluations only
+
+
 def test_a_setting_added_to_the_code_since_the_checkpoint_is_no_change_at_its_default(tmp_path):
     exp = resolve(_exp(tmp_path))
     current = to_dict(exp)
@@ -129,3 +148,12 @@ def test_a_setting_added_to_the_code_since_the_checkpoint_is_no_change_at_its_de
     assert config_changes(saved, moved, field_defaults(exp)) == {"loop.teacher_mix": (None, 0.5)}
     del current["optim"]["b1"]  # a setting the code no longer has is a change
     assert config_changes(saved, current, field_defaults(exp)) == {"optim.b1": (0.9, None)}
+    # text settings: unset in an older checkpoint, unchanged at their defaults; a template
+    # keyword argument is a change of what the prompts are, named by its key
+    for name in ("tokenizer", "chat_template_kwargs", "eval", "reward"):
+        (saved["data"] if name in saved["data"] else saved).pop(name)
+    assert config_changes(saved, to_dict(exp), field_defaults(exp)) == {}
+    thinking = dataclasses.replace(exp, data=dataclasses.replace(
+        exp.data, chat_template_kwargs={"enable_thinking": False}))
+    assert config_changes(saved, to_dict(thinking), field_defaults(thinking)) == {
+        "data.chat_template_kwargs.enable_thinking": (None, False)}

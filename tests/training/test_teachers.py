@@ -130,8 +130,8 @@ def test_several_teacher_errors(tmp_path):
     other = dataclasses.replace(SPEC_B, config=tiny_config(vocab_size=V + 1, hidden_size=40,
                                                            num_layers=1))
     with pytest.raises(ValueError, match=r"teacher.models\[1\]'s vocabulary \(33\)"):
-        Trainer(dataclasses.replace(exp, teacher=TeacherSpec(kind="models",
-                                                             models=(SPEC_A, other))))
+        Trainer(dataclasses.replace(exp, teacher=TeacherSpec(  # mixed: the records route nothing
+            kind="models", models=(SPEC_A, other), combine="mix")))
 
 
 @pytest.mark.parametrize("combine", ["route", "mix"])

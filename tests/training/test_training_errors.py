@@ -154,7 +154,8 @@ def test_objective_inputs_missing_from_the_data(tmp_path, sets, field):
 
 def test_reward_objective_without_a_reward_function(tmp_path):
     data = _prompts(tmp_path / "p.jsonl", [GOOD] * 8)
-    with pytest.raises(ValueError, match=r"objective 'reinforce' trains on a reward: pass reward_fn"):
+    with pytest.raises(ValueError,
+                       match=r"objective 'reinforce' trains on a reward: name one \(reward=math"):
         Trainer(_exp(tmp_path / "run", "objective=reinforce", data=data))
 
 
