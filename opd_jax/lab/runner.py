@@ -108,7 +108,7 @@ def experiment(arm: Arm, lab: Lab, seed: int, workdir: str):
         data=DataConfig(path=os.path.join(lab.data, arm.data),
                         batch_size=arm.prompts * (1 if on_policy else arm.samples),
                         max_prompt_len=LT.MAX_PROMPT_LEN, shuffle_seed=seed),
-        ckpt=CheckpointConfig(every=0, keep=1, async_save=False),
+        ckpt=CheckpointConfig(every=0, keep=1, async_save=False, export=False),
         run=RunConfig(steps=arm.steps, seed=seed, workdir=workdir, log_every=max(1, arm.steps // 20),
                       diagnostics_k=0, tensorboard=False, progress=False))
     return apply_overrides(exp, list(arm.overrides))
