@@ -151,6 +151,12 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
+    unsupplied = sorted(need - {"reward", *CONTEXT_FIELDS})
+    if unsupplied:
+        raise ValueError(f"objective {name!r} reads {unsupplied}, which this training loop does not "
+                         "supply (the sampler records the sampled token's log-probability, not the "
+                         "sampling policy's top-k); choose an option of the recipe that does not "
+                         "read them (e.g. objective.surrogate='is').")
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "

@@ -159,6 +159,15 @@ def test_reward_objective_without_a_reward_function(tmp_path):
         Trainer(_exp(tmp_path / "run", "objective=reinforce", data=data))
 
 
+def test_objective_reading_inputs_the_loop_does_not_supply(tmp_path):
+    """The PPO form of the top-k objective reads the sampling policy's top-k, which the sampler
+    does not record: refused before any model is built (it used to fail inside the first step)."""
+    data = _prompts(tmp_path / "p.jsonl", [GOOD] * 8)
+    with pytest.raises(ValueError, match=r"objective 'topk_opd' reads \['behavior_topk_ids', "
+                                         r"'behavior_topk_logp'\], which this training loop does not"):
+        Trainer(_exp(tmp_path / "run", "objective=topk_opd", "objective.surrogate=ppo", data=data))
+
+
 def test_missing_data_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such data file"):
         Trainer(_exp(tmp_path / "run", data=tmp_path / "nope.jsonl"))
