@@ -140,6 +140,49 @@ def continuations(source, continuers: dict, examples, tokenizer, *, depth: int =
     return out
 
 
+_OPERANDS = re.compile(r"^(\d+)([-+*/])(\d+)=")
+
+
+def written_results(source, writers: dict, examples, tokenizer, *, step: int = 0, k: int = 4,
+                    seed: int = 0, mesh=None) -> dict:
+    """Does a model compute, or write what it expects? Answers sampled from ``source`` (k per
+    problem, temperature 1) are cut after the operands of their step ``step`` (``"a op b="``,
+    legal steps only), and every model of ``writers`` writes the result greedily there. Per
+    writer and per state of the answer before that step (:func:`prefix_kind`), the share of
+    results that are ``right`` (``a op b``), the ``target`` instead (when it is not right), or
+    ``other``; and ``n``, the number of cut answers in that state."""
+    problems = [L.answer_problem(e.answer) for e in examples]
+    sols = [C.solutions(p) for p, _ in problems]
+    texts = _texts(tokenizer, _run(source, [e.prompt_ids for e in examples], _cfg(32, 1.0, k), seed, mesh))
+    cuts = []
+    for r, text in enumerate(texts):
+        (problem, fmt), words = problems[r // k], text.split()
+        m = _OPERANDS.match(words[step]) if fmt == "forward" and len(words) > step else None
+        if m is None:
+            continue
+        true = C.apply(int(m.group(1)), m.group(2), int(m.group(3)))
+        if true is None:
+            continue
+        state = prefix_kind(problem, words[:step], fmt, sols[r // k])
+        prefix = " ".join(words[:step] + [m.group(0)])
+        cuts.append((r // k, prefix, true, problem.target, state))
+    out = {}
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for name, model in writers.items():
+        prompts = [tuple(examples[i].prompt_ids) + tuple(encode(pre)) for i, pre, *_ in cuts]
+        ends = _texts(tokenizer, _run(model, prompts, _cfg(8, 0.0), seed, mesh)) if cuts else []
+        table: dict[str, dict] = {}
+        for (_, _, true, target, state), end in zip(cuts, ends):
+            word = end.split(" ")[0]
+            tag = "right" if word == str(true) else "target" if word == str(target) else "other"
+            row = table.setdefault(state, {"right": 0, "target": 0, "other": 0, "n": 0})
+            row[tag] += 1
+            row["n"] += 1
+        out[name] = {s: {t: (v / row["n"] if t != "n" else v) for t, v in row.items()}
+                     for s, row in sorted(table.items())}
+    return out
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _measures(s_graph, s_params, t_graph, t_params, tokens, mask, temperature):
     """Per token of ``tokens[:, 1:]``: the measures of ``MEASURES`` (student vs teacher)."""
@@ -223,6 +266,9 @@ def main(argv=None):
     for src in ("student", "teacher"):
         result[f"{src}_prefixes"] = continuations(models[src], models, test, tok, depth=a.depth, k=a.k)
     result["tokens"] = token_table(models["student"], models["teacher"], test, tok, k=a.k)
+    for step in (0, 1):
+        result[f"results_step{step + 1}"] = written_results(models["student"], models, test, tok,
+                                                            step=step, k=a.k)
     for src in ("student", "teacher"):
         c = result[f"{src}_prefixes"]
         print(f"prefixes of {a.depth} step(s) sampled from the {src}: " + "  ".join(
@@ -234,6 +280,13 @@ def main(argv=None):
         for name, row in result["tokens"][group].items():
             print(f"  {name:<11} " + "  ".join(f"{m} {row[m]:.3f}" for m in MEASURES)
                   + f"  tokens {row['tokens']}")
+    for step in (0, 1):
+        print(f"results written after the operands of step {step + 1} of the student's samples "
+              "(greedy), by the state before that step:")
+        for name, table in result[f"results_step{step + 1}"].items():
+            for state, row in table.items():
+                print(f"  {name:<8} {state:<10} right {row['right']:.3f}  target {row['target']:.3f}"
+                      f"  other {row['other']:.3f}  n {row['n']}")
     if a.out:
         write_json(result, a.out)
 

@@ -172,3 +172,21 @@ def test_token_table_matches_closed_forms(tok, tmp_path):
     # and the EOS follows a solved answer.
     assert out["state"]["on_path"]["tokens"] == 2 * (len(ids) - 1)
     assert out["state"]["solved"]["tokens"] == 2
+
+
+def test_written_results_tell_computing_from_writing_the_target(tok, tmp_path):
+    """After the student's operands ``9*8=``, one writer computes (72), another writes the target
+    (67); after ``9*8=72 72-5=`` both write 67, which is right there."""
+    examples = _examples(tok, tmp_path, [C.Problem((9, 8, 5), 67), C.Problem((9, 8, 5), 13)])
+    start = len(examples[0].prompt_ids)
+    student = nnx.split(PositionScript(_ids(tok, "9*8=72 72-5=67"), start, 40.0), nnx.Param)
+    aims = nnx.split(PositionScript(_ids(tok, "9*8=67 72-5=67"), start, 40.0), nnx.Param)
+    writers = {"computes": student, "aims": aims}
+    first = G.written_results(student, writers, examples, tok, step=0, k=2)
+    assert first["computes"] == {"on_path": {"right": 1.0, "target": 0.0, "other": 0.0, "n": 4}}
+    # For 13, 67 is neither 72 nor the target: "other"; for 67 it is the target.
+    assert first["aims"] == {"on_path": {"right": 0.0, "target": 0.5, "other": 0.5, "n": 4}}
+    second = G.written_results(student, writers, examples, tok, step=1, k=1)
+    for name in writers:
+        assert second[name] == {"dead_end": {"right": 1.0, "target": 0.0, "other": 0.0, "n": 1},
+                                "on_path": {"right": 1.0, "target": 0.0, "other": 0.0, "n": 1}}
