@@ -11,6 +11,7 @@ constants and functions below; ``experiments/lab/results/asymmetric/<mode>/`` ho
 
 import opd_jax.objectives as O
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import verdicts as V
 
 PAPER = "AOPD: Asymmetric On-Policy Distillation (Jia et al.)"
@@ -32,8 +33,7 @@ STARTS = ("weak", "strong")
 
 
 def seeds(mode: str):
-    b = BL.budget(mode)
-    return b.seeds if mode == "smoke" else tuple(sorted(set(b.seeds) | set(range(5))))
+    return S.seeds(mode, at_least=5)
 
 
 def arms(mode: str):

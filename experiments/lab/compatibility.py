@@ -11,9 +11,8 @@ before any run) are the constants and functions below; ``experiments/lab/results
 <mode>/`` holds the results.
 """
 
-import dataclasses
-
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import variants
 from opd_jax.lab import verdicts as V
 
@@ -40,8 +39,7 @@ FIGURE = ("overlap/ratio", "overlap/mass_student", "overlap/advantage", "overlap
 
 
 def schedule(mode: str):
-    return dataclasses.replace(BL.budget(mode).schedule, measures=(f"overlap:{K}",),
-                               test=variants.TEST_EITHER)
+    return S.schedule(mode, measures=(f"overlap:{K}",), test=variants.TEST_EITHER)
 
 
 def arms(mode: str):

@@ -9,12 +9,11 @@ the metrics and the verdict rule (written before any run) are the constants and 
 ``experiments/lab/results/control_variate/<mode>/`` holds the results.
 """
 
-import dataclasses
-
 import numpy as np
 
 import opd_jax.objectives as O
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import verdicts as V
 
 PAPER = "KL for a KL: On-Policy Distillation with Control Variate Baseline (vOPD, Oh et al.)"
@@ -41,7 +40,7 @@ FIGURE = ("grad_variance/log_ratio", "grad_variance/opd", "grad_variance/vopd", 
 
 def schedule(mode: str):
     batches = 2 if mode == "smoke" else 8
-    return dataclasses.replace(BL.budget(mode).schedule, measures=(f"grad_variance:{batches}",))
+    return S.schedule(mode, measures=(f"grad_variance:{batches}",))
 
 
 def arms(mode: str):

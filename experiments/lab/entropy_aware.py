@@ -9,10 +9,9 @@ The set-up, the arms per mode, the metrics and the verdict rule (written before 
 constants and functions below; ``experiments/lab/results/entropy_aware/<mode>/`` holds the results.
 """
 
-import dataclasses
-
 import opd_jax.objectives as O
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import verdicts as V
 
 PAPER = "EOPD: Entropy-Aware On-Policy Distillation (Jin et al.)"
@@ -40,7 +39,7 @@ FIGURE = ("high_entropy/student", "high_entropy/share_student", "entropy", "dist
 
 
 def schedule(mode: str):
-    return dataclasses.replace(BL.budget(mode).schedule, measures=(f"high_entropy:{TAU}",))
+    return S.schedule(mode, measures=(f"high_entropy:{TAU}",))
 
 
 def arms(mode: str):

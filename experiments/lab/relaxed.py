@@ -9,10 +9,9 @@ The set-up, the arms per mode, the metrics and the verdict rule (written before 
 constants and functions below; ``experiments/lab/results/relaxed/<mode>/`` holds the results.
 """
 
-import dataclasses
-
 import opd_jax.objectives as O
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import verdicts as V
 
 PAPER = "REOPOLD: Relaxed On-Policy Distillation (Ko et al.)"
@@ -41,13 +40,11 @@ PIECES = ("clip", "entropy", "clip_entropy", "reopold")
 
 
 def seeds(mode: str):
-    b = BL.budget(mode)
-    return b.seeds if mode == "smoke" else tuple(sorted(set(b.seeds) | set(range(5))))
+    return S.seeds(mode, at_least=5)
 
 
 def schedule(mode: str):
-    s = BL.budget(mode).schedule
-    return dataclasses.replace(s, every=max(1, s.every // 2))
+    return S.schedule(mode, every=max(1, BL.budget(mode).schedule.every // 2))
 
 
 def arms(mode: str):

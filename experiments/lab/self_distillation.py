@@ -11,10 +11,8 @@ arms per mode, the metrics and the verdict rule (written before any run) are the
 functions below; ``experiments/lab/results/self_distillation/<mode>/`` holds the results.
 """
 
-import dataclasses
-
 import opd_jax.objectives as O
-from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import variants
 from opd_jax.lab import verdicts as V
 
@@ -37,17 +35,13 @@ RULE = ("Part 'rule taken up': the 'rule' arm's rule/adherence at the last evalu
         "Reproduced if all three hold; not reproduced if any is reversed by that margin; inconclusive "
         "otherwise (and with fewer than 3 seeds).")
 FIGURE = ("rule/adherence", "rule/correct_following", "pass@1", "greedy_pass@1")
-CONTEXT = (f"data.max_prompt_len={variants.MAX_CONTEXT_PROMPT_LEN}",)
-
-
 def schedule(mode: str):
-    return dataclasses.replace(BL.budget(mode).schedule, measures=(f"rule:{RULE_NAME}",))
+    return S.schedule(mode, measures=(f"rule:{RULE_NAME}",))
 
 
 def arms(mode: str):
-    common = dict(student="contextual", teacher="initial", overrides=CONTEXT)
-    return [BL.arm("rule", O.OPSDConfig(), mode, data=f"{variants.RULE_PREFIX}{RULE_NAME}.jsonl", **common),
-            BL.arm("hint", O.OPSDConfig(), mode, data=variants.HINT, **common)]
+    return [S.context_arm("rule", O.OPSDConfig(), mode, data=f"{variants.RULE_PREFIX}{RULE_NAME}.jsonl"),
+            S.context_arm("hint", O.OPSDConfig(), mode, data=variants.HINT)]
 
 
 def verdict(results, mode):

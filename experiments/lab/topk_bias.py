@@ -9,10 +9,9 @@ The set-up, the arms per mode, the metrics and the verdict rule (written before 
 constants and functions below; ``experiments/lab/results/topk_bias/<mode>/`` holds the results.
 """
 
-import dataclasses
-
 import opd_jax.objectives as O
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import verdicts as V
 
 PAPER = "The Many Faces of On-Policy Distillation (Zhu et al.)"
@@ -35,7 +34,7 @@ FIGURE = ("tail_mass/student_topk", "tail_mass/teacher_topk", "reverse_kl", "pas
 
 
 def schedule(mode: str):
-    return dataclasses.replace(BL.budget(mode).schedule, measures=(f"tail_mass:{K}",))
+    return S.schedule(mode, measures=(f"tail_mass:{K}",))
 
 
 def arms(mode: str):

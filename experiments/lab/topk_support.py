@@ -9,10 +9,9 @@ The set-up, the arms per mode, the metrics and the verdict rule (written before 
 constants and functions below; ``experiments/lab/results/topk_support/<mode>/`` holds the results.
 """
 
-import dataclasses
-
 import opd_jax.objectives as O
 from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import verdicts as V
 
 PAPER = "Top-K local support matching for on-policy distillation (Fu et al.)"
@@ -36,7 +35,7 @@ FIGURE = ("pass@1", "greedy_pass@1", "tail_mass/student_topk", "overlap/ratio", 
 
 
 def schedule(mode: str):
-    return dataclasses.replace(BL.budget(mode).schedule, measures=(f"tail_mass:{K}", f"overlap:{K}"))
+    return S.schedule(mode, measures=(f"tail_mass:{K}", f"overlap:{K}"))
 
 
 def arms(mode: str):

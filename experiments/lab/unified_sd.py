@@ -11,7 +11,7 @@ the metrics and the verdict rule (written before any run) are the constants and 
 """
 
 import opd_jax.objectives as O
-from opd_jax.lab import baseline as BL
+from opd_jax.lab import setups as S
 from opd_jax.lab import variants
 from opd_jax.lab import verdicts as V
 
@@ -34,9 +34,6 @@ RULE = ("One part per other mechanism m in {clip, agreement, contrastive, hidden
         "errors over seeds. Reproduced if all five hold; not reproduced if any is reversed by that "
         "margin; inconclusive otherwise (and with fewer than 3 seeds).")
 FIGURE = ("pass@1", "greedy_pass@1", "pass@k", "entropy")
-CONTEXT = (f"data.max_prompt_len={variants.MAX_CONTEXT_PROMPT_LEN}",)
-
-
 def arms(mode: str):
     configs = {"base": O.UniSDConfig(), "clip": O.UniSDConfig(clip="quantile", clip_q=0.99),
                "agreement": O.UniSDConfig(agreement="token"),
@@ -44,8 +41,8 @@ def arms(mode: str):
                "ema": O.UniSDConfig(),
                "all": O.UniSDConfig(agreement="token", contrastive_coef=0.1, hidden_coef=0.1)}
     teacher = {"ema": "ema", "all": "ema"}
-    return [BL.arm(name, cfg, mode, student="contextual", teacher=teacher.get(name, "initial"),
-                   data=variants.UNISD, overrides=CONTEXT) for name, cfg in configs.items()]
+    return [S.context_arm(name, cfg, mode, data=variants.UNISD, teacher=teacher.get(name, "initial"))
+            for name, cfg in configs.items()]
 
 
 def verdict(results, mode):

@@ -25,6 +25,7 @@ A quantity with nothing to average over (no correct answer, no high-entropy posi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -102,14 +103,9 @@ def draws(ctx: Context):
                         new_token_buckets=(ctx.max_new_tokens,), num_samples=ctx.k)
     prompts, mask = left_pad([e.prompt_ids for e in ctx.examples], width, PAD_ID)
     rows = np.arange(len(ctx.examples), dtype=np.int32)
-    with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else _null():
+    with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else contextlib.nullcontext():
         roll = sample(*ctx.student, prompts, mask, jax.random.key(EVAL_SEED), cfg=cfg, row_ids=rows)
     return jax.device_get((roll.tokens, roll.mask, roll.completion_mask, roll.prompt_len))
-
-
-def _null():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 @functools.partial(jax.jit, static_argnames=("s_graph", "t_graph", "n", "ks"))
@@ -202,7 +198,7 @@ def evaluate(specs: Sequence[str], ctx: Context) -> dict[str, float]:
                                  "none to compare with (set Schedule.reference)")
             ks = tuple(sorted({arg for name, arg in parsed if name in ("tail_mass", "overlap")}))
             n = tokens.shape[1] - p
-            with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else _null():
+            with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else contextlib.nullcontext():
                 feats = jax.device_get(token_features(ctx.student[0], ctx.student[1], ctx.teacher[0],
                                                       ctx.teacher[1], tokens, mask, n=n, ks=ks))
             out.update(summarize(feats, cmask[:, p:], token))

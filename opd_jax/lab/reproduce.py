@@ -149,7 +149,14 @@ def run(name: str, mode: str = "quick", *, results: str = RESULTS, lab_root: str
     lab = lab_for(mode, models, files, lab_root=lab_root)
     out = os.path.join(results, name, mode)
     t0 = time.perf_counter()
-    runs = R.run_all(arms, lab, list(seeds), out=out, schedule=schedule, log=log)
+    try:
+        runs = R.run_all(arms, lab, list(seeds), out=out, schedule=schedule, log=log)
+    except ValueError as e:
+        if "another configuration" not in str(e):
+            raise
+        raise ValueError(f"{e}. When the baseline regime (opd_jax.lab.baseline) changed, every arm "
+                         f"changed with it: move {out} aside (it stays the result of the earlier "
+                         "regime) and run again.") from e
     verdict = module.verdict(runs, mode)
     shown = figure_metrics(module, schedule)
     figures = []

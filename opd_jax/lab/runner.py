@@ -5,9 +5,11 @@ come from (the student's own samples, the teacher's, or the data's solutions), i
 starting model and its optimisation budget. :func:`run` trains one arm for one seed through the
 project's ``Trainer`` (the same code path as every experiment) and evaluates the student on
 held-out problems before training and every ``Schedule.every`` steps: the lab's evaluation
-(greedy pass@1, pass@1, pass@k, distinct correct solutions, entropy) and the exact token
+(greedy pass@1, pass@1, pass@k, distinct correct solutions, entropy), the exact token
 diagnostics against the arm's teacher on the student's samples (reverse KL, entropies, top-k
-overlap). :func:`run_all` runs arms x seeds, one JSON per run under ``out/<arm>/seed<s>.json``,
+overlap), and the schedule's further measures (:mod:`opd_jax.lab.measures`: entropy at the
+teacher's uncertain positions, tail mass, overlap mass and advantage, rule adherence, gradient
+variance). :func:`run_all` runs arms x seeds, one JSON per run under ``out/<arm>/seed<s>.json``,
 written atomically and reused when present, so an interrupted experiment resumes where it
 stopped and every configuration that was run stays in the results.
 """

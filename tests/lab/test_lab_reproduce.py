@@ -108,3 +108,12 @@ def test_the_command_line(dirs, records, tmp_path, capsys):
         RP.main(["no_such_experiment"])
     with pytest.raises(ValueError, match="unknown mode"):
         RP.run("topk_bias", "medium")
+
+
+def test_a_changed_regime_is_refused_with_what_to_do(dirs, records, monkeypatch):
+    _smoke("position_weighting", dirs, records)
+    from opd_jax.lab import baseline as BL
+    budget = BL.budget("smoke")
+    monkeypatch.setitem(BL.BUDGETS, "smoke", type(budget)(**{**vars(budget), "lr": budget.lr / 2}))
+    with pytest.raises(ValueError, match="baseline regime .* changed.*move .*position_weighting/smoke aside"):
+        RP.run("position_weighting", "smoke", results=dirs["results"], lab_root=dirs["lab"], log=None)
