@@ -20,7 +20,8 @@ CLAIM = ("Sampled-token reverse-KL OPD brings the student toward the teacher's l
          "steps and FLOPs than supervised training on teacher samples or RL with the verifier's reward.")
 SETUP = ("3 arms from the baseline regime's student, steps and learning rate: 'opd' (Tinker's "
          "sampled-token reverse KL, A_t = log q(y_t) - log mu(y_t), importance-sampling loss), 'sft' "
-         "(cross-entropy on the teacher's samples of the same prompts, prompts x samples per step) and "
+         "(the regime's off-policy control, BL.CONTROL: cross-entropy on the teacher's samples of the same "
+         "prompts, prompts x samples per step) and "
          "'rl' (REINFORCE on the student's samples with the verifier's 0/1 reward, batch-mean baseline). "
          "Metric: sampled pass@1 on held-out problems, at the last evaluation (equal steps) and at the "
          "largest FLOPs budget every run reached (equal compute; linear interpolation between "
@@ -36,7 +37,7 @@ ARMS = ("opd", "sft", "rl")
 
 def arms(mode: str):
     return [BL.arm("opd", O.OPDConfig(), mode),
-            BL.arm("sft", O.SFTConfig(), mode, source="teacher"),
+            BL.arm("sft", BL.CONTROL, mode, source="teacher"),
             BL.arm("rl", O.ReinforceConfig(), mode)]
 
 
