@@ -95,14 +95,18 @@ def _derive(setting: Setting, name: str, base: str, records: str) -> None:
 # a student start that also read rules and hints before problems (its own privileged teacher:
 # self_distillation, unified_sd). Derived from the recipes above, whatever their values.
 for _setting in SETTINGS.values():
-    _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
-    _derive(_setting, "contextual", "strong" if "strong" in _setting.recipes else "weak", variants.CONTEXTS)
+    if "teacher" in _setting.recipes:
+        _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
+    _student = next((n for n in ("strong", "weak") if n in _setting.recipes), None)
+    if _student:
+        _derive(_setting, "contextual", _student, variants.CONTEXTS)
 
 
-def eval_records(recipe: Recipe) -> str:
-    """The held-out records a model is evaluated on: a backward-format model's answers are
-    accepted in either format (the forward-only records would score them all wrong)."""
-    return variants.TEST_EITHER if recipe.records == variants.BACKWARD else "test.jsonl"
+def eval_records(records: str) -> str:
+    """The held-out records a model trained on ``records`` is evaluated on: a backward-format
+    model's answers are accepted in either format (the forward-only records would score them
+    all wrong)."""
+    return variants.TEST_EITHER if records == variants.BACKWARD else "test.jsonl"
 
 
 def ensure_data(data_dir: str, data: Data) -> dict:
@@ -189,7 +193,7 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
     recipe = setting.recipes[name]
     data = ensure_data(data_dir, setting.data)
     variants.ensure(data_dir, recipe.records)
-    variants.ensure(data_dir, eval_records(recipe))
+    variants.ensure(data_dir, eval_records(recipe.records))
     tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
     t0 = time.perf_counter()
     trainer = Trainer(experiment(recipe, data_dir, os.path.join(workdir, name)), tokenizer=tok)
@@ -204,7 +208,7 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
                 "data": {"dataset": data, "train_sha256": sha256(os.path.join(data_dir, recipe.records))},
                 "train_seconds": round(seconds, 1), "commit": runner.provenance()["commit"],
                 "date": time.strftime("%Y-%m-%d"),
-                "eval": evaluate_model(tmp, data_dir, setting.eval_problems, setting.k, eval_records(recipe))}
+                "eval": evaluate_model(tmp, data_dir, setting.eval_problems, setting.k, eval_records(recipe.records))}
     write_json(manifest, os.path.join(tmp, "manifest.json"))
     os.makedirs(models, exist_ok=True)
     os.replace(tmp, out)
@@ -219,7 +223,7 @@ def check(name: str, *, models: str = MODELS, data_dir: str = DATA_DIR) -> dict:
     with open(os.path.join(models, name, "manifest.json")) as f:
         manifest = json.load(f)
     want = manifest["eval"]
-    records = eval_records(Recipe(**manifest["recipe"]))
+    records = eval_records(manifest["recipe"].get("records", "train.jsonl"))
     variants.ensure(data_dir, records)
     now = evaluate_model(os.path.join(models, name), data_dir, want["problems"], want["k"], records)
     return {m: (want[m], now[m]) for m in want}

@@ -137,7 +137,8 @@ def test_the_zoo_derives_the_extra_models_from_its_recipes():
         assert back.records == variants.BACKWARD and {**vars(back), "records": "train.jsonl"} == vars(teacher)
         ctx = setting.recipes["contextual"]
         assert ctx.records == variants.CONTEXTS
-        assert zoo.eval_records(back) == variants.TEST_EITHER and zoo.eval_records(ctx) == "test.jsonl"
+        assert zoo.eval_records(back.records) == variants.TEST_EITHER
+        assert zoo.eval_records(ctx.records) == "test.jsonl"
     exp = zoo.experiment(zoo.SETTINGS["smoke"].recipes["contextual"], "/d", "/w")
     assert exp.data.path == os.path.join("/d", variants.CONTEXTS)
     assert exp.data.max_prompt_len == variants.MAX_CONTEXT_PROMPT_LEN
