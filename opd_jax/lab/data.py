@@ -9,6 +9,9 @@ A student sees ``"11 8 7 4 -> 25:"`` and answers ``"11-8=3 7*4=28 28-3=25"`` the
 
 Records are what ``opd_jax.data.load_examples`` reads (JSONL): the texts and their token ids
 (``*_ids`` take precedence there), and ``answer`` = the problem and format the verifier needs.
+An answer's format may also be ``"either"`` (:data:`EITHER`): the verifier then accepts a
+forward or a backward writing (a student that a backward-format teacher has taught answers
+backward; the compatibility experiment scores both).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class Rule:
     text: str  # what a teacher's context says
     holds: Callable[[list[C.Step]], bool]  # whether a solution follows it
 
+
+EITHER = "either"  # an answer format: forward or backward, whichever parses
+ANSWER_FORMATS = C.FORMATS + (EITHER,)
 
 RULES = {
     "no_subtraction": Rule("rule no -", lambda steps: all(s.op != "-" for s in steps)),
@@ -78,10 +84,39 @@ def write_records(path: str, records: Iterable[dict]) -> int:
 def answer_problem(answer) -> tuple[C.Problem, str]:
     """The problem and format stored in a record's ``answer`` field."""
     try:
-        return C.Problem(tuple(int(x) for x in answer["numbers"]), int(answer["target"])), answer.get("format", "forward")
+        problem = C.Problem(tuple(int(x) for x in answer["numbers"]), int(answer["target"]))
+        fmt = answer.get("format", "forward")
     except (TypeError, KeyError, ValueError) as e:
         raise ValueError(f"a lab record's answer must be {{'numbers': [...], 'target': n, 'format': f}}, "
                          f"got {answer!r}") from e
+    if fmt not in ANSWER_FORMATS:
+        raise ValueError(f"a lab record's answer format must be one of {ANSWER_FORMATS}, got {fmt!r}")
+    return problem, fmt
+
+
+def parse_answer(text: str, fmt: str) -> list[C.Step] | None:
+    """The steps of an answer in ``fmt`` (one of :data:`ANSWER_FORMATS`; ``"either"``: the
+    forward reading if it parses, else the backward one), or None."""
+    if fmt not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer format {fmt!r}; known: {ANSWER_FORMATS}")
+    if fmt != EITHER:
+        return C.parse(text, fmt)
+    steps = C.parse(text, "forward")
+    return steps if steps is not None else C.parse(text, "backward")
+
+
+def verify_answer(problem: C.Problem, text: str, fmt: str) -> bool:
+    """``countdown.verify`` for any of :data:`ANSWER_FORMATS` (``"either"``: a correct answer in
+    either writing; no text parses both ways, the two step patterns being disjoint)."""
+    steps = parse_answer(text, fmt)
+    return steps is not None and C.check(problem, steps) is None
+
+
+def follows_rule(steps: list[C.Step], rule: str) -> bool:
+    """Whether the steps (in computation order) follow ``RULES[rule]``."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; known: {sorted(RULES)}")
+    return bool(steps) and RULES[rule].holds(steps)
 
 
 def completion_text(tokenizer, completion_ids) -> str:
@@ -96,5 +131,5 @@ def reward_fn(tokenizer) -> Callable:
     """``f(example, completion_ids) -> 1.0 or 0.0``: the verifier's verdict, for ``Trainer(reward_fn=)``."""
     def reward(example, completion_ids) -> float:
         problem, fmt = answer_problem(example.answer)
-        return float(C.verify(problem, completion_text(tokenizer, completion_ids), fmt))
+        return float(verify_answer(problem, completion_text(tokenizer, completion_ids), fmt))
     return reward

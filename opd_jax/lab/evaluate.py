@@ -21,7 +21,7 @@ def distinct_correct(tokenizer):
     commutative operands) the samples hold."""
     def hook(example, completions, rewards) -> dict[str, float]:
         _, fmt = L.answer_problem(example.answer)
-        good = {C.canonical(C.parse(L.completion_text(tokenizer, c), fmt))
+        good = {C.canonical(L.parse_answer(L.completion_text(tokenizer, c), fmt))
                 for c, r in zip(completions, rewards) if r >= 1.0}
         return {"distinct_correct": float(len(good))}
     return hook

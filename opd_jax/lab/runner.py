@@ -5,9 +5,11 @@ come from (the student's own samples, the teacher's, or the data's solutions), i
 starting model and its optimisation budget. :func:`run` trains one arm for one seed through the
 project's ``Trainer`` (the same code path as every experiment) and evaluates the student on
 held-out problems before training and every ``Schedule.every`` steps: the lab's evaluation
-(greedy pass@1, pass@1, pass@k, distinct correct solutions, entropy) and the exact token
+(greedy pass@1, pass@1, pass@k, distinct correct solutions, entropy), the exact token
 diagnostics against the arm's teacher on the student's samples (reverse KL, entropies, top-k
-overlap). :func:`run_all` runs arms x seeds, one JSON per run under ``out/<arm>/seed<s>.json``,
+overlap), and the schedule's further measures (:mod:`opd_jax.lab.measures`: entropy at the
+teacher's uncertain positions, tail mass, overlap mass and advantage, rule adherence, gradient
+variance). :func:`run_all` runs arms x seeds, one JSON per run under ``out/<arm>/seed<s>.json``,
 written atomically and reused when present, so an interrupted experiment resumes where it
 stopped and every configuration that was run stays in the results.
 """
@@ -84,6 +86,14 @@ class Schedule:
     problems: int = 256
     k: int = 8
     reference: str | None = "teacher"
+    # further per-evaluation measures (opd_jax.lab.measures specs, e.g. "tail_mass:4"), against
+    # the arm's own teacher when it is a model of the lab, else against ``reference``
+    measures: tuple[str, ...] = ()
+    test: str = "test.jsonl"  # the held-out records in the lab's data directory
+
+    def __post_init__(self):
+        from opd_jax.lab import measures
+        measures.check(self.measures)
 
 
 def experiment(arm: Arm, lab: Lab, seed: int, workdir: str):
@@ -134,10 +144,13 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
 
     shutil.rmtree(workdir, ignore_errors=True)
     tok = load_tokenizer(os.path.join(lab.data, "tokenizer"))
-    test = load_examples(os.path.join(lab.data, "test.jsonl"), tokenizer=tok,
+    test = load_examples(os.path.join(lab.data, schedule.test), tokenizer=tok,
                          max_prompt_len=LT.MAX_PROMPT_LEN)[:schedule.problems]
     exp = experiment(arm, lab, seed, workdir)
     reference = _model(lab.path(schedule.reference)) if schedule.reference else None
+    against = reference  # what the measures compare with: the arm's own teacher model if it has one
+    if schedule.measures and arm.teacher not in ("self", "initial", "ema", schedule.reference):
+        against = _model(lab.path(arm.teacher))
     evals, train, pending, spent = [], [], [], {"flops": 0.0}
     t0 = time.perf_counter()
 
@@ -145,6 +158,12 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
         from opd_jax.lab.evaluate import evaluate
         e = evaluate(trainer.s_graph, trainer.state.params, test, tok, k=schedule.k, mesh=trainer.mesh,
                      teacher=reference)
+        if schedule.measures:
+            from opd_jax.lab import measures
+            e.update(measures.evaluate(schedule.measures, measures.Context(
+                student=(trainer.s_graph, trainer.state.params), teacher=against, examples=test,
+                tokenizer=tok, k=schedule.k, mesh=trainer.mesh, seed=seed,
+                train_examples=trainer.examples, prompts=arm.prompts, samples=arm.samples)))
         evals.append({"step": step, "flops": spent["flops"], **e})
         if log:
             log(f"{arm.name} seed {seed} step {step}: " + "  ".join(
@@ -190,6 +209,28 @@ def provenance() -> dict:
     return {"commit": commit, "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
 
 
+def hardware() -> dict:
+    """What this process runs on: the JAX platform and devices, the CPU count and the load."""
+    import platform
+
+    import jax
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device_kind": getattr(d, "device_kind", d.platform),
+            "devices": jax.device_count(), "cpus": os.cpu_count(), "machine": platform.machine(),
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def schedule_record(schedule: Schedule) -> dict:
+    """The schedule as stored with a run (JSON types; the fields added after the first stored
+    runs are left out at their defaults, so those runs still count as the same schedule)."""
+    import json
+    d = dataclasses.asdict(schedule)
+    for name, default in (("measures", ()), ("test", "test.jsonl")):
+        if d[name] == default:
+            del d[name]
+    return json.loads(json.dumps(d))
+
+
 def run_all(arms: list[Arm], lab: Lab, seeds: list[int], *, out: str, schedule: Schedule = Schedule(),
             log: Callable[[str], None] | None = print) -> list[dict]:
     """Every arm for every seed; a run whose result file exists (same arm configuration) is read
@@ -208,14 +249,14 @@ def run_all(arms: list[Arm], lab: Lab, seeds: list[int], *, out: str, schedule: 
                 with open(path) as f:
                     old = json.load(f)
                 if old.get("config") == json.loads(json.dumps(_arm_dict(arm))) and \
-                        old.get("schedule") == dataclasses.asdict(schedule):
+                        old.get("schedule") == schedule_record(schedule):
                     results.append(old)
                     continue
                 raise ValueError(f"{path} holds a run of another configuration of arm {arm.name!r}; "
                                  "give the changed arm a new name (every configuration tried is kept)")
             work = os.path.join(out, arm.name, f"seed{seed}.work")
             r = run(arm, lab, seed, workdir=work, schedule=schedule, log=log)
-            r.update(schedule=dataclasses.asdict(schedule), **provenance())
+            r.update(schedule=schedule_record(schedule), hardware=hardware(), **provenance())
             write_json(r, path)
             shutil.rmtree(work, ignore_errors=True)
             results.append(r)

@@ -27,6 +27,7 @@ import shutil
 import time
 
 from opd_jax.lab import countdown as C
+from opd_jax.lab import variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(ROOT, "lab", "models")
@@ -56,6 +57,9 @@ class Recipe:
     warmup: int = 100
     batch: int = 64
     seed: int = 1
+    # the training records in the data directory: its own train.jsonl, or a derived file
+    # (opd_jax.lab.variants: the backward format, prompts with privileged contexts)
+    records: str = "train.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +83,30 @@ SETTINGS = {
         "weak": Recipe(layers=1, hidden=16, steps=2, lr=3e-3, warmup=1, batch=8, seed=5),
     }, eval_problems=8, k=2),
 }
+
+
+def _derive(setting: Setting, name: str, base: str, records: str) -> None:
+    """Add model ``name`` to ``setting``: ``base``'s recipe trained on other records."""
+    setting.recipes[name] = dataclasses.replace(setting.recipes[base], records=records)
+
+
+# Models some lab experiments need beyond the teacher and the student starts (experiments/lab):
+# the teacher's recipe on backward-format solutions (an incompatible teacher: compatibility), and
+# a student start that also read rules and hints before problems (its own privileged teacher:
+# self_distillation, unified_sd). Derived from the recipes above, whatever their values.
+for _setting in SETTINGS.values():
+    if "teacher" in _setting.recipes:
+        _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
+    _student = next((n for n in ("strong", "weak") if n in _setting.recipes), None)
+    if _student:
+        _derive(_setting, "contextual", _student, variants.CONTEXTS)
+
+
+def eval_records(records: str) -> str:
+    """The held-out records a model trained on ``records`` is evaluated on: a backward-format
+    model's answers are accepted in either format (the forward-only records would score them
+    all wrong)."""
+    return variants.TEST_EITHER if records == variants.BACKWARD else "test.jsonl"
 
 
 def ensure_data(data_dir: str, data: Data) -> dict:
@@ -124,22 +152,23 @@ def experiment(recipe: Recipe, data_dir: str, workdir: str):
         optim=OptimConfig(lr=recipe.lr, warmup_steps=min(recipe.warmup, recipe.steps // 10),
                           schedule=recipe.schedule),
         mesh=MeshConfig(data=1),
-        data=DataConfig(path=os.path.join(data_dir, "train.jsonl"), batch_size=recipe.batch,
-                        max_prompt_len=MAX_PROMPT_LEN, shuffle_seed=recipe.seed),
+        data=DataConfig(path=os.path.join(data_dir, recipe.records), batch_size=recipe.batch,
+                        max_prompt_len=MAX_PROMPT_LEN if recipe.records == "train.jsonl"
+                        else variants.MAX_CONTEXT_PROMPT_LEN, shuffle_seed=recipe.seed),
         ckpt=CheckpointConfig(every=max(1, recipe.steps // 4), keep=1, export=False),
         run=RunConfig(steps=recipe.steps, seed=recipe.seed, workdir=workdir, diagnostics_k=0,
                       tensorboard=False, log_every=max(1, recipe.steps // 20)))
 
 
-def evaluate_model(path: str, data_dir: str, problems: int, k: int) -> dict:
-    """A checkpoint's held-out evaluation (the lab's metrics)."""
+def evaluate_model(path: str, data_dir: str, problems: int, k: int, records: str = "test.jsonl") -> dict:
+    """A checkpoint's held-out evaluation (the lab's metrics) on ``records`` of ``data_dir``."""
     from flax import nnx
 
     from opd_jax.data import load_examples
     from opd_jax.lab.evaluate import evaluate
     from opd_jax.models import from_pretrained, load_tokenizer
     tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
-    test = load_examples(os.path.join(data_dir, "test.jsonl"), tokenizer=tok,
+    test = load_examples(os.path.join(data_dir, records), tokenizer=tok,
                          max_prompt_len=MAX_PROMPT_LEN)[:problems]
     graphdef, params = nnx.split(from_pretrained(path), nnx.Param)
     out = evaluate(graphdef, params, test, tok, k=k, max_new_tokens=MAX_NEW_TOKENS)
@@ -163,6 +192,8 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
         raise ValueError(f"unknown lab model {name!r}; known: {sorted(setting.recipes)}")
     recipe = setting.recipes[name]
     data = ensure_data(data_dir, setting.data)
+    variants.ensure(data_dir, recipe.records)
+    variants.ensure(data_dir, eval_records(recipe.records))
     tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
     t0 = time.perf_counter()
     trainer = Trainer(experiment(recipe, data_dir, os.path.join(workdir, name)), tokenizer=tok)
@@ -174,10 +205,10 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
     command = f"python -m opd_jax.lab.zoo build {name} --setting {setting.name}"
     manifest = {"name": name, "command": command,
                 "recipe": dataclasses.asdict(recipe), "architecture": "llama",
-                "data": {"dataset": data, "train_sha256": sha256(os.path.join(data_dir, "train.jsonl"))},
+                "data": {"dataset": data, "train_sha256": sha256(os.path.join(data_dir, recipe.records))},
                 "train_seconds": round(seconds, 1), "commit": runner.provenance()["commit"],
                 "date": time.strftime("%Y-%m-%d"),
-                "eval": evaluate_model(tmp, data_dir, setting.eval_problems, setting.k)}
+                "eval": evaluate_model(tmp, data_dir, setting.eval_problems, setting.k, eval_records(recipe.records))}
     write_json(manifest, os.path.join(tmp, "manifest.json"))
     os.makedirs(models, exist_ok=True)
     os.replace(tmp, out)
@@ -192,7 +223,9 @@ def check(name: str, *, models: str = MODELS, data_dir: str = DATA_DIR) -> dict:
     with open(os.path.join(models, name, "manifest.json")) as f:
         manifest = json.load(f)
     want = manifest["eval"]
-    now = evaluate_model(os.path.join(models, name), data_dir, want["problems"], want["k"])
+    records = eval_records(manifest["recipe"].get("records", "train.jsonl"))
+    variants.ensure(data_dir, records)
+    now = evaluate_model(os.path.join(models, name), data_dir, want["problems"], want["k"], records)
     return {m: (want[m], now[m]) for m in want}
 
 

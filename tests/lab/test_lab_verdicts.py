@@ -1,0 +1,150 @@
+"""The verdict rules against hand-computed numbers, and every experiment's verdict on stored
+results made up so that the answer is known (3 seeds: the rules' minimum)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from opd_jax.lab import reproduce as RP
+from opd_jax.lab import verdicts as V
+
+NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread, so that differences have a standard error
+METRICS = ("pass@1", "greedy_pass@1", "pass@8", "reverse_kl", "entropy", "distinct_correct",
+           "high_entropy/student", "tail_mass/student_topk", "overlap/ratio", "rule/adherence",
+           "grad_variance/log_ratio", "grad_variance/mean_gap")
+STEPS = (0, 10, 20, 30, 40)
+
+
+def fake(arms, value, seeds=(0, 1, 2)):
+    """Stored-looking runs: ``value(arm, seed, step, metric)`` at every evaluation, FLOPs growing
+    by ``value(arm, seed, step, "flops")`` (default 1 per step)."""
+    out = []
+    for arm in arms:
+        for seed in seeds:
+            evals = []
+            for step in STEPS:
+                e = {"step": step, "flops": float(value(arm, seed, step, "flops") or step)}
+                e.update({m: float(value(arm, seed, step, m)) for m in METRICS})
+                evals.append(e)
+            out.append({"arm": arm, "seed": seed, "evals": evals, "schedule": {"every": 10, "k": 8},
+                        "train": [{"step": 40, "tip/kept_frac": 0.5}]})
+    return out
+
+
+def test_compare_is_the_pooled_standard_error_rule():
+    a, b = [0.5, 0.7, 0.6], [0.1, 0.3, 0.2]
+    p = V.compare("x", a, b, a_label="a", b_label="b", metric="m")
+    se = math.sqrt(0.1 ** 2 / 3 + 0.1 ** 2 / 3)
+    assert p["difference"] == pytest.approx(0.4) and p["pooled_se"] == pytest.approx(se)
+    assert p["outcome"] == "holds" and p["claim"] == "a > b on m"
+    assert V.compare("x", b, a, a_label="b", b_label="a", metric="m")["outcome"] == "reversed"
+    assert V.compare("x", a, b, a_label="a", b_label="b", metric="m", lower=True)["outcome"] == "reversed"
+    close = [0.25, 0.45, 0.35]  # 0.15 above b, 2 SE = 0.163
+    assert V.compare("x", close, b, a_label="a", b_label="b", metric="m")["outcome"] == "unresolved"
+    assert V.compare("x", close, b, a_label="a", b_label="b", metric="m", kind="not_worse")["outcome"] == "holds"
+    assert V.compare("x", b, a, a_label="b", b_label="a", metric="m", kind="not_worse")["outcome"] == "reversed"
+    assert V.compare("x", a[:2], b[:2], a_label="a", b_label="b", metric="m")["outcome"] == "unresolved"
+    assert V.compare("x", [math.nan] * 3, b, a_label="a", b_label="b", metric="m")["outcome"] == "unresolved"
+    with pytest.raises(ValueError, match="kind"):
+        V.compare("x", a, b, a_label="a", b_label="b", metric="m", kind="maybe")
+
+
+def test_paired_changes_and_combine():
+    assert V.paired("p", [-0.3, -0.2, -0.25], label="d", metric="m")["outcome"] == "holds"
+    assert V.paired("p", [0.3, 0.2, 0.25], label="d", metric="m")["outcome"] == "reversed"
+    assert V.paired("p", [-0.3, 0.2, 0.05], label="d", metric="m")["outcome"] == "unresolved"
+    runs = fake(["a"], lambda arm, seed, step, m: 0.1 + step / 100 + NOISE[seed])
+    up = V.changes(runs, "pass@1", "a")
+    assert up["outcome"] == "holds" and up["difference"] == pytest.approx(0.4)
+    assert V.changes(runs, "pass@1", "a", up=False)["outcome"] == "reversed"
+    part = lambda o: {"outcome": o, "name": o, "a": {"label": "x", "mean": 0, "std": 0, "n": 3},  # noqa: E731
+                      "b": None, "metric": "m", "kind": "paired", "difference": 0, "pooled_se": 0, "factor": 2}
+    assert V.combine([part("holds"), part("holds")], "r")["verdict"] == V.REPRODUCED
+    assert V.combine([part("holds"), part("reversed")], "r")["verdict"] == V.NOT_REPRODUCED
+    assert V.combine([part("holds"), part("unresolved")], "r")["verdict"] == V.INCONCLUSIVE
+    assert V.combine([], "r")["verdict"] == V.INCONCLUSIVE
+    assert "unresolved (no target)" in V.describe(V.unresolved("u", "c", "m", "no target"))
+
+
+def test_steps_to_a_target_and_values_at_equal_flops():
+    runs = fake(["a"], lambda arm, seed, step, m: step / 100 if m != "flops" else 3 * step, seeds=(0,))
+    assert V.steps_to(runs[0], "pass@1", 0.2) == 20 and V.steps_to(runs[0], "pass@1", 0.0) == 0
+    assert V.steps_to(runs[0], "pass@1", 0.9) == 50  # never: the last step plus one interval
+    assert V.at_flops(runs[0], "pass@1", 45.0) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="spent only"):
+        V.at_flops(runs[0], "pass@1", 121.0)
+    two = fake(["a", "b"], lambda arm, seed, step, m: (2 if arm == "a" else 1) * step if m == "flops" else 0)
+    assert V.common_flops(two, ["a", "b"]) == 40
+    assert V.per_seed(two, "pass@1", ["a", "b"], lambda x, y: x - y) == [0.0, 0.0, 0.0]
+    assert V.train_mean(two, "a", "tip/kept_frac") == 0.5 and math.isnan(V.train_mean(two, "a", "x"))
+
+
+@pytest.mark.parametrize("name", RP.NAMES)
+def test_every_verdict_is_inconclusive_when_the_arms_do_not_differ(name):
+    module = RP.load(name)
+    arms = [a.name for a in module.arms("quick")]
+    # every metric the same for every arm; the two estimators' variances equal (log ratio 0)
+    runs = fake(arms, lambda arm, seed, step, m: None if m == "flops" else
+                NOISE[seed] if m == "grad_variance/log_ratio" else 0.3 + NOISE[seed])
+    v = module.verdict(runs, "quick")
+    assert v["verdict"] == V.INCONCLUSIVE and v["rule"] == module.RULE and v["parts"]
+    # no difference: a 'no worse' part holds, every other part is unresolved
+    assert all(p["outcome"] == ("holds" if p["kind"] == "not_worse" else "unresolved") for p in v["parts"])
+
+
+def test_topk_bias_verdicts_follow_the_numbers():
+    module = RP.load("topk_bias")
+    arms = [a.name for a in module.arms("quick")]
+
+    def value(bias):
+        def f(arm, seed, step, m):
+            if m == "tail_mass/student_topk":
+                return 0.1 + NOISE[seed] + (bias * step / 100 if arm == "topk" else 0)
+            if m == "reverse_kl":
+                return 0.3 + NOISE[seed] + (bias * step / 100 if arm == "topk" else 0)
+            return 0.3 + NOISE[seed] if m != "flops" else None
+        return f
+    assert module.verdict(fake(arms, value(1.0)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, value(-0.5)), "quick")["verdict"] == V.NOT_REPRODUCED
+
+
+def test_relaxed_measures_steps_to_half_of_opds_gain():
+    module = RP.load("relaxed")
+    arms = [a.name for a in module.arms("quick")]
+
+    def value(arm, seed, step, m):  # opd: 0.1 -> 0.3, past the target 0.2 at step 20; reopold at 10
+        if m == "flops":
+            return None
+        rate = 0.03 if arm == "reopold" else 0.006
+        return min(0.1 + rate * step, 0.3) + NOISE[seed % 3] / 10
+    v = module.verdict(fake(arms, value, seeds=range(5)), "quick")
+    assert v["notes"]["target"] == pytest.approx(0.2, abs=1e-3)
+    assert v["parts"][0]["a"]["values"] == [10.0] * 5 and v["parts"][0]["b"]["values"] == [20.0] * 5
+    assert v["verdict"] == V.REPRODUCED
+
+
+def test_opd_against_sft_and_rl_at_equal_flops():
+    module = RP.load("opd_vs_sft_vs_rl")
+
+    def value(arm, seed, step, m):
+        if m == "flops":
+            return {"opd": 3, "sft": 1, "rl": 2}[arm] * step
+        return (0.1 + step / 100 if arm == "opd" else 0.1 + step / 400) + NOISE[seed]
+    v = module.verdict(fake(["opd", "sft", "rl"], value), "quick")
+    assert v["notes"]["common_flops"] == 40  # sft's whole budget
+    at = {p["name"]: p for p in v["parts"]}
+    # at 40 FLOPs opd has run 13.3 steps: 0.233 against sft's 0.2 at its last step
+    assert at["opd vs sft (equal FLOPs)"]["difference"] == pytest.approx(0.4 / 3 - 0.1, abs=1e-9)
+    assert v["verdict"] == V.REPRODUCED
+
+
+def test_control_variate_pairs_the_estimators_per_seed():
+    module = RP.load("control_variate")
+
+    def value(log_ratio):
+        return lambda arm, seed, step, m: (log_ratio + NOISE[seed] if m == "grad_variance/log_ratio" else
+                                           None if m == "flops" else 0.3 + NOISE[seed])
+    assert module.verdict(fake(["opd", "vopd"], value(-0.5)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(["opd", "vopd"], value(0.5)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert np.isfinite(module.verdict(fake(["opd", "vopd"], value(0.0)), "quick")["notes"]["mean_gap"]["mean"])
