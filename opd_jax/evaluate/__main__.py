@@ -104,6 +104,8 @@ def run(a) -> dict:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    from opd_jax import compile_cache
+    compile_cache.enable()
     try:
         result = run(a)
     except (ValueError, OSError, FloatingPointError) as e:

@@ -255,6 +255,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import os
 
+    from opd_jax import compile_cache
+    compile_cache.enable()
+
     from opd_jax.config import write_json
     from opd_jax.data import load_examples
     from opd_jax.models import from_pretrained, load_tokenizer

@@ -291,9 +291,8 @@ def main(argv=None):
         print(listing(a.mode, a.results))
         return
     if not a.table:
-        import jax
-        if not jax.config.jax_compilation_cache_dir:  # every arm's Trainer compiles the same programs
-            jax.config.update("jax_compilation_cache_dir", os.path.join("runs", "jax_cache"))
+        from opd_jax import compile_cache
+        compile_cache.enable()  # every arm's Trainer compiles the same programs
         for name in a.names or NAMES:
             run(name, a.mode, results=a.results, lab_root=a.lab_root)
     if refresh(a.readme, a.results):
