@@ -3,10 +3,10 @@ tokens weigh less (IW-OPD, "Prefix Teach, Suffix Fade") or more (PW-OPSD) in the
 
     python -m opd_jax.lab.reproduce position_weighting [--mode smoke|quick|full]
 
-Only IW-OPD's side runs today: ``opd_jax.objectives`` has no recipe whose token weight grows with
-the position (PW-OPSD's w(t / L) increasing, on a clipped forward KL), so the up-weighting arm
-waits for one. Hardware and wall time: not measured yet (quick: 3 arms x 3 seeds x the
-baseline's steps). The set-up, the arms per mode, the metrics and the verdict rule (written before
+IW-OPD's side is decisive (its claim is about an external teacher, which the lab's is); PW-OPSD's
+side (``pw_opsd``: a clipped forward KL weighted by ``w(t / L)``, up or down) runs beside it on
+the same teacher and is reported, not decisive (its claim is about a privileged self-teacher).
+Hardware and wall time: not measured yet (quick: 6 arms x 3 seeds x the baseline's steps). The set-up, the arms per mode, the metrics and the verdict rule (written before
 any run) are the constants and functions below; ``experiments/lab/results/position_weighting/
 <mode>/`` holds the results.
 """
@@ -19,24 +19,30 @@ PAPER = "IW-OPD (arXiv 2606.22600) vs PW-OPSD (arXiv 2605.21606): position weigh
 ARXIV = "2606.22600"
 CLAIM = ("With an external teacher, weighting a sequence's early tokens more than its late ones "
          "(IW-OPD, w_t = 1 + gamma (1 - the share of |advantage| before t)) beats uniform weights.")
-SETUP = ("3 arms from the baseline regime's student, steps and learning rate: 'uniform' (Tinker's "
+SETUP = ("6 arms from the baseline regime's student, steps and learning rate: 'uniform' (Tinker's "
          "sampled-token OPD), 'iw_0.5' (IW-OPD with the paper's gamma 0.5: early tokens weigh up to 1.5) "
-         "and 'iw_1' (gamma 1). Metric: sampled pass@1 at the last evaluation. PW-OPSD's opposite "
-         "weighting is not run (no recipe; see the module docstring): the verdict is about IW-OPD only.")
+         "and 'iw_1' (gamma 1); and on PW-OPSD's clipped forward KL (clip 10 nats): 'fkl_flat' "
+         "(gamma 0), 'pw_up' (w = 1 + t/L, PW-OPSD's direction) and 'pw_down' (w = 1 + (1 - t/L)). "
+         "Metric: sampled pass@1 at the last evaluation. The verdict is about IW-OPD; the PW arms are "
+         "reported beside it.")
 RULE = ("Part 'down-weighting late tokens helps': 'iw_0.5' > 'uniform' on pass@1 at the last evaluation "
         "by more than 2 pooled standard errors over seeds. Reproduced if it holds; not reproduced if it "
         "is reversed by that margin; inconclusive otherwise (and with fewer than 3 seeds). 'iw_1' is "
-        "reported beside the verdict, not decisive.")
+        "reported beside the verdict, not decisive; so are 'pw_up' and 'pw_down' against 'fkl_flat'.")
 FIGURE = ("pass@1", "greedy_pass@1", "pass@k", "entropy")
 
 
 def arms(mode: str):
     return [BL.arm("uniform", O.OPDConfig(), mode), BL.arm("iw_0.5", O.IWOPDConfig(gamma=0.5), mode),
-            BL.arm("iw_1", O.IWOPDConfig(gamma=1.0), mode)]
+            BL.arm("iw_1", O.IWOPDConfig(gamma=1.0), mode),
+            BL.arm("fkl_flat", O.PWOPSDConfig(gamma=0.0), mode),
+            BL.arm("pw_up", O.PWOPSDConfig(gamma=1.0, direction="increasing"), mode),
+            BL.arm("pw_down", O.PWOPSDConfig(gamma=1.0, direction="decreasing"), mode)]
 
 
 def verdict(results, mode):
     parts = [V.better(results, "pass@1", "iw_0.5", "uniform", name="down-weighting late tokens helps")]
     notes = {"iw_1 vs uniform": V.describe(V.better(results, "pass@1", "iw_1", "uniform")),
-             "pw_opsd": "not run: no recipe up-weights late tokens"}
+             "pw_up vs fkl_flat": V.describe(V.better(results, "pass@1", "pw_up", "fkl_flat")),
+             "pw_down vs fkl_flat": V.describe(V.better(results, "pass@1", "pw_down", "fkl_flat"))}
     return V.combine(parts, RULE, notes)

@@ -17,7 +17,8 @@ Zero probabilities (``-inf`` logits) and padding never produce NaN or inf: see
 
 from opd_jax.objectives.advantages import (clip, clip_below, discounted_future_sum,
                                            iw_opd_weights, margin_shift, mixture_clip_floor,
-                                           opd_advantage, positive_part, scale_by_sign,
+                                           opd_advantage, positive_part,
+                                           relative_position_weights, scale_by_sign,
                                            vopd_advantage)
 from opd_jax.objectives.base import (Feature, Objective, TokenCtx, VocabInputs, coefficient,
                                      extra, feature, mask_rows, merge_features, stateless,
@@ -30,7 +31,8 @@ from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_
                                             token_entropy, token_logp, total_variation)
 from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, FiReOPDConfig,
                                         GKDConfig, IWOPDConfig, ObjectiveConfig, OPDConfig,
-                                        OPSDConfig, REOPOLDConfig, ReinforceConfig, SEADConfig,
+                                        OPSDConfig, PWOPSDConfig, REOPOLDConfig, ReinforceConfig,
+                                        SEADConfig,
                                         SFTConfig, SGTopKConfig, TAOPDConfig, TIPConfig,
                                         TopKOPDConfig, UniOPDConfig, UniSDConfig, VOPDConfig,
                                         build_objective, make_config, recipe_name,

@@ -152,6 +152,30 @@ def iw_opd_weights(advantage: Array, mask: Array, *, gamma: float = 0.5,
     return sg(_zero_masked(1.0 + gamma * (1.0 - before / total), mask.astype(bool)))
 
 
+def relative_position_weights(mask: Array, *, gamma: float = 1.0,
+                               direction: Literal["increasing", "decreasing"] = "increasing"
+                               ) -> Array:
+    r"""Weights that grow (or shrink) linearly with a token's relative position in its sequence.
+
+    With ``u_t = n_t / L`` (``n_t`` the number of valid tokens up to and including t, ``L`` the
+    sequence's valid length, so ``u`` runs from ``1/L`` to 1):
+
+    .. math::
+       w_t = 1 + \gamma u_t \quad\text{(increasing)}, \qquad
+       w_t = 1 + \gamma (1 - u_t) \quad\text{(decreasing)}
+
+    0 where ``mask`` is False. PW-OPSD (arXiv 2605.21606) weights an OPSD divergence by a
+    ``w(t / L)`` increasing in position; the paper's abstract does not give ``w``, so the linear
+    form and ``gamma`` are this library's reading (reconstruction).
+    """
+    m = mask.astype(bool)
+    count = jnp.cumsum(m.astype(jnp.float32), axis=-1)
+    length = jnp.maximum(count[..., -1:], 1.0)
+    u = count / length
+    w = 1.0 + gamma * (u if direction == "increasing" else 1.0 - u)
+    return sg(_zero_masked(w, m))
+
+
 def margin_shift(advantage: Array, mask: Array, correct: Array, *, delta: float,
                  mode: Literal["mean", "minmax"] = "mean", group_size: int = 0) -> Array:
     r"""Uni-OPD's outcome-aware margin: lift correct samples' advantages above incorrect ones'.

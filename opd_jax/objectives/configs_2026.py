@@ -1,5 +1,5 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
-margin and SEAD's zones. Their sources give one-line formulas; every choice they leave open is
+margin, SEAD's zones and PW-OPSD's position weights. Their sources give one-line formulas; every choice they leave open is
 a field here, with the reconstruction's default (see :mod:`opd_jax.objectives.recipes`)."""
 
 import dataclasses
@@ -123,3 +123,29 @@ class SEADConfig(Recipe):
         check_int("anneal_steps", self.anneal_steps, minimum=1)
         for name in ("zone_low_low", "zone_low_high", "zone_high_low", "zone_high_high"):
             choice(name, getattr(self, name), ZONES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PWOPSDConfig(Recipe):
+    """PW-OPSD: a clipped forward KL to a (privileged) teacher, weighted up along the sequence.
+
+    Per sequence ``sum_t w_t min(FKL_t, clip_value) / sum_t w_t`` with
+    :func:`~opd_jax.objectives.advantages.relative_position_weights` (``w_t = 1 + gamma t / L``
+    for ``direction="increasing"``, the paper's; ``"decreasing"`` gives the opposite axis of the
+    ablation, IW-OPD's and "Prefix Teach, Suffix Fade"'s), then the mean over sequences.
+    ``FKL_t = KL(q_t || p_t)`` over the vocabulary at the loss temperature. Source: arXiv
+    2605.21606 (abstract). Reconstructed [INF]: the form of ``w`` (linear), ``gamma``, the clip
+    value and the per-sequence normalisation.
+    """
+    temperature: float = 1.0
+    gamma: float = 1.0
+    direction: Literal["increasing", "decreasing"] = "increasing"
+    clip_value: float | None = 10.0  # nats; None: no clip
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
+        choice("direction", self.direction, ("increasing", "decreasing"))
+        if self.clip_value is not None:
+            positive("clip_value", self.clip_value)

@@ -63,6 +63,8 @@ uni_opd      Uni-OPD margin: correct samples' A shifted to lie     reconstructio
                                                                   group_size
 sead         SEAD: per entropy zone zero / FKL / RKL /             reconstruction: zones,
              alpha_k FKL + (1 - alpha_k) RKL, cosine schedule     thresholds, anneal_steps
+pw_opsd      PW-OPSD: per sequence sum w_t min(FKL_t, c) / sum w_t,  reconstruction: gamma,
+             w_t = 1 + gamma t/L (or 1 + gamma (1 - t/L))         direction, clip_value
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -91,8 +93,8 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         OPSDConfig, REOPOLDConfig, ReinforceConfig, SFTConfig,
                                         SGTopKConfig, TIPConfig, TopKOPDConfig, UniSDConfig,
                                         VOPDConfig)
-from opd_jax.objectives.configs_2026 import (FiReOPDConfig, IWOPDConfig, SEADConfig,
-                                             TAOPDConfig, UniOPDConfig)
+from opd_jax.objectives.configs_2026 import (FiReOPDConfig, IWOPDConfig, PWOPSDConfig,
+                                             SEADConfig, TAOPDConfig, UniOPDConfig)
 from opd_jax.objectives.diagnostics import diagnostic_features, diagnostic_metrics
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import Reduced
@@ -100,7 +102,7 @@ from opd_jax.objectives.reductions import Reduced
 ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDConfig, TIPConfig,
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
-                        UniOPDConfig, SEADConfig]
+                        UniOPDConfig, SEADConfig, PWOPSDConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -108,6 +110,7 @@ RECIPES: dict[str, type] = {
     "sg_topk": SGTopKConfig, "vopd": VOPDConfig, "topk_opd": TopKOPDConfig, "sft": SFTConfig,
     "reinforce": ReinforceConfig, "iw_opd": IWOPDConfig, "fire_opd": FiReOPDConfig,
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
+    "pw_opsd": PWOPSDConfig,
 }
 
 
@@ -179,6 +182,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RP.uni_opd(cfg, dense_teacher)
         case SEADConfig():
             obj = RS.sead(cfg, dense_teacher)
+        case PWOPSDConfig():
+            obj = RD.pw_opsd(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:

@@ -1,7 +1,7 @@
 """Builders of the distribution-matching recipes: a divergence between the student's and the
 teacher's next-token distributions at each position (full vocabulary or a top-k support).
 
-GKD, OPSD, UniSD, the Many Faces top-k reverse KLs and Rethinking-OPD's top-k policy gradient.
+GKD, OPSD, PW-OPSD, UniSD, the Many Faces top-k reverse KLs and Rethinking-OPD's top-k policy gradient.
 """
 
 import jax
@@ -17,6 +17,7 @@ from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, extra, 
                                      stateless, token_objective)
 from opd_jax.objectives.configs import (GKDConfig, OPSDConfig, SGTopKConfig, TopKOPDConfig,
                                         UniSDConfig)
+from opd_jax.objectives.configs_2026 import PWOPSDConfig
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean,
                                            seq_mean_weighted_mean)
@@ -47,6 +48,20 @@ def opsd(c: OPSDConfig, dense: bool) -> Objective:
         jsd = feature(K.teacher_topk_generalized_jsd, "logits", TEACHER, k=c.teacher_top_k,
                       beta=c.beta, temperature=c.temperature)
     return token_objective(lambda ctx: ctx["jsd"], {"jsd": jsd}, name="jsd")
+
+
+def pw_opsd(c: PWOPSDConfig, dense: bool) -> Objective:
+    feats = {"fkl": feature(D.generalized_jsd, "logits", TEACHER_LOGITS, beta=0.0,
+                            temperature=c.temperature)}
+
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        div = ctx["fkl"]
+        if c.clip_value is not None:
+            div = SD.clip_divergence(div, max_value=c.clip_value)
+        w = A.relative_position_weights(m, gamma=c.gamma, direction=c.direction)
+        return {"fkl": seq_mean_weighted_mean(div, w)}, {"pw_opsd/mean_weight": masked_mean(w, m)}
+    return stateless(apply, feats)
 
 
 def unisd(c: UniSDConfig, dense: bool) -> Objective:

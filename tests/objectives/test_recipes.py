@@ -369,6 +369,44 @@ def test_iw_opd():
     check(O.IWOPDConfig(gamma=0.7), oracle)
 
 
+@pytest.mark.parametrize("direction,clip_value", [("increasing", None), ("increasing", 0.3),
+                                                  ("decreasing", 2.0)])
+def test_pw_opsd(direction, clip_value):
+    """Per sequence sum_t w_t min(KL(q_t || p_t), c) / sum_t w_t, mean over sequences, with
+    w_t = 1 + gamma n_t / L (n_t: valid tokens up to t) or 1 + gamma (1 - n_t / L)."""
+    def oracle(z, z0, nb):
+        m = np.asarray(nb["mask"], bool)
+        fkl = RO.kl(RO.lsm(nb["zt"], 1.3), RO.lsm(z, 1.3))
+        if clip_value is not None:
+            fkl = np.minimum(fkl, clip_value)
+        per_seq = []
+        for i in range(m.shape[0]):
+            n, length = 0, m[i].sum()
+            num = den = 0.0
+            for t in range(m.shape[1]):
+                if not m[i, t]:
+                    continue
+                n += 1
+                u = n / length
+                w = 1 + 0.8 * (u if direction == "increasing" else 1 - u)
+                num, den = num + w * fkl[i, t], den + w
+            if length:
+                per_seq.append(num / den)
+        return np.mean(per_seq)
+    check(O.PWOPSDConfig(temperature=1.3, gamma=0.8, direction=direction, clip_value=clip_value),
+          oracle)
+
+
+def test_relative_position_weights_closed_form():
+    mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
+    w = np.asarray(O.relative_position_weights(mask, gamma=2.0))
+    np.testing.assert_allclose(w[0], [1.5, 2.0, 2.5, 3.0, 0, 0])
+    np.testing.assert_allclose(w[1], [2.0, 3.0, 0, 0, 0, 0])
+    assert not w[2].any()
+    d = np.asarray(O.relative_position_weights(mask, gamma=2.0, direction="decreasing"))
+    np.testing.assert_allclose(d[0], [2.5, 2.0, 1.5, 1.0, 0, 0])
+
+
 # ------------------------------------------------------------------ distribution recipes
 
 
