@@ -74,8 +74,10 @@ class Setting:
 SETTINGS = {
     "default": Setting("default", Data(), {
         "teacher": Recipe(layers=4, hidden=256, steps=3000, lr=2e-3, seed=1),
-        "weak": Recipe(layers=2, hidden=128, steps=600, lr=3e-3, seed=5),
-        "strong": Recipe(layers=2, hidden=128, steps=1800, lr=3e-3, seed=5),
+        # the student starts: one run at a constant learning rate, stopped early (weak) or late
+        # (strong), so that the arms continue from a student whose optimizer has not annealed
+        "weak": Recipe(layers=2, hidden=128, steps=900, lr=2e-3, schedule="constant", seed=5),
+        "strong": Recipe(layers=2, hidden=128, steps=1800, lr=2e-3, schedule="constant", seed=5),
     }),
     "smoke": Setting("smoke", Data(C.Difficulty(count=3, max_number=9, max_target=40), train=32, solutions="one",
                           test=8), {
