@@ -30,6 +30,7 @@ import time
 
 from opd_jax.lab import baseline
 from opd_jax.lab import runner as R
+from opd_jax.lab import verdicts as V
 
 COLUMNS = ("greedy_pass@1", "pass@1", "pass@{k}", "distinct_correct", "entropy", "reverse_kl")
 FIGURE = ("pass@1", "reverse_kl")
@@ -45,15 +46,26 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--problems", type=int, default=128, help="held-out problems per evaluation (default 128)")
     p.add_argument("--every", type=int, default=None, help="evaluate every N steps (default: steps / 4)")
     p.add_argument("--out", default=None, help="output directory (default: runs/quickstart/<date-time>)")
+    p.add_argument("--cpu-devices", type=int, default=min(2, os.cpu_count() or 1),
+                   help="on a CPU, split it into N JAX devices and spread every batch's rows over "
+                        "them (default: 2 where there are 2 cores; 1 keeps one device)")
     p.add_argument("--smoke", action="store_true", help="a tiny lab trained first; seconds (for the tests)")
     a = p.parse_args(argv)
-    for name in ("steps", "seeds", "problems"):
+    for name in ("steps", "seeds", "problems", "cpu_devices"):
         if getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.every is not None and a.every < 1:
         p.error(f"--every must be >= 1, got {a.every}")
     if a.lr is not None and not a.lr > 0:
         p.error(f"--lr must be > 0, got {a.lr}")
+    if a.cpu_devices > 1:
+        b = baseline.budget("smoke" if a.smoke else "quick")
+        rows = {f"{b.prompts} prompts x {b.samples} samples": b.prompts * b.samples,
+                f"--problems {a.problems}": a.problems}
+        odd = [k for k, n in rows.items() if n % a.cpu_devices]
+        if odd:
+            p.error(f"--cpu-devices {a.cpu_devices} must divide the rows of every batch ({', '.join(odd)}); "
+                    "use 1, 2 or 4 devices, or another --problems")
     if a.out is None:
         a.out = os.path.join("runs", "quickstart", time.strftime("%Y%m%d-%H%M%S"))
     if os.path.exists(a.out) and os.listdir(a.out):
@@ -76,7 +88,8 @@ def lab_and_arms(a: argparse.Namespace):
         lab = baseline.lab("quick")
     b = baseline.budget(mode)
     lr = a.lr if a.lr is not None else b.lr
-    fields = dict(steps=a.steps, lr=lr, student=a.student)
+    # the rows of every batch (training and evaluation) spread over the CPU's devices
+    fields = dict(steps=a.steps, lr=lr, student=a.student, overrides=(f"mesh.data={a.cpu_devices}",))
     arms = [baseline.arm("opd", baseline.OPD, mode, **fields),
             baseline.arm("control", baseline.CONTROL, mode, source="teacher", **fields)]
     k = b.schedule.k
@@ -111,6 +124,12 @@ def table(results: list[dict], teacher_eval: dict | None, k: int) -> str:
 def main(argv=None) -> dict:
     a = parse(argv)
     t0 = time.perf_counter()
+    if a.cpu_devices > 1:
+        import jax
+        try:  # read when JAX creates its CPU client; a process that already has devices keeps them
+            jax.config.update("jax_num_cpu_devices", a.cpu_devices)
+        except RuntimeError:
+            pass
     from opd_jax import compile_cache
     compile_cache.enable()
     lab, arms, schedule = lab_and_arms(a)
@@ -118,22 +137,26 @@ def main(argv=None) -> dict:
     arm = arms[0]
     print(f"teacher {lab.path(arm.teacher)}; student start {lab.path(arm.student)}; {arm.steps} steps x "
           f"{arm.prompts} prompts x {arm.samples} samples, lr {arm.lr:g}; {len(seeds)} seeds; "
-          f"evaluated on {schedule.problems} held-out problems every {schedule.every} steps", flush=True)
+          f"evaluated on {schedule.problems} held-out problems every {schedule.every} steps; rows over "
+          f"{a.cpu_devices} device(s)", flush=True)
     results = R.run_all(arms, lab, seeds, out=os.path.join(a.out, "runs"), schedule=schedule,
                         log=lambda s: print("  " + s, flush=True))
     # the teacher on the same held-out problems (its reverse KL to itself is 0: shown as "-")
     teacher_eval = baseline.zoo.evaluate_model(lab.path(arm.teacher), lab.data, schedule.problems, schedule.k)
     print()
     print(table(results, teacher_eval, schedule.k))
-    g = R.gap(R.values(results, "pass@1")["opd"], R.values(results, "pass@1")["control"])
-    verdict = "yes" if g["holds"] else "no"
+    final = R.values(results, "pass@1")
+    g = V.compare("opd vs control", final["opd"], final["control"], a_label="opd", b_label="control",
+                  metric="pass@1")
+    verdict = {"holds": "yes", "reversed": "no, the control is better by that margin"}.get(
+        g["outcome"], f"undecided ({'fewer than ' + str(V.MIN_SEEDS) + ' seeds' if len(seeds) < V.MIN_SEEDS else 'within the margin'})")
     print(f"\nOPD beats the control on pass@1 by more than 2 pooled standard errors: {verdict} "
           f"(difference {g['difference']:+.3f}, pooled s.e. {g['pooled_se']:.3f}; "
-          f"{len(seeds)} seeds per arm)")
+          f"{len(seeds)} seed(s) per arm)")
     png = R.figure(results, list(FIGURE), os.path.join(a.out, "quickstart.png"),
                    title=f"OPD vs its off-policy control, from the {a.student} student")
     from opd_jax.config import write_json
-    summary = {"args": vars(a), "gap_pass@1": g, "teacher": teacher_eval, "runs": results,
+    summary = {"args": vars(a), "opd_vs_control": g, "teacher": teacher_eval, "runs": results,
                "wall_s": round(time.perf_counter() - t0, 1), **R.provenance()}
     write_json(summary, os.path.join(a.out, "results.json"))
     print(f"done in {time.perf_counter() - t0:.0f} s; figure {png}; every run in "

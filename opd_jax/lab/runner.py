@@ -131,6 +131,15 @@ def _model(path: str):
     return nnx.split(from_pretrained(path), nnx.Param)
 
 
+def _replicated(model, mesh):
+    if model is None:
+        return None
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+    graphdef, params = model
+    return graphdef, jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+
+
 def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Schedule(),
         log: Callable[[str], None] | None = None) -> dict:
     """Train ``arm`` from its start for ``seed`` in ``workdir`` (emptied first) and return its
@@ -181,6 +190,8 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
         return None
 
     trainer = Trainer(exp, tokenizer=tok, callbacks=(callback,), reward_fn=L.reward_fn(tok))
+    # the evaluation's models live where the student does: replicated over the trainer's mesh
+    reference, against = (_replicated(m, trainer.mesh) for m in (reference, against))
     evaluate_now(trainer, 0)
     trainer.run()
     return {"arm": arm.name, "seed": seed, "config": _arm_dict(arm), "evals": evals, "train": train,
