@@ -1,7 +1,7 @@
 """The lab's quickstart: on-policy distillation next to its off-policy control, from the shipped
 models, over seeds, with a table and a figure. The README's main job.
 
-    python -m opd_jax.lab.quickstart                  # ~6 CPU minutes: 2 arms x 3 seeds
+    python -m opd_jax.lab.quickstart                  # 2 arms x 3 seeds x 60 steps
     python -m opd_jax.lab.quickstart --student weak --steps 200 --seeds 5
     python -m opd_jax.lab.quickstart --smoke          # a tiny lab trained first, seconds
 
@@ -40,11 +40,11 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m opd_jax.lab.quickstart", description=__doc__.split("\n\n")[0])
     p.add_argument("--student", default="strong", choices=("weak", "strong"),
                    help="the shipped student start (default: strong)")
-    p.add_argument("--steps", type=int, default=100, help="training steps per run (default 100)")
+    p.add_argument("--steps", type=int, default=60, help="training steps per run (default 60)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the baseline's)")
     p.add_argument("--problems", type=int, default=128, help="held-out problems per evaluation (default 128)")
-    p.add_argument("--every", type=int, default=None, help="evaluate every N steps (default: steps / 4)")
+    p.add_argument("--every", type=int, default=None, help="evaluate every N steps (default: steps / 3)")
     p.add_argument("--out", default=None, help="output directory (default: runs/quickstart/<date-time>)")
     p.add_argument("--cpu-devices", type=int, default=min(2, os.cpu_count() or 1),
                    help="on a CPU, split it into N JAX devices and spread every batch's rows over "
@@ -93,7 +93,7 @@ def lab_and_arms(a: argparse.Namespace):
     arms = [baseline.arm("opd", baseline.OPD, mode, **fields),
             baseline.arm("control", baseline.CONTROL, mode, source="teacher", **fields)]
     k = b.schedule.k
-    schedule = R.Schedule(every=a.every or max(1, a.steps // 4), problems=a.problems, k=k)
+    schedule = R.Schedule(every=a.every or max(1, a.steps // 3), problems=a.problems, k=k)
     return lab, arms, schedule
 
 
