@@ -89,12 +89,18 @@ def lab_and_arms(a: argparse.Namespace):
     b = baseline.budget(mode)
     lr = a.lr if a.lr is not None else b.lr
     # the rows of every batch (training and evaluation) spread over the CPU's devices
-    fields = dict(steps=a.steps, lr=lr, student=a.student, overrides=(f"mesh.data={a.cpu_devices}",))
+    fields = dict(steps=a.steps, lr=lr, student=a.student, overrides=(f"mesh.data={_rows_over(a)}",))
     arms = [baseline.arm("opd", baseline.OPD, mode, **fields),
             baseline.arm("control", baseline.CONTROL, mode, source="teacher", **fields)]
     k = b.schedule.k
     schedule = R.Schedule(every=a.every or max(1, a.steps // 3), problems=a.problems, k=k)
     return lab, arms, schedule
+
+
+def _rows_over(a: argparse.Namespace) -> int:
+    """The devices the rows spread over: ``--cpu-devices`` on a CPU, one accelerator elsewhere."""
+    import jax
+    return min(a.cpu_devices, jax.device_count()) if jax.default_backend() == "cpu" else 1
 
 
 def _fmt(xs: list[float]) -> str:
@@ -138,7 +144,7 @@ def main(argv=None) -> dict:
     print(f"teacher {lab.path(arm.teacher)}; student start {lab.path(arm.student)}; {arm.steps} steps x "
           f"{arm.prompts} prompts x {arm.samples} samples, lr {arm.lr:g}; {len(seeds)} seeds; "
           f"evaluated on {schedule.problems} held-out problems every {schedule.every} steps; rows over "
-          f"{a.cpu_devices} device(s)", flush=True)
+          f"{_rows_over(a)} device(s)", flush=True)
     results = R.run_all(arms, lab, seeds, out=os.path.join(a.out, "runs"), schedule=schedule,
                         log=lambda s: print("  " + s, flush=True))
     # the teacher on the same held-out problems (its reverse KL to itself is 0: shown as "-")
