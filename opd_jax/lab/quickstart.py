@@ -154,8 +154,9 @@ def main(argv=None) -> dict:
     final = R.values(results, "pass@1")
     g = V.compare("opd vs control", final["opd"], final["control"], a_label="opd", b_label="control",
                   metric="pass@1")
+    why = f"fewer than {V.MIN_SEEDS} seeds" if len(seeds) < V.MIN_SEEDS else "within the margin"
     verdict = {"holds": "yes", "reversed": "no, the control is better by that margin"}.get(
-        g["outcome"], f"undecided ({'fewer than ' + str(V.MIN_SEEDS) + ' seeds' if len(seeds) < V.MIN_SEEDS else 'within the margin'})")
+        g["outcome"], f"undecided ({why})")
     print(f"\nOPD beats the control on pass@1 by more than 2 pooled standard errors: {verdict} "
           f"(difference {g['difference']:+.3f}, pooled s.e. {g['pooled_se']:.3f}; "
           f"{len(seeds)} seed(s) per arm)")
