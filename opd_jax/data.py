@@ -256,10 +256,11 @@ def order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def global_indices(n: int, seed: int, cursor: int, count: int) -> np.ndarray:
     """Indices of the ``count`` examples after the first ``cursor`` consumed ones."""
+    pos = cursor + np.arange(count, dtype=np.int64)
     idx = np.empty(count, np.int64)
-    for i in range(count):
-        c = cursor + i
-        idx[i] = order(n, seed, c // n)[c % n]
+    for epoch in np.unique(pos // n):  # one permutation per epoch the batch touches
+        here = pos // n == epoch
+        idx[here] = order(n, seed, int(epoch))[pos[here] % n]
     return idx
 
 
