@@ -226,6 +226,28 @@ def test_remat_gives_same_logits_and_gradients():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_layer_loop_equals_scan(monkeypatch):
+    """Shallow models loop over layers in Python; the scan computes the same logits, gradients
+    and prefilled cache."""
+    import opd_jax.models.transformer as transformer
+    model = _model("qwen3")
+    assert model.cfg.num_layers <= transformer.LOOP_LAYERS
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (6, 4, 1), 6)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def run():
+        f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens, positions, mask=mask)[0] ** 2)
+        prefill = lambda p: nnx.merge(graphdef, p).prefill(tokens, positions, mask=mask,
+                                                             cache_len=8)
+        return jax.jit(jax.value_and_grad(f))(params), jax.jit(prefill)(params)
+
+    looped = run()
+    monkeypatch.setattr(transformer, "LOOP_LAYERS", 0)
+    scanned = run()
+    for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(scanned), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_sharded_forward_equals_unsharded(n_devices):
     """Parameters placed by their logical names on a (data=2, fsdp=2, tensor=2) mesh."""
     model = _model("qwen2", vocab_size=128)  # every sharded size divides by 2
