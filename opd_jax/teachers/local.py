@@ -24,12 +24,13 @@ from opd_jax.teachers.base import Runtime, Student, Teacher
 sg = jax.lax.stop_gradient
 
 
-def _hidden(graphdef, params, seq: Sequences, n: int):
-    return completion_hidden(nnx.merge(graphdef, sg(params)), seq, n)
+def _hidden(graphdef, params, seq: Sequences, n: int, group: int = 1):
+    return completion_hidden(nnx.merge(graphdef, sg(params)), seq, n, group)
 
 
-# The teacher's completion hidden states: (graphdef, params, sequences, N) -> [B, N, D].
-score_hidden = jax.jit(_hidden, static_argnums=(0, 3))
+# The teacher's completion hidden states: (graphdef, params, sequences, N, rows sharing a
+# prompt) -> [B, N, D].
+score_hidden = jax.jit(_hidden, static_argnums=(0, 3, 4))
 
 
 def _context_logp(graphdef, params, prompts, prompt_mask, targets, mask, temperature, chunk):
@@ -75,7 +76,7 @@ class OneModel(Teacher):
     def score(self, batch, prompts, student_params):
         g, p = self.model(student_params)
         return batch.replace(teacher_hidden=score_hidden(g, p, batch.teacher_sequences,
-                                                         batch.completion_len))
+                                                         batch.completion_len, batch.group))
 
     def rollout(self, prompts, mask, key, row_ids, examples, student_params):
         g, p = self.model(student_params)

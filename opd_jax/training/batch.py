@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from opd_jax.models import KVCache, init_cache
+
 Array = jax.Array
 
 
@@ -36,7 +38,9 @@ class TrainBatch:
     inputs ``[B, N, ...]`` (rewards, sparse-teacher log-probs, ...). ``teacher`` is the
     teacher's own context (None: the student's sequences). ``teacher_hidden`` holds the
     teacher's final hidden states at the completion positions when scoring ran as its own
-    phase; otherwise the train step scores the teacher itself.
+    phase; otherwise the train step scores the teacher itself. ``group``: rows come in groups
+    of this many consecutive rows with the same prompts (samples of one prompt), which the
+    forwards run once per group (see :func:`completion_hidden`); 1 when nothing is known.
     """
     student: Sequences
     targets: Array
@@ -45,6 +49,7 @@ class TrainBatch:
     teacher: Sequences | None = None
     extras: dict = struct.field(default_factory=dict)
     teacher_hidden: Array | None = None  # [B, N, D_T], when the teacher was scored beforehand
+    group: int = struct.field(pytree_node=False, default=1)
 
     @property
     def completion_len(self) -> int:
@@ -72,7 +77,42 @@ class TrainBatch:
                 raise ValueError(f"extra {name!r} has shape {x.shape}; it must start with {(b, n)}.")
 
 
-def completion_hidden(model, seq: Sequences, n: int) -> Array:
-    """Final hidden states at the ``n`` positions that predict the completion, ``[B, n, D]``."""
+def completion_hidden(model, seq: Sequences, n: int, group: int = 1) -> Array:
+    """Final hidden states at the ``n`` positions that predict the completion, ``[B, n, D]``.
+
+    ``group``: the rows come in groups of this many consecutive rows with the same prompt (all
+    but the last ``n`` columns: several samples of one prompt), so each group's prompt runs once
+    (see :func:`shared_prompt_hidden`); the result is that of the whole-sequence forward up to
+    rounding. Falls back to the whole-sequence forward when ``group`` does not divide the rows,
+    under remat (the shared path keeps every layer's activations), or for a model with no
+    KV-cached ``decoder()`` (the lab's table models).
+    """
+    shareable = hasattr(model, "decoder") and not getattr(model.cfg, "remat", False)
+    if group > 1 and seq.tokens.shape[0] % group == 0 and shareable:
+        return shared_prompt_hidden(model, seq, n, group)
     h, _ = model.hidden(seq.tokens, seq.positions, mask=seq.mask)
     return h[:, -n - 1:-1]
+
+
+def shared_prompt_hidden(model, seq: Sequences, n: int, group: int) -> Array:
+    """:func:`completion_hidden` of rows whose prompts repeat in groups of ``group``: the first
+    row of each group's prompt runs into a KV cache, the cache is repeated to every row of the
+    group, and each row's completion (but its last token, which predicts nothing) runs as one
+    chunk against it. Differentiable: gradients reach the prompt's keys and values from every
+    row of its group."""
+    rows, width = seq.tokens.shape
+    p = width - n
+    first = lambda x: x[::group, :p]  # noqa: E731
+    dec = model.decoder()
+    cache = init_cache(model.cfg, rows // group, width - 1)
+    h_p, cache = dec.hidden(first(seq.tokens), first(seq.positions), mask=first(seq.mask),
+                            cache=cache)
+    rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
+    last = rep(h_p[:, -1:])  # predicts the first completion token
+    if n == 1:
+        return last
+    cache = KVCache(k=[rep(k) for k in cache.k], v=[rep(v) for v in cache.v],
+                    valid=rep(cache.valid), index=cache.index)
+    rest = lambda x: x[:, p:width - 1]  # noqa: E731
+    h_c, _ = dec.hidden(rest(seq.tokens), rest(seq.positions), mask=rest(seq.mask), cache=cache)
+    return jnp.concatenate([last, h_c], axis=1)

@@ -66,17 +66,27 @@ class Prompts:
     next_cursor: int  # the data position after this step
 
 
+def prompt_widths(examples: list[D.Example]) -> tuple[int, int | None]:
+    """The widest prompt of the data set, and the widest teacher prompt (None when no record has
+    one): the widths every step's prompts are padded to. A pass over the whole data set, so a
+    caller that builds many steps computes it once and hands it to :func:`prompts_at`."""
+    width = max(len(e.prompt_ids) for e in examples)
+    if not any(e.teacher_prompt_ids is not None for e in examples):
+        return width, None
+    return width, max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
+
+
 def prompts_at(examples: list[D.Example], cursor: int, *, batch_size: int, shuffle_seed: int,
-               pad_id: int) -> Prompts:
-    """The prompts of the step that starts at data position ``cursor`` (this host's slice)."""
+               pad_id: int, widths: tuple[int, int | None] | None = None) -> Prompts:
+    """The prompts of the step that starts at data position ``cursor`` (this host's slice);
+    ``widths``: :func:`prompt_widths` of ``examples`` (computed here when not given)."""
     idx = D.global_indices(len(examples), shuffle_seed, cursor, batch_size)
     local = idx[D.host_slice(batch_size, jax.process_index(), jax.process_count())]
     exs = tuple(examples[i] for i in local)
-    width = max(len(e.prompt_ids) for e in examples)
+    width, t_width = widths or prompt_widths(examples)
     p, m = D.left_pad([e.prompt_ids for e in exs], width, pad_id)
     tp = tm = None
-    if any(e.teacher_prompt_ids is not None for e in examples):
-        t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
+    if t_width is not None:
         tp, tm = D.left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs], t_width, pad_id)
     row_ids = (np.arange(len(exs), dtype=np.int32) + cursor
                + jax.process_index() * len(exs))
@@ -118,24 +128,54 @@ def assemble(prompts, prompt_mask, completion, completion_mask, behavior_logp, t
                                                                   completion_mask))
 
 
-def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int) -> TrainBatch:
-    """The batch of sampled completions (``num_samples`` per prompt), with each row's prompts."""
+def completion_width(longest: int, width: int, slices: int) -> int:
+    """How many of a ``width``-column completion buffer a batch keeps when its longest completion
+    has ``longest`` tokens: the smallest ``ceil(width * j / slices)``, ``j = 1 .. slices``, that
+    holds it. The columns cut hold padding only (every loss masks them), so the train step and
+    the teacher's scoring skip them; ``slices`` bounds the distinct widths, hence the compiles of
+    each (1: never cut)."""
+    for j in range(1, slices + 1):
+        if -(-width * j // slices) >= longest:
+            return -(-width * j // slices)
+    return width
+
+
+@jax.jit
+def _longest(completion_mask: jax.Array) -> jax.Array:
+    """One past the last completion column any row uses."""
+    cols = jnp.arange(1, completion_mask.shape[1] + 1)
+    return jnp.max(jnp.where(completion_mask, cols, 0))
+
+
+def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
+                 slices: int = 1) -> TrainBatch:
+    """The batch of sampled completions (``num_samples`` per prompt), with each row's prompts;
+    the completion columns cut by :func:`completion_width` (``slices``)."""
     def rep(x):
         return None if x is None else rows.to_global(np.repeat(x, num_samples, axis=0))
     start = roll.prompt_len
-    return assemble(rep(prompts.tokens), rep(prompts.mask), roll.tokens[:, start:],
-                    roll.completion_mask[:, start:], roll.logp[:, start:],
-                    rep(prompts.teacher_tokens), rep(prompts.teacher_mask))
+    width = roll.tokens.shape[1] - start
+    end = start + (width if slices == 1 else completion_width(
+        int(_longest(roll.completion_mask[:, start:])), width, slices))
+    return assemble(rep(prompts.tokens), rep(prompts.mask), roll.tokens[:, start:end],
+                    roll.completion_mask[:, start:end], roll.logp[:, start:end],
+                    rep(prompts.teacher_tokens), rep(prompts.teacher_mask)).replace(
+                        group=num_samples)
 
 
-def from_data(rows: Rows, prompts: Prompts, sampler: SamplerConfig) -> TrainBatch:
+def from_data(rows: Rows, prompts: Prompts, sampler: SamplerConfig, slices: int = 1) -> TrainBatch:
     """The batch of the records' reference completions (one row per prompt), cut at the
-    sampler's generation bucket; their behaviour log-prob is undefined and set to 0."""
+    sampler's generation bucket, then by :func:`completion_width` (``slices``, the longest
+    completion over every host's rows); their behaviour log-prob is undefined and set to 0."""
     if any(e.completion_ids is None for e in prompts.examples):
         raise TrainingError("an off-policy step (loop.lmbda < 1, seq_kd off) trains on the "
                             "data's reference completions, but some records have none")
-    c, cm = D.right_pad([e.completion_ids for e in prompts.examples], sampler.new_token_bucket(),
-                        sampler.pad_id)
+    bucket = sampler.new_token_bucket()
+    longest = max(min(len(e.completion_ids), bucket) for e in prompts.examples)
+    if jax.process_count() > 1:
+        longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+    c, cm = D.right_pad([e.completion_ids for e in prompts.examples],
+                        completion_width(longest, bucket, slices), sampler.pad_id)
     g = rows.to_global
     return assemble(g(prompts.tokens), g(prompts.mask), g(c), g(cm),
                     g(np.zeros(c.shape, np.float32)), g(prompts.teacher_tokens),

@@ -223,12 +223,19 @@ class LoopConfig:
     seq_kd: bool = False  # off-policy steps use teacher samples (sequence-level KD), else data
     cold_start_steps: int = 0  # supervised steps on teacher rollouts before OPD (Rethinking OPD)
     teacher_mix: float = 0.0  # MiniLLM-style: each sampled token from the teacher with this prob.
+    # each batch keeps the smallest k/completion_slices of the completion buffer's columns that
+    # holds its longest completion: the train step and the teacher's scoring skip padding, at the
+    # cost of up to this many compiled shapes of each (1 = always the whole buffer)
+    completion_slices: int = 8
 
     def __post_init__(self):
         _check(self.lmbda is None or 0.0 <= self.lmbda <= 1.0,
                f"loop.lmbda must lie in [0, 1], got {self.lmbda}")
         _check(self.cold_start_steps >= 0, "loop.cold_start_steps must be >= 0")
         _check(0.0 <= self.teacher_mix <= 1.0, f"loop.teacher_mix must lie in [0, 1], got {self.teacher_mix}")
+        _check(isinstance(self.completion_slices, int) and self.completion_slices >= 1,
+               f"loop.completion_slices must be an int >= 1 (1 = never cut the completion "
+               f"buffer), got {self.completion_slices!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,8 @@ def _dense_features(s_graph, s_params, t_graph, t_params, batch: TrainBatch, tem
         "teacher_entropy": O.feature(O.token_entropy, "teacher_logits", temperature=temperature),
     }
     f = O.compute_features(feats, tokens=batch.targets, mask=batch.loss_mask,
-                           hidden=completion_hidden(s, batch.student, n), head=s.lm_head_weight(),
+                           hidden=completion_hidden(s, batch.student, n, batch.group),
+                           head=s.lm_head_weight(),
                            teacher_hidden=t_hidden, teacher_head=t_head)
     return _mean(f, batch.loss_mask)
 
@@ -46,7 +47,8 @@ def _sparse_features(s_graph, s_params, batch: TrainBatch, temperature: float):
     feats = {"student_entropy": O.feature(O.token_entropy, "logits", temperature=temperature),
              "logp": O.feature(O.token_logp, "logits", "tokens", temperature=temperature)}
     f = O.compute_features(feats, tokens=batch.targets, mask=batch.loss_mask,
-                           hidden=completion_hidden(s, batch.student, n), head=s.lm_head_weight())
+                           hidden=completion_hidden(s, batch.student, n, batch.group),
+                           head=s.lm_head_weight())
     k1 = f.pop("logp") - batch.extras["teacher_logp"]
     return _mean({**f, "reverse_kl_k1": k1}, batch.loss_mask)
 

@@ -29,16 +29,23 @@ def sample_flops(cfg: ModelConfig, prompts: int, prompt_len: int, rows: int, ste
     return prefill + decode
 
 
-def score_flops(cfg: ModelConfig, rows: int, seq_len: int) -> float:
+def sequence_tokens(rows: int, seq_len: int, completion_len: int = 0, group: int = 1) -> int:
+    """Tokens a forward over ``rows`` sequences runs when each group of ``group`` rows runs its
+    shared prompt (all but the last ``completion_len`` tokens) once."""
+    return rows // group * (seq_len - completion_len) + rows * completion_len
+
+
+def score_flops(cfg: ModelConfig, rows: int, seq_len: int, completion_len: int = 0,
+                group: int = 1) -> float:
     """The teacher's forward over its sequences (hidden states only)."""
-    return body_flops(cfg, rows * seq_len, seq_len)
+    return body_flops(cfg, sequence_tokens(rows, seq_len, completion_len, group), seq_len)
 
 
 def update_flops(student: ModelConfig, teacher: ModelConfig | None, rows: int, seq_len: int,
-                 completion_len: int) -> float:
+                 completion_len: int, group: int = 1) -> float:
     """Student forward + backward (3x forward) and the vocabulary phase: the student's head
     forward and backward over the completion, the teacher's head forward."""
-    out = 3 * body_flops(student, rows * seq_len, seq_len)
+    out = 3 * body_flops(student, sequence_tokens(rows, seq_len, completion_len, group), seq_len)
     out += 3 * head_flops(student, rows * completion_len)
     if teacher is not None:
         out += head_flops(teacher, rows * completion_len)
@@ -48,13 +55,13 @@ def update_flops(student: ModelConfig, teacher: ModelConfig | None, rows: int, s
 def iteration_flops(student: ModelConfig, teachers: list[ModelConfig], *, source: str,
                     rows: int, seq_len: int, completion_len: int, teacher_len: int,
                     prompts: int, prompt_len: int, decode_steps: int, teacher_mix: bool,
-                    scored: bool) -> dict[str, float]:
+                    scored: bool, group: int = 1) -> dict[str, float]:
     """Model FLOPs of one iteration's phases, all hosts together.
 
     ``source`` is the batch's source (``"data"``: nothing sampled; ``"cold_start"``/``"seq_kd"``:
     every local teacher samples every row; else the student, plus the first teacher when tokens
     are mixed); ``scored``: the teacher's body ran over its sequences and its head over the
-    completion (not on SFT steps). ``teachers`` are the local teacher models (none when served).
+    completion (not on SFT steps); ``group``: rows sharing a prompt, run once per group. ``teachers`` are the local teacher models (none when served).
     """
     if source == "data":
         sample_f = 0.0
@@ -66,6 +73,7 @@ def iteration_flops(student: ModelConfig, teachers: list[ModelConfig], *, source
             sample_f += sample_flops(teachers[0], prompts, prompt_len, rows, decode_steps)
     scoring = teachers if scored else []
     return {"flops/sample": sample_f,
-            "flops/score": sum(score_flops(c, rows, teacher_len) for c in scoring),
-            "flops/update": update_flops(student, None, rows, seq_len, completion_len)
+            "flops/score": sum(score_flops(c, rows, teacher_len, completion_len, group)
+                               for c in scoring),
+            "flops/update": update_flops(student, None, rows, seq_len, completion_len, group)
             + sum(head_flops(c, rows * completion_len) for c in scoring)}

@@ -140,13 +140,16 @@ class Trainer:
         self.ckpt = Checkpointer(os.path.join(exp.run.workdir, "checkpoints"),
                                  keep=exp.ckpt.keep, async_save=exp.ckpt.async_save)
         self._ahead: _Prepared | None = None  # the next step's batch (teacher.overlap)
+        self._widths = None  # the data set's prompt widths (B.prompt_widths), found once
 
     # ------------------------------------------------------------------ one iteration
 
     def prompts(self, cursor: int) -> B.Prompts:
         """This host's prompts of the step that starts at data position ``cursor``."""
         d = self.exp.data
-        return B.prompts_at(self.examples, cursor, batch_size=d.batch_size,
+        if self._widths is None:
+            self._widths = B.prompt_widths(self.examples)
+        return B.prompts_at(self.examples, cursor, batch_size=d.batch_size, widths=self._widths,
                             shuffle_seed=d.shuffle_seed, pad_id=self.exp.sampler.pad_id)
 
     def iteration(self) -> dict[str, float]:
@@ -198,7 +201,8 @@ class Trainer:
     def _batch(self, source: str, prompts: B.Prompts, key) -> TrainBatch:
         """The batch of step ``source``: data completions, teacher rollouts or student samples."""
         if source == "data":
-            return B.from_data(self.rows, prompts, self.exp.sampler)
+            return B.from_data(self.rows, prompts, self.exp.sampler,
+                               self.exp.loop.completion_slices)
         sp, sm = B.sampling_prompts(self.rows, prompts, source)
         key, row_ids = jax.random.fold_in(key, 2), self.rows.to_global(prompts.row_ids)
         params = self.state.params
@@ -209,7 +213,8 @@ class Trainer:
             roll = sample(self.s_graph, params, sp, sm, key, cfg=self.exp.sampler,
                           row_ids=row_ids, teacher=self.teacher.mixer(params) if mix > 0 else None,
                           teacher_mix=mix)
-        return B.from_rollout(self.rows, prompts, roll, self.exp.sampler.num_samples)
+        return B.from_rollout(self.rows, prompts, roll, self.exp.sampler.num_samples,
+                              self.exp.loop.completion_slices)
 
     def _with_contexts(self, batch: TrainBatch, prompts: B.Prompts, params) -> TrainBatch:
         """``batch`` with the teacher's log-probs of its completions under the records' other
@@ -248,7 +253,7 @@ class Trainer:
             teacher_len=batch.teacher_sequences.tokens.shape[1],
             prompts=prompts.tokens.shape[0] * jax.process_count(),
             prompt_len=prompts.tokens.shape[1], decode_steps=int(metrics["loss/max_len"]),
-            teacher_mix=self.exp.loop.teacher_mix > 0, scored=scored))
+            teacher_mix=self.exp.loop.teacher_mix > 0, scored=scored, group=batch.group))
         for phase in ("sample", "score", "update"):
             out[f"throughput/{phase}_gflops_per_s"] = (out[f"flops/{phase}"] / 1e9
                                                        / max(timings[f"time/{phase}"], 1e-9))

@@ -96,7 +96,8 @@ def teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
     teacher = nnx.merge(teacher_graphdef, sg(teacher_params))
     if batch.teacher_hidden is not None:
         return sg(batch.teacher_hidden), sg(teacher.lm_head_weight())
-    return sg(completion_hidden(teacher, batch.teacher_sequences, n)), sg(teacher.lm_head_weight())
+    hidden = completion_hidden(teacher, batch.teacher_sequences, n, batch.group)
+    return sg(hidden), sg(teacher.lm_head_weight())
 
 
 def combine_teachers(hidden: list[Array] | tuple[Array, ...], weights: Array) -> Array:
@@ -121,7 +122,7 @@ def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales,
     n = mb.completion_len
     t_hidden, t_head = teacher_view(mb, teacher_graphdef, teacher_params, n)
     model = nnx.merge(graphdef, params)
-    hidden, head = completion_hidden(model, mb.student, n), model.lm_head_weight()
+    hidden, head = completion_hidden(model, mb.student, n, mb.group), model.lm_head_weight()
     extras = {"behavior_logp": mb.behavior_logp, **mb.extras}
     topk = _sparse_teacher(extras)
     vocab = dict(tokens=mb.targets, mask=mb.loss_mask, hidden=hidden, head=head,

@@ -32,3 +32,13 @@ def test_head_and_phase_totals():
     # an update is three forwards of the body plus the heads of the vocabulary phase
     u = F.update_flops(cfg, cfg, rows=2, seq_len=10, completion_len=4)
     assert u == 3 * F.body_flops(cfg, 20, 10) + 4 * F.head_flops(cfg, 8)
+
+
+def test_shared_prompts_count_once_per_group():
+    cfg = tiny_config(vocab_size=100, hidden_size=16)
+    # 8 rows of 10 tokens, the last 4 their own: 2 groups of 4 run 2 prompts of 6 plus 8 x 4
+    assert F.sequence_tokens(8, 10, 4, group=4) == 2 * 6 + 8 * 4
+    assert F.sequence_tokens(8, 10, 4) == 80
+    assert F.score_flops(cfg, 8, 10, 4, group=4) == F.body_flops(cfg, 44, 10)
+    assert F.update_flops(cfg, None, 8, 10, 4, group=4) == (3 * F.body_flops(cfg, 44, 10)
+                                                           + 3 * F.head_flops(cfg, 32))

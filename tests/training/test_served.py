@@ -184,7 +184,8 @@ def test_overlap_samples_the_next_batch_from_the_weights_before_the_update(tmp_p
     with jax.set_mesh(ref.mesh):
         roll = sample(ref.s_graph, theta0, g(prompts.tokens), g(prompts.mask), key,
                       cfg=ref.exp.sampler, row_ids=g(prompts.row_ids))
-        batch = ref.teacher.score(from_rollout(ref.rows, prompts, roll, 2), prompts, None)
+        rolled = from_rollout(ref.rows, prompts, roll, 2, ref.exp.loop.completion_slices)
+        batch = ref.teacher.score(rolled, prompts, None)
         want, _ = ref.step_fn(ref.state, batch, None)
     over.iteration()
     assert_bitwise_equal(jax.device_get(over.state.params), jax.device_get(want.params))
