@@ -34,7 +34,7 @@ ROOT = zoo.ROOT
 EXPERIMENTS = os.path.join(ROOT, "experiments", "lab")
 RESULTS = os.path.join(EXPERIMENTS, "results")
 README = os.path.join(ROOT, "experiments", "README.md")
-NAMES = ("baseline_regime", "gkd_grid", "opd_vs_sft_vs_rl", "entropy_aware", "asymmetric", "relaxed",
+NAMES = ("baseline_regime", "baseline_levers", "gkd_grid", "opd_vs_sft_vs_rl", "entropy_aware", "asymmetric", "relaxed",
          "token_importance", "compatibility", "topk_bias", "self_distillation", "unified_sd", "control_variate",
          "position_weighting", "topk_support")
 MODES = ("smoke", "quick", "full")

@@ -15,6 +15,10 @@ experiments need beyond ``train.jsonl`` and ``test.jsonl``, written next to them
 - ``train_unisd.jsonl``: ``train_hint``'s records plus UniSD's extra contexts: two auxiliary
   teachers (hints with other solutions of the problem, repeated when it has fewer) and a bad
   teacher (the hint with its last step's result made wrong);
+- ``train_coverage.jsonl``: every training record, plus one coverage record per training problem
+  (:mod:`opd_jax.lab.coverage`: a student-like first step, legal or with a wrong result, as the
+  prompt, continued with correct arithmetic): a teacher fine-tuned on it is informed in the
+  states a weak student visits, not only on the solutions' paths;
 - ``test_either.jsonl``: the held-out records, answers accepted in either format.
 
 Every file is a pure function of the directory's own records (seeded draws), written whole or
@@ -36,6 +40,7 @@ BACKWARD = "train_backward.jsonl"
 CONTEXTS = "train_contexts.jsonl"
 HINT = "train_hint.jsonl"
 UNISD = "train_unisd.jsonl"
+COVERAGE = "train_coverage.jsonl"
 TEST_EITHER = "test_either.jsonl"
 RULE_PREFIX = "train_rule_"
 MAX_CONTEXT_PROMPT_LEN = 96  # a teacher's prompt with a hint of 3 steps fits (128 positions - 32 new)
@@ -44,7 +49,7 @@ AUX_CONTEXTS = 2
 
 def names() -> list[str]:
     """Every derived file name this module builds."""
-    return [BACKWARD, CONTEXTS, HINT, UNISD, TEST_EITHER] + [f"{RULE_PREFIX}{r}.jsonl" for r in sorted(L.RULES)]
+    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, TEST_EITHER] + [f"{RULE_PREFIX}{r}.jsonl" for r in sorted(L.RULES)]
 
 
 def _read(path: str) -> list[dict]:
@@ -148,6 +153,12 @@ def unisd(train: list[dict], tokenizer, rng) -> list[dict]:
     return out
 
 
+def with_coverage(train: list[dict], tokenizer, rng) -> list[dict]:
+    from opd_jax.lab.coverage import records
+    problems = _problems(train)
+    return train + records(rng, problems, tokenizer, len(problems))
+
+
 def test_either(test: list[dict], tokenizer, rng) -> list[dict]:
     return [{**r, "answer": {**r["answer"], "format": L.EITHER}} for r in test]
 
@@ -155,7 +166,7 @@ def test_either(test: list[dict], tokenizer, rng) -> list[dict]:
 def _builder(name: str):
     if name.startswith(RULE_PREFIX) and name.endswith(".jsonl"):
         return "train.jsonl", rule(name[len(RULE_PREFIX):-len(".jsonl")])
-    table = {BACKWARD: backward, CONTEXTS: contexts, HINT: hint, UNISD: unisd}
+    table = {BACKWARD: backward, CONTEXTS: contexts, HINT: hint, UNISD: unisd, COVERAGE: with_coverage}
     if name in table:
         return "train.jsonl", table[name]
     if name == TEST_EITHER:

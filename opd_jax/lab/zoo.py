@@ -60,6 +60,8 @@ class Recipe:
     # the training records in the data directory: its own train.jsonl, or a derived file
     # (opd_jax.lab.variants: the backward format, prompts with privileged contexts)
     records: str = "train.jsonl"
+    # a model of the same setting that training starts from (fine-tuning), instead of a random init
+    init: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +95,18 @@ def _derive(setting: Setting, name: str, base: str, records: str) -> None:
 
 
 # Models some lab experiments need beyond the teacher and the student starts (experiments/lab):
-# the teacher's recipe on backward-format solutions (an incompatible teacher: compatibility), and
-# a student start that also read rules and hints before problems (its own privileged teacher:
-# self_distillation, unified_sd). Derived from the recipes above, whatever their values.
+# the teacher's recipe on backward-format solutions (an incompatible teacher: compatibility), the
+# teacher fine-tuned on its data plus coverage records (student-like first steps continued with
+# correct arithmetic: a teacher informed off its support, baseline_levers), and a student start
+# that also read rules and hints before problems (its own privileged teacher: self_distillation,
+# unified_sd). Derived from the recipes above, whatever their values.
 for _setting in SETTINGS.values():
     if "teacher" in _setting.recipes:
         _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
+        _t = _setting.recipes["teacher"]
+        _setting.recipes["teacher_coverage"] = dataclasses.replace(
+            _t, records=variants.COVERAGE, init="teacher", steps=max(1, _t.steps // 5),
+            lr=_t.lr / 4, warmup=min(_t.warmup, 50))
     _student = next((n for n in ("strong", "weak") if n in _setting.recipes), None)
     if _student:
         _derive(_setting, "contextual", _student, variants.CONTEXTS)
@@ -130,17 +138,21 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def model_spec(recipe: Recipe):
+def model_spec(recipe: Recipe, models: str = MODELS):
+    """The model ``recipe`` trains: a random init of its architecture, or the lab model
+    ``recipe.init`` (a checkpoint under ``models``) when it fine-tunes one."""
     from opd_jax.lab import tokenizer as T
     from opd_jax.models.config import tiny_config
     from opd_jax.training.config import ModelSpec
+    if recipe.init:
+        return ModelSpec(path=os.path.join(models, recipe.init), seed=recipe.seed)
     h = recipe.hidden
     cfg = tiny_config("llama", vocab_size=T.vocab_size(), hidden_size=h, num_layers=recipe.layers,
                       num_heads=4, num_kv_heads=4, head_dim=h // 4, intermediate_size=4 * h)
     return ModelSpec(config=cfg, seed=recipe.seed)
 
 
-def experiment(recipe: Recipe, data_dir: str, workdir: str):
+def experiment(recipe: Recipe, data_dir: str, workdir: str, models: str = MODELS):
     """Supervised training of ``recipe`` on the data's solutions, as an ``Experiment``."""
     import opd_jax.objectives as O
     from opd_jax.lab.tokenizer import EOS_ID, PAD_ID
@@ -148,7 +160,7 @@ def experiment(recipe: Recipe, data_dir: str, workdir: str):
     from opd_jax.training.config import (CheckpointConfig, DataConfig, Experiment, LoopConfig,
                                          MeshConfig, OptimConfig, RunConfig, TeacherSpec)
     return Experiment(
-        student=model_spec(recipe), teacher=TeacherSpec(kind="self"), objective=O.SFTConfig(),
+        student=model_spec(recipe, models), teacher=TeacherSpec(kind="self"), objective=O.SFTConfig(),
         loop=LoopConfig(lmbda=0.0),  # every step on the records' solutions
         sampler=SamplerConfig(max_new_tokens=MAX_NEW_TOKENS, eos_ids=(EOS_ID,), pad_id=PAD_ID),
         optim=OptimConfig(lr=recipe.lr, warmup_steps=min(recipe.warmup, recipe.steps // 10),
@@ -193,12 +205,14 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
     if name not in setting.recipes:
         raise ValueError(f"unknown lab model {name!r}; known: {sorted(setting.recipes)}")
     recipe = setting.recipes[name]
+    if recipe.init:  # the model it fine-tunes first
+        build(recipe.init, setting, models=models, data_dir=data_dir, workdir=workdir, log=log)
     data = ensure_data(data_dir, setting.data)
     variants.ensure(data_dir, recipe.records)
     variants.ensure(data_dir, eval_records(recipe.records))
     tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
     t0 = time.perf_counter()
-    trainer = Trainer(experiment(recipe, data_dir, os.path.join(workdir, name)), tokenizer=tok)
+    trainer = Trainer(experiment(recipe, data_dir, os.path.join(workdir, name), models), tokenizer=tok)
     trainer.run()
     seconds = time.perf_counter() - t0
     tmp = f"{out}.tmp"
@@ -210,6 +224,8 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
                 "data": {"dataset": data, "train_sha256": sha256(os.path.join(data_dir, recipe.records))},
                 "train_seconds": round(seconds, 1), "commit": runner.provenance()["commit"],
                 "date": time.strftime("%Y-%m-%d"),
+                **({"init": {"name": recipe.init, "model_sha256": sha256(
+                    os.path.join(models, recipe.init, "model.safetensors"))}} if recipe.init else {}),
                 "eval": evaluate_model(tmp, data_dir, setting.eval_problems, setting.k, eval_records(recipe.records))}
     write_json(manifest, os.path.join(tmp, "manifest.json"))
     os.makedirs(models, exist_ok=True)

@@ -144,3 +144,37 @@ def test_the_zoo_derives_the_extra_models_from_its_recipes():
     assert exp.data.max_prompt_len == variants.MAX_CONTEXT_PROMPT_LEN
     assert np.all([zoo.experiment(r, "/d", "/w").data.max_prompt_len == zoo.MAX_PROMPT_LEN
                    for n, r in zoo.SETTINGS["default"].recipes.items() if r.records == "train.jsonl"])
+
+
+def test_coverage_records_keep_the_training_records_and_continue_student_like_steps(data_dir):
+    train = _read(os.path.join(data_dir, "train.jsonl"))
+    tok, examples = _load(data_dir, variants.COVERAGE)
+    records = _read(os.path.join(data_dir, variants.COVERAGE))
+    problems = {L.answer_problem(r["answer"])[0].key for r in train}
+    assert records[:len(train)] == train and len(records) == len(examples) == len(train) + len(problems)
+    wrong = 0
+    for r in records[len(train):]:
+        problem, fmt = L.answer_problem(r["answer"])
+        head = r["prompt"].removeprefix(L.prompt(problem))
+        first = C.parse(head.strip(), fmt)
+        assert problem.key in problems and len(first) == 1, r
+        wrong += C.apply(first[0].a, first[0].op, first[0].b) != first[0].result
+        rest = C.parse(r["completion"], fmt) if r["completion"] else []
+        # every step of the continuation computes, whatever the first step did
+        assert all(C.apply(s.a, s.op, s.b) == s.result for s in rest), r
+    assert 0 < wrong < len(records) - len(train)
+
+
+def test_the_coverage_teacher_fine_tunes_the_teacher(tmp_path):
+    setting = zoo.SETTINGS["smoke"]
+    teacher, cov = setting.recipes["teacher"], setting.recipes["teacher_coverage"]
+    assert cov.init == "teacher" and cov.records == variants.COVERAGE and cov.layers == teacher.layers
+    exp = zoo.experiment(cov, "/d", "/w", models="/m")
+    assert exp.student.path == os.path.join("/m", "teacher") and exp.data.path == os.path.join("/d", variants.COVERAGE)
+    models, data = str(tmp_path / "models"), str(tmp_path / "data")
+    manifest = zoo.build("teacher_coverage", setting, models=models, data_dir=data,
+                         workdir=str(tmp_path / "zoo"), log=None)
+    assert os.path.exists(os.path.join(models, "teacher", "manifest.json"))  # built first, as its start
+    assert manifest["init"] == {"name": "teacher",
+                                "model_sha256": zoo.sha256(os.path.join(models, "teacher", "model.safetensors"))}
+    assert manifest["data"]["train_sha256"] == zoo.sha256(os.path.join(data, variants.COVERAGE))
