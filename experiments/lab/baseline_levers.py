@@ -31,7 +31,7 @@ LRS = (1e-4, 1e-3)
 SETUP = ("From each student start (quick: the shipped weak student; full: weak and strong), one arm "
          "per lever, all else the baseline regime's arm 'opd' (BL.OPD, the exact reverse KL, on the "
          "student's samples; lr 3e-4; 16 prompts x 4 samples; the shipped teacher; quick: 100 steps): "
-         "'sampled' (Tinker's sampled-token reverse KL, O.OPDConfig), 'lr1e-4' and 'lr1e-3', 'batch32' "
+         "'sampled' (Tinker's sampled-token reverse KL, O.OPDConfig), 'lr0.0001' and 'lr0.001', 'batch32' "
          "(32 prompts x 4 samples: twice the samples per step), 'cold_start' (the first quarter of the "
          "steps supervised on the teacher's rollouts, then OPD) and 'coverage' (the teacher fine-tuned "
          "on its data plus coverage records: teacher_coverage). Metric: sampled pass@1 on held-out "
