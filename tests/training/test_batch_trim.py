@@ -77,8 +77,10 @@ def test_cut_batches_train_exactly_as_whole_ones(tmp_path, objective, kw):
         for k in b:
             if k.startswith("loss/"):
                 np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
-    # (Adam steps of lr 1e-2: a bug moves weights by ~1e-2, rounding by ~1e-5)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=5e-5),
+    # (Adam steps of lr 1e-2: a bug moves weights by ~1e-2. Rounding moves most by ~1e-5, but Adam
+    # divides each gradient by its own scale, so a near-zero gradient element can move by more:
+    # 5.7e-5 on one of 2,048 elements on an AVX-512 CPU. Hence lr / 20.)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=5e-4),
                  jax.device_get(cut.state.params), jax.device_get(whole.state.params))
 
 
