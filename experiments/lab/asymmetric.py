@@ -5,8 +5,8 @@ student.
     python -m opd_jax.lab.reproduce asymmetric [--mode smoke|quick|full]
 
 Hardware and wall time (quick: 4 arms x 5 seeds x the baseline's steps): 21 min on 2 AMD EPYC CPU
-cores (2026-12-04). The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
-constants and functions below; ``experiments/lab/results/asymmetric/<mode>/`` holds the results.
+cores (2026-12-04). The set-up, the arms per mode, the metrics and the verdict rule (written before
+any run) are the constants and functions below; ``experiments/lab/results/asymmetric/<mode>/`` holds the results.
 """
 
 import opd_jax.objectives as O

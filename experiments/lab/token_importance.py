@@ -5,8 +5,8 @@ overconfident-and-wrong tokens, against all tokens.
     python -m opd_jax.lab.reproduce token_importance [--mode smoke|quick|full]
 
 Hardware and wall time (quick: 6 arms x 3 seeds x the baseline's steps): 21 min on 2 AMD EPYC CPU
-cores (2026-12-04). The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
-constants and functions below; ``experiments/lab/results/token_importance/<mode>/`` holds the results.
+cores (2026-12-04). The set-up, the arms per mode, the metrics and the verdict rule (written before
+any run) are the constants and functions below; ``experiments/lab/results/token_importance/<mode>/`` holds the results.
 """
 
 import opd_jax.objectives as O

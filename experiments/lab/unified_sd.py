@@ -6,8 +6,8 @@ teacher) helps most?
 
 Needs the lab model ``contextual`` (see ``self_distillation``). Hardware and wall time (quick:
 7 arms x 3 seeds x the baseline's steps): 24 min on 2 AMD EPYC CPU cores (2026-12-04), after
-building ``contextual`` (about 4 min). The set-up, the arms per mode,
-the metrics and the verdict rule (written before any run) are the constants and functions below;
+building ``contextual`` (about 4 min). The set-up, the arms per mode, the metrics and the
+verdict rule (written before any run) are the constants and functions below;
 ``experiments/lab/results/unified_sd/<mode>/`` holds the results.
 """
 
