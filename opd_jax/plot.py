@@ -189,18 +189,25 @@ def curves(runs, metrics: Sequence[str], *, out: str, x: str = "step", smooth: f
     FigureCanvasAgg(fig)
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for label, group in groups:
+        for k, (label, group) in enumerate(groups):
             if not any(metric in r.metrics for r in group):
                 continue
             gx, mean, spread = _band(group, metric, x, smooth)
+            # a line keeps its color and style in every panel; past ten lines the style tells apart
+            # the lines that share a color
             (line,) = ax.plot(gx, mean, marker="o" if len(gx) <= 20 else None, markersize=3,
+                              color=f"C{k % 10}", linestyle=("-", "--", ":", "-.")[(k // 10) % 4],
                               label=label if len(group) == 1 else f"{label} (n={len(group)})")
             if spread is not None:
                 ax.fill_between(gx, mean - spread, mean + spread, alpha=0.2, color=line.get_color())
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("optimizer step" if x == "step" else "model FLOPs")
         ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
+    if len(groups) <= 6:
+        fig.axes[0].legend(fontsize=8)
+    else:  # beside the panels, where it hides no curve
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, out)

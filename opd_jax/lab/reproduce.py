@@ -28,6 +28,7 @@ import re
 import sys
 import time
 
+from opd_jax.lab import verdicts as V
 from opd_jax.lab import zoo
 
 ROOT = zoo.ROOT
@@ -206,8 +207,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+VERDICTS = (V.REPRODUCED, V.NOT_REPRODUCED, V.INCONCLUSIVE)
+
+
+def tally(verdicts: list[str | None]) -> str:
+    """One sentence counting the verdicts of the table's rows (``None``: not run yet)."""
+    run = [v for v in verdicts if v is not None]
+    counts = ", ".join(f"{run.count(v)} {v}" for v in VERDICTS)
+    return f"Tally (generated with the table): {len(run)} of {len(verdicts)} experiments run; {counts}."
+
+
 def table(results: str = RESULTS, readme_dir: str = os.path.dirname(README)) -> str:
-    """The lab table (markdown), one row per experiment, from the stored quick/full results."""
+    """The lab table (markdown), one row per experiment, from the stored quick/full results,
+    followed by the tally of its verdicts."""
+    verdicts = []
     rows = ["| experiment | paper | claim | command | hardware | wall time | measured result | verdict |",
             "|---|---|---|---|---|---|---|---|"]
     for name in NAMES:
@@ -218,6 +231,7 @@ def table(results: str = RESULTS, readme_dir: str = os.path.dirname(README)) -> 
             cmd = f"`python -m opd_jax.lab.reproduce {name}`"
             rows.append(f"| `{name}` | {_cell(paper)} | {_cell(module.CLAIM)} | {cmd} | not run yet | "
                         "not run yet | not run yet | not run yet |")
+            verdicts.append(None)
             continue
         mode = record["mode"]
         cmd = f"`python -m opd_jax.lab.reproduce {name}" + ("" if mode == "quick" else f" --mode {mode}") + "`"
@@ -228,7 +242,8 @@ def table(results: str = RESULTS, readme_dir: str = os.path.dirname(README)) -> 
         rows.append(f"| `{name}` | {_cell(paper)} | {_cell(record['claim'])} | {cmd} | "
                     f"{_cell(_hw_text(record))} | {_minutes(record['wall_s'])} ({mode}, {seeds} seeds, "
                     f"commit {str(record.get('commit', '?'))[:10]}) | {result} | **{record['verdict']['verdict']}** |")
-    return "\n".join(rows)
+        verdicts.append(record["verdict"]["verdict"])
+    return "\n".join(rows) + "\n\n" + tally(verdicts)
 
 
 def refresh(readme: str = README, results: str = RESULTS) -> bool:

@@ -77,6 +77,7 @@ def test_the_readme_table_comes_from_stored_quick_and_full_results_only(dirs, re
     assert "old table" not in text and text.startswith("# x\n\nbefore") and text.endswith("after\n")
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == len(RP.NAMES) and all("not run yet" in row for row in rows)  # smoke never shows
+    assert f"0 of {len(RP.NAMES)} experiments run; 0 reproduced, 0 not reproduced, 0 inconclusive." in text
     # A stored quick result fills its row (numbers from the stored record, the figure linked).
     quick = os.path.join(results, "topk_bias", "quick")
     shutil.copytree(src, quick)
@@ -89,6 +90,8 @@ def test_the_readme_table_comes_from_stored_quick_and_full_results_only(dirs, re
     assert "**inconclusive**" in row and "CPU, " in row and "(quick, 3 seeds" in row
     assert "](results/topk_bias/quick/figure_step.png)" in row
     assert "`python -m opd_jax.lab.reproduce topk_bias`" in row
+    tally = f"1 of {len(RP.NAMES)} experiments run; 0 reproduced, 0 not reproduced, 1 inconclusive."
+    assert tally in readme.read_text()
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no lab table markers"):
         RP.refresh(str(readme), results)
