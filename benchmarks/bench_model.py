@@ -6,6 +6,13 @@ both alike; the table reports medians in tokens/s and their ratio (ours / PyTorc
 
     python benchmarks/bench_model.py            # tiny and ~100M configs
     python benchmarks/bench_model.py --smoke    # a few seconds: tiny config, short batch
+    python benchmarks/bench_model.py --dtype bfloat16   # mixed precision on both sides
+
+``--dtype bfloat16`` is mixed precision as each side does it: ours keeps float32 weights and
+optimizer state and computes in bf16 (``from_pretrained(..., dtype="bfloat16")``: bf16 products
+with float32 accumulation, the loss in float32); PyTorch runs its float32 model under
+``torch.autocast("cpu", dtype=torch.bfloat16)``. The logit difference is then each side's
+bf16 forward against PyTorch's float32 one.
 """
 
 from __future__ import annotations
@@ -34,14 +41,15 @@ from benchmarks.common import CONFIGS, time_call  # noqa: E402
 LR = 1e-5
 
 
-def build(name: str, workdir: str):
-    """The PyTorch reference model and ours, holding identical float32 weights."""
+def build(name: str, workdir: str, dtype: str = "float32"):
+    """The PyTorch reference model and ours, holding identical float32 weights (ours computing
+    in ``dtype``)."""
     cfg = transformers.AutoConfig.for_model("qwen3", **CONFIGS[name])
     torch.manual_seed(0)
     theirs = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     path = os.path.join(workdir, name)
     theirs.save_pretrained(path)
-    return theirs, from_pretrained(path)
+    return theirs, from_pretrained(path, param_dtype="float32", dtype=dtype)
 
 
 def jax_fns(model):
@@ -54,7 +62,7 @@ def jax_fns(model):
         return nnx.merge(graphdef, params)(tokens, positions)[0]
 
     def loss_fn(params, tokens, positions):
-        logits = forward(params, tokens, positions)[:, :-1]
+        logits = forward(params, tokens, positions)[:, :-1].astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
     @jax.jit
@@ -66,8 +74,9 @@ def jax_fns(model):
     return params, tx.init(params), forward, train_step
 
 
-def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> list[dict]:
-    theirs, ours = build(name, workdir)
+def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32") -> list[dict]:
+    theirs, ours = build(name, workdir, dtype)
+    autocast = dtype != "float32"
     tokens_np = np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"], (batch, seq))
     tokens, positions = jnp.asarray(tokens_np, jnp.int32), jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     tokens_pt = torch.tensor(tokens_np, dtype=torch.long)
@@ -78,7 +87,7 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> li
         forward(params, tokens, positions).block_until_ready()
 
     def torch_forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             theirs(input_ids=tokens_pt, use_cache=False).logits
 
     state = {"params": params, "opt": opt_state}
@@ -88,7 +97,8 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> li
         loss.block_until_ready()
 
     def torch_train():
-        logits = theirs(input_ids=tokens_pt, use_cache=False).logits[:, :-1]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = theirs(input_ids=tokens_pt, use_cache=False).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens_pt[:, 1:].reshape(-1))
         loss.backward()
         torch_opt.step()
@@ -98,7 +108,10 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> li
     theirs.eval()
     with torch.no_grad():
         ref = theirs(input_ids=tokens_pt, use_cache=False).logits.numpy()
-    max_diff = float(np.abs(np.asarray(forward(params, tokens, positions)) - ref).max())
+    mine = np.asarray(forward(params, tokens, positions).astype(jnp.float32))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        theirs_low = theirs(input_ids=tokens_pt, use_cache=False).logits.float().numpy()
+    max_diff, torch_diff = float(np.abs(mine - ref).max()), float(np.abs(theirs_low - ref).max())
     n_params = count_params(ours)
     rows = []
     for phase, a, b in [("forward", ours_forward, torch_forward), ("train step", ours_train, torch_train)]:
@@ -110,7 +123,8 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str) -> li
             times_b.append(time_call(b))
         tps_a, tps_b = batch * seq / statistics.median(times_a), batch * seq / statistics.median(times_b)
         rows.append(dict(config=name, params=n_params, shape=f"{batch}x{seq}", phase=phase,
-                         ours=tps_a, torch=tps_b, ratio=tps_a / tps_b, max_diff=max_diff))
+                         ours=tps_a, torch=tps_b, ratio=tps_a / tps_b, max_diff=max_diff,
+                         torch_diff=torch_diff))
     return rows
 
 
@@ -121,6 +135,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype of both sides (bfloat16: float32 weights, bf16 products)")
     args = parser.parse_args(argv)
     names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
     if args.smoke:
@@ -132,17 +148,22 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
-            rows += bench_config(name, batch, seq, reps, workdir)
+            rows += bench_config(name, batch, seq, reps, workdir, args.dtype)
 
     print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; float32\n")
-    print("| config | params | batch x seq | phase | opd_jax tok/s | PyTorch tok/s | ratio | max logit diff |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; "
+          + ("float32\n" if args.dtype == "float32" else
+             "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
+    diff_cols = ("| max logit diff |" if args.dtype == "float32" else
+                 "| max logit diff vs PyTorch float32: ours | PyTorch autocast |")
+    print(f"| config | params | batch x seq | phase | opd_jax tok/s | PyTorch tok/s | ratio {diff_cols}")
+    print("|---|---|---|---|---|---|---|---|" + ("" if args.dtype == "float32" else "---|"))
     for r in rows:
+        diffs = f"{r['max_diff']:.1e} |" + ("" if args.dtype == "float32" else f" {r['torch_diff']:.1e} |")
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['shape']} | {r['phase']} | {r['ours']:,.0f} | "
-              f"{r['torch']:,.0f} | {r['ratio']:.2f} | {r['max_diff']:.1e} |")
+              f"{r['torch']:,.0f} | {r['ratio']:.2f} | {diffs}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ tokens/s (batch x new tokens / wall time, prefill included) and their ratio (our
 devices (``jax_num_cpu_devices``, the sampler sharded over a ``data`` mesh axis), as
 ``python -m opd_jax.main --cpu-devices N`` runs: small models' decode steps are bound by per-op
 costs that one device pays serially. PyTorch uses its default intra-op threads either way.
+
+``--dtype bfloat16`` runs both sides in bf16: our weights, products and KV cache in bf16
+(``from_pretrained(..., param_dtype="bfloat16")``), PyTorch's model cast with ``.to(bfloat16)``.
+Greedy tokens then agree only until the two sides' bf16 roundings first pick different
+arg-maxes, so the agreement columns measure that, not a fault (and ours split over devices
+is not required to match ours on one).
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ from flax import nnx  # noqa: E402
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
 from opd_jax.sharding import make_mesh  # noqa: E402
+from benchmarks import tunix_peer  # noqa: E402
 from benchmarks.common import CONFIGS, PAD, prompts, time_call  # noqa: E402
 
 
 
-def build(name: str, workdir: str):
-    """The PyTorch reference model and ours, holding identical float32 weights."""
+def build(name: str, workdir: str, dtype: str = "float32"):
+    """The PyTorch reference model and ours, holding identical weights (float32, or both cast
+    to ``dtype``)."""
     cfg = transformers.AutoConfig.for_model("qwen3", **CONFIGS[name])
     torch.manual_seed(0)
     theirs = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
@@ -51,10 +59,12 @@ def build(name: str, workdir: str):
                 p.normal_(0.0, 0.08)
     path = os.path.join(workdir, name)
     theirs.save_pretrained(path)
-    return theirs, from_pretrained(path)
+    ours = from_pretrained(path, param_dtype=dtype)  # computes (and caches) in the same dtype
+    return theirs.to(getattr(torch, dtype)), ours
 
 
-def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature, cpu_devices) -> dict:
+def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature, cpu_devices,
+              tunix=None) -> dict:
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
     graphdef, params = nnx.split(ours, nnx.Param)
     cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=temperature, pad_id=PAD,
@@ -78,26 +88,48 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
         with torch.no_grad():
             out["theirs"] = theirs.generate(input_ids=tokens_pt, attention_mask=mask_pt, generation_config=gen_cfg)
 
-    run_ours(), run_ours(split), run_theirs()  # warm-up: compiles ours, warms PyTorch's allocator
+    def run_tunix():
+        out["tunix"] = tunix(tokens, mask, temperature)
+
+    # Warm-up: compiles ours (and Tunix's), warms PyTorch's allocator. The first calls are timed:
+    # compile time is the first call minus the median of the timed calls.
+    first_ours = time_call(run_ours)
+    run_ours(split), run_theirs()
+    first_tunix = time_call(run_tunix) if tunix else None
     assert out["theirs"].shape == out[1].tokens.shape, "both must generate exactly new_tokens tokens"
-    # the split run must be the same computation: the same tokens
-    assert (np.asarray(out[1].tokens) == np.asarray(out[split].tokens)).all()
-    same = np.asarray(out[1].tokens)[:, prompt_len:] == out["theirs"][:, prompt_len:].numpy()
-    times_a, times_s, times_b = [], [], []
+    # the split run must be the same computation: the same tokens (in float32; bf16 products
+    # round differently at another per-device batch, and greedy decoding amplifies that)
+    assert ours.cfg.dtype != "float32" or (np.asarray(out[1].tokens) == np.asarray(out[split].tokens)).all()
+    ref = out["theirs"][:, prompt_len:].numpy()
+    same = np.asarray(out[1].tokens)[:, prompt_len:] == ref
+    times = {"a": [], "s": [], "b": [], "t": []}
     for _ in range(reps):
-        times_a.append(time_call(run_ours))
+        times["a"].append(time_call(run_ours))
         if split > 1:
-            times_s.append(time_call(lambda: run_ours(split)))
-        times_b.append(time_call(run_theirs))
+            times["s"].append(time_call(lambda: run_ours(split)))
+        times["b"].append(time_call(run_theirs))
+        if tunix:
+            times["t"].append(time_call(run_tunix))
     generated = batch * new_tokens
-    tps_a, tps_b = generated / statistics.median(times_a), generated / statistics.median(times_b)
-    tps_s = generated / statistics.median(times_s) if split > 1 else None
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    tps_a, tps_b = generated / med["a"], generated / med["b"]
+    tps_s = generated / med["s"] if split > 1 else None
     greedy = temperature == 0
-    return dict(config=name, params=count_params(ours), batch=batch, ours=tps_a, torch=tps_b,
-                ratio=tps_a / tps_b, split=split, ours_split=tps_s,
-                ratio_split=None if tps_s is None else tps_s / tps_b,
-                same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
-                same_tokens=f"{same.mean():.1%}" if greedy else "-")
+    row = dict(config=name, params=count_params(ours), batch=batch, ours=tps_a, torch=tps_b,
+               ratio=tps_a / tps_b, split=split, ours_split=tps_s,
+               ratio_split=None if tps_s is None else tps_s / tps_b,
+               same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
+               same_tokens=f"{same.mean():.1%}" if greedy else "-",
+               compile_ours=first_ours - med["a"], tunix=None)
+    if tunix:
+        # Rows where any side emitted the pad id are counted apart: Tunix masks that token out of
+        # later attention, so its continuation there is not comparable.
+        padded = tunix_peer.pad_rows(out["tunix"], PAD) | tunix_peer.pad_rows(ref, PAD)
+        agree = (out["tunix"] == ref)[~padded]
+        row.update(tunix=generated / med["t"], ratio_tunix=tps_a / (generated / med["t"]),
+                   compile_tunix=first_tunix - med["t"], tunix_pad_rows=int(padded.sum()),
+                   tunix_same_tokens=f"{agree.mean():.1%}" if greedy and agree.size else "-")
+    return row
 
 
 def main(argv=None):
@@ -113,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
                         help="also time ours with the rows split over this many JAX CPU devices "
                              "(default: one per core; 1 = off)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="weights, products and KV cache of both sides")
+    parser.add_argument("--no-tunix", action="store_true", help="leave out the Tunix peer columns")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
                              "OpenMP spin-waiting that makes PyTorch look far slower than it is")
@@ -131,20 +166,25 @@ def main(argv=None):
         if n not in CONFIGS:
             parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
 
+    no_tunix = "left out (--no-tunix)" if args.no_tunix else tunix_peer.available()
+    if no_tunix:
+        print(no_tunix)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
-            theirs, ours = build(name, workdir)
+            theirs, ours = build(name, workdir, args.dtype)
+            tunix = None if no_tunix else tunix_peer.TunixSampler(
+                os.path.join(workdir, name), CONFIGS[name], args.dtype, PAD, prompt_len, new_tokens)
             for batch in batches:
                 rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature,
-                                      args.cpu_devices))
+                                      args.cpu_devices, tunix))
 
     print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
-          f"{new_tokens} new tokens, medians of {reps} alternating runs; float32\n")
+          f"{new_tokens} new tokens, medians of {reps} alternating runs; {args.dtype}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
           "over CPU devices | ratio | same rows | same tokens |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -153,6 +193,17 @@ def main(argv=None):
         ratio = "-" if r["ratio_split"] is None else f"{r['ratio_split']:.2f}"
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['ours']:,.0f} | {r['torch']:,.0f} "
               f"| {r['ratio']:.2f} | {split} | {ratio} | {r['same_rows']} | {r['same_tokens']} |")
+    print("\nCompile time (first call minus the median call, seconds) and the JAX peer, Tunix "
+          f"{tunix_peer.VERSION} (one device, its own sampler; {no_tunix or 'available'}):\n")
+    print("| config | batch | opd_jax compile s | Tunix compile s | opd_jax tok/s | Tunix tok/s | opd_jax / Tunix "
+          "| Tunix same tokens as PyTorch | rows emitting the pad id |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = r["tunix"] is not None
+        print(f"| {r['config']} | {r['batch']} | {r['compile_ours']:.2f} | "
+              + (f"{r['compile_tunix']:.2f} | {r['ours']:,.0f} | {r['tunix']:,.0f} | {r['ratio_tunix']:.2f} | "
+                 f"{r['tunix_same_tokens']} | {r['tunix_pad_rows']}/{r['batch']} |" if t else
+                 f"- | {r['ours']:,.0f} | - | - | - | - |"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 and load (ours), the left-padded prompts the sampler benchmarks feed both, and a wall-clock timer.
 
 "100m": 12 layers x 768 wide, 32k vocabulary, tied embeddings: ~100M parameters. "0.6b": the
-shape of Qwen3-0.6B (random weights; nothing is downloaded).
+shape of Qwen3-0.6B (random weights; nothing is downloaded). Every config sets ``rope_theta``
+1e6, Qwen3's own value and the one Tunix's model always uses (``benchmarks/tunix_peer.py``).
 """
 
 import time
@@ -10,6 +11,7 @@ import time
 import numpy as np
 
 PAD = 0  # the padding token id of the sampler benchmarks
+ROPE_THETA = 1_000_000.0
 
 CONFIGS = {
     "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
@@ -19,6 +21,8 @@ CONFIGS = {
     "0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
 }
+for _cfg in CONFIGS.values():
+    _cfg["rope_theta"] = ROPE_THETA
 
 
 def prompts(batch: int, length: int, vocab: int):

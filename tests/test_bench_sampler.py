@@ -1,0 +1,74 @@
+"""The sampler benchmark's smoke run prints both tables; its Tunix peer (when installed) is fed
+the benchmark's prompts unchanged and decodes what our sampler decodes."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_id_tokenizer_round_trips_and_pad_rows_are_the_rows_holding_the_pad_id():
+    peer = _module("tunix_peer")
+    tok = peer.IdTokenizer(pad_id=0, eos_id=99)
+    assert tok.encode(tok.decode([5, 17, 3])) == [5, 17, 3]
+    assert tok.bos_id() is None and (tok.pad_id(), tok.eos_id()) == (0, 99)
+    rows = peer.pad_rows(np.array([[1, 2, 3], [4, 0, 5], [0, 0, 0]]), pad_id=0)
+    assert rows.tolist() == [False, True, True]
+
+
+@pytest.mark.slow
+def test_smoke_run_prints_both_tables(capsys):
+    pytest.importorskip("torch")
+    _module("bench_sampler").main(["--smoke", "--no-tunix", "--cpu-devices", "1"])
+    out = capsys.readouterr().out
+    assert "| config | params | batch | opd_jax tok/s | PyTorch generate tok/s |" in out
+    assert "| config | batch | opd_jax compile s | Tunix compile s |" in out
+    assert "| 8/8 | 100.0% |" in out  # greedy float32: the same tokens as PyTorch
+    assert "left out (--no-tunix)" in out
+
+
+@pytest.mark.slow
+def test_tunix_peer_decodes_what_our_sampler_decodes(tmp_path):
+    """Oracle for the peer's wiring (prompts, padding, length, rope): on the same float32
+    checkpoint, greedy, Tunix's tokens equal ours in every row that never emits the pad id."""
+    peer = _module("tunix_peer")
+    if peer.available():
+        pytest.skip(peer.available())
+    import jax
+    import torch
+    import transformers
+    from flax import nnx
+
+    from opd_jax.models import from_pretrained
+    from opd_jax.sampling import SamplerConfig, sample
+
+    common = _module("common")
+    cfg = dict(common.CONFIGS["tiny"])
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model("qwen3", **cfg))
+    with torch.no_grad():  # wide weights: peaked logits, no arg-max ties
+        for name, p in hf.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, 0.08)
+    hf.save_pretrained(tmp_path)
+    tokens, mask = common.prompts(8, 16, cfg["vocab_size"])
+    graphdef, params = nnx.split(from_pretrained(tmp_path), nnx.Param)
+    ours = sample(graphdef, params, tokens, mask, jax.random.key(0),
+                  cfg=SamplerConfig(max_new_tokens=24, temperature=0.0, pad_id=common.PAD,
+                                      new_token_buckets=(24,)))
+    ours = np.asarray(ours.tokens)[:, 16:]
+    with jax.numpy_rank_promotion("allow"):  # Tunix's code relies on implicit rank promotion
+        theirs = peer.TunixSampler(str(tmp_path), cfg, "float32", common.PAD, 16, 24)(tokens, mask)
+    assert theirs.shape == ours.shape == (8, 24)
+    clean = ~(peer.pad_rows(ours, common.PAD) | peer.pad_rows(theirs, common.PAD))
+    assert clean.sum() >= 4 and (theirs[clean] == ours[clean]).all()
