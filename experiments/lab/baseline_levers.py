@@ -7,10 +7,10 @@ off-policy cold start, and a teacher that also covers student-like states.
 
 Needs the lab model ``teacher_coverage`` (``python -m opd_jax.lab.zoo build teacher_coverage``:
 the shipped teacher fine-tuned on its data plus one coverage record per problem,
-``opd_jax.lab.coverage``). Hardware and wall time: see the README row (quick: 7 arms x 3 seeds x
-100 steps from the weak start; full: the same arms from both starts). The set-up, the arms per
-mode, the metrics and the verdict rule (written before any run) are the constants and functions
-below; ``experiments/lab/results/baseline_levers/<mode>/`` holds the results.
+``opd_jax.lab.coverage``). Hardware and wall time (quick: 7 arms x 3 seeds x 100 steps from the
+weak start): 39 min on 2 CPU cores (2026-12-04); full runs the same arms from both starts.
+The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
+constants and functions below; ``experiments/lab/results/baseline_levers/<mode>/`` holds the results.
 """
 
 import opd_jax.objectives as O
