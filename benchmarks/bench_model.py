@@ -109,8 +109,10 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype
     with torch.no_grad():
         ref = theirs(input_ids=tokens_pt, use_cache=False).logits.numpy()
     mine = np.asarray(forward(params, tokens, positions).astype(jnp.float32))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        theirs_low = theirs(input_ids=tokens_pt, use_cache=False).logits.float().numpy()
+    theirs_low = ref  # float32: PyTorch's own forward is the reference
+    if autocast:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            theirs_low = theirs(input_ids=tokens_pt, use_cache=False).logits.float().numpy()
     max_diff, torch_diff = float(np.abs(mine - ref).max()), float(np.abs(theirs_low - ref).max())
     n_params = count_params(ours)
     rows = []

@@ -45,30 +45,21 @@ def test_tunix_peer_decodes_what_our_sampler_decodes(tmp_path):
     if peer.available():
         pytest.skip(peer.available())
     import jax
-    import torch
-    import transformers
     from flax import nnx
 
-    from opd_jax.models import from_pretrained
     from opd_jax.sampling import SamplerConfig, sample
 
     common = _module("common")
-    cfg = dict(common.CONFIGS["tiny"])
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model("qwen3", **cfg))
-    with torch.no_grad():  # wide weights: peaked logits, no arg-max ties
-        for name, p in hf.named_parameters():
-            if "norm" not in name:
-                p.normal_(0.0, 0.08)
-    hf.save_pretrained(tmp_path)
+    cfg = common.CONFIGS["tiny"]
+    _, model = _module("bench_sampler").build("tiny", str(tmp_path))  # the benchmark's checkpoint
     tokens, mask = common.prompts(8, 16, cfg["vocab_size"])
-    graphdef, params = nnx.split(from_pretrained(tmp_path), nnx.Param)
+    graphdef, params = nnx.split(model, nnx.Param)
     ours = sample(graphdef, params, tokens, mask, jax.random.key(0),
                   cfg=SamplerConfig(max_new_tokens=24, temperature=0.0, pad_id=common.PAD,
                                       new_token_buckets=(24,)))
     ours = np.asarray(ours.tokens)[:, 16:]
     with jax.numpy_rank_promotion("allow"):  # Tunix's code relies on implicit rank promotion
-        theirs = peer.TunixSampler(str(tmp_path), cfg, "float32", common.PAD, 16, 24)(tokens, mask)
+        theirs = peer.TunixSampler(str(tmp_path / "tiny"), cfg, "float32", common.PAD, 16, 24)(tokens, mask)
     assert theirs.shape == ours.shape == (8, 24)
     clean = ~(peer.pad_rows(ours, common.PAD) | peer.pad_rows(theirs, common.PAD))
     assert clean.sum() >= 4 and (theirs[clean] == ours[clean]).all()
