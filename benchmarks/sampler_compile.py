@@ -39,7 +39,7 @@ def measure(graphdef, params, name: str, batch: int, phases: int, reps: int) -> 
     tokens, mask = prompts(batch, 32, CONFIGS[name]["vocab_size"])
     cfg = SamplerConfig(max_new_tokens=128, temperature=0.0, pad_id=PAD, cache_phases=phases)
     args = (graphdef, params, tokens, mask, jax.random.key(0), np.arange(batch, dtype=np.int32),
-            np.int32(128), np.float32(0.0), None, None)
+            np.int32(128), np.float32(0.0), None, None, S.layer_ids(graphdef, params))
     t0 = time.perf_counter()
     traced = S.sample_program.trace(*args, cfg=cfg)
     t1 = time.perf_counter()

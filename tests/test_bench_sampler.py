@@ -63,3 +63,17 @@ def test_tunix_peer_decodes_what_our_sampler_decodes(tmp_path):
     assert theirs.shape == ours.shape == (8, 24)
     clean = ~(peer.pad_rows(ours, common.PAD) | peer.pad_rows(theirs, common.PAD))
     assert clean.sum() >= 4 and (theirs[clean] == ours[clean]).all()
+
+
+@pytest.mark.slow
+def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path):
+    """The cold-start benchmark's child for our side (the Tunix side needs Tunix): spawned as the
+    parent spawns it, it loads the checkpoint, samples three times and reports its times; with the
+    persistent compilation cache off in the child, its first call compiles, so it is the slower."""
+    pytest.importorskip("torch")
+    cold = _module("cold_start")
+    path = cold.write_checkpoint("tiny", str(tmp_path))
+    args = type("Args", (), dict(prompt_len=8, new_tokens=4))()
+    got = cold.spawn("opd_jax", path, "tiny", 2, args)
+    assert got["run"] > 0 and got["load"] > 0 and got["to_first"] > got["load"]
+    assert got["compile"] > 5 * got["run"]  # a tiny model's program compiles in ~1 s, runs in ~ms

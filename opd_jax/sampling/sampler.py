@@ -114,11 +114,11 @@ def _grow(cache: KVCache | None, max_len: int):
     return None if cache is None else _shard_cache(cache.grow(max_len))
 
 
-def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dtype, n: int):
+def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dtype, n: int, layer_ids):
     """Run the prompts through ``model`` once (not once per sample): next-token logits and cache, ``R`` rows."""
     if hasattr(model, "prefill"):
         h_BPD, cache = model.prefill(prompts_BP, positions_BP, mask=mask_BP, cache_len=cache_len,
-                                     cache_dtype=cache_dtype)
+                                     cache_dtype=cache_dtype, layer_ids=layer_ids)
     else:
         cache = _shard_cache(init_cache(model.cfg, prompts_BP.shape[0], cache_len, cache_dtype))
         h_BPD, cache = model.hidden(prompts_BP, positions_BP, mask=mask_BP, cache=cache)
@@ -126,9 +126,9 @@ def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dty
     return shard(_repeat_rows(logits_BV, n), "batch", "vocab"), _shard_cache(_repeat_rows(cache, n))
 
 
-def _decoder(model, max_positions: int):
+def _decoder(model, max_positions: int, layer_ids):
     """What the decode loop calls: ``model.decoder()`` (per-layer weights, built once) if it has one."""
-    return model.decoder(max_positions) if hasattr(model, "decoder") else model
+    return model.decoder(max_positions, layer_ids) if hasattr(model, "decoder") else model
 
 
 def _decode(model, tokens_R, positions_R, mask_R, cache):
@@ -186,8 +186,13 @@ def _positions(mask):
 
 
 def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix, teacher_graphdef,
-             teacher_params, *, cfg: SamplerConfig):
-    """The whole sampler as one traced function; ``cfg.max_new_tokens`` is the buffer width N."""
+             teacher_params, layer_ids=None, *, cfg: SamplerConfig):
+    """The whole sampler as one traced function; ``cfg.max_new_tokens`` is the buffer width N.
+
+    ``layer_ids``: int32 scalars ``0, 1, ...`` (at least as many as either model has layers),
+    runtime offsets for slicing layers out of the stacked weights (``layer_slice``: the same
+    program, compiled faster); None slices at constant offsets.
+    """
     _TRACES[0] += 1
     n, N = cfg.num_samples, cfg.max_new_tokens
     B, P = prompts_BP.shape
@@ -197,13 +202,14 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     cache_len = cfg.cache_size(P)
     capacities = cfg.cache_capacities(P)  # the cache grows through these sizes to cache_len
     positions_BP = _positions(mask_BP)
-    prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, capacities[0], cfg.cache_dtype, n)
+    prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, capacities[0], cfg.cache_dtype, n,
+                                 layer_ids)
     logits, cache = prefill(model)
     t_logits, t_cache = (None, None) if teacher is None else prefill(teacher)
     # Built here, outside the loop: the loop body reads these weights, it never slices them.
     # A token's position is at most its cache slot, so every decode position is below cache_len.
-    decoder = _decoder(model, cache_len)
-    t_decoder = None if teacher is None else _decoder(teacher, cache_len)
+    decoder = _decoder(model, cache_len, layer_ids)
+    t_decoder = None if teacher is None else _decoder(teacher, cache_len, layer_ids)
 
     streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
     keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
@@ -272,6 +278,14 @@ sample_program = jax.jit(_program, static_argnames=("graphdef", "teacher_graphde
 _MODEL_CFGS: dict = {}
 
 
+def layer_ids(graphdef, params, teacher_graphdef=None, teacher_params=None) -> tuple:
+    """The ``layer_ids`` argument of ``sample_program``: one int32 scalar per layer of the deeper model."""
+    depth = [getattr(model_config(graphdef, params), "num_layers", 0)]
+    if teacher_graphdef is not None:
+        depth.append(getattr(model_config(teacher_graphdef, teacher_params), "num_layers", 0))
+    return tuple(np.int32(i) for i in range(max(depth)))
+
+
 def model_config(graphdef, params):
     """The ``ModelConfig`` of a split model (cached per graph definition)."""
     if graphdef not in _MODEL_CFGS:
@@ -309,4 +323,5 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
     # Only the buffer width is static; the requested length is a traced loop bound.
     static_cfg = cfg.replace(max_new_tokens=cfg.new_token_bucket(), prompt_buckets=(), new_token_buckets=())
     return sample_program(graphdef, params, prompts, prompt_mask, key, row_ids,
-                          np.int32(cfg.max_new_tokens), np.float32(mix), t_graphdef, t_params, cfg=static_cfg)
+                          np.int32(cfg.max_new_tokens), np.float32(mix), t_graphdef, t_params,
+                          layer_ids(graphdef, params, t_graphdef, t_params), cfg=static_cfg)

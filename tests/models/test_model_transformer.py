@@ -292,3 +292,23 @@ def test_bad_call_shapes_raise():
         model(tokens, tokens, mask=np.ones((2, 4), bool))
     with pytest.raises(ValueError, match="cache"):
         model(tokens, tokens, cache=init_cache(model.cfg, 2, 2))
+
+
+def test_runtime_layer_ids_change_nothing_but_the_program():
+    """``layer_ids`` (runtime slice offsets, which compile faster) give bit-identical prefill caches,
+    hidden states and decoder weights to static slicing, for a looped (2-layer) and a scanned
+    (6-layer) model."""
+    for layers in (2, 6):
+        model = _model("qwen3", num_layers=layers)
+        graphdef, params = nnx.split(model, nnx.Param)
+        tokens, mask, positions = padded_batch(model.cfg.vocab_size, (6, 3, 1), 6)
+
+        @jax.jit
+        def run(params, ids):
+            m = nnx.merge(graphdef, params)
+            return m.prefill(tokens, positions, mask=mask, cache_len=8, layer_ids=ids), m.decoder(8, ids).layers
+
+        static = run(params, None)
+        dynamic = run(params, tuple(np.int32(i) for i in range(layers)))
+        assert len(dynamic[1]) == layers
+        jax.tree.map(np.testing.assert_array_equal, static, dynamic)

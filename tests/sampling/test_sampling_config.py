@@ -214,3 +214,39 @@ def test_decode_loop_copies_no_weights_and_no_cache(param_dtype):
         cache_writes = [op for op in ops
                         if op[0] == "dynamic-update-slice" and op[2] in ((B, K, H, S), (B, K, S, H))]
         assert len(cache_writes) == 2 * model_cfg.num_layers
+
+
+def _distinct_fusions(text: str) -> int:
+    """How many different fused computations (bodies with names erased) a compiled program holds:
+    XLA:CPU compiles one kernel per different body, so this is what compile time grows with."""
+    bodies, current = set(), None
+    for line in text.splitlines():
+        if re.match(r"^%fused\S* .*\{$", line):
+            current = []
+        elif current is not None and line.startswith("}"):
+            bodies.add("\n".join(current))
+            current = None
+        elif current is not None:
+            current.append(re.sub(r"%[\w.\-]+", "%", re.sub(r", metadata=\{[^}]*\}", "", line)).strip())
+    return len(bodies)
+
+
+def test_layer_slicing_kernels_do_not_grow_with_depth():
+    """With runtime layer ids (what ``sample`` passes) the program's distinct kernels are the same for
+    5 and 10 layers: slicing a layer's weights out of the stacked parameters is one kernel per
+    parameter, not per (parameter, layer). With constant offsets (``layer_ids=None``) they grow."""
+    sds = jax.ShapeDtypeStruct
+    B, P = 4, 2
+    cfg = SamplerConfig(max_new_tokens=8, prompt_buckets=(P,), new_token_buckets=(8,), cache_phases=1)
+    counts = {}
+    for layers in (5, 10):
+        model_cfg = tiny_config("qwen3", num_layers=layers)
+        graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+        for runtime in (True, False):
+            ids = tuple(np.int32(i) for i in range(layers)) if runtime else None
+            text = sample_program.trace(
+                graphdef, params, sds((B, P), np.int32), sds((B, P), np.bool_), jax.random.key(0),
+                sds((B,), np.int32), np.int32(8), np.float32(0), None, None, ids, cfg=cfg).lower().compile().as_text()
+            counts[layers, runtime] = _distinct_fusions(text)
+    assert counts[5, True] == counts[10, True], counts
+    assert counts[10, False] > counts[5, False] > counts[5, True], counts

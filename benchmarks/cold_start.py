@@ -1,0 +1,146 @@
+"""A sampler's cold start, ours against Tunix's, each in a fresh process as a user starts a script.
+
+    python benchmarks/cold_start.py                          # tiny and 100m, batch 1/8/64, 3 rounds
+    python benchmarks/cold_start.py --configs 100m --batches 64 --rounds 3
+
+Each round starts one child process per side, alternating (ours, Tunix, ours, Tunix, ...). A
+child imports its library, loads the same Hugging Face checkpoint, then samples the same
+prompts greedily three times: compile = the first call minus the median of the other two (the
+same rule as ``bench_sampler.py``), run = that median, and "to first tokens" = the child's
+wall time from its first line to the end of its first call (imports, load, compile, one run).
+The printed figures are medians over rounds, with each round's value.
+
+Why fresh processes: in ``bench_sampler.py`` ours runs first in a process that then runs
+PyTorch and Tunix. On this machine a process's first touch of new memory is slow (the kernel
+zeroes each page, and in a virtual machine the host may back it only then), so whoever runs
+first pays for it; in one process, Tunix's compile looked 3x shorter than it does fresh. The
+persistent compilation cache is off in the children (nothing carries over between them).
+"""
+
+from __future__ import annotations
+
+_T0 = __import__("time").perf_counter()  # the child's start, before any import below
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SIDES = ("opd_jax", "tunix")
+
+
+def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """Run in the child process: load, sample three times, return the timings."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    from flax import nnx
+
+    from benchmarks.common import CONFIGS, PAD, prompts, time_call
+
+    tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
+    if side == "opd_jax":
+        from opd_jax.models import from_pretrained
+        from opd_jax.sampling import SamplerConfig, sample
+
+        graphdef, params = nnx.split(from_pretrained(path), nnx.Param)
+        jax.block_until_ready(params)
+        cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=0.0, pad_id=PAD,
+                            prompt_buckets=(prompt_len,), new_token_buckets=(new_tokens,))
+        call = lambda: jax.block_until_ready(sample(graphdef, params, tokens, mask, jax.random.key(0),  # noqa: E731
+                                                    cfg=cfg).tokens)
+    else:
+        from benchmarks import tunix_peer
+
+        sampler = tunix_peer.TunixSampler(path, CONFIGS[name], "float32", PAD, prompt_len, new_tokens)
+        jax.block_until_ready(jax.tree.leaves(nnx.state(sampler.sampler.transformer)))
+        call = lambda: sampler(tokens, mask)  # noqa: E731 (returns host numpy: already complete)
+    loaded = time.perf_counter()
+    first = time_call(call)
+    to_first = time.perf_counter() - _T0
+    later = [time_call(call) for _ in range(2)]
+    run = statistics.median(later)
+    return dict(compile=first - run, run=run, to_first=to_first, load=loaded - _T0)
+
+
+def spawn(side: str, path: str, name: str, batch: int, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
+    env.update(JAX_PLATFORMS="cpu", OPD_JAX_COMPILE_CACHE="off")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--path", path, "--configs", name,
+           "--batches", str(batch), "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"{side} child failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def write_checkpoint(name: str, workdir: str) -> str:
+    """The benchmark checkpoint of ``bench_sampler.build`` (same weights), saved once for all children."""
+    from benchmarks.bench_sampler import build
+
+    build(name, workdir)
+    return os.path.join(workdir, name)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="tiny,100m")
+    p.add_argument("--batches", default="1,8,64")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(a.child, a.path, a.configs, int(a.batches), a.prompt_len, a.new_tokens)))
+        return
+    if a.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {a.rounds}")
+    from benchmarks import tunix_peer
+    from benchmarks.common import CONFIGS
+
+    names, batches = a.configs.split(","), [int(b) for b in a.batches.split(",")]
+    for n in names:
+        if n not in CONFIGS:
+            p.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
+    missing = tunix_peer.available()
+    if missing:
+        raise SystemExit(f"this benchmark compares with Tunix, which is not usable here: {missing}")
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in names:
+            path = write_checkpoint(name, workdir)
+            for batch in batches:
+                got = {s: [] for s in SIDES}
+                for _ in range(a.rounds):
+                    for side in SIDES:
+                        got[side].append(spawn(side, path, name, batch, a))
+                rows.append((name, batch, got))
+                print(name, batch, {s: [round(r["compile"], 2) for r in v] for s, v in got.items()}, flush=True)
+    import jax
+
+    print(f"\ncommand: python {shlex.join(sys.argv)}")
+    print(f"jax {jax.__version__}, Tunix {tunix_peer.VERSION}, {os.cpu_count()} CPUs; greedy, float32, prompts of "
+          f"{a.prompt_len // 2}..{a.prompt_len} tokens, {a.new_tokens} new tokens; medians of {a.rounds} "
+          "alternating rounds, one fresh process per side per round (per-round values in brackets)\n")
+    print("| config | batch | opd_jax compile s | Tunix compile s | opd_jax to first tokens s | "
+          "Tunix to first tokens s | opd_jax run s | Tunix run s |")
+    print("|---|---|---|---|---|---|---|---|")
+    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    each = lambda rs, k: "[" + ", ".join(f"{r[k]:.1f}" for r in rs) + "]"  # noqa: E731
+    for name, batch, got in rows:
+        o, t = got["opd_jax"], got["tunix"]
+        print(f"| {name} | {batch} | {med(o, 'compile'):.2f} {each(o, 'compile')} | {med(t, 'compile'):.2f} "
+              f"{each(t, 'compile')} | {med(o, 'to_first'):.1f} | {med(t, 'to_first'):.1f} | "
+              f"{med(o, 'run'):.2f} | {med(t, 'run'):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
