@@ -37,8 +37,8 @@ SIDES = ("opd_jax", "tunix")
 
 
 def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
-    """Run in the child process: load, sample three times, return the timings."""
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    """Run in the child process (``spawn`` sets its environment): load, sample three times, return
+    the timings."""
     import jax
     from flax import nnx
 
@@ -69,11 +69,11 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
     return dict(compile=first - run, run=run, to_first=to_first, load=loaded - _T0)
 
 
-def spawn(side: str, path: str, name: str, batch: int, args) -> dict:
+def spawn(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
     env.update(JAX_PLATFORMS="cpu", OPD_JAX_COMPILE_CACHE="off")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--path", path, "--configs", name,
-           "--batches", str(batch), "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
+           "--batches", str(batch), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens)]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{side} child failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -121,7 +121,7 @@ def main(argv=None):
                 got = {s: [] for s in SIDES}
                 for _ in range(a.rounds):
                     for side in SIDES:
-                        got[side].append(spawn(side, path, name, batch, a))
+                        got[side].append(spawn(side, path, name, batch, a.prompt_len, a.new_tokens))
                 rows.append((name, batch, got))
                 print(name, batch, {s: [round(r["compile"], 2) for r in v] for s, v in got.items()}, flush=True)
     import jax

@@ -25,13 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from opd_jax.models import from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig  # noqa: E402
 from opd_jax.sampling import sampler as S  # noqa: E402
+from benchmarks.bench_sampler import build  # noqa: E402
 from benchmarks.common import CONFIGS, PAD, prompts, time_call  # noqa: E402
 
 
@@ -68,12 +66,8 @@ def main(argv=None):
     for name in args.configs.split(","):
         if name not in CONFIGS:
             parser.error(f"unknown config {name!r}; known: {sorted(CONFIGS)}")
-        with tempfile.TemporaryDirectory() as workdir:
-            torch.manual_seed(0)
-            hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model("qwen3",
-                                                                                                 **CONFIGS[name]))
-            hf.save_pretrained(workdir)
-            graphdef, params = nnx.split(from_pretrained(workdir), nnx.Param)
+        with tempfile.TemporaryDirectory() as workdir:  # the checkpoint of bench_sampler.py
+            graphdef, params = nnx.split(build(name, workdir)[1], nnx.Param)
         for phases in (int(p) for p in args.phases.split(",")):
             rows.append(measure(graphdef, params, name, args.batch, phases, args.reps))
     print(f"\ncommand: python {shlex.join(sys.argv)}")

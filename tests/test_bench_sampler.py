@@ -73,7 +73,6 @@ def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path):
     pytest.importorskip("torch")
     cold = _module("cold_start")
     path = cold.write_checkpoint("tiny", str(tmp_path))
-    args = type("Args", (), dict(prompt_len=8, new_tokens=4))()
-    got = cold.spawn("opd_jax", path, "tiny", 2, args)
+    got = cold.spawn("opd_jax", path, "tiny", 2, prompt_len=8, new_tokens=4)
     assert got["run"] > 0 and got["load"] > 0 and got["to_first"] > got["load"]
     assert got["compile"] > 5 * got["run"]  # a tiny model's program compiles in ~1 s, runs in ~ms
