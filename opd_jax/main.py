@@ -100,7 +100,8 @@ def main(argv=None) -> int:
         import jax  # before anything touches a device: JAX reads this when it creates the CPU client
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     init_distributed(args)
-    from opd_jax import compile_cache
+    from opd_jax import compile_cache, host_memory
+    host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
     compile_cache.enable()  # a second run with the same shapes starts without compiling
     try:
         module, exp = resolve(args)
