@@ -13,6 +13,10 @@ optimizer state and computes in bf16 (``from_pretrained(..., dtype="bfloat16")``
 with float32 accumulation, the loss in float32); PyTorch runs its float32 model under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. The logit difference is then each side's
 bf16 forward against PyTorch's float32 one.
+
+Our train step donates its state, as opd_jax's Trainer does. ``OPD_JAX_HOST_MEMORY=keep`` (see
+``opd_jax.host_memory``) keeps freed host memory in the process for reuse; it is a process-wide
+setting, so it applies to both sides, and the header says which was in force.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from opd_jax import host_memory  # noqa: E402
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from benchmarks.common import CONFIGS, time_call  # noqa: E402
 
@@ -65,7 +70,7 @@ def jax_fns(model):
         logits = forward(params, tokens, positions)[:, :-1].astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
-    @jax.jit
+    @jax.jit(donate_argnums=(0, 1))  # as opd_jax's Trainer: the old state's buffers hold the new one
     def train_step(params, opt_state, tokens, positions):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens, positions)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -140,6 +145,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="compute dtype of both sides (bfloat16: float32 weights, bf16 products)")
     args = parser.parse_args(argv)
+    kept = host_memory.keep_freed_memory()  # before JAX's CPU client exists; applies to both sides
     names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
     if args.smoke:
         names, batch, seq, reps = ["tiny"], 2, 16, 3
@@ -156,6 +162,7 @@ def main(argv=None):
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; "
+          f"freed host memory {'kept for reuse' if kept else 'returned to the OS'} (opd_jax.host_memory); "
           + ("float32\n" if args.dtype == "float32" else
              "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
     diff_cols = ("| max logit diff |" if args.dtype == "float32" else
