@@ -55,8 +55,9 @@ def keep_freed_memory(env: dict | None = None) -> bool:
     global _applied
     if _applied is not None:
         return _applied
+    wanted = policy(env)  # an unknown value raises here, and a later call raises again
     _applied = False
-    if policy(env) == SYSTEM or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if wanted == SYSTEM or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
     mallopt = getattr(libc, "mallopt", None)

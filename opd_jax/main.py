@@ -101,7 +101,11 @@ def main(argv=None) -> int:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     init_distributed(args)
     from opd_jax import compile_cache, host_memory
-    host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
+    try:
+        host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     compile_cache.enable()  # a second run with the same shapes starts without compiling
     try:
         module, exp = resolve(args)

@@ -12,22 +12,21 @@ from opd_jax import host_memory as hm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A child process: the policy applied before JAX starts, then a jitted call whose 128 MB output
-# is dropped after each call. Prints the minor page faults of 10 calls after 10 warm-up calls (a
-# kept heap takes a few calls to hold enough freed blocks: 3 to 12 in our runs).
+# A child process: the policy applied before JAX starts, then 30 calls of a jitted function
+# whose 128 MB output is dropped after each call. Prints the minor page faults of each call.
 _CHILD = """
-import json, resource, sys
+import json, resource
 from opd_jax import host_memory
 kept = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 x = jnp.ones((32, 1024, 1024), jnp.float32)  # 128 MB
 f = jax.jit(lambda x: x * 2.0)
-for _ in range(10):
+faults = []
+for _ in range(30):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    f(x).block_until_ready()
-print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults}))
 """
 
 
@@ -47,14 +46,23 @@ def _faults(policy: str) -> dict:
     return json.loads(run.stdout.splitlines()[-1])
 
 
+def _longest_quiet_run(faults, limit):
+    best = run = 0
+    for n in faults:
+        run = run + 1 if n < limit else 0
+        best = max(best, run)
+    return best
+
+
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="the policy applies to glibc's malloc only")
 def test_kept_memory_is_reused_instead_of_faulted_in_again():
-    pages = 10 * 128 * 2**20 // os.sysconf("SC_PAGESIZE")  # ten fresh 128 MB outputs
+    pages = 128 * 2**20 // os.sysconf("SC_PAGESIZE")  # one 128 MB output
     system, kept = _faults(hm.SYSTEM), _faults(hm.KEEP)
     assert not system["kept"] and kept["kept"]
-    # The system allocator maps each output anew: every page faults again on each call.
-    assert system["faults"] > pages // 2, system
-    # Kept: a freed output is a later call's output, already mapped (a late call may still grow
-    # the heap; most calls must not).
-    assert kept["faults"] < system["faults"] // 2, (kept, system)
+    # The system allocator maps each output anew: every call faults its pages in again.
+    assert min(system["faults"][1:]) > pages // 2, system
+    # Kept: freed outputs are reused. The heap still grows now and then (3 to 12 of 30 calls in
+    # our runs, early ones mostly; likely an aligned request needing a little more than a freed
+    # block of the same size), but runs of calls that fault nothing appear.
+    assert _longest_quiet_run(kept["faults"], pages // 10) >= 5, kept

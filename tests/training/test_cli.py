@@ -51,6 +51,14 @@ def test_cpu_devices_splits_the_host_and_the_default_mesh_uses_them(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+
+def test_host_memory_setting_trains_when_kept_and_a_bad_value_stops_before_any_write(tmp_path):
+    check_ok(run_cli(tmp_path / "kept", "run.steps=1", env={"OPD_JAX_HOST_MEMORY": "keep"}))
+    assert [m["step"] for m in metrics(tmp_path / "kept")] == [1]
+    proc = run_cli(tmp_path / "bad", env={"OPD_JAX_HOST_MEMORY": "sometimes"}, timeout=120)
+    assert proc.returncode == 2 and "OPD_JAX_HOST_MEMORY='sometimes'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad").exists()
+
 @pytest.mark.parametrize("override,named", [
     ("optim.lrr=1e-3", "optim.lrr"),  # unknown field
     ("optimizer.lr=1e-3", "optimizer.lr"),  # unknown section
