@@ -1,5 +1,6 @@
 """opd_jax.host_memory: the policy's parsing, and that kept memory stops per-call page faults."""
 
+import importlib.util
 import json
 import os
 import platform
@@ -66,3 +67,19 @@ def test_kept_memory_is_reused_instead_of_faulted_in_again():
     # our runs, early ones mostly: XLA's 64-byte-aligned requests are padded, so a freed block of
     # the same size does not fit until neighbours merge), but runs of calls that fault nothing appear.
     assert _longest_quiet_run(kept["faults"], pages // 10) >= 5, kept
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the benchmark's children set glibc's malloc")
+def test_growth_benchmark_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("host_memory_growth",
+                                                  os.path.join(REPO, "benchmarks", "host_memory_growth.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--smoke"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith(("| system", "| keep"))}
+    assert set(rows) == {"system", "keep"}, out
+    growth = [line for line in out.splitlines() if line.startswith("- alignment")]
+    assert [line.split(":")[0] for line in growth] == ["- alignment 16", "- alignment 64"], out
+    assert all(len(json.loads(line.split(": ", 1)[1])) == 4 for line in growth), out
