@@ -5,21 +5,21 @@ model's train step) with ``malloc`` from its worker threads, and frees them when
 glibc serves blocks that large with a fresh ``mmap`` and hands them back to the kernel with
 ``munmap`` when they are freed, so the next call touches brand-new pages again: ~2.2 GB of page
 faults per ~100M train step (4 x 256 tokens). On the virtual machine of our benchmarks a fault on
-memory new to the process is slow, and that took the step from 2.3 s to 2.7-7.9 s (BENCHMARKS.md).
+memory new to the process is slow, and that took the step from 2.2 s to 2.9 s alone, to
+7.9 s beside PyTorch in ``benchmarks/bench_model.py`` (BENCHMARKS.md).
 
 With ``OPD_JAX_HOST_MEMORY=keep``, ``keep_freed_memory()`` tells glibc to serve every thread from
 its one main heap (``M_ARENA_MAX`` 1: a thread's own arena would still ``mmap`` blocks above
 its 64 MB heaps), never to ``mmap`` a block (``M_MMAP_MAX`` 0) and never to give the top of the
 heap back to the kernel (``M_TRIM_THRESHOLD`` -1). Freed blocks are then reused by later calls.
 
-The price, measured: the process keeps the memory of its largest calls until it exits, and the
-heap grows past them. A ~100M train step's resident memory grew from 4.6 to 8.8 GB over 30 steps
-(the system allocator: 4.9 GB), each growth a slow step of its own. The cause, reproduced with
-``posix_memalign`` alone (glibc 2.36): XLA asks for 64-byte-aligned blocks, glibc pads such a
-request by the alignment, so a freed block of the same size never fits the next request until
-neighbours merge; a loop of 128 MB blocks grew the heap 9 times (1.15 GB) before it settled,
-against twice with 16-byte alignment. That is why it is opt-in: the default, ``system``, leaves
-the allocator as it is.
+The price, measured (``benchmarks/host_memory_growth.py``): the process keeps the memory of its
+largest calls until it exits, and the heap grows past them. A ~100M train step's resident memory
+grew from 3.7 to 7.9 GB over 30 steps (the system allocator: 3.7 GB throughout), each growth a
+slow step of its own. The cause is glibc's aligned allocation (2.36): XLA asks for 64-byte-aligned
+blocks and glibc pads such a request by the alignment, so a freed block of the same size does not
+fit the next request; a loop of 128 MB blocks holds two at 16-byte alignment and keeps growing at
+64. That is why it is opt-in: the default, ``system``, leaves the allocator as it is.
 
 It must run before JAX creates its CPU client (the first array, device query or compile): a
 worker thread keeps the arena it first allocated from. Our entry points call it first thing.
