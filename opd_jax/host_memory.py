@@ -5,7 +5,7 @@ model's train step) with ``malloc`` from its worker threads, and frees them when
 glibc serves blocks that large with a fresh ``mmap`` and hands them back to the kernel with
 ``munmap`` when they are freed, so the next call touches brand-new pages again: ~2.2 GB of page
 faults per ~100M train step (4 x 256 tokens). On the virtual machine of our benchmarks a fault on
-memory new to the process is slow, and that took the step from 2.2 s to 2.9 s alone, to
+memory new to the process is slow, and that took the step from 2.2 s to 2.7 s alone, to
 7.9 s beside PyTorch in ``benchmarks/bench_model.py`` (BENCHMARKS.md).
 
 With ``OPD_JAX_HOST_MEMORY=keep``, ``keep_freed_memory()`` tells glibc to serve every thread from
@@ -15,8 +15,8 @@ heap back to the kernel (``M_TRIM_THRESHOLD`` -1). Freed blocks are then reused 
 
 The price, measured (``benchmarks/host_memory_growth.py``): the process keeps the memory of its
 largest calls until it exits, and the heap grows past them. A ~100M train step's resident memory
-grew from 3.7 to 7.9 GB over 30 steps (the system allocator: 3.7 GB throughout), each growth a
-slow step of its own. The cause is glibc's aligned allocation (2.36): XLA asks for 64-byte-aligned
+grew from 3.9 to 6.0 GB over 30 steps in one run and from 3.7 to 7.9 GB in another (the system
+allocator: flat), each growth a slow step of its own. The cause is glibc's aligned allocation (2.36): XLA asks for 64-byte-aligned
 blocks and glibc pads such a request by the alignment, so a freed block of the same size does not
 fit the next request; a loop of 128 MB blocks holds two at 16-byte alignment and keeps growing at
 64. That is why it is opt-in: the default, ``system``, leaves the allocator as it is.

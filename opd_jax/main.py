@@ -100,13 +100,12 @@ def main(argv=None) -> int:
         import jax  # before anything touches a device: JAX reads this when it creates the CPU client
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     init_distributed(args)
-    from opd_jax import compile_cache, host_memory
-    try:
-        host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
+    from opd_jax import process
+    try:  # the allocator policy and the compilation cache (a second run starts without compiling)
+        process.prepare()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    compile_cache.enable()  # a second run with the same shapes starts without compiling
     try:
         module, exp = resolve(args)
     except (ValueError, FileNotFoundError, AttributeError) as e:

@@ -104,9 +104,8 @@ def run(a) -> dict:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from opd_jax import compile_cache, host_memory
-    host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
-    compile_cache.enable()
+    from opd_jax import process
+    process.prepare()  # allocator policy and compilation cache, before JAX starts
     try:
         result = run(a)
     except (ValueError, OSError, FloatingPointError) as e:

@@ -255,9 +255,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import os
 
-    from opd_jax import compile_cache, host_memory
-    host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
-    compile_cache.enable()
+    from opd_jax import process
+    process.prepare()  # allocator policy and compilation cache, before JAX starts
 
     from opd_jax.config import write_json
     from opd_jax.data import load_examples

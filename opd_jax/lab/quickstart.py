@@ -136,9 +136,8 @@ def main(argv=None) -> dict:
             jax.config.update("jax_num_cpu_devices", a.cpu_devices)
         except RuntimeError:
             pass
-    from opd_jax import compile_cache, host_memory
-    host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
-    compile_cache.enable()
+    from opd_jax import process
+    process.prepare()  # allocator policy and compilation cache, before JAX starts
     lab, arms, schedule = lab_and_arms(a)
     seeds = list(range(a.seeds))
     arm = arms[0]

@@ -306,9 +306,8 @@ def main(argv=None):
         print(listing(a.mode, a.results))
         return
     if not a.table:
-        from opd_jax import compile_cache, host_memory
-        host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
-        compile_cache.enable()  # every arm's Trainer compiles the same programs
+        from opd_jax import process
+        process.prepare()  # every arm's Trainer compiles the same programs
         for name in a.names or NAMES:
             run(name, a.mode, results=a.results, lab_root=a.lab_root)
     if refresh(a.readme, a.results):

@@ -260,9 +260,8 @@ def main(argv=None):
     unknown = [n for n in names if n not in setting.recipes]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; known: {sorted(setting.recipes)}")
-    from opd_jax import compile_cache, host_memory
-    host_memory.keep_freed_memory()  # before JAX's CPU client exists (see host_memory)
-    compile_cache.enable()
+    from opd_jax import process
+    process.prepare()  # allocator policy and compilation cache, before JAX starts
     for name in names:
         if a.command == "build":
             build(name, setting, models=a.models, data_dir=a.data)
