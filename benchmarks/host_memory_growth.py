@@ -4,7 +4,7 @@ many steps, and why the kept heap grows.
 Each measurement runs in a fresh child process (the allocator policy must be set before anything
 allocates):
 
-1. ``train``: donated train steps (next-token cross-entropy, AdamW, as ``bench_model.py``) of a
+1. ``train``: ``bench_model.py``'s donated train steps (next-token cross-entropy, AdamW) of a
    ``benchmarks.common`` config, under each policy: seconds, minor page faults and resident
    memory after every step.
 2. ``aligned``: glibc alone, through ctypes, with the kept policy. A loop allocates a 128 MB block
@@ -31,32 +31,20 @@ _TRAIN = """
 import json, os, resource, sys, time
 from opd_jax import host_memory
 kept = host_memory.keep_freed_memory()
-import jax, jax.numpy as jnp, numpy as np, optax
+import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from opd_jax.models import Transformer, ModelConfig
+from benchmarks.bench_model import jax_fns
 from benchmarks.common import CONFIGS
 name, steps, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cfg = ModelConfig.from_hf(dict(CONFIGS[name], model_type="qwen3"))
-graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+params, opt, _, step = jax_fns(Transformer(cfg, rngs=nnx.Rngs(0)))  # bench_model's donated step
 tokens = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, seq)), jnp.int32)
 positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
-tx = optax.adamw(1e-5)
-
-def loss_fn(p):
-    logits = nnx.merge(graphdef, p)(tokens, positions)[0][:, :-1]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-@jax.jit(donate_argnums=(0, 1))
-def step(p, o):
-    loss, grads = jax.value_and_grad(loss_fn)(p)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
-opt = tx.init(params)
 rows = []
 for i in range(steps + 1):  # step 0 compiles
     faults, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    params, opt, loss = step(params, opt)
+    params, opt, loss = step(params, opt, tokens, positions)
     loss.block_until_ready()
     rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGESIZE")
     rows.append(dict(s=time.perf_counter() - t, faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
