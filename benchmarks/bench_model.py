@@ -14,9 +14,10 @@ with float32 accumulation, the loss in float32); PyTorch runs its float32 model 
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. The logit difference is then each side's
 bf16 forward against PyTorch's float32 one.
 
-Our train step donates its state, as opd_jax's Trainer does. ``OPD_JAX_HOST_MEMORY=keep`` (see
-``opd_jax.host_memory``) keeps freed host memory in the process for reuse; it is a process-wide
-setting, so it applies to both sides, and the header says which was in force.
+Our train step donates its state, as opd_jax's Trainer does. ``$OPD_JAX_HOST_MEMORY`` (see
+``opd_jax.host_memory``: ``hugepages`` by default, ``keep`` or ``system``) sets how the C
+allocator serves large blocks; it is process-wide, so it applies to both sides, and the header
+says which was in force.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from opd_jax import host_memory, process  # noqa: E402
+
+if __name__ == "__main__":
+    process.relaunch()  # under the host-memory policy's environment, before anything heavy loads
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,7 +45,6 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from opd_jax import host_memory  # noqa: E402
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from benchmarks.common import CONFIGS, time_call  # noqa: E402
 
@@ -145,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="compute dtype of both sides (bfloat16: float32 weights, bf16 products)")
     args = parser.parse_args(argv)
-    kept = host_memory.keep_freed_memory()  # before JAX's CPU client exists; applies to both sides
+    host_memory.keep_freed_memory()  # before JAX's CPU client exists; applies to both sides
     names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
     if args.smoke:
         names, batch, seq, reps = ["tiny"], 2, 16, 3
@@ -162,7 +167,7 @@ def main(argv=None):
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; "
-          f"freed host memory {'kept for reuse' if kept else 'returned to the OS'} (opd_jax.host_memory); "
+          f"host memory: {host_memory.in_effect()}; "
           + ("float32\n" if args.dtype == "float32" else
              "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
     diff_cols = ("| max logit diff |" if args.dtype == "float32" else

@@ -33,13 +33,17 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from opd_jax import host_memory, process  # noqa: E402
+
+if __name__ == "__main__":
+    process.relaunch()  # under the host-memory policy's environment (opd_jax.host_memory), before JAX loads
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from opd_jax import host_memory  # noqa: E402
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
 from opd_jax.sharding import make_mesh  # noqa: E402
@@ -153,7 +157,7 @@ def main(argv=None):
                         help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
                              "OpenMP spin-waiting that makes PyTorch look far slower than it is")
     args = parser.parse_args(argv)
-    kept = host_memory.keep_freed_memory()  # $OPD_JAX_HOST_MEMORY, before JAX's CPU client exists
+    host_memory.keep_freed_memory()  # $OPD_JAX_HOST_MEMORY, before JAX's CPU client exists
     if args.cpu_devices < 1:
         parser.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
     if args.cpu_devices > 1:  # before JAX creates its CPU client (nothing above touched a device)
@@ -187,7 +191,7 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
           f"{new_tokens} new tokens, medians of {reps} alternating runs; {args.dtype}"
-          + ("; freed host memory kept for reuse (opd_jax.host_memory)\n" if kept else "\n"))
+          f"; host memory: {host_memory.in_effect()}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
           "over CPU devices | ratio | same rows | same tokens |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -1,12 +1,12 @@
-"""What ``OPD_JAX_HOST_MEMORY=keep`` costs and buys: resident memory and time of a train step over
-many steps, and why the kept heap grows.
+"""What each ``$OPD_JAX_HOST_MEMORY`` policy costs and buys: resident memory, page faults and time of
+a train step over many steps, and why the ``keep`` policy's heap grows.
 
 Each measurement runs in a fresh child process (the allocator policy must be set before anything
 allocates):
 
 1. ``train``: ``bench_model.py``'s donated train steps (next-token cross-entropy, AdamW) of a
-   ``benchmarks.common`` config, under each policy: seconds, minor page faults and resident
-   memory after every step.
+   ``benchmarks.common`` config, under each policy (``system``, ``hugepages``, ``keep``): seconds,
+   minor page faults and resident memory after every step.
 2. ``aligned``: glibc alone, through ctypes, with the kept policy. A loop allocates a 128 MB block
    with ``posix_memalign``, a small block after it, and frees the previous big block: how far the
    heap has grown after each iteration, for 16- and 64-byte alignment (XLA:CPU asks for 64).
@@ -26,6 +26,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from opd_jax import host_memory  # noqa: E402
 
 _TRAIN = """
 import json, os, resource, sys, time
@@ -49,7 +52,7 @@ for i in range(steps + 1):  # step 0 compiles
     rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGESIZE")
     rows.append(dict(s=time.perf_counter() - t, faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
                      rss_gb=rss / 2**30))
-print(json.dumps({"kept": kept, "rows": rows}))
+print(json.dumps({"kept": kept, "in_effect": host_memory.in_effect(), "rows": rows}))
 """
 
 _ALIGNED = """
@@ -78,6 +81,8 @@ print(json.dumps(growth))
 
 def child(program: str, *args, policy: str = "keep") -> dict | list:
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", OPD_JAX_HOST_MEMORY=policy)
+    env.pop("GLIBC_TUNABLES", None)  # this process's own, set by the hugepages policy
+    env = host_memory.relaunch_environment(env) or env  # what `python -m opd_jax...` would start under
     run = subprocess.run([sys.executable, "-c", program, *map(str, args)], env=env, cwd=REPO,
                          capture_output=True, text=True)
     if run.returncode != 0:
@@ -102,15 +107,16 @@ def main(argv=None):
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"{os.cpu_count()} CPUs; {a.config}, batch {a.batch} x {a.seq}, {a.steps} donated train steps "
           "after the compiling one, each policy in a fresh process\n")
-    print("| policy | median step s | slowest step s | median faults / step | resident GB: after step 1 | "
-          "at the end | steps that grew it |")
-    print("|---|---|---|---|---|---|---|")
-    for policy in ("system", "keep"):
-        rows = child(_TRAIN, a.config, a.steps, a.batch, a.seq, policy=policy)["rows"][1:]
+    print("| policy | in effect | compiling step s | median step s | slowest step s | median faults / step | "
+          "resident GB: after step 1 | peak | at the end |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for policy in (host_memory.SYSTEM, host_memory.HUGEPAGES, host_memory.KEEP):
+        out = child(_TRAIN, a.config, a.steps, a.batch, a.seq, policy=policy)
+        first, rows = out["rows"][0], out["rows"][1:]
         rss = [r["rss_gb"] for r in rows]
-        grew = sum(b > a_ + 0.05 for a_, b in zip(rss, rss[1:]))
-        print(f"| {policy} | {statistics.median(r['s'] for r in rows):.2f} | {max(r['s'] for r in rows):.2f} | "
-              f"{statistics.median(r['faults'] for r in rows):,.0f} | {rss[0]:.2f} | {rss[-1]:.2f} | {grew} |")
+        print(f"| {policy} | {out['in_effect']} | {first['s']:.2f} | {statistics.median(r['s'] for r in rows):.2f} | "
+              f"{max(r['s'] for r in rows):.2f} | {statistics.median(r['faults'] for r in rows):,.0f} | "
+              f"{rss[0]:.2f} | {max(rss):.2f} | {rss[-1]:.2f} |")
     print("\nglibc alone, kept policy: heap growth (MB) after each iteration of a loop that allocates "
           "128 MB with posix_memalign and frees the previous block\n")
     for align in (16, 64):
