@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
-from benchmarks.common import CONFIGS, time_call  # noqa: E402
+from benchmarks.common import CONFIGS, command_line, time_call  # noqa: E402
 
 LR = 1e-5
 
@@ -163,7 +162,7 @@ def main(argv=None):
         for name in names:
             rows += bench_config(name, batch, seq, reps, workdir, args.dtype)
 
-    print(f"\ncommand: python {shlex.join(sys.argv)}")
+    print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
 from opd_jax.sharding import make_mesh  # noqa: E402
 from benchmarks import tunix_peer  # noqa: E402
-from benchmarks.common import CONFIGS, PAD, prompts, time_call  # noqa: E402
+from benchmarks.common import CONFIGS, command_line, PAD, prompts, time_call  # noqa: E402
 
 
 
@@ -185,7 +184,7 @@ def main(argv=None):
                 rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature,
                                       args.cpu_devices, tunix))
 
-    print(f"\ncommand: python {shlex.join(sys.argv)}")
+    print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "

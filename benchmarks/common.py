@@ -6,6 +6,9 @@ shape of Qwen3-0.6B (random weights; nothing is downloaded). Every config sets `
 1e6, Qwen3's own value and the one Tunix's model always uses (``benchmarks/tunix_peer.py``).
 """
 
+import os
+import shlex
+import sys
 import time
 
 import numpy as np
@@ -39,3 +42,9 @@ def time_call(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def command_line() -> str:
+    """How this benchmark was started, with the ``OPD_JAX_HOST_MEMORY`` it ran under if one was set."""
+    policy = os.environ.get("OPD_JAX_HOST_MEMORY")
+    return (f"OPD_JAX_HOST_MEMORY={shlex.quote(policy)} " if policy else "") + f"python {shlex.join(sys.argv)}"

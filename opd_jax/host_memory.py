@@ -12,7 +12,9 @@ benchmarks a fault is slow: it took the step from 2.2 s to 2.7-3.3 s alone in it
   its mapped blocks (the ``glibc.malloc.hugetlb=1`` tunable, glibc 2.35 and later, with the
   kernel's ``transparent_hugepage`` mode ``madvise`` or ``always``). A fresh block is then faulted
   in 2 MB at a time, 512 times fewer faults, and memory is still handed back as before: a ~100M
-  step took 2.3 s with ~2,000 faults and a flat resident size (``benchmarks/host_memory_growth.py``).
+  step alone took 2.13 s with ~1,500 faults and at most 4.0 GB resident (the system allocator:
+  2.65 s, 3.9 GB; ``benchmarks/host_memory_growth.py``). Beside PyTorch in one process it gains
+  less (0.88x PyTorch's step against 0.59x, ``bench_model.py``; BENCHMARKS.md).
   glibc reads tunables only when a process starts, so the process is started again with
   ``GLIBC_TUNABLES`` set (``relaunch_environment()``, used by ``opd_jax.process.relaunch()``):
   every ``python -m opd_jax…`` command does this when the package is imported, before anything heavy.
