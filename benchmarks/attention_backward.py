@@ -1,0 +1,102 @@
+"""The train step with attention's hand-written gradient (``opd_jax.models.ops.attention``) vs the
+same attention differentiated by JAX (``ops.attention_autodiff``): XLA's scratch memory for the
+step, and its time, both programs in one process, alternating (A B A B ...), medians.
+
+    python benchmarks/attention_backward.py                 # tiny and ~100M, batch 4 x 256
+    python benchmarks/attention_backward.py --smoke         # seconds: tiny, 2 x 16, 3 reps
+
+Each program is traced and compiled with its attention in place (``mock.patch``), then both run
+``bench_model.py``'s donated train step (next-token cross-entropy, AdamW) from the same weights.
+The loss columns are each program's loss after the last step: the same computation, so equal to
+float32 rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from unittest import mock
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from opd_jax import host_memory, process  # noqa: E402
+
+if __name__ == "__main__":
+    process.relaunch()  # under the host-memory policy's environment, before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from opd_jax.models import ModelConfig, Transformer, ops  # noqa: E402
+from benchmarks.bench_model import jax_fns  # noqa: E402
+from benchmarks.common import CONFIGS, command_line, time_call  # noqa: E402
+
+VARIANTS = {"hand-written": ops.attention, "autodiff": ops.attention_autodiff}
+
+
+def bench_config(name: str, batch: int, seq: int, reps: int) -> dict:
+    cfg = ModelConfig.from_hf(dict(CONFIGS[name], model_type="qwen3"))
+    tokens = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, seq)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    runs = {}
+    for label, attention in VARIANTS.items():
+        params, opt, _, step = jax_fns(Transformer(cfg, rngs=nnx.Rngs(0)))
+        with mock.patch.object(ops, "attention", attention):  # the model calls ops.attention when traced
+            compiled = step.lower(params, opt, tokens, positions).compile()
+        params, opt, loss = compiled(params, opt, tokens, positions)  # a first call, untimed
+        runs[label] = dict(state=[params, opt, loss], step=compiled, times=[],
+                           temp=compiled.memory_analysis().temp_size_in_bytes)
+
+    def call(run):
+        params, opt, _ = run["state"]
+        run["state"] = list(run["step"](params, opt, tokens, positions))
+        jax.block_until_ready(run["state"][2])
+
+    for _ in range(reps):
+        for run in runs.values():
+            run["times"].append(time_call(lambda: call(run)))
+    row = {"config": name, "shape": f"{batch}x{seq}"}
+    for label, run in runs.items():
+        row[label] = dict(ms=statistics.median(run["times"]) * 1e3, temp_mb=run["temp"] / 2**20,
+                          loss=float(run["state"][2]))
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="tiny,100m", help=f"comma-separated subset of {sorted(CONFIGS)}")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="tiny config, 2 x 16, 3 reps")
+    args = parser.parse_args(argv)
+    host_memory.keep_freed_memory()  # $OPD_JAX_HOST_MEMORY, before JAX's CPU client exists
+    names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
+    if args.smoke:
+        names, batch, seq, reps = ["tiny"], 2, 16, 3
+    for n in names:
+        if n not in CONFIGS:
+            parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
+    if reps < 1:
+        parser.error(f"--reps must be >= 1, got {reps}")
+    rows = [bench_config(n, batch, seq, reps) for n in names]
+
+    print(f"\ncommand: {command_line()}")
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), {os.cpu_count()} CPUs; float32; medians of "
+          f"{reps} alternating train steps; host memory: {host_memory.in_effect()}\n")
+    print("| config | batch x seq | step ms: hand-written | autodiff | speed-up | XLA scratch MB: hand-written | "
+          "autodiff | final loss: hand-written | autodiff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        h, a = r["hand-written"], r["autodiff"]
+        print(f"| {r['config']} | {r['shape']} | {h['ms']:.1f} | {a['ms']:.1f} | {a['ms'] / h['ms']:.2f}x | "
+              f"{h['temp_mb']:.1f} | {a['temp_mb']:.1f} | {h['loss']:.6f} | {a['loss']:.6f} |")
+
+
+if __name__ == "__main__":
+    main()
