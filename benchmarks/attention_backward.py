@@ -34,7 +34,7 @@ from flax import nnx  # noqa: E402
 
 from opd_jax.models import ModelConfig, Transformer, ops  # noqa: E402
 from benchmarks.bench_model import jax_fns  # noqa: E402
-from benchmarks.common import CONFIGS, command_line, time_call  # noqa: E402
+from benchmarks.common import CONFIGS, command_line, sizes, time_call  # noqa: E402
 
 VARIANTS = {"hand-written": ops.attention, "autodiff": ops.attention_autodiff}
 
@@ -76,14 +76,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny config, 2 x 16, 3 reps")
     args = parser.parse_args(argv)
     host_memory.keep_freed_memory()  # $OPD_JAX_HOST_MEMORY, before JAX's CPU client exists
-    names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
-    if args.smoke:
-        names, batch, seq, reps = ["tiny"], 2, 16, 3
-    for n in names:
-        if n not in CONFIGS:
-            parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
-    if reps < 1:
-        parser.error(f"--reps must be >= 1, got {reps}")
+    names, batch, seq, reps = sizes(parser, args)
     rows = [bench_config(n, batch, seq, reps) for n in names]
 
     print(f"\ncommand: {command_line()}")

@@ -45,7 +45,7 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
-from benchmarks.common import CONFIGS, command_line, time_call  # noqa: E402
+from benchmarks.common import CONFIGS, command_line, sizes, time_call  # noqa: E402
 
 LR = 1e-5
 
@@ -150,12 +150,7 @@ def main(argv=None):
                         help="compute dtype of both sides (bfloat16: float32 weights, bf16 products)")
     args = parser.parse_args(argv)
     host_memory.keep_freed_memory()  # before JAX's CPU client exists; applies to both sides
-    names, batch, seq, reps = args.configs.split(","), args.batch, args.seq, args.reps
-    if args.smoke:
-        names, batch, seq, reps = ["tiny"], 2, 16, 3
-    for n in names:
-        if n not in CONFIGS:
-            parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
+    names, batch, seq, reps = sizes(parser, args)
 
     rows = []
     with tempfile.TemporaryDirectory() as workdir:

@@ -48,3 +48,17 @@ def command_line() -> str:
     """How this benchmark was started, with the ``OPD_JAX_HOST_MEMORY`` it ran under if one was set."""
     policy = os.environ.get("OPD_JAX_HOST_MEMORY")
     return (f"OPD_JAX_HOST_MEMORY={shlex.quote(policy)} " if policy else "") + f"python {shlex.join(sys.argv)}"
+
+
+def sizes(parser, args) -> tuple[list[str], int, int, int]:
+    """``--configs``, ``--batch``, ``--seq`` and ``--reps`` of a train-step benchmark, or with
+    ``--smoke`` the tiny config at 2 x 16 for 3 reps; an unknown config or no reps is a usage error."""
+    if args.smoke:
+        return ["tiny"], 2, 16, 3
+    names = args.configs.split(",")
+    for n in names:
+        if n not in CONFIGS:
+            parser.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
+    if args.reps < 1:
+        parser.error(f"--reps must be >= 1, got {args.reps}")
+    return names, args.batch, args.seq, args.reps
