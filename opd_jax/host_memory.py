@@ -14,7 +14,8 @@ benchmarks a fault is slow: it took the step from 2.2 s to 2.7-3.3 s alone in it
   in 2 MB at a time, 512 times fewer faults, and memory is still handed back as before: a ~100M
   step alone took 2.13 s with ~1,500 faults and at most 4.0 GB resident (the system allocator:
   2.65 s, 3.9 GB; ``benchmarks/host_memory_growth.py``). Beside PyTorch in one process it gains
-  less (0.88x PyTorch's step against 0.59x, ``bench_model.py``; BENCHMARKS.md).
+  less: ``bench_model.py``'s ~100M step at 0.93x PyTorch's, against 0.59x with the system
+  allocator and 1.56x kept (BENCHMARKS.md).
   glibc reads tunables only when a process starts, so the process is started again with
   ``GLIBC_TUNABLES`` set (``relaunch_environment()``, used by ``opd_jax.process.relaunch()``):
   every ``python -m opd_jax…`` command does this when the package is imported, before anything heavy.
