@@ -82,6 +82,14 @@ def parse_value(text: str, tp, name: str):
                 if str(option) == text:
                     return option
             raise ConfigOverrideError(f"{name} must be one of {options}, got {text!r}")
+        if origin in (Union, types.UnionType):  # the first member type that reads it
+            errors = []
+            for member in typing.get_args(tp):
+                try:
+                    return parse_value(text, member, name)
+                except ConfigOverrideError as e:
+                    errors.append(str(e))
+            raise ConfigOverrideError("; ".join(errors))
         if origin is dict:  # a JSON object: {"enable_thinking": false}
             try:
                 value = json.loads(text)

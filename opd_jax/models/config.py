@@ -130,6 +130,18 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def decode_macs(self, cache_len: int) -> tuple[int, int]:
+        """Multiply-adds of one token's cached forward: ``(weight products, attention)``.
+
+        The weight products are every layer's projections and the output head; attention is
+        scores and weighted values over ``cache_len`` cache slots in every layer (norms, RoPE and
+        softmax are left out). The ratio says how much a shorter cache can save a decode step.
+        """
+        D, L = self.hidden_size, self.num_layers
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        weights = L * (D * (q + 2 * kv) + q * D + 3 * D * self.intermediate_size) + D * self.vocab_size
+        return weights, L * 2 * q * cache_len
+
     # ------------------------------------------------------------------ HF interop
     @classmethod
     def from_hf(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides) -> ModelConfig:

@@ -9,6 +9,7 @@ there: parameters stay with the trainer, prompts with the caller.
 
 The cache grows in phases (``SamplerConfig.cache_phases``): one ``while_loop`` per cache size,
 the cache padded to the next size between them, so that early steps attend over fewer slots.
+``"auto"`` decides from the models' shapes: phases only where attention is a real share of a step.
 
 The prompts go through the model's scanned full-sequence forward once (``model.prefill``); the
 decode steps through ``model.decoder()``, built once before the loop: per-layer weights that the
@@ -126,6 +127,16 @@ def _prefill(model, prompts_BP, mask_BP, positions_BP, cache_len: int, cache_dty
     return shard(_repeat_rows(logits_BV, n), "batch", "vocab"), _shard_cache(_repeat_rows(cache, n))
 
 
+def _attention_share(models, cache_len: int) -> float | None:
+    """Attention's share of the models' decode multiply-adds at a full cache (None for a model
+    without ``cfg.decode_macs``: a test fake)."""
+    macs = [getattr(getattr(m, "cfg", None), "decode_macs", None) for m in models]
+    if any(m is None for m in macs):
+        return None
+    weights, attention = (sum(parts) for parts in zip(*(m(cache_len) for m in macs)))
+    return attention / (weights + attention)
+
+
 def _decoder(model, max_positions: int, layer_ids):
     """What the decode loop calls: ``model.decoder()`` (per-layer weights, built once) if it has one."""
     return model.decoder(max_positions, layer_ids) if hasattr(model, "decoder") else model
@@ -200,7 +211,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     model = nnx.merge(graphdef, params)
     teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
     cache_len = cfg.cache_size(P)
-    capacities = cfg.cache_capacities(P)  # the cache grows through these sizes to cache_len
+    share = _attention_share([model] if teacher is None else [model, teacher], cache_len)
+    capacities = cfg.cache_capacities(P, share)  # the cache grows through these sizes to cache_len
     positions_BP = _positions(mask_BP)
     prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, capacities[0], cfg.cache_dtype, n,
                                  layer_ids)

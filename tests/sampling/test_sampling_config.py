@@ -47,6 +47,7 @@ def test_config_is_frozen_and_hashable():
     (dict(max_new_tokens=40, new_token_buckets=(16, 32)), "new_token_buckets"),
     (dict(cache_len=0), "cache_len"),
     (dict(cache_phases=0), "cache_phases"),
+    (dict(cache_phases="many"), "cache_phases"),
 ])
 def test_bad_config_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -73,6 +74,38 @@ def test_cache_capacities():
     assert SamplerConfig(max_new_tokens=64).cache_capacities(16) == (48, 80)
     assert SamplerConfig(max_new_tokens=100, cache_len=40).cache_capacities(8) == (40,)
     assert SamplerConfig(max_new_tokens=1000, cache_len=200).cache_capacities(8) == (56, 104, 152, 200)
+
+
+def test_auto_cache_phases_follow_attention_share():
+    """``"auto"``: 4 phases unless attention is known to be under 5% of a decode step; an int is kept."""
+    cfg = SamplerConfig(max_new_tokens=100)
+    assert cfg.cache_phases == "auto"
+    assert [cfg.phases(share) for share in (None, 0.049, 0.05, 0.5)] == [4, 1, 4, 4]
+    assert cfg.cache_capacities(32, 0.01) == (160,) and cfg.cache_capacities(32, 0.2) == (64, 96, 128, 160)
+    assert [cfg.replace(cache_phases=2).phases(share) for share in (None, 0.01, 0.5)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_sampler_picks_phases_from_the_model(wide):
+    """The same sampler config decodes in 4 loops (the program of ``cache_phases=4``) for a model
+    whose attention is a large share of a step (the tiny model, ~50% at 160 slots) and in one for
+    a model dominated by its weights."""
+    model_cfg = tiny_config("qwen3")
+    if wide:  # weights 64x the tiny model's products per token, attention 4x
+        model_cfg = model_cfg.replace(hidden_size=384, intermediate_size=1536, vocab_size=4096)
+    weights, attention = model_cfg.decode_macs(160)
+    assert (attention / (weights + attention) < 0.05) == wide
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    sds = jax.ShapeDtypeStruct
+    loops = {}
+    for phases in ("auto", 1, 4):
+        text = sample_program.trace(
+            graphdef, params, sds((2, 32), np.int32), sds((2, 32), np.bool_), jax.random.key(0),
+            sds((2,), np.int32), np.int32(128), np.float32(0), None, None,
+            cfg=SamplerConfig(max_new_tokens=128, cache_phases=phases)).lower().as_text()
+        loops[phases] = text.count("stablehlo.while")
+    assert loops[4] == loops[1] + 3, loops
+    assert loops["auto"] == loops[1 if wide else 4], loops
 
 
 def test_no_retrace_within_a_bucket():
@@ -192,7 +225,7 @@ def test_decode_loop_copies_no_weights_and_no_cache(param_dtype):
     model_cfg = tiny_config("llama", num_layers=3, param_dtype=param_dtype, dtype="float32")
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
     B, P = 4, 2
-    cfg = SamplerConfig(max_new_tokens=64, prompt_buckets=(P,), new_token_buckets=(64,))
+    cfg = SamplerConfig(max_new_tokens=64, prompt_buckets=(P,), new_token_buckets=(64,), cache_phases=4)
     sds = jax.ShapeDtypeStruct
     text = sample_program.trace(
         graphdef, params, sds((B, P), np.int32), sds((B, P), np.bool_), jax.random.key(0), sds((B,), np.int32),
