@@ -4,9 +4,13 @@ costs or saves in decode speed.
 
     python benchmarks/sampler_compile.py                       # tiny and 100m, batch 64, 1/2/4 phases
     python benchmarks/sampler_compile.py --configs 100m --batch 1 --phases 1,4
+    python benchmarks/sampler_compile.py --phases auto --opt-levels default,1,default,1   # LLVM level
 
-Each setting runs in this process in turn (nothing is cached between them: the persistent
-compilation cache is not enabled here). Decode speed is the median of ``--reps`` calls after the
+``--opt-levels``: XLA's ``xla_backend_optimization_level`` for each setting ("default": XLA's own;
+``sample`` compiles at ``sampler.CPU_COMPILER_OPTIONS`` on CPU), repeated to alternate.
+
+Each setting runs in this process in turn (nothing is cached between them: the in-memory caches
+are cleared and the persistent compilation cache is not enabled here). Decode speed is the median of ``--reps`` calls after the
 first; greedy, prompts of 16..32 tokens, 128 new tokens, as ``bench_sampler.py``.
 """
 
@@ -33,9 +37,10 @@ from benchmarks.bench_sampler import build  # noqa: E402
 from benchmarks.common import CONFIGS, PAD, prompts, time_call  # noqa: E402
 
 
-def measure(graphdef, params, name: str, batch: int, phases: int, reps: int) -> dict:
+def measure(graphdef, params, name: str, batch: int, phases, reps: int, opt_level: str = "default") -> dict:
     tokens, mask = prompts(batch, 32, CONFIGS[name]["vocab_size"])
     cfg = SamplerConfig(max_new_tokens=128, temperature=0.0, pad_id=PAD, cache_phases=phases)
+    jax.clear_caches()  # a repeated setting traces and compiles again
     args = (graphdef, params, tokens, mask, jax.random.key(0), np.arange(batch, dtype=np.int32),
             np.int32(128), np.float32(0.0), None, None, S.layer_ids(graphdef, params))
     t0 = time.perf_counter()
@@ -43,14 +48,15 @@ def measure(graphdef, params, name: str, batch: int, phases: int, reps: int) -> 
     t1 = time.perf_counter()
     lowered = traced.lower()
     t2 = time.perf_counter()
-    compiled = lowered.compile()
+    options = {} if opt_level == "default" else {"xla_backend_optimization_level": int(opt_level)}
+    compiled = lowered.compile(compiler_options=options)
     t3 = time.perf_counter()
     text = lowered.as_text()
     dynamic = args[1:8] + args[9:]  # the graph definitions are static
     run = lambda: jax.block_until_ready(compiled(*dynamic))  # noqa: E731
     first = time_call(run)
     med = statistics.median(time_call(run) for _ in range(reps))
-    return dict(config=name, batch=batch, phases=phases, trace=t1 - t0, lower=t2 - t1, compile=t3 - t2,
+    return dict(config=name, batch=batch, phases=phases, opt_level=opt_level, trace=t1 - t0, lower=t2 - t1, compile=t3 - t2,
                 first_extra=first - med, run=med, tps=batch * 128 / med, loops=text.count("stablehlo.while"),
                 dots=text.count("dot_general"))
 
@@ -59,7 +65,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="tiny,100m")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--phases", default="1,2,4", help="comma-separated cache_phases settings")
+    parser.add_argument("--phases", default="1,2,4", help="comma-separated cache_phases settings (or auto)")
+    parser.add_argument("--opt-levels", default="default", help="comma-separated LLVM optimization levels")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     rows = []
@@ -68,16 +75,17 @@ def main(argv=None):
             parser.error(f"unknown config {name!r}; known: {sorted(CONFIGS)}")
         with tempfile.TemporaryDirectory() as workdir:  # the checkpoint of bench_sampler.py
             graphdef, params = nnx.split(build(name, workdir)[1], nnx.Param)
-        for phases in (int(p) for p in args.phases.split(",")):
-            rows.append(measure(graphdef, params, name, args.batch, phases, args.reps))
+        for phases in (p if p == "auto" else int(p) for p in args.phases.split(",")):
+            for level in args.opt_levels.split(","):
+                rows.append(measure(graphdef, params, name, args.batch, phases, args.reps, level))
     print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), {os.cpu_count()} CPUs; greedy, float32, "
           f"batch {args.batch}, 128 new tokens; run time: median of {args.reps} calls after the first\n")
-    print("| config | cache phases | trace s | lower s | XLA compile s | first call beyond a run, s "
+    print("| config | cache phases | LLVM opt level | trace s | lower s | XLA compile s | first call beyond a run, s "
           "| while loops | dot products | run ms | tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['phases']} | {r['trace']:.2f} | {r['lower']:.2f} | {r['compile']:.2f} | "
+        print(f"| {r['config']} | {r['phases']} | {r['opt_level']} | {r['trace']:.2f} | {r['lower']:.2f} | {r['compile']:.2f} | "
               f"{r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['run'] * 1e3:.0f} | {r['tps']:,.0f} |")
 
 

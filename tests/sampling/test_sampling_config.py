@@ -283,3 +283,21 @@ def test_layer_slicing_kernels_do_not_grow_with_depth():
             counts[layers, runtime] = _distinct_fusions(text)
     assert counts[5, True] == counts[10, True], counts
     assert counts[10, False] > counts[5, False] > counts[5, True], counts
+
+
+def test_cpu_program_samples_what_the_default_program_samples():
+    """On CPU ``sample`` runs ``cpu_sample_program`` (compiled at ``CPU_COMPILER_OPTIONS``); it draws
+    the same tokens, with the same log-probabilities, as the program at XLA's default options."""
+    from opd_jax.sampling import sampler as S
+
+    model_cfg = tiny_config("qwen3")
+    graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(3)), nnx.Param)
+    assert S.program_for(params) is S.cpu_sample_program
+    assert S.cpu_sample_program is not S.sample_program
+    tokens, mask = left_padded(model_cfg.vocab_size, [3, 7, 5], 8)
+    cfg = SamplerConfig(max_new_tokens=40, temperature=1.0, top_k=20, prompt_buckets=(8,), new_token_buckets=(40,))
+    ours = sample(graphdef, params, tokens, mask, jax.random.key(1), cfg=cfg)
+    default = S.sample_program(graphdef, params, tokens, mask, jax.random.key(1), np.arange(3, dtype=np.int32),
+                               np.int32(40), np.float32(0), None, None, S.layer_ids(graphdef, params), cfg=cfg)
+    np.testing.assert_array_equal(ours.tokens, default.tokens)
+    np.testing.assert_allclose(ours.logp, default.logp, rtol=1e-5, atol=1e-6)
