@@ -10,8 +10,9 @@ costs or saves in decode speed.
 ``sample`` compiles at ``sampler.CPU_COMPILER_OPTIONS`` on CPU), repeated to alternate.
 
 Each setting runs in this process in turn (nothing is cached between them: the in-memory caches
-are cleared and the persistent compilation cache is not enabled here). Decode speed is the median of ``--reps`` calls after the
-first; greedy, prompts of 16..32 tokens, 128 new tokens, as ``bench_sampler.py``.
+are cleared and the persistent compilation cache is not enabled here). Decode speed is the median
+of ``--reps`` calls after the first; greedy, prompts of 16..32 tokens, 128 new tokens, as
+``bench_sampler.py``.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def measure(graphdef, params, name: str, batch: int, phases, reps: int, opt_leve
     run = lambda: jax.block_until_ready(compiled(*dynamic))  # noqa: E731
     first = time_call(run)
     med = statistics.median(time_call(run) for _ in range(reps))
-    return dict(config=name, batch=batch, phases=phases, opt_level=opt_level, trace=t1 - t0, lower=t2 - t1, compile=t3 - t2,
-                first_extra=first - med, run=med, tps=batch * 128 / med, loops=text.count("stablehlo.while"),
-                dots=text.count("dot_general"))
+    return dict(config=name, batch=batch, phases=phases, opt_level=opt_level, trace=t1 - t0, lower=t2 - t1,
+                compile=t3 - t2, first_extra=first - med, run=med, tps=batch * 128 / med,
+                loops=text.count("stablehlo.while"), dots=text.count("dot_general"))
 
 
 def main(argv=None):
@@ -85,8 +86,9 @@ def main(argv=None):
           "| while loops | dot products | run ms | tok/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['phases']} | {r['opt_level']} | {r['trace']:.2f} | {r['lower']:.2f} | {r['compile']:.2f} | "
-              f"{r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['run'] * 1e3:.0f} | {r['tps']:,.0f} |")
+        print(f"| {r['config']} | {r['phases']} | {r['opt_level']} | {r['trace']:.2f} | {r['lower']:.2f} | "
+              f"{r['compile']:.2f} | {r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['run'] * 1e3:.0f} | "
+              f"{r['tps']:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -349,5 +349,5 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
     # Only the buffer width is static; the requested length is a traced loop bound.
     static_cfg = cfg.replace(max_new_tokens=cfg.new_token_bucket(), prompt_buckets=(), new_token_buckets=())
     return program_for(params)(graphdef, params, prompts, prompt_mask, key, row_ids,
-                          np.int32(cfg.max_new_tokens), np.float32(mix), t_graphdef, t_params,
-                          layer_ids(graphdef, params, t_graphdef, t_params), cfg=static_cfg)
+                               np.int32(cfg.max_new_tokens), np.float32(mix), t_graphdef, t_params,
+                               layer_ids(graphdef, params, t_graphdef, t_params), cfg=static_cfg)
