@@ -76,3 +76,17 @@ def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path):
     got = cold.spawn("opd_jax", path, "tiny", 2, prompt_len=8, new_tokens=4)
     assert got["run"] > 0 and got["load"] > 0 and got["to_first"] > got["load"]
     assert got["compile"] > 5 * got["run"]  # a tiny model's program compiles in ~1 s, runs in ~ms
+
+
+@pytest.mark.slow
+def test_sampler_compile_smoke_compares_opt_levels(capsys):
+    """``sampler_compile.py`` compiles every (phases, LLVM level) setting afresh and prints a row
+    for each: the program (loops, products) does not depend on the level, only its compile."""
+    pytest.importorskip("torch")
+    _module("sampler_compile").main(["--configs", "tiny", "--batch", "2", "--phases", "auto,1",
+                                     "--opt-levels", "default,1,default", "--reps", "1"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |")]
+    assert [(r[1], r[2]) for r in rows] == [(p, level) for p in ("auto", "1") for level in ("default", "1", "default")]
+    assert all(float(r[5]) > 0.01 for r in rows)  # XLA compiled each, the repeated ones too: no cache hit
+    loops = {phases: {r[7] for r in rows if r[1] == phases} for phases in ("auto", "1")}  # while loops
+    assert len(loops["auto"]) == 1 == len(loops["1"]) and loops["auto"] != loops["1"], loops

@@ -45,7 +45,7 @@ class SamplerConfig:
     phases where attention over the full cache is at least ``AUTO_ATTENTION_SHARE`` of a decode
     step's multiply-adds (``ModelConfig.decode_macs``), else 1: at ~100M parameters and 160 slots
     (3%) the phases cost 1-2.5 s of compile and saved no decode time; at the tiny benchmark
-    model (11%) they saved 15%. Results do not depend on it.
+    model (20%) they saved 15%. Results do not depend on it.
     """
 
     max_new_tokens: int
