@@ -1,23 +1,13 @@
 """The GPU benchmark's bandwidth bound counts the right bytes, and its smoke run works on CPU."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from benchmark_scripts import load
+
 from opd_jax.models import Transformer, tiny_config
-
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_gpu.py")
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_gpu", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("tied,dtype", [(False, "float32"), (True, "bfloat16")])
@@ -29,13 +19,13 @@ def test_weight_bytes_are_the_matrices_a_decode_step_reads(tied, dtype):
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
     read = sum(np.prod(v.shape) for k, v in flat.items()
                if "norm" not in k and (tied or "embed" not in k))
-    assert _module().weight_bytes(cfg) == read * np.dtype(dtype).itemsize
+    assert load("bench_gpu").weight_bytes(cfg) == read * np.dtype(dtype).itemsize
 
 
 @pytest.mark.slow
 def test_smoke_run_prints_every_table(capsys):
     pytest.importorskip("torch")
-    _module().main(["--smoke"])
+    load("bench_gpu").main(["--smoke"])
     out = capsys.readouterr().out
     for head in ("| ceiling |", "| model | params | batch |", "| phase | s | model TFLOP/s | MFU |"):
         assert head in out

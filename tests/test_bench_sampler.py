@@ -1,20 +1,9 @@
 """The sampler benchmark's smoke run prints both tables; its Tunix peer (when installed) is fed
 the benchmark's prompts unchanged and decodes what our sampler decodes."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(_ROOT, "benchmarks", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmark_scripts import load as _module
 
 
 def test_the_id_tokenizer_round_trips_and_pad_rows_are_the_rows_holding_the_pad_id():

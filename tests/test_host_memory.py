@@ -1,7 +1,6 @@
 """opd_jax.host_memory and the relaunch: the policy's parsing, the tunable's environment, and that huge
 pages and kept memory each cut the per-call page faults of a large output."""
 
-import importlib.util
 import json
 import os
 import platform
@@ -9,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from benchmark_scripts import load
 
 from opd_jax import host_memory as hm
 from opd_jax import process
@@ -149,11 +149,7 @@ def test_python_m_opd_jax_starts_again_under_the_tunable_and_says_so():
 
 @pytest.mark.skipif(not GLIBC, reason="the benchmark's children set glibc's malloc")
 def test_growth_benchmark_smoke(capsys):
-    spec = importlib.util.spec_from_file_location("host_memory_growth",
-                                                  os.path.join(REPO, "benchmarks", "host_memory_growth.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--smoke"])
+    load("host_memory_growth").main(["--smoke"])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines()
             if line.startswith(("| system", "| hugepages", "| keep"))}

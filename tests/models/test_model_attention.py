@@ -80,13 +80,9 @@ def test_gradient_matches_finite_differences(argnum):
 
 
 def test_backward_benchmark_smoke(capsys):
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "attention_backward.py")
-    spec = importlib.util.spec_from_file_location("attention_backward", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--smoke"])
+    from benchmark_scripts import load
+
+    load("attention_backward").main(["--smoke"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2x16" and cells[4].endswith("x"), row
