@@ -18,7 +18,9 @@ costs that one device pays serially. PyTorch uses its default intra-op threads e
 (``from_pretrained(..., param_dtype="bfloat16")``), PyTorch's model cast with ``.to(bfloat16)``.
 Greedy tokens then agree only until the two sides' bf16 roundings first pick different
 arg-maxes, so the agreement columns measure that, not a fault (and ours split over devices
-is not required to match ours on one).
+is not required to match ours on one). ``--cache-dtype float32`` keeps our KV cache in float32
+beside bf16 weights (XLA:CPU runs bf16 attention by casting the whole cache to float32 on every
+step; a float32 cache is read as it is).
 """
 
 from __future__ import annotations
@@ -68,11 +70,11 @@ def build(name: str, workdir: str, dtype: str = "float32"):
 
 
 def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature, cpu_devices,
-              tunix=None) -> dict:
+              tunix=None, cache_dtype=None) -> dict:
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
     graphdef, params = nnx.split(ours, nnx.Param)
     cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=temperature, pad_id=PAD,
-                        prompt_buckets=(prompt_len,), new_token_buckets=(new_tokens,))
+                        prompt_buckets=(prompt_len,), new_token_buckets=(new_tokens,), cache_dtype=cache_dtype)
     key = jax.random.key(0)
     tokens_pt, mask_pt = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
@@ -151,6 +153,8 @@ def main(argv=None):
                              "(default: one per core; 1 = off)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="weights, products and KV cache of both sides")
+    parser.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"),
+                        help="our KV cache's dtype (default: the compute dtype, --dtype)")
     parser.add_argument("--no-tunix", action="store_true", help="leave out the Tunix peer columns")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
@@ -182,7 +186,7 @@ def main(argv=None):
                 os.path.join(workdir, name), CONFIGS[name], args.dtype, PAD, prompt_len, new_tokens)
             for batch in batches:
                 rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature,
-                                      args.cpu_devices, tunix))
+                                      args.cpu_devices, tunix, args.cache_dtype))
 
     print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
@@ -190,6 +194,7 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
           f"{new_tokens} new tokens, medians of {reps} alternating runs; {args.dtype}"
+          f"{f' (our KV cache {args.cache_dtype})' if args.cache_dtype else ''}"
           f"; host memory: {host_memory.in_effect()}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
           "over CPU devices | ratio | same rows | same tokens |")

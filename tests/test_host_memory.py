@@ -157,3 +157,21 @@ def test_growth_benchmark_smoke(capsys):
     growth = [line for line in out.splitlines() if line.startswith("- alignment")]
     assert [line.split(":")[0] for line in growth] == ["- alignment 16", "- alignment 64"], out
     assert all(len(json.loads(line.split(": ", 1)[1])) == 4 for line in growth), out
+
+
+def test_fresh_memory_reads_the_balloon_features(tmp_path):
+    fm = load("fresh_memory")
+    assert fm.free_page_reporting(str(tmp_path)) == "no virtio balloon"
+    for name, device, features in [("virtio0", "0x0002", "0000010"), ("virtio1", "0x0005", "0110000")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "device").write_text(device + "\n")
+        (tmp_path / name / "features").write_text(features + "\n")
+    assert fm.free_page_reporting(str(tmp_path)) == "virtio balloon with free page reporting off"
+    (tmp_path / "virtio1" / "features").write_text("0110010100\n")
+    assert fm.free_page_reporting(str(tmp_path)) == "virtio balloon with free page reporting on"
+
+
+def test_fresh_memory_smoke_prints_a_row_per_wait(capsys):
+    load("fresh_memory").main(["--smoke"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 0.1"]

@@ -136,9 +136,10 @@ def layer_slice(stacked, layer: int, layer_ids=None):
 
 
 def _dense(x, w):
-    """``x [..., D] @ w [D, ...]`` as one 2-D product ``[tokens, D] @ [D, rest]``. On XLA:CPU the
-    backward of the equivalent batched einsum, next to elementwise ops, runs ~1.3x slower."""
-    out = x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+    """``x [..., D] @ w [D, ...]`` as one 2-D product ``[tokens, D] @ [D, rest]`` (``ops.matmul``:
+    bf16 products sum in float32). On XLA:CPU the backward of the equivalent batched einsum, next
+    to elementwise ops, runs ~1.3x slower."""
+    out = ops.matmul(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1))
     return out.reshape(*x.shape[:-1], *w.shape[1:])
 
 
@@ -186,8 +187,11 @@ def _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKHS, v_BKSH, 
                                           (zero, zero, zero, index))
     v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v_BTKH.transpose(0, 2, 1, 3).astype(v_BKSH.dtype),
                                           (zero, zero, index, zero))
-    attn_BTNH = ops.cached_attention(q_BTNH, k_BKHS.astype(dt), v_BKSH.astype(dt), visible_BTS)
-    return _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH), k_BKHS, v_BKSH
+    # Attention in the wider of the cache's and the compute dtype: a float32 cache beside bf16
+    # weights is read as it is (casting it would copy every slot of every layer on every step).
+    at = jnp.promote_types(k_BKHS.dtype, dt)
+    attn_BTNH = ops.cached_attention(q_BTNH.astype(at), k_BKHS.astype(at), v_BKSH.astype(at), visible_BTS)
+    return _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH.astype(dt)), k_BKHS, v_BKSH
 
 
 def _check_inputs(tokens, positions, mask):

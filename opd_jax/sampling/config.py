@@ -36,6 +36,9 @@ class SamplerConfig:
     ``cache_len`` fixes the KV-cache length (prompt bucket + generated tokens per row), so one cache
     shape serves every prompt bucket; at most ``cache_len`` - prompt bucket tokens are generated.
     By default it is the prompt bucket plus the generation bucket, so the cache never fills.
+    ``cache_dtype`` (default: the model's compute dtype): on CPU, a ``"float32"`` cache beside
+    bf16 weights decodes faster than a bf16 one (XLA:CPU casts a bf16 cache to float32 for its
+    attention on every step; a float32 one is read in place), at twice the cache's memory.
 
     ``cache_phases``: the cache grows to ``cache_len`` in up to this many steps (phases of at
     least 32 generated tokens), so early decode steps attend over fewer slots: decode attention
