@@ -18,6 +18,11 @@ Our train step donates its state, as opd_jax's Trainer does. ``$OPD_JAX_HOST_MEM
 ``opd_jax.host_memory``: ``hugepages`` by default, ``keep`` or ``system``) sets how the C
 allocator serves large blocks; it is process-wide, so it applies to both sides, and the header
 says which was in force.
+
+``--order blocks`` times each side's reps back to back (ours x reps, PyTorch x reps, twice)
+instead of alternating: on a virtual machine whose balloon reports free pages to the host
+(``benchmarks/fresh_memory.py``), memory one side frees lies free while the other runs and is
+slow to touch again, a cost neither pays in a training loop of its own.
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ def jax_fns(model):
     return params, tx.init(params), forward, train_step
 
 
-def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32") -> list[dict]:
+def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32",
+                 order: str = "alternating") -> list[dict]:
     theirs, ours = build(name, workdir, dtype)
     autocast = dtype != "float32"
     tokens_np = np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"], (batch, seq))
@@ -129,9 +135,14 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype
         theirs.train(phase != "forward")  # dropout is 0 either way; mode only affects bookkeeping
         a(), b()  # warm-up: compiles ours, warms PyTorch's allocator
         times_a, times_b = [], []
-        for _ in range(reps):
-            times_a.append(time_call(a))
-            times_b.append(time_call(b))
+        if order == "alternating":
+            for _ in range(reps):
+                times_a.append(time_call(a))
+                times_b.append(time_call(b))
+        else:  # blocks: A x reps, B x reps, twice
+            for _ in range(2):
+                times_a += [time_call(a) for _ in range(reps)]
+                times_b += [time_call(b) for _ in range(reps)]
         tps_a, tps_b = batch * seq / statistics.median(times_a), batch * seq / statistics.median(times_b)
         rows.append(dict(config=name, params=n_params, shape=f"{batch}x{seq}", phase=phase,
                          ours=tps_a, torch=tps_b, ratio=tps_a / tps_b, max_diff=max_diff,
@@ -148,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="compute dtype of both sides (bfloat16: float32 weights, bf16 products)")
+    parser.add_argument("--order", default="alternating", choices=("alternating", "blocks"),
+                        help="alternating: A B A B (the default); blocks: each side's reps back to back "
+                             "(A x reps, B x reps, twice), as each runs in a training loop of its own")
     args = parser.parse_args(argv)
     host_memory.keep_freed_memory()  # before JAX's CPU client exists; applies to both sides
     names, batch, seq, reps = sizes(parser, args)
@@ -155,12 +169,15 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
-            rows += bench_config(name, batch, seq, reps, workdir, args.dtype)
+            rows += bench_config(name, batch, seq, reps, workdir, args.dtype, args.order)
 
     print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"{os.cpu_count()} CPUs; medians of {reps} alternating runs; "
+          f"{os.cpu_count()} CPUs; "
+          + (f"medians of {reps} alternating runs; " if args.order == "alternating" else
+             f"medians of {2 * reps} runs in blocks ({reps} of ours, {reps} of PyTorch's, twice); ")
+          + 
           f"host memory: {host_memory.in_effect()}; "
           + ("float32\n" if args.dtype == "float32" else
              "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
