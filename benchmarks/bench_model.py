@@ -177,8 +177,7 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs; "
           + (f"medians of {reps} alternating runs; " if args.order == "alternating" else
              f"medians of {2 * reps} runs in blocks ({reps} of ours, {reps} of PyTorch's, twice); ")
-          + 
-          f"host memory: {host_memory.in_effect()}; "
+          + f"host memory: {host_memory.in_effect()}; "
           + ("float32\n" if args.dtype == "float32" else
              "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
     diff_cols = ("| max logit diff |" if args.dtype == "float32" else
