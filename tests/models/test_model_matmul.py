@@ -97,3 +97,13 @@ def test_float32_cache_beside_bf16_weights_is_read_in_place():
     converted = {eqn.invars[0].aval.shape for eqn in _eqns(jax.make_jaxpr(step)(cache).jaxpr)
                  if eqn.primitive.name == "convert_element_type"}
     assert not cache_shapes & converted
+
+
+def test_xla_cpu_runs_the_bf16_gradients_without_float32_copies():
+    """Compiled (XLA:CPU here), the gradient's program casts no operand to float32: summing the
+    weight gradient over one leading axis instead makes XLA:CPU copy x and g to float32."""
+    x, w, g = _operands(m=64, k=96, n=128)
+    compiled = jax.jit(lambda x, w: jax.vjp(ops.matmul, x, w)[1](g)).lower(x, w).compile().as_text()
+    float32_copies = [line for line in compiled.splitlines() if "convert" in line and "= f32[" in line
+                      and any(f"f32[{a},{b}]" in line for a, b in [(64, 96), (96, 128), (64, 128)])]
+    assert not float32_copies
