@@ -43,8 +43,8 @@ def test_bf16_product_sums_in_float32_and_rounds_once():
     most one bf16 step (2^-8 relative) from it, where summing 160 products in bf16 drifts further."""
     x, w, _ = _operands()
     exact = _f64(x) @ _f64(w)
+    assert ops.matmul(x, w).dtype == BF16
     ours = _f64(ops.matmul(x, w))
-    assert ours.dtype == np.float64 and ops.matmul(x, w).dtype == BF16
     np.testing.assert_allclose(ours, _round_bf16(exact), rtol=2.0 ** -8, atol=1e-6)
     in_bf16 = _f64(jax.lax.dot_general(x, w, (((1,), (0,)), ((), ())), preferred_element_type=BF16))
     assert np.abs(ours - exact).max() <= np.abs(in_bf16 - exact).max()
@@ -60,8 +60,7 @@ def test_bf16_gradients_are_float32_sums_of_bf16_products():
     """The written-out backward: dx = g @ w.T and dw = x.T @ g from the bf16 values, each rounded
     once to bf16 (checked against float64), in the operands' dtype."""
     x, w, g = _operands(seed=1)
-    out, vjp = jax.vjp(ops.matmul, x, w)
-    dx, dw = vjp(g)
+    dx, dw = jax.vjp(ops.matmul, x, w)[1](g)
     assert dx.dtype == BF16 and dw.dtype == BF16
     np.testing.assert_allclose(_f64(dx), _round_bf16(_f64(g) @ _f64(w).T), rtol=2.0 ** -8, atol=1e-6)
     np.testing.assert_allclose(_f64(dw), _round_bf16(_f64(x).T @ _f64(g)), rtol=2.0 ** -8, atol=1e-6)
