@@ -20,7 +20,9 @@ Greedy tokens then agree only until the two sides' bf16 roundings first pick dif
 arg-maxes, so the agreement columns measure that, not a fault (and ours split over devices
 is not required to match ours on one). ``--cache-dtype float32`` keeps our KV cache in float32
 beside bf16 weights (XLA:CPU runs bf16 attention by casting the whole cache to float32 on every
-step; a float32 cache is read as it is).
+step; a float32 cache is read as it is). ``--peer-dtype float32`` keeps PyTorch and Tunix in
+float32 while ours runs in ``--dtype``: a user's choice of setting per framework, not a
+like-for-like comparison (the tables say which dtype each side ran in).
 """
 
 from __future__ import annotations
@@ -152,7 +154,10 @@ def main(argv=None):
                         help="also time ours with the rows split over this many JAX CPU devices "
                              "(default: one per core; 1 = off)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="weights, products and KV cache of both sides")
+                        help="weights, products and KV cache of every side (ours only with --peer-dtype)")
+    parser.add_argument("--peer-dtype", default=None, choices=("float32", "bfloat16"),
+                        help="PyTorch's and Tunix's dtype when it differs from ours (default: --dtype), "
+                             "e.g. ours in bfloat16 beside float32 peers")
     parser.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"),
                         help="our KV cache's dtype (default: the compute dtype, --dtype)")
     parser.add_argument("--no-tunix", action="store_true", help="leave out the Tunix peer columns")
@@ -178,12 +183,15 @@ def main(argv=None):
     no_tunix = "left out (--no-tunix)" if args.no_tunix else tunix_peer.available()
     if no_tunix:
         print(no_tunix)
+    peer_dtype = args.peer_dtype or args.dtype
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
-            theirs, ours = build(name, workdir, args.dtype)
+            theirs, ours = build(name, workdir, peer_dtype)
+            if peer_dtype != args.dtype:  # the same float32 checkpoint, loaded in our dtype
+                ours = from_pretrained(os.path.join(workdir, name), param_dtype=args.dtype)
             tunix = None if no_tunix else tunix_peer.TunixSampler(
-                os.path.join(workdir, name), CONFIGS[name], args.dtype, PAD, prompt_len, new_tokens)
+                os.path.join(workdir, name), CONFIGS[name], peer_dtype, PAD, prompt_len, new_tokens)
             for batch in batches:
                 rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature,
                                       args.cpu_devices, tunix, args.cache_dtype))
@@ -194,6 +202,7 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
           f"{new_tokens} new tokens, medians of {reps} alternating runs; {args.dtype}"
+          f"{f' (PyTorch and Tunix: {peer_dtype})' if peer_dtype != args.dtype else ''}"
           f"{f' (our KV cache {args.cache_dtype})' if args.cache_dtype else ''}"
           f"; host memory: {host_memory.in_effect()}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "

@@ -10,6 +10,12 @@ same rule as ``bench_sampler.py``), run = that median, and "to first tokens" = t
 wall time from its first line to the end of its first call (imports, load, compile, one run).
 The printed figures are medians over rounds, with each round's value.
 
+"first minus median" also holds whatever else a first call costs (a run in freshly mapped
+memory, see below), so each child also sums what JAX itself reports for the compiles its first
+call triggers (``jax.monitoring``'s durations of tracing, lowering to MLIR and XLA's backend
+compile, over every program compiled, with their count): the compile proper, which a longer or
+noisier run does not blur.
+
 Why fresh processes: in ``bench_sampler.py`` ours runs first in a process that then runs
 PyTorch and Tunix. On this machine a process's first touch of new memory is slow (the kernel
 zeroes each page, and in a virtual machine the host may back it only then), so whoever runs
@@ -34,15 +40,38 @@ import time  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SIDES = ("opd_jax", "tunix")
+# jax.monitoring's duration events for the three stages of a compile (jax._src.dispatch's names)
+COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+                  "/jax/core/compile/backend_compile_duration": "xla"}
+
+
+class CompileTimes:
+    """Sums the compile stages JAX reports while ``recording`` is on (a ``jax.monitoring`` listener)."""
+
+    def __init__(self):
+        self.recording = False
+        self.seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+        self.programs = 0  # XLA compiles seen
+
+    def __call__(self, event: str, duration: float, **_) -> None:
+        stage = COMPILE_EVENTS.get(event)
+        if self.recording and stage is not None:
+            self.seconds[stage] += duration
+            self.programs += stage == "xla"
 
 
 def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
     """Run in the child process (``spawn`` sets its environment): load, sample three times, return
     the timings."""
     import jax
+    import jax.monitoring
     from flax import nnx
 
     from benchmarks.common import CONFIGS, PAD, prompts, time_call
+
+    compiles = CompileTimes()
+    jax.monitoring.register_event_duration_secs_listener(compiles)
 
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
     if side == "opd_jax":
@@ -62,11 +91,14 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
         jax.block_until_ready(jax.tree.leaves(nnx.state(sampler.sampler.transformer)))
         call = lambda: sampler(tokens, mask)  # noqa: E731 (returns host numpy: already complete)
     loaded = time.perf_counter()
+    compiles.recording = True
     first = time_call(call)
+    compiles.recording = False
     to_first = time.perf_counter() - _T0
     later = [time_call(call) for _ in range(2)]
     run = statistics.median(later)
-    return dict(compile=first - run, run=run, to_first=to_first, load=loaded - _T0)
+    return dict(compile=first - run, run=run, to_first=to_first, load=loaded - _T0,
+                jax_compile=sum(compiles.seconds.values()), programs=compiles.programs, **compiles.seconds)
 
 
 def spawn(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
@@ -130,17 +162,32 @@ def main(argv=None):
     print(f"jax {jax.__version__}, Tunix {tunix_peer.VERSION}, {os.cpu_count()} CPUs; greedy, float32, prompts of "
           f"{a.prompt_len // 2}..{a.prompt_len} tokens, {a.new_tokens} new tokens; medians of {a.rounds} "
           "alternating rounds, one fresh process per side per round (per-round values in brackets)\n")
+    print_tables(rows)
+
+
+def print_tables(rows) -> None:
+    """The first call's overhead and the compile proper, per (config, batch): medians over rounds."""
+    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    each = lambda rs, k: "[" + ", ".join(f"{r[k]:.1f}" for r in rs) + "]"  # noqa: E731
     print("| config | batch | opd_jax compile s | Tunix compile s | opd_jax to first tokens s | "
           "Tunix to first tokens s | opd_jax run s | Tunix run s |")
     print("|---|---|---|---|---|---|---|---|")
-    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-    each = lambda rs, k: "[" + ", ".join(f"{r[k]:.1f}" for r in rs) + "]"  # noqa: E731
     for name, batch, got in rows:
         o, t = got["opd_jax"], got["tunix"]
         print(f"| {name} | {batch} | {med(o, 'compile'):.2f} {each(o, 'compile')} | {med(t, 'compile'):.2f} "
               f"{each(t, 'compile')} | {med(o, 'to_first'):.1f} | {med(t, 'to_first'):.1f} | "
               f"{med(o, 'run'):.2f} | {med(t, 'run'):.2f} |")
-
+    print("\nThe compile proper, as JAX reports it for the first call (seconds: trace + lower + XLA, summed "
+          "over the programs it compiled; then each stage's median):\n")
+    print("| config | batch | opd_jax compile s | Tunix compile s | opd_jax programs | Tunix programs | "
+          "opd_jax trace / lower / XLA | Tunix trace / lower / XLA |")
+    print("|---|---|---|---|---|---|---|---|")
+    stages = lambda rs: " / ".join(f"{med(rs, k):.2f}" for k in COMPILE_EVENTS.values())  # noqa: E731
+    for name, batch, got in rows:
+        o, t = got["opd_jax"], got["tunix"]
+        print(f"| {name} | {batch} | {med(o, 'jax_compile'):.2f} {each(o, 'jax_compile')} | "
+              f"{med(t, 'jax_compile'):.2f} {each(t, 'jax_compile')} | {med(o, 'programs'):.0f} | "
+              f"{med(t, 'programs'):.0f} | {stages(o)} | {stages(t)} |")
 
 if __name__ == "__main__":
     main()

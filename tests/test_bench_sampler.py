@@ -27,6 +27,17 @@ def test_smoke_run_prints_both_tables(capsys):
 
 
 @pytest.mark.slow
+def test_peer_dtype_runs_ours_in_bf16_beside_float32_peers(capsys):
+    pytest.importorskip("torch")
+    _module("bench_sampler").main(["--smoke", "--no-tunix", "--cpu-devices", "1", "--dtype", "bfloat16",
+                                   "--peer-dtype", "float32"])
+    out = capsys.readouterr().out
+    assert "alternating runs; bfloat16 (PyTorch and Tunix: float32);" in out
+    rows = [line for line in out.splitlines() if line.startswith("| tiny | 0.")]
+    assert len(rows) == 2, out  # --smoke's batches: 1 and 8
+
+
+@pytest.mark.slow
 def test_tunix_peer_decodes_what_our_sampler_decodes(tmp_path):
     """Oracle for the peer's wiring (prompts, padding, length, rope): on the same float32
     checkpoint, greedy, Tunix's tokens equal ours in every row that never emits the pad id."""
@@ -65,6 +76,10 @@ def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path):
     got = cold.spawn("opd_jax", path, "tiny", 2, prompt_len=8, new_tokens=4)
     assert got["run"] > 0 and got["load"] > 0 and got["to_first"] > got["load"]
     assert got["compile"] > 5 * got["run"]  # a tiny model's program compiles in ~1 s, runs in ~ms
+    # JAX's own account of that compile: the sampling program (and the key's seeding) traced, lowered, compiled
+    assert got["programs"] >= 1 and min(got["trace"], got["lower"], got["xla"]) > 0
+    assert got["jax_compile"] == pytest.approx(got["trace"] + got["lower"] + got["xla"])
+    assert got["xla"] < got["jax_compile"] < got["to_first"] - got["load"]  # all of it inside the first call
 
 
 @pytest.mark.slow
