@@ -85,7 +85,10 @@ def jax_fns(model):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return params, tx.init(params), forward, train_step
+    # Committed to the parameters' device: optax's step count starts as an uncommitted scalar, and
+    # the first step's committed output would make the second call compile the step again.
+    opt_state = jax.device_put(tx.init(params), jax.tree.leaves(params)[0].sharding)
+    return params, opt_state, forward, train_step
 
 
 def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32",

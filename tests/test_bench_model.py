@@ -17,3 +17,33 @@ def test_smoke_run_prints_both_phases(capsys, order):
     for r in rows:
         assert float(r[4].replace(",", "")) > 0 and float(r[5].replace(",", "")) > 0
         assert float(r[7].rstrip(" |")) < 1e-4  # max logit difference, float32
+
+
+def test_our_train_step_compiles_once(tmp_path):
+    """The timed calls reuse the warm-up's program: the initial optimizer state is committed to the
+    parameters' device like the state every step returns, so the second call does not recompile."""
+    pytest.importorskip("torch")
+    import jax
+    import jax.monitoring
+    import jax.numpy as jnp
+
+    bench = load("bench_model")
+    _, ours = bench.build("tiny", str(tmp_path))
+    params, opt_state, _, train_step = bench.jax_fns(ours)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    positions = jnp.arange(8, dtype=jnp.int32)[None]
+    params, opt_state, loss = train_step(params, opt_state, tokens, positions)  # compiles
+    compiles = []
+
+    def listener(event, seconds, **_):
+        if event.endswith("backend_compile_duration"):  # one per XLA compile
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for _ in range(2):
+            params, opt_state, loss = train_step(params, opt_state, tokens, positions)
+            loss.block_until_ready()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert jnp.isfinite(loss) and compiles == []
