@@ -184,12 +184,13 @@ def main(argv=None):
     if no_tunix:
         print(no_tunix)
     peer_dtype = args.peer_dtype or args.dtype
-    rows = []
+    rows, ran = [], set()  # ran: (our compute dtype, PyTorch's dtype), as the models hold them
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
             theirs, ours = build(name, workdir, peer_dtype)
             if peer_dtype != args.dtype:  # the same float32 checkpoint, loaded in our dtype
                 ours = from_pretrained(os.path.join(workdir, name), param_dtype=args.dtype)
+            ran.add((str(ours.cfg.dtype), str(theirs.dtype).removeprefix("torch.")))
             tunix = None if no_tunix else tunix_peer.TunixSampler(
                 os.path.join(workdir, name), CONFIGS[name], peer_dtype, PAD, prompt_len, new_tokens)
             for batch in batches:
@@ -201,8 +202,9 @@ def main(argv=None):
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
-          f"{new_tokens} new tokens, medians of {reps} alternating runs; {args.dtype}"
-          f"{f' (PyTorch and Tunix: {peer_dtype})' if peer_dtype != args.dtype else ''}"
+          f"{new_tokens} new tokens, medians of {reps} alternating runs; "
+          + "; ".join(ours_dt if ours_dt == peer_dt else f"{ours_dt} (PyTorch and Tunix: {peer_dt})"
+                      for ours_dt, peer_dt in sorted(ran)) +
           f"{f' (our KV cache {args.cache_dtype})' if args.cache_dtype else ''}"
           f"; host memory: {host_memory.in_effect()}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "

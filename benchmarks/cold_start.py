@@ -189,5 +189,6 @@ def print_tables(rows) -> None:
               f"{med(t, 'jax_compile'):.2f} {each(t, 'jax_compile')} | {med(o, 'programs'):.0f} | "
               f"{med(t, 'programs'):.0f} | {stages(o)} | {stages(t)} |")
 
+
 if __name__ == "__main__":
     main()
