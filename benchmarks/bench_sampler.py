@@ -14,13 +14,14 @@ devices (``jax_num_cpu_devices``, the sampler sharded over a ``data`` mesh axis)
 ``python -m opd_jax.main --cpu-devices N`` runs: small models' decode steps are bound by per-op
 costs that one device pays serially. PyTorch uses its default intra-op threads either way.
 
-``--dtype bfloat16`` runs both sides in bf16: our weights, products and KV cache in bf16
+``--dtype bfloat16`` runs both sides in bf16: our weights and products in bf16
 (``from_pretrained(..., param_dtype="bfloat16")``), PyTorch's model cast with ``.to(bfloat16)``.
 Greedy tokens then agree only until the two sides' bf16 roundings first pick different
 arg-maxes, so the agreement columns measure that, not a fault (and ours split over devices
-is not required to match ours on one). ``--cache-dtype float32`` keeps our KV cache in float32
-beside bf16 weights (XLA:CPU runs bf16 attention by casting the whole cache to float32 on every
-step; a float32 cache is read as it is). ``--peer-dtype float32`` keeps PyTorch and Tunix in
+is not required to match ours on one). Our KV cache is what ``SamplerConfig`` keeps by default,
+float32 on CPU (XLA:CPU would cast a bf16 cache to float32 for attention on every step; a
+float32 cache is read as it is); ``--cache-dtype bfloat16`` asks for a bf16 one, and the header
+names the cache's dtype when it is not the compute dtype. ``--peer-dtype float32`` keeps PyTorch and Tunix in
 float32 while ours runs in ``--dtype``: a user's choice of setting per framework, not a
 like-for-like comparison (the tables say which dtype each side ran in).
 """
@@ -49,6 +50,7 @@ from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
 from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
+from opd_jax.sampling.sampler import cache_dtype_for  # noqa: E402
 from opd_jax.sharding import make_mesh  # noqa: E402
 from benchmarks import tunix_peer  # noqa: E402
 from benchmarks.common import CONFIGS, command_line, PAD, prompts, time_call  # noqa: E402
@@ -159,7 +161,7 @@ def main(argv=None):
                         help="PyTorch's and Tunix's dtype when it differs from ours (default: --dtype), "
                              "e.g. ours in bfloat16 beside float32 peers")
     parser.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"),
-                        help="our KV cache's dtype (default: the compute dtype, --dtype)")
+                        help="our KV cache's dtype (default: SamplerConfig's: float32 on CPU, else --dtype)")
     parser.add_argument("--no-tunix", action="store_true", help="leave out the Tunix peer columns")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
@@ -184,13 +186,15 @@ def main(argv=None):
     if no_tunix:
         print(no_tunix)
     peer_dtype = args.peer_dtype or args.dtype
-    rows, ran = [], set()  # ran: (our compute dtype, PyTorch's dtype), as the models hold them
+    rows, ran = [], set()  # ran: (our compute dtype, our KV cache's, PyTorch's), as the models hold them
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
             theirs, ours = build(name, workdir, peer_dtype)
             if peer_dtype != args.dtype:  # the same float32 checkpoint, loaded in our dtype
                 ours = from_pretrained(os.path.join(workdir, name), param_dtype=args.dtype)
-            ran.add((str(ours.cfg.dtype), str(theirs.dtype).removeprefix("torch.")))
+            cache = cache_dtype_for(SamplerConfig(max_new_tokens=1, cache_dtype=args.cache_dtype),
+                                    nnx.state(ours, nnx.Param)) or str(ours.cfg.dtype)
+            ran.add((str(ours.cfg.dtype), cache, str(theirs.dtype).removeprefix("torch.")))
             tunix = None if no_tunix else tunix_peer.TunixSampler(
                 os.path.join(workdir, name), CONFIGS[name], peer_dtype, PAD, prompt_len, new_tokens)
             for batch in batches:
@@ -203,9 +207,9 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs; {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"prompts of {prompt_len // 2}..{prompt_len} tokens (left-padded), "
           f"{new_tokens} new tokens, medians of {reps} alternating runs; "
-          + "; ".join(ours_dt if ours_dt == peer_dt else f"{ours_dt} (PyTorch and Tunix: {peer_dt})"
-                      for ours_dt, peer_dt in sorted(ran)) +
-          f"{f' (our KV cache {args.cache_dtype})' if args.cache_dtype else ''}"
+          + "; ".join(ours_dt + (f" (our KV cache {cache_dt})" if cache_dt != ours_dt else "")
+                      + (f" (PyTorch and Tunix: {peer_dt})" if peer_dt != ours_dt else "")
+                      for ours_dt, cache_dt, peer_dt in sorted(ran)) +
           f"; host memory: {host_memory.in_effect()}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
           "over CPU devices | ratio | same rows | same tokens |")

@@ -32,7 +32,7 @@ def test_peer_dtype_runs_ours_in_bf16_beside_float32_peers(capsys):
     _module("bench_sampler").main(["--smoke", "--no-tunix", "--cpu-devices", "1", "--dtype", "bfloat16",
                                    "--peer-dtype", "float32"])
     out = capsys.readouterr().out
-    assert "alternating runs; bfloat16 (PyTorch and Tunix: float32);" in out
+    assert "alternating runs; bfloat16 (our KV cache float32) (PyTorch and Tunix: float32);" in out
     rows = [line for line in out.splitlines() if line.startswith("| tiny | 0.")]
     assert len(rows) == 2, out  # --smoke's batches: 1 and 8
 

@@ -36,9 +36,10 @@ class SamplerConfig:
     ``cache_len`` fixes the KV-cache length (prompt bucket + generated tokens per row), so one cache
     shape serves every prompt bucket; at most ``cache_len`` - prompt bucket tokens are generated.
     By default it is the prompt bucket plus the generation bucket, so the cache never fills.
-    ``cache_dtype`` (default: the model's compute dtype): on CPU, a ``"float32"`` cache beside
-    bf16 weights decodes faster than a bf16 one (XLA:CPU casts a bf16 cache to float32 for its
-    attention on every step; a float32 one is read in place), at twice the cache's memory.
+    ``cache_dtype``: None (the default) keeps the cache in the model's compute dtype, except on CPU,
+    where ``sample`` keeps it in float32: beside bf16 weights a float32 cache decodes faster than
+    a bf16 one (XLA:CPU casts a bf16 cache to float32 for its attention on every step; a float32
+    one is read in place), at twice the cache's memory. Name a dtype to have exactly that one.
 
     ``cache_phases``: the cache grows to ``cache_len`` in up to this many steps (phases of at
     least 32 generated tokens), so early decode steps attend over fewer slots: decode attention
@@ -62,7 +63,7 @@ class SamplerConfig:
     prompt_buckets: tuple[int, ...] = ()
     new_token_buckets: tuple[int, ...] = ()
     cache_len: int | None = None
-    cache_dtype: str | None = None  # None: the model's compute dtype
+    cache_dtype: str | None = None  # None: the compute dtype (float32 on CPU: sampler.cache_dtype_for)
     cache_phases: Literal["auto"] | int = "auto"
 
     def __post_init__(self):

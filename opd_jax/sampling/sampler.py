@@ -293,12 +293,26 @@ sample_program = jax.jit(_program, static_argnames=_STATIC)
 cpu_sample_program = jax.jit(_program, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
 
 
+def platform_of(params) -> str:
+    """The platform (``"cpu"``, ``"gpu"``, ``"tpu"``) the parameters live on (the default backend's
+    for host arrays)."""
+    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    return next(iter(sharding.device_set)).platform if sharding is not None else jax.default_backend()
+
+
 def program_for(params):
     """``cpu_sample_program`` for parameters on CPU devices, else ``sample_program``."""
-    leaf = jax.tree.leaves(params)[0]
-    sharding = getattr(leaf, "sharding", None)
-    platform = next(iter(sharding.device_set)).platform if sharding is not None else jax.default_backend()
-    return cpu_sample_program if platform == "cpu" else sample_program
+    return cpu_sample_program if platform_of(params) == "cpu" else sample_program
+
+
+def cache_dtype_for(cfg: SamplerConfig, params) -> str | None:
+    """The KV cache's dtype ``sample`` uses: ``cfg.cache_dtype``, or when that is None, float32 on
+    CPU (XLA:CPU converts a bf16 cache to float32 for attention on every step, and a float32 cache
+    beside bf16 weights is read in place: BENCHMARKS.md, "bf16: products summed in float32") and
+    None (the compute dtype) elsewhere."""
+    if cfg.cache_dtype is None and platform_of(params) == "cpu":
+        return "float32"
+    return cfg.cache_dtype
 
 
 _MODEL_CFGS: dict = {}
@@ -347,7 +361,8 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
     row_ids = inputs.check_row_ids(row_ids, prompts.shape[0])
     prompts, prompt_mask = inputs.bucket_prompts(prompts, prompt_mask, mask_on_host, cfg)
     # Only the buffer width is static; the requested length is a traced loop bound.
-    static_cfg = cfg.replace(max_new_tokens=cfg.new_token_bucket(), prompt_buckets=(), new_token_buckets=())
+    static_cfg = cfg.replace(max_new_tokens=cfg.new_token_bucket(), prompt_buckets=(), new_token_buckets=(),
+                             cache_dtype=cache_dtype_for(cfg, params))
     return program_for(params)(graphdef, params, prompts, prompt_mask, key, row_ids,
                                np.int32(cfg.max_new_tokens), np.float32(mix), t_graphdef, t_params,
                                layer_ids(graphdef, params, t_graphdef, t_params), cfg=static_cfg)

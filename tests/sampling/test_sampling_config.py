@@ -301,3 +301,26 @@ def test_cpu_program_samples_what_the_default_program_samples():
                                np.int32(40), np.float32(0), None, None, S.layer_ids(graphdef, params), cfg=cfg)
     np.testing.assert_array_equal(ours.tokens, default.tokens)
     np.testing.assert_allclose(ours.logp, default.logp, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_is_float32_on_cpu_unless_named():
+    """``cache_dtype=None`` on CPU is ``"float32"``, whatever the compute dtype: the very program of
+    ``cache_dtype="float32"`` (calling with it traces nothing new, and samples the same), while a
+    named bf16 cache is a program of its own."""
+    from opd_jax.sampling import sampler as S
+
+    model_cfg = tiny_config("qwen3", param_dtype="bfloat16", dtype="bfloat16")
+    graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(3)), nnx.Param)
+    assert S.platform_of(params) == "cpu"
+    tokens, mask = left_padded(model_cfg.vocab_size, [3, 7, 5], 8)
+    cfg = SamplerConfig(max_new_tokens=12, temperature=0.0, prompt_buckets=(8,), new_token_buckets=(12,))
+    assert [S.cache_dtype_for(cfg.replace(cache_dtype=d), params) for d in (None, "float32", "bfloat16")] == [
+        "float32", "float32", "bfloat16"]
+    default = sample(graphdef, params, tokens, mask, jax.random.key(1), cfg=cfg)
+    before = trace_count()
+    named = sample(graphdef, params, tokens, mask, jax.random.key(1), cfg=cfg.replace(cache_dtype="float32"))
+    assert trace_count() == before
+    np.testing.assert_array_equal(default.tokens, named.tokens)
+    np.testing.assert_array_equal(default.logp, named.logp)
+    sample(graphdef, params, tokens, mask, jax.random.key(1), cfg=cfg.replace(cache_dtype="bfloat16"))
+    assert trace_count() == before + 1
