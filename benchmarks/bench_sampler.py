@@ -21,9 +21,9 @@ arg-maxes, so the agreement columns measure that, not a fault (and ours split ov
 is not required to match ours on one). Our KV cache is what ``SamplerConfig`` keeps by default,
 float32 on CPU (XLA:CPU would cast a bf16 cache to float32 for attention on every step; a
 float32 cache is read as it is); ``--cache-dtype bfloat16`` asks for a bf16 one, and the header
-names the cache's dtype when it is not the compute dtype. ``--peer-dtype float32`` keeps PyTorch and Tunix in
-float32 while ours runs in ``--dtype``: a user's choice of setting per framework, not a
-like-for-like comparison (the tables say which dtype each side ran in).
+names the cache's dtype when it is not the compute dtype. ``--peer-dtype float32`` keeps
+PyTorch and Tunix in float32 while ours runs in ``--dtype``: a user's choice of setting per
+framework, not a like-for-like comparison (the tables say which dtype each side ran in).
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ def main(argv=None):
                         help="also time ours with the rows split over this many JAX CPU devices "
                              "(default: one per core; 1 = off)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="weights, products and KV cache of every side (ours only with --peer-dtype)")
+                        help="weights and products of every side (ours only, with --peer-dtype); our KV "
+                             "cache: see --cache-dtype")
     parser.add_argument("--peer-dtype", default=None, choices=("float32", "bfloat16"),
                         help="PyTorch's and Tunix's dtype when it differs from ours (default: --dtype), "
                              "e.g. ours in bfloat16 beside float32 peers")
