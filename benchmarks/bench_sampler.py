@@ -14,6 +14,10 @@ devices (``jax_num_cpu_devices``, the sampler sharded over a ``data`` mesh axis)
 ``python -m opd_jax.main --cpu-devices N`` runs: small models' decode steps are bound by per-op
 costs that one device pays serially. PyTorch uses its default intra-op threads either way.
 
+``--frozen`` times ours on ``opd_jax.sampling.freeze``'s layout of the weights (per layer, in
+the compute dtype, made once before the timed calls; the header gives what that took), as an
+evaluation or a served model samples: no weight copies inside each call.
+
 ``--dtype bfloat16`` runs both sides in bf16: our weights and products in bf16
 (``from_pretrained(..., param_dtype="bfloat16")``), PyTorch's model cast with ``.to(bfloat16)``.
 Greedy tokens then agree only until the two sides' bf16 roundings first pick different
@@ -33,6 +37,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compare on the same CPU even where a GPU exists
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +54,7 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from opd_jax.models import count_params, from_pretrained  # noqa: E402
-from opd_jax.sampling import SamplerConfig, sample  # noqa: E402
+from opd_jax.sampling import SamplerConfig, freeze, sample  # noqa: E402
 from opd_jax.sampling.sampler import cache_dtype_for  # noqa: E402
 from opd_jax.sharding import make_mesh  # noqa: E402
 from benchmarks import tunix_peer  # noqa: E402
@@ -74,7 +79,7 @@ def build(name: str, workdir: str, dtype: str = "float32"):
 
 
 def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperature, cpu_devices,
-              tunix=None, cache_dtype=None) -> dict:
+              tunix=None, cache_dtype=None, frozen=False) -> dict:
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
     graphdef, params = nnx.split(ours, nnx.Param)
     cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=temperature, pad_id=PAD,
@@ -89,10 +94,17 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
     meshes = {1: make_mesh(data=1), split: make_mesh(data=split)}
     weights = {d: jax.device_put(params, jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec()))
                for d, m in meshes.items()}  # replicated on each mesh's devices
+    models, freeze_s = {d: (graphdef, w) for d, w in weights.items()}, None
+    if frozen:  # laid out once per device set, before any timed call (its own column)
+        start = time.perf_counter()
+        for d, m in meshes.items():
+            with jax.set_mesh(m):
+                models[d] = jax.block_until_ready(freeze(graphdef, weights[d]))
+        freeze_s = time.perf_counter() - start
 
     def run_ours(devices=1):
         with jax.set_mesh(meshes[devices]):
-            out[devices] = jax.block_until_ready(sample(graphdef, weights[devices], tokens, mask, key, cfg=cfg))
+            out[devices] = jax.block_until_ready(sample(*models[devices], tokens, mask, key, cfg=cfg))
 
     def run_theirs():
         with torch.no_grad():
@@ -130,7 +142,7 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
                ratio_split=None if tps_s is None else tps_s / tps_b,
                same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
                same_tokens=f"{same.mean():.1%}" if greedy else "-",
-               compile_ours=first_ours - med["a"], tunix=None)
+               compile_ours=first_ours - med["a"], freeze_s=freeze_s, tunix=None)
     if tunix:
         # Rows where any side emitted the pad id are counted apart: Tunix masks that token out of
         # later attention, so its continuation there is not comparable.
@@ -164,6 +176,9 @@ def main(argv=None):
     parser.add_argument("--cache-dtype", default=None, choices=("float32", "bfloat16"),
                         help="our KV cache's dtype (default: SamplerConfig's: float32 on CPU, else --dtype)")
     parser.add_argument("--no-tunix", action="store_true", help="leave out the Tunix peer columns")
+    parser.add_argument("--frozen", action="store_true",
+                        help="ours samples from opd_jax.sampling.freeze's per-layer layout, made once "
+                             "before the timed calls (as an evaluated or served model would)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="PyTorch intra-op threads (0: its default); on a busy machine 1 avoids "
                              "OpenMP spin-waiting that makes PyTorch look far slower than it is")
@@ -200,7 +215,7 @@ def main(argv=None):
                 os.path.join(workdir, name), CONFIGS[name], peer_dtype, PAD, prompt_len, new_tokens)
             for batch in batches:
                 rows.append(bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, args.temperature,
-                                      args.cpu_devices, tunix, args.cache_dtype))
+                                      args.cpu_devices, tunix, args.cache_dtype, args.frozen))
 
     print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
@@ -211,7 +226,10 @@ def main(argv=None):
           + "; ".join(ours_dt + (f" (our KV cache {cache_dt})" if cache_dt != ours_dt else "")
                       + (f" (PyTorch and Tunix: {peer_dt})" if peer_dt != ours_dt else "")
                       for ours_dt, cache_dt, peer_dt in sorted(ran)) +
-          f"; host memory: {host_memory.in_effect()}\n")
+          f"; host memory: {host_memory.in_effect()}"
+          + ("; ours frozen (opd_jax.sampling.freeze, once per model and device set: "
+             + ", ".join(f"{r['config']} batch {r['batch']} {r['freeze_s']:.2f} s" for r in rows) + ")"
+             if args.frozen else "") + "\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
           "over CPU devices | ratio | same rows | same tokens |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -2,6 +2,7 @@
 
     python benchmarks/cold_start.py                          # tiny and 100m, batch 1/8/64, 3 rounds
     python benchmarks/cold_start.py --configs 100m --batches 64 --rounds 3
+    python benchmarks/cold_start.py --frozen     # ours on opd_jax.sampling.freeze's layout
 
 Each round starts one child process per side, alternating (ours, Tunix, ours, Tunix, ...). A
 child imports its library, loads the same Hugging Face checkpoint, then samples the same
@@ -61,7 +62,8 @@ class CompileTimes:
             self.programs += stage == "xla"
 
 
-def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
+def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int,
+          frozen: bool = False) -> dict:
     """Run in the child process (``spawn`` sets its environment): load, sample three times, return
     the timings."""
     import jax
@@ -76,10 +78,14 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
     if side == "opd_jax":
         from opd_jax.models import from_pretrained
-        from opd_jax.sampling import SamplerConfig, sample
+        from opd_jax.sampling import SamplerConfig, freeze, sample
 
         graphdef, params = nnx.split(from_pretrained(path), nnx.Param)
         jax.block_until_ready(params)
+        freeze_s, start = 0.0, time.perf_counter()
+        if frozen:  # the per-layer layout, once, as part of loading (its time is reported apart)
+            graphdef, params = jax.block_until_ready(freeze(graphdef, params))
+            freeze_s = time.perf_counter() - start
         cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=0.0, pad_id=PAD,
                             prompt_buckets=(prompt_len,), new_token_buckets=(new_tokens,))
         call = lambda: jax.block_until_ready(sample(graphdef, params, tokens, mask, jax.random.key(0),  # noqa: E731
@@ -90,6 +96,7 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
         sampler = tunix_peer.TunixSampler(path, CONFIGS[name], "float32", PAD, prompt_len, new_tokens)
         jax.block_until_ready(jax.tree.leaves(nnx.state(sampler.sampler.transformer)))
         call = lambda: sampler(tokens, mask)  # noqa: E731 (returns host numpy: already complete)
+        freeze_s = 0.0
     loaded = time.perf_counter()
     compiles.recording = True
     first = time_call(call)
@@ -97,15 +104,17 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
     to_first = time.perf_counter() - _T0
     later = [time_call(call) for _ in range(2)]
     run = statistics.median(later)
-    return dict(compile=first - run, run=run, to_first=to_first, load=loaded - _T0,
+    return dict(compile=first - run, run=run, to_first=to_first, load=loaded - _T0, freeze=freeze_s,
                 jax_compile=sum(compiles.seconds.values()), programs=compiles.programs, **compiles.seconds)
 
 
-def spawn(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int) -> dict:
+def spawn(side: str, path: str, name: str, batch: int, prompt_len: int, new_tokens: int,
+          frozen: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
     env.update(JAX_PLATFORMS="cpu", OPD_JAX_COMPILE_CACHE="off")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--path", path, "--configs", name,
            "--batches", str(batch), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens)]
+    cmd += ["--frozen"] if frozen else []
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{side} child failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -127,11 +136,14 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--frozen", action="store_true",
+                   help="ours samples from opd_jax.sampling.freeze's layout, made while loading")
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.child, a.path, a.configs, int(a.batches), a.prompt_len, a.new_tokens)))
+        print(json.dumps(child(a.child, a.path, a.configs, int(a.batches), a.prompt_len, a.new_tokens,
+                               a.frozen)))
         return
     if a.rounds < 1:
         p.error(f"--rounds must be >= 1, got {a.rounds}")
@@ -153,7 +165,8 @@ def main(argv=None):
                 got = {s: [] for s in SIDES}
                 for _ in range(a.rounds):
                     for side in SIDES:
-                        got[side].append(spawn(side, path, name, batch, a.prompt_len, a.new_tokens))
+                        got[side].append(spawn(side, path, name, batch, a.prompt_len, a.new_tokens,
+                                               a.frozen))
                 rows.append((name, batch, got))
                 print(name, batch, {s: [round(r["compile"], 2) for r in v] for s, v in got.items()}, flush=True)
     import jax
@@ -161,7 +174,11 @@ def main(argv=None):
     print(f"\ncommand: python {shlex.join(sys.argv)}")
     print(f"jax {jax.__version__}, Tunix {tunix_peer.VERSION}, {os.cpu_count()} CPUs; greedy, float32, prompts of "
           f"{a.prompt_len // 2}..{a.prompt_len} tokens, {a.new_tokens} new tokens; medians of {a.rounds} "
-          "alternating rounds, one fresh process per side per round (per-round values in brackets)\n")
+          "alternating rounds, one fresh process per side per round (per-round values in brackets)"
+          + ("; ours frozen (opd_jax.sampling.freeze while loading: " + ", ".join(
+              f"{name} batch {batch} {statistics.median(r['freeze'] for r in got['opd_jax']):.2f} s"
+              for name, batch, got in rows) + "; in 'to first tokens', not in compile)" if a.frozen else "")
+          + "\n")
     print_tables(rows)
 
 

@@ -27,12 +27,13 @@ def test_smoke_run_prints_both_tables(capsys):
 
 
 @pytest.mark.slow
-def test_peer_dtype_runs_ours_in_bf16_beside_float32_peers(capsys):
+def test_peer_dtype_runs_ours_in_bf16_beside_float32_peers_and_frozen(capsys):
     pytest.importorskip("torch")
     _module("bench_sampler").main(["--smoke", "--no-tunix", "--cpu-devices", "1", "--dtype", "bfloat16",
-                                   "--peer-dtype", "float32"])
+                                   "--peer-dtype", "float32", "--frozen"])
     out = capsys.readouterr().out
     assert "alternating runs; bfloat16 (our KV cache float32) (PyTorch and Tunix: float32);" in out
+    assert "ours frozen (opd_jax.sampling.freeze, once per model and device set: tiny batch 1 " in out
     rows = [line for line in out.splitlines() if line.startswith("| tiny | 0.")]
     assert len(rows) == 2, out  # --smoke's batches: 1 and 8
 
@@ -66,15 +67,18 @@ def test_tunix_peer_decodes_what_our_sampler_decodes(tmp_path):
 
 
 @pytest.mark.slow
-def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("frozen", [False, True])
+def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path, frozen):
     """The cold-start benchmark's child for our side (the Tunix side needs Tunix): spawned as the
-    parent spawns it, it loads the checkpoint, samples three times and reports its times; with the
-    persistent compilation cache off in the child, its first call compiles, so it is the slower."""
+    parent spawns it, it loads the checkpoint (and with ``--frozen`` freezes it), samples three
+    times and reports its times; with the persistent compilation cache off in the child, its
+    first call compiles, so it is the slower."""
     pytest.importorskip("torch")
     cold = _module("cold_start")
     path = cold.write_checkpoint("tiny", str(tmp_path))
-    got = cold.spawn("opd_jax", path, "tiny", 2, prompt_len=8, new_tokens=4)
+    got = cold.spawn("opd_jax", path, "tiny", 2, prompt_len=8, new_tokens=4, frozen=frozen)
     assert got["run"] > 0 and got["load"] > 0 and got["to_first"] > got["load"]
+    assert (got["freeze"] > 0) == frozen and got["freeze"] < got["load"]
     assert got["compile"] > 5 * got["run"]  # a tiny model's program compiles in ~1 s, runs in ~ms
     # JAX's own account of that compile: the sampling program (and the key's seeding) traced, lowered, compiled
     assert got["programs"] >= 1 and min(got["trace"], got["lower"], got["xla"]) > 0

@@ -22,7 +22,9 @@ Reported (means over problems unless said otherwise):
 
 Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
 which are dropped); every prompt keeps its own PRNG stream (its index in ``examples``), so the
-results do not depend on the batch size.
+results do not depend on the batch size. The model does not change during an evaluation, so it
+is laid out for the sampler once (``opd_jax.sampling.freeze``: a per-layer copy of the weights
+held for the evaluation, instead of one made inside every sampler call).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 from opd_jax.data import Example, left_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
+from opd_jax.sampling.frozen import freeze_if_possible
 from opd_jax.training.batch import Sequences
 
 Hook = Callable[[Example, list[np.ndarray], list[float]], Mapping[str, float]]
@@ -110,6 +113,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
            "greedy_text": []}
     sums, count = {}, 0.0
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        frozen = freeze_if_possible(graphdef, params)
         for start in range(0, n, bs):
             idx = list(range(start, min(start + bs, n)))
             real = len(idx)
@@ -117,8 +121,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
             exs = [examples[i] for i in idx]
             prompts, mask = left_pad([e.prompt_ids for e in exs], width, cfg.pad_id)
             row_ids = np.asarray(idx, np.int32)
-            greedy = sample(graphdef, params, prompts, mask, key, cfg=greedy_cfg, row_ids=row_ids)
-            drawn = sample(graphdef, params, prompts, mask, key, cfg=draw_cfg, row_ids=row_ids)
+            greedy = sample(*frozen, prompts, mask, key, cfg=greedy_cfg, row_ids=row_ids)
+            drawn = sample(*frozen, prompts, mask, key, cfg=draw_cfg, row_ids=row_ids)
             _score(per, exs[:real], greedy, drawn, reward_fn, k, per_problem, tokenizer)
             if teacher is not None:
                 t_prompts, t_mask = left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs],

@@ -265,6 +265,12 @@ class Decoder:
         h_BTD = ops.rms_norm(x_BTD, self.final_norm, cfg.rms_norm_eps)
         return h_BTD, KVCache(k=k_cache, v=v_cache, valid=key_valid_BS, index=cache.index + T)
 
+    def with_rope_tables(self, max_positions: int) -> "Decoder":
+        """This decoder with RoPE's cos/sin tabulated for positions ``[0, max_positions)``."""
+        positions = jnp.arange(max_positions, dtype=jnp.int32)[None]
+        cos, sin = ops.rope_tables(positions, ops.rope_inv_freq(self.cfg))
+        return self.replace(rope_cos=cos[0], rope_sin=sin[0])
+
     def logits(self, h_BTD):
         """Float32 logits ``[B, T, V]``, as ``Transformer.logits``."""
         logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, self.head.astype(h_BTD.dtype),
@@ -346,15 +352,10 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         # [D, V] even when tied: a copy of the embedding, but on CPU the [B, D] @ [D, V] product
         # of a decode step is up to 1.8x faster than contracting the embedding's D axis in place.
-        head = self.lm_head_weight()
-        tables = {}
-        if max_positions is not None:
-            positions = jnp.arange(max_positions, dtype=jnp.int32)[None]
-            cos, sin = ops.rope_tables(positions, ops.rope_inv_freq(cfg))
-            tables = dict(rope_cos=cos[0], rope_sin=sin[0])
-        head = shard(head.astype(cfg.compute_jnp_dtype), "embed", "vocab")
-        return Decoder(cfg=cfg, embed=self.embed[...], layers=self.layers.unstacked(layer_ids),
-                       final_norm=self.final_norm[...], head=head, **tables)
+        head = shard(self.lm_head_weight().astype(cfg.compute_jnp_dtype), "embed", "vocab")
+        decoder = Decoder(cfg=cfg, embed=self.embed[...], layers=self.layers.unstacked(layer_ids),
+                          final_norm=self.final_norm[...], head=head)
+        return decoder if max_positions is None else decoder.with_rope_tables(max_positions)
 
     def lm_head_weight(self):
         """The output projection ``[D, V]`` in the parameter dtype (the embedding transposed if tied)."""

@@ -8,11 +8,14 @@
 config (temperature 1, no top-k/top-p/min-p) it equals the student's own log-softmax, so the
 importance ratio is exactly 1 before the first update. ``SamplerConfig`` explains how truncation
 changes that ratio; ``token_distribution`` rebuilds the behaviour distribution from logits.
+A model that does not change between calls (an evaluated checkpoint, a teacher) can be laid out
+for sampling once, ``graphdef, params = freeze(graphdef, params)``: no weight copies per call.
 """
 
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.sampling.distribution import sample_token, token_distribution
+from opd_jax.sampling.frozen import FrozenDef, freeze
 from opd_jax.sampling.sampler import Rollout, SamplingState, sample, trace_count
 
-__all__ = ["Rollout", "SamplerConfig", "SamplingState", "sample", "sample_token", "token_distribution",
-           "trace_count"]
+__all__ = ["FrozenDef", "Rollout", "SamplerConfig", "SamplingState", "freeze", "sample", "sample_token",
+           "token_distribution", "trace_count"]

@@ -14,7 +14,8 @@ the cache padded to the next size between them, so that early steps attend over 
 The prompts go through the model's scanned full-sequence forward once (``model.prefill``); the
 decode steps through ``model.decoder()``, built once before the loop: per-layer weights that the
 loop body reads in place (slicing stacked weights inside the loop would copy them every step).
-A model without these methods (a test fake) is called as ``model.hidden(..., cache=)`` throughout.
+A model without these methods (a test fake) is called as ``model.hidden(..., cache=)`` throughout;
+so is a frozen model (``freeze``: the decoder's per-layer weights made once, outside the program).
 
 PRNG: row ``r`` (sample ``j`` of prompt ``b``) owns the stream ``fold_in(key, row_ids[b] * n + j)``
 and step ``s`` uses ``fold_in(stream, s)``, so a row's sample depends on its prompt, ``key`` and
@@ -31,6 +32,7 @@ from flax import nnx, struct
 from opd_jax.models.cache import KVCache, init_cache
 from opd_jax.sampling import distribution as D
 from opd_jax.sampling import inputs
+from opd_jax.sampling.frozen import is_frozen
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.sharding import shard
 
@@ -137,8 +139,16 @@ def _attention_share(models, cache_len: int) -> float | None:
     return attention / (weights + attention)
 
 
+def _merge(graphdef, params):
+    """The model inside the program: a ``Transformer``, or a frozen model's ``Decoder`` (``freeze``)."""
+    return params if is_frozen(graphdef) else nnx.merge(graphdef, params)
+
+
 def _decoder(model, max_positions: int, layer_ids):
-    """What the decode loop calls: ``model.decoder()`` (per-layer weights, built once) if it has one."""
+    """What the decode loop calls: ``model.decoder()`` (per-layer weights, built once) if it has one;
+    a frozen model's ``Decoder`` as it is, with RoPE tabulated."""
+    if hasattr(model, "with_rope_tables"):
+        return model.with_rope_tables(max_positions)
     return model.decoder(max_positions, layer_ids) if hasattr(model, "decoder") else model
 
 
@@ -208,8 +218,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     n, N = cfg.num_samples, cfg.max_new_tokens
     B, P = prompts_BP.shape
     R = B * n
-    model = nnx.merge(graphdef, params)
-    teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
+    model = _merge(graphdef, params)
+    teacher = None if teacher_graphdef is None else _merge(teacher_graphdef, teacher_params)
     cache_len = cfg.cache_size(P)
     share = _attention_share([model] if teacher is None else [model, teacher], cache_len)
     capacities = cfg.cache_capacities(P, share)  # the cache grows through these sizes to cache_len
@@ -327,7 +337,9 @@ def layer_ids(graphdef, params, teacher_graphdef=None, teacher_params=None) -> t
 
 
 def model_config(graphdef, params):
-    """The ``ModelConfig`` of a split model (cached per graph definition)."""
+    """The ``ModelConfig`` of a split (or frozen) model (cached per graph definition)."""
+    if is_frozen(graphdef):
+        return graphdef.cfg
     if graphdef not in _MODEL_CFGS:
         _MODEL_CFGS[graphdef] = nnx.merge(graphdef, params).cfg
     return _MODEL_CFGS[graphdef]
@@ -337,7 +349,8 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
            teacher=None, teacher_mix: float = 0.0) -> Rollout:
     """Sample ``cfg.num_samples`` completions per LEFT-padded prompt in one compiled program.
 
-    ``graphdef, params = nnx.split(model, nnx.Param)``: new parameter values never retrace.
+    ``graphdef, params = nnx.split(model, nnx.Param)``: new parameter values never retrace; or the
+    pair ``freeze(graphdef, params)`` returns, for a model that does not change between calls.
     ``prompts int [B, P]``, ``prompt_mask bool [B, P]``; ``key`` a PRNG key; ``row_ids int [B]`` the
     prompts' global indices (default ``arange(B)``), which seed the per-row PRNG streams.
     ``teacher=(graphdef, params)`` of a model with the same vocabulary turns on teacher-mixed
