@@ -14,9 +14,10 @@ devices (``jax_num_cpu_devices``, the sampler sharded over a ``data`` mesh axis)
 ``python -m opd_jax.main --cpu-devices N`` runs: small models' decode steps are bound by per-op
 costs that one device pays serially. PyTorch uses its default intra-op threads either way.
 
-``--frozen`` times ours on ``opd_jax.sampling.freeze``'s layout of the weights (per layer, in
-the compute dtype, made once before the timed calls; the header gives what that took), as an
-evaluation or a served model samples: no weight copies inside each call.
+``--frozen`` also times ours on ``opd_jax.sampling.freeze``'s layout of the weights (per layer,
+in the compute dtype, made once before the timed calls), as an evaluation or a served model
+samples: no weight copies inside each call. It runs on one device in the same alternation
+(A B C D ...), and a third table sets it beside the stacked layout and the peers.
 
 ``--dtype bfloat16`` runs both sides in bf16: our weights and products in bf16
 (``from_pretrained(..., param_dtype="bfloat16")``), PyTorch's model cast with ``.to(bfloat16)``.
@@ -94,16 +95,13 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
     meshes = {1: make_mesh(data=1), split: make_mesh(data=split)}
     weights = {d: jax.device_put(params, jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec()))
                for d, m in meshes.items()}  # replicated on each mesh's devices
-    models, freeze_s = {d: (graphdef, w) for d, w in weights.items()}, None
-    if frozen:  # laid out once per device set, before any timed call (its own column)
-        start = time.perf_counter()
-        for d, m in meshes.items():
-            with jax.set_mesh(m):
-                models[d] = jax.block_until_ready(freeze(graphdef, weights[d]))
-        freeze_s = time.perf_counter() - start
+    models = {d: (graphdef, w) for d, w in weights.items()}
+    if frozen:  # laid out once, before any timed call
+        with jax.set_mesh(meshes[1]):
+            freeze_s = time_call(lambda: models.update(frozen=jax.block_until_ready(freeze(graphdef, weights[1]))))
 
     def run_ours(devices=1):
-        with jax.set_mesh(meshes[devices]):
+        with jax.set_mesh(meshes[1 if devices == "frozen" else devices]):
             out[devices] = jax.block_until_ready(sample(*models[devices], tokens, mask, key, cfg=cfg))
 
     def run_theirs():
@@ -116,6 +114,7 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
     # Warm-up: compiles ours (and Tunix's), warms PyTorch's allocator. The first calls are timed:
     # compile time is the first call minus the median of the timed calls.
     first_ours = time_call(run_ours)
+    first_frozen = time_call(lambda: run_ours("frozen")) if frozen else None
     run_ours(split), run_theirs()
     first_tunix = time_call(run_tunix) if tunix else None
     assert out["theirs"].shape == out[1].tokens.shape, "both must generate exactly new_tokens tokens"
@@ -124,9 +123,11 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
     assert ours.cfg.dtype != "float32" or (np.asarray(out[1].tokens) == np.asarray(out[split].tokens)).all()
     ref = out["theirs"][:, prompt_len:].numpy()
     same = np.asarray(out[1].tokens)[:, prompt_len:] == ref
-    times = {"a": [], "s": [], "b": [], "t": []}
+    times = {"a": [], "f": [], "s": [], "b": [], "t": []}
     for _ in range(reps):
         times["a"].append(time_call(run_ours))
+        if frozen:
+            times["f"].append(time_call(lambda: run_ours("frozen")))
         if split > 1:
             times["s"].append(time_call(lambda: run_ours(split)))
         times["b"].append(time_call(run_theirs))
@@ -142,7 +143,11 @@ def bench_one(theirs, ours, name, batch, prompt_len, new_tokens, reps, temperatu
                ratio_split=None if tps_s is None else tps_s / tps_b,
                same_rows=f"{int(same.all(axis=1).sum())}/{batch}" if greedy else "-",
                same_tokens=f"{same.mean():.1%}" if greedy else "-",
-               compile_ours=first_ours - med["a"], freeze_s=freeze_s, tunix=None)
+               compile_ours=first_ours - med["a"], frozen=None, tunix=None)
+    if frozen:
+        # the frozen layout samples the same tokens in float32 (its prefill rounds differently in bf16)
+        assert ours.cfg.dtype != "float32" or (np.asarray(out[1].tokens) == np.asarray(out["frozen"].tokens)).all()
+        row.update(frozen=generated / med["f"], compile_frozen=first_frozen - med["f"], freeze_s=freeze_s)
     if tunix:
         # Rows where any side emitted the pad id are counted apart: Tunix masks that token out of
         # later attention, so its continuation there is not comparable.
@@ -226,10 +231,7 @@ def main(argv=None):
           + "; ".join(ours_dt + (f" (our KV cache {cache_dt})" if cache_dt != ours_dt else "")
                       + (f" (PyTorch and Tunix: {peer_dt})" if peer_dt != ours_dt else "")
                       for ours_dt, cache_dt, peer_dt in sorted(ran)) +
-          f"; host memory: {host_memory.in_effect()}"
-          + ("; ours frozen (opd_jax.sampling.freeze, once per model and device set: "
-             + ", ".join(f"{r['config']} batch {r['batch']} {r['freeze_s']:.2f} s" for r in rows) + ")"
-             if args.frozen else "") + "\n")
+          f"; host memory: {host_memory.in_effect()}\n")
     print("| config | params | batch | opd_jax tok/s | PyTorch generate tok/s | ratio | opd_jax, rows split "
           "over CPU devices | ratio | same rows | same tokens |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -249,6 +251,22 @@ def main(argv=None):
               + (f"{r['compile_tunix']:.2f} | {r['ours']:,.0f} | {r['tunix']:,.0f} | {r['ratio_tunix']:.2f} | "
                  f"{r['tunix_same_tokens']} | {r['tunix_pad_rows']}/{r['batch']} |" if t else
                  f"- | {r['ours']:,.0f} | - | - | - | - |"))
+
+    if args.frozen:
+        print_frozen(rows)
+
+
+def print_frozen(rows) -> None:
+    """The third table (``--frozen``): ours on freeze's layout beside ours on the stacked one."""
+    print("\nOurs on opd_jax.sampling.freeze's per-layer layout (one device, timed in the same alternation; "
+          "freeze s: laying it out, once, before the first call):\n")
+    print("| config | batch | opd_jax tok/s | opd_jax frozen tok/s | frozen / stacked | frozen / PyTorch "
+          "| frozen / Tunix | frozen compile s | freeze s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        tunix = f"{r['frozen'] / r['tunix']:.2f}" if r["tunix"] else "-"
+        print(f"| {r['config']} | {r['batch']} | {r['ours']:,.0f} | {r['frozen']:,.0f} | {r['frozen'] / r['ours']:.2f} "
+              f"| {r['frozen'] / r['torch']:.2f} | {tunix} | {r['compile_frozen']:.2f} | {r['freeze_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_peer_dtype_runs_ours_in_bf16_beside_float32_peers_and_frozen(capsys):
                                    "--peer-dtype", "float32", "--frozen"])
     out = capsys.readouterr().out
     assert "alternating runs; bfloat16 (our KV cache float32) (PyTorch and Tunix: float32);" in out
-    assert "ours frozen (opd_jax.sampling.freeze, once per model and device set: tiny batch 1 " in out
+    frozen = [line.split(" | ") for line in out.split("freeze s |")[-1].splitlines() if line.startswith("| tiny |")]
+    assert [r[1] for r in frozen] == ["1", "8"] and float(frozen[0][-1].rstrip(" |")) > 0, out  # freeze s
     rows = [line for line in out.splitlines() if line.startswith("| tiny | 0.")]
     assert len(rows) == 2, out  # --smoke's batches: 1 and 8
 
