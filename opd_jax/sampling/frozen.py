@@ -11,8 +11,10 @@ weights and the output head in the compute dtype), and ``sample`` reads it in pl
     graphdef, params = freeze(*nnx.split(model, nnx.Param))
     rollout = sample(graphdef, params, prompts, mask, key, cfg=cfg)   # or teacher=(graphdef, params)
 
-The frozen pair samples the same tokens as the model it came from (the prefill runs through the
-cached per-layer forward instead of the scanned one, so log-probabilities agree to rounding).
+The frozen pair computes what the model it came from computes, but its prefill runs through the
+cached per-layer forward instead of the scanned one, so the two round differently: in float32
+they sample the same tokens with log-probabilities equal to rounding; in bf16 a near-tie can
+go the other way, and a greedy row can then diverge from there on.
 It holds a second copy of the layer weights, in the compute dtype: drop the stacked ``params``
 if nothing else needs them. A frozen model is for sampling only; it has no gradients to take.
 """
@@ -40,7 +42,7 @@ class FrozenDef:
 def freeze(graphdef, params) -> tuple[FrozenDef, Decoder]:
     """``(FrozenDef, Decoder)`` for ``graphdef, params = nnx.split(model, nnx.Param)``: the weights
     laid out per layer, once, where they are (sharded parameters stay sharded)."""
-    if isinstance(graphdef, FrozenDef):
+    if is_frozen(graphdef):
         raise ValueError("this model is frozen already: pass the (graphdef, params) that freeze returned "
                          "straight to sample")
     model = nnx.merge(graphdef, params)
@@ -65,4 +67,5 @@ def freeze_if_possible(graphdef, params) -> tuple:
 
 
 def is_frozen(graphdef) -> bool:
+    """Whether ``graphdef`` is the static half of a pair that ``freeze`` returned."""
     return isinstance(graphdef, FrozenDef)
