@@ -76,14 +76,15 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
     jax.monitoring.register_event_duration_secs_listener(compiles)
 
     tokens, mask = prompts(batch, prompt_len, CONFIGS[name]["vocab_size"])
+    freeze_s = 0.0
     if side == "opd_jax":
         from opd_jax.models import from_pretrained
         from opd_jax.sampling import SamplerConfig, freeze, sample
 
         graphdef, params = nnx.split(from_pretrained(path), nnx.Param)
         jax.block_until_ready(params)
-        freeze_s, start = 0.0, time.perf_counter()
         if frozen:  # the per-layer layout, once, as part of loading (its time is reported apart)
+            start = time.perf_counter()
             graphdef, params = jax.block_until_ready(freeze(graphdef, params))
             freeze_s = time.perf_counter() - start
         cfg = SamplerConfig(max_new_tokens=new_tokens, temperature=0.0, pad_id=PAD,
@@ -96,7 +97,6 @@ def child(side: str, path: str, name: str, batch: int, prompt_len: int, new_toke
         sampler = tunix_peer.TunixSampler(path, CONFIGS[name], "float32", PAD, prompt_len, new_tokens)
         jax.block_until_ready(jax.tree.leaves(nnx.state(sampler.sampler.transformer)))
         call = lambda: sampler(tokens, mask)  # noqa: E731 (returns host numpy: already complete)
-        freeze_s = 0.0
     loaded = time.perf_counter()
     compiles.recording = True
     first = time_call(call)
