@@ -202,8 +202,12 @@ def _is_eos(tokens_R, eos_ids: tuple[int, ...]):
     return jnp.any(tokens_R[:, None] == jnp.asarray(eos_ids, jnp.int32)[None, :], axis=1)
 
 
-def _positions(mask):
-    return jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
+def _run_positions(first_R, count_R, width: int):
+    """``max(cumsum(mask) - 1, 0)`` for rows whose mask is one run of ``count`` True from column
+    ``first`` (a left-padded prompt, then its completion): one elementwise kernel, where XLA:CPU
+    compiles a cumulative sum into ~5."""
+    cols = jnp.arange(width, dtype=jnp.int32)[None, :]
+    return jnp.clip(cols - first_R[:, None], 0, jnp.maximum(count_R - 1, 0)[:, None])
 
 
 def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix, teacher_graphdef,
@@ -223,7 +227,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     cache_len = cfg.cache_size(P)
     share = _attention_share([model] if teacher is None else [model, teacher], cache_len)
     capacities = cfg.cache_capacities(P, share)  # the cache grows through these sizes to cache_len
-    positions_BP = _positions(mask_BP)
+    prompt_len_B = mask_BP.sum(axis=1, dtype=jnp.int32)
+    positions_BP = _run_positions(P - prompt_len_B, prompt_len_B, P)
     prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, capacities[0], cfg.cache_dtype, n,
                                  layer_ids)
     logits, cache = prefill(model)
@@ -235,7 +240,7 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
 
     streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
     keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
-    next_pos_R = _repeat_rows(mask_BP.sum(axis=1, dtype=jnp.int32), n)  # position of completion token 0
+    next_pos_R = _repeat_rows(prompt_len_B, n)  # position of completion token 0
 
     def buffer(prompt_part, fill=0):
         rest = jnp.full((R, N), fill, prompt_part.dtype)
@@ -290,7 +295,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         state = jax.lax.while_loop(cond, body, state)
     completion = state.mask & (jnp.arange(P + N, dtype=jnp.int32) >= P)[None, :]
     return Rollout(tokens=state.tokens, mask=state.mask, completion_mask=completion, logp=state.logp,
-                   positions=_positions(state.mask), finished=state.done, student_logp=state.student_logp,
+                   positions=_run_positions(P - next_pos_R, state.mask.sum(axis=1, dtype=jnp.int32), P + N),
+                   finished=state.done, student_logp=state.student_logp,
                    teacher_logp=state.teacher_logp, from_teacher=state.from_teacher, prompt_len=P)
 
 

@@ -68,10 +68,11 @@ def test_eos_stops_a_row_and_masks_the_rest():
     np.testing.assert_array_equal(np.asarray(r.finished), [True, True, False, True])
     assert (completion(r, "logp")[~cmask] == 0).all()
     np.testing.assert_array_equal(np.asarray(r.mask)[:, r.prompt_len:], cmask)
-    # Positions continue the prompt on completion tokens.
+    # Positions continue the prompt on completion tokens; everywhere they are cumsum(mask) - 1, clipped at 0.
     pos = np.asarray(r.positions)
     for b, n in enumerate(lengths):
         np.testing.assert_array_equal(pos[b, r.prompt_len:r.prompt_len + n], np.arange(n) + mask[b].sum())
+    np.testing.assert_array_equal(pos, np.maximum(np.cumsum(np.asarray(r.mask), axis=1) - 1, 0))
 
 
 def test_full_cache_stops_decoding():
