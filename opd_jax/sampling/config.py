@@ -49,7 +49,10 @@ class SamplerConfig:
     phases where attention over the full cache is at least ``AUTO_ATTENTION_SHARE`` of a decode
     step's multiply-adds (``ModelConfig.decode_macs``), else 1: at ~100M parameters and 160 slots
     (3%) the phases cost 1-2.5 s of compile and saved no decode time; at the tiny benchmark
-    model (20%) they saved 15%. Results do not depend on it.
+    model (20%) they saved 15%. With a single row, 2 phases instead of 4 (``AUTO_PHASES_ONE_ROW``):
+    XLA:CPU compiles a one-row product into a kernel of its own in every loop, so there each phase
+    costs twice the compile, and at the tiny model 2 phases decoded as fast as 4 (BENCHMARKS.md).
+    Results do not depend on it.
     """
 
     max_new_tokens: int
@@ -128,23 +131,27 @@ class SamplerConfig:
     def cache_size(self, prompt_bucket: int) -> int:
         return prompt_bucket + self.new_token_bucket() if self.cache_len is None else self.cache_len
 
-    def phases(self, attention_share: float | None = None) -> int:
-        """The number of cache phases asked for: ``cache_phases``, or for ``"auto"``
-        ``AUTO_PHASES`` unless ``attention_share`` (attention's share of a decode step's
-        multiply-adds at the full cache; None: unknown) is below ``AUTO_ATTENTION_SHARE``."""
+    def phases(self, attention_share: float | None = None, rows: int | None = None) -> int:
+        """The number of cache phases asked for: ``cache_phases``, or for ``"auto"`` 1 if
+        ``attention_share`` (attention's share of a decode step's multiply-adds at the full
+        cache; None: unknown) is below ``AUTO_ATTENTION_SHARE``, else ``AUTO_PHASES_ONE_ROW`` for
+        a program of one row (``rows``: the rows it decodes; None: unknown) and ``AUTO_PHASES``."""
         if self.cache_phases != "auto":
             return self.cache_phases
-        return 1 if attention_share is not None and attention_share < AUTO_ATTENTION_SHARE else AUTO_PHASES
+        if attention_share is not None and attention_share < AUTO_ATTENTION_SHARE:
+            return 1
+        return AUTO_PHASES_ONE_ROW if rows == 1 else AUTO_PHASES
 
-    def cache_capacities(self, prompt_bucket: int, attention_share: float | None = None) -> tuple[int, ...]:
+    def cache_capacities(self, prompt_bucket: int, attention_share: float | None = None,
+                         rows: int | None = None) -> tuple[int, ...]:
         """The cache sizes of the decode phases: increasing, the last is ``cache_size``.
 
-        The generated slots are split into ``phases(attention_share)`` equal parts (at least
+        The generated slots are split into ``phases(attention_share, rows)`` equal parts (at least
         ``_MIN_PHASE`` slots each), each capacity rounded up to a multiple of 8.
         """
         total = self.cache_size(prompt_bucket)
         generated = total - prompt_bucket
-        n = max(1, min(self.phases(attention_share), generated // _MIN_PHASE))
+        n = max(1, min(self.phases(attention_share, rows), generated // _MIN_PHASE))
         caps = []
         for j in range(1, n + 1):
             cap = min(total, -(-(prompt_bucket - (-generated * j // n)) // 8) * 8)
@@ -157,6 +164,7 @@ class SamplerConfig:
 _MIN_PHASE = 32  # generated slots per cache phase, at least
 AUTO_PHASES = 4  # cache phases of cache_phases="auto" where attention is worth them
 AUTO_ATTENTION_SHARE = 0.05  # ... that is, where it is at least this share of a decode step
+AUTO_PHASES_ONE_ROW = 2  # ... and for a single row, where each phase's products cost twice the compile
 
 
 def _bucket(n: int, buckets: tuple[int, ...], name: str, what: str) -> int:

@@ -226,7 +226,7 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     teacher = None if teacher_graphdef is None else _merge(teacher_graphdef, teacher_params)
     cache_len = cfg.cache_size(P)
     share = _attention_share([model] if teacher is None else [model, teacher], cache_len)
-    capacities = cfg.cache_capacities(P, share)  # the cache grows through these sizes to cache_len
+    capacities = cfg.cache_capacities(P, share, R)  # the cache grows through these sizes to cache_len
     prompt_len_B = mask_BP.sum(axis=1, dtype=jnp.int32)
     positions_BP = _run_positions(P - prompt_len_B, prompt_len_B, P)
     prefill = lambda m: _prefill(m, prompts_BP, mask_BP, positions_BP, capacities[0], cfg.cache_dtype, n,
