@@ -63,29 +63,39 @@ def apply_rope(x_BTNH, cos_BTF, sin_BTF):
 
 
 def _attention_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
+    # Batch and kv head lead, then query group and time, so each product's output is laid out as
+    # the next step reads it: on CPU, XLA otherwise computed the scores as [S, T*G] and transposed
+    # every [T, S] matrix (and back in the backward pass). Only q, k, v and the output (small) move.
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    scores_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
+    q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    k_BKSH, v_BKSH = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
+    scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH,
                               preferred_element_type=jnp.float32) * (H ** -0.5)
     scores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], scores_BKGTS, _MASKED)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
-    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
-    return out_BTKGH.reshape(B, T, N, H), (q_BTKGH, k_BSKH, v_BSKH, visible_BTS, probs_BKGTS)
+    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS.astype(v_BKSH.dtype), v_BKSH)
+    out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    return out_BTNH, (q_BKGTH, k_BKSH, v_BKSH, visible_BTS, probs_BKGTS)
 
 
 def _attention_bwd(residuals, g_BTNH):
-    q_BTKGH, k_BSKH, v_BSKH, visible_BTS, probs_BKGTS = residuals
-    B, T, K, G, H = q_BTKGH.shape
-    g_BTKGH = g_BTNH.reshape(B, T, K, G, H)
-    dv_BSKH = jnp.einsum("bkgts,btkgh->bskh", probs_BKGTS.astype(v_BSKH.dtype), g_BTKGH)
-    dprobs_BKGTS = jnp.einsum("btkgh,bskh->bkgts", g_BTKGH, v_BSKH, preferred_element_type=jnp.float32)
+    q_BKGTH, k_BKSH, v_BKSH, visible_BTS, probs_BKGTS = residuals
+    B, K, G, T, H = q_BKGTH.shape
+    g_BKGTH = g_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+    # Key and value gradients as [H, S] (then transposed, small): the [T, S] matrices are read in
+    # their own layout, never transposed.
+    dv_BKHS = jnp.einsum("bkgth,bkgts->bkhs", g_BKGTH, probs_BKGTS.astype(v_BKSH.dtype))
+    dprobs_BKGTS = jnp.einsum("bkgth,bksh->bkgts", g_BKGTH, v_BKSH, preferred_element_type=jnp.float32)
     # softmax's backward; masked keys get no gradient (as autodiff through the where gives them)
     dscores_BKGTS = probs_BKGTS * (dprobs_BKGTS - jnp.sum(dprobs_BKGTS * probs_BKGTS, axis=-1, keepdims=True))
-    dscores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], dscores_BKGTS * (H ** -0.5), 0.0)
-    dq_BTKGH = jnp.einsum("bkgts,bskh->btkgh", dscores_BKGTS.astype(q_BTKGH.dtype), k_BSKH)
-    dk_BSKH = jnp.einsum("bkgts,btkgh->bskh", dscores_BKGTS.astype(k_BSKH.dtype), q_BTKGH)
-    return dq_BTKGH.reshape(B, T, K * G, H), dk_BSKH, dv_BSKH, None
+    dscores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], dscores_BKGTS, 0.0)
+    # The scale applied to the (small) q and k gradients: on the scores it took a pass of its own.
+    scale = jnp.asarray(H ** -0.5, q_BKGTH.dtype)
+    dq_BKGTH = jnp.einsum("bkgts,bksh->bkgth", dscores_BKGTS.astype(q_BKGTH.dtype), k_BKSH) * scale
+    dk_BKHS = jnp.einsum("bkgth,bkgts->bkhs", q_BKGTH, dscores_BKGTS.astype(q_BKGTH.dtype)) * scale
+    return (dq_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H), dk_BKHS.transpose(0, 3, 1, 2),
+            dv_BKHS.transpose(0, 3, 1, 2), None)
 
 
 @jax.custom_vjp
@@ -172,3 +182,30 @@ def visibility(key_valid_BS, q_slots_T, num_keys: int):
     """Causal-and-valid mask ``[B, T, S]``: query in slot ``q_slots[t]`` sees valid keys in slots <= it."""
     causal_TS = jnp.arange(num_keys, dtype=jnp.int32)[None, :] <= q_slots_T[:, None]
     return causal_TS[None, :, :] & key_valid_BS[:, None, :]
+
+
+@jax.custom_vjp
+def output_logits(h_BTD, w_DV):
+    """Float32 logits ``h @ w`` (``[B, T, D] x [D, V]``, summed in float32).
+
+    The backward is written out so that the weight's gradient is summed as ``h^T g`` straight into
+    ``w``'s ``[D, V]`` layout. For a tied head (``w`` the embedding transposed) autodiff's form
+    made XLA:CPU transpose the whole ``[B*T, V]`` logit gradient first: ~10% of the tiny benchmark
+    model's train step (``benchmarks/bench_model.py``).
+    """
+    return jnp.einsum("btd,dv->btv", h_BTD, w_DV, preferred_element_type=jnp.float32)
+
+
+def _output_logits_fwd(h_BTD, w_DV):
+    return output_logits(h_BTD, w_DV), (h_BTD, w_DV)
+
+
+def _output_logits_bwd(res, g_BTV):
+    h_BTD, w_DV = res
+    g_BTV = g_BTV.astype(h_BTD.dtype)
+    dh_BTD = jnp.einsum("btv,dv->btd", g_BTV, w_DV, preferred_element_type=jnp.float32)
+    dw_DV = jnp.einsum("btd,btv->dv", h_BTD, g_BTV, preferred_element_type=jnp.float32)
+    return dh_BTD.astype(h_BTD.dtype), dw_DV.astype(w_DV.dtype)
+
+
+output_logits.defvjp(_output_logits_fwd, _output_logits_bwd)

@@ -363,8 +363,7 @@ class Transformer(nnx.Module):
 
     def logits(self, h_BTD):
         """Float32 logits ``[B, T, V]``: compute-dtype inputs, float32 accumulation."""
-        w_DV = self.lm_head_weight().astype(h_BTD.dtype)
-        logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, w_DV, preferred_element_type=jnp.float32)
+        logits_BTV = ops.output_logits(h_BTD, self.lm_head_weight().astype(h_BTD.dtype))
         return shard(logits_BTV, "batch", "seq", "vocab")
 
 
