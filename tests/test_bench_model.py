@@ -1,6 +1,8 @@
 """The model benchmark's smoke run, in both timing orders: a row per phase, with the forward passes
 of the two sides agreeing (the benchmark checks them before it times anything)."""
 
+import re
+
 import pytest
 from benchmark_scripts import load
 
@@ -47,3 +49,18 @@ def test_our_train_step_compiles_once(tmp_path):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert jnp.isfinite(loss) and compiles == []
+
+
+def test_step_profile_sums_the_traced_kernels(capsys):
+    """``step_profile.py`` on a short tiny batch: the kinds' table adds up to the kernels' sum,
+    and the kernels covered at once cannot exceed that sum."""
+    load("step_profile").main(["--config", "tiny", "--batch", "2", "--seq", "16", "--steps", "2",
+                               "--trace-steps", "2", "--top", "3"])
+    out = capsys.readouterr().out
+    summed, covered = (float(x) for x in re.search(r"([\d.]+) ms summed .*?([\d.]+) ms covered", out).groups())
+    kinds = [float(line.split(" | ")[1].rstrip(" |")) for line in out.splitlines()
+             if line.startswith("| ") and not line.startswith(("| kind", "| kernel", "|---"))
+             and line.count(" | ") == 1]
+    assert kinds and abs(sum(kinds) - summed) < 0.05 * summed + 0.1
+    assert 0 < covered <= summed + 0.01
+    assert len([line for line in out.splitlines() if line.count(" | ") == 3 and "`" in line]) == 3
