@@ -1,4 +1,5 @@
-"""Pure array functions of the transformer: RMSNorm, RoPE, the weight product and masked grouped-query attention."""
+"""Pure array functions of the transformer: RMSNorm, RoPE, the weight product, masked grouped-query
+attention and the output head's product."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def test_tied_head_gradient_does_not_transpose_the_logit_gradient():
     V = embed.shape[0]
 
     def hlo(fn):
-        grad = jax.jit(lambda h, e, g: jax.vjp(lambda h, e: fn(h, e.T), h, embed)[1](g))
+        grad = jax.jit(lambda h, e, g: jax.vjp(lambda h, e: fn(h, e.T), h, e)[1](g))
         return grad.lower(h, embed, g).compile().as_text()
 
     def transposed(fn):
