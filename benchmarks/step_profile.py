@@ -8,6 +8,7 @@ the table also gives the union of their intervals.
 
     python benchmarks/step_profile.py --config tiny
     python benchmarks/step_profile.py --config 100m --steps 3 --trace-steps 2
+    python benchmarks/step_profile.py --smoke     # seconds: tiny config, 2 x 16 tokens
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="timed steps (after one to compile)")
     ap.add_argument("--trace-steps", type=int, default=10)
     ap.add_argument("--top", type=int, default=15, help="kernels listed")
+    ap.add_argument("--smoke", action="store_true", help="seconds-long run: tiny config, 2x16 batch, 2 steps")
     a = ap.parse_args(argv)
+    if a.smoke:
+        a.config, a.batch, a.seq, a.steps, a.trace_steps, a.top = "tiny", 2, 16, 2, 2, 3
     if min(a.batch, a.seq, a.steps, a.trace_steps) < 1 or a.seq < 2:
         ap.error("--batch, --steps and --trace-steps must be >= 1 and --seq >= 2")
     profile(a.config, a.batch, a.seq, a.steps, a.trace_steps, a.top)

@@ -54,8 +54,7 @@ def test_our_train_step_compiles_once(tmp_path):
 def test_step_profile_sums_the_traced_kernels(capsys):
     """``step_profile.py`` on a short tiny batch: the kinds' table adds up to the kernels' sum,
     and the kernels covered at once cannot exceed that sum."""
-    load("step_profile").main(["--config", "tiny", "--batch", "2", "--seq", "16", "--steps", "2",
-                               "--trace-steps", "2", "--top", "3"])
+    load("step_profile").main(["--smoke"])
     out = capsys.readouterr().out
     summed, covered = (float(x) for x in re.search(r"([\d.]+) ms summed .*?([\d.]+) ms covered", out).groups())
     kinds = [float(line.split(" | ")[1].rstrip(" |")) for line in out.splitlines()
