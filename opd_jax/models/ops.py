@@ -106,9 +106,9 @@ def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     Scores and softmax are float32; the value products run in the compute dtype. The gradient is
     written out (``_attention_bwd``) rather than left to autodiff (``attention_autodiff``): the
     same values, with the backward of ``where`` and ``softmax`` in one expression over the scores.
-    XLA:CPU then needs less scratch memory for a train step (51 -> 39 MB for the tiny benchmark
-    model, 2.13 -> 1.98 GB at ~100M) and, where each call's memory is fresh, runs it faster
-    (1.2-1.3x at ~100M; unchanged with freed memory kept: ``benchmarks/attention_backward.py``).
+    XLA:CPU then needs less scratch memory for a train step and runs it faster: 31 against 48 MB
+    and 1.8x for the tiny benchmark model, 1.95 against 2.10 GB and 1.1x at ~100M
+    (``benchmarks/attention_backward.py``, 2026-12-05 on an Intel Xeon; BENCHMARKS.md).
     """
     return _attention_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS)[0]
 
