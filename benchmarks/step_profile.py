@@ -23,7 +23,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_model import build, jax_fns  # noqa: E402
-from benchmarks.common import CONFIGS  # noqa: E402
+from benchmarks.common import CONFIGS, time_call  # noqa: E402
 
 KINDS = [  # (kind, pattern on the kernel's name), first match wins
     ("library call (products; some reductions)", r"^(ynn_fusion|dot)"),
@@ -52,15 +51,12 @@ def kernel_metadata(hlo: str) -> dict[str, tuple[str, str]]:
 
 
 def union_ms(intervals) -> float:
-    total, end = 0.0, None
-    start = None
-    for s, e in sorted(intervals):
-        if end is None or s > end:
-            total += 0.0 if end is None else end - start
-            start, end = s, e
-        else:
-            end = max(end, e)
-    return (total + (0.0 if end is None else end - start)) / 1e3
+    """Milliseconds covered by at least one of the ``(start, end)`` intervals (microseconds)."""
+    total, reached = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        total += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
+    return total / 1e3
 
 
 def profile(config: str, batch: int, seq: int, steps: int, trace_steps: int, top: int) -> None:
@@ -78,11 +74,7 @@ def profile(config: str, batch: int, seq: int, steps: int, trace_steps: int, top
         loss.block_until_ready()
 
     step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = [time_call(step) for _ in range(steps)]
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             for _ in range(trace_steps):
