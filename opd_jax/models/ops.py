@@ -63,6 +63,13 @@ def apply_rope(x_BTNH, cos_BTF, sin_BTF):
     return out.astype(x_BTNH.dtype)
 
 
+def _masked_scores(q_BKGTH, k_BKSH, visible_BTS):
+    """Float32 scaled scores ``[B, K, G, T, S]``, ``_MASKED`` where a key is hidden."""
+    scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH,
+                              preferred_element_type=jnp.float32) * (q_BKGTH.shape[-1] ** -0.5)
+    return jnp.where(visible_BTS[:, None, None, :, :], scores_BKGTS, _MASKED)
+
+
 def _attention_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     # Batch and kv head lead, then query group and time, so each product's output is laid out as
     # the next step reads it: on CPU, XLA otherwise computed the scores as [S, T*G] and transposed
@@ -71,26 +78,32 @@ def _attention_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     K = k_BSKH.shape[2]
     q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
     k_BKSH, v_BKSH = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
-    scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH,
-                              preferred_element_type=jnp.float32) * (H ** -0.5)
-    scores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], scores_BKGTS, _MASKED)
-    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
-    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS.astype(v_BKSH.dtype), v_BKSH)
-    out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
-    return out_BTNH, (q_BKGTH, k_BKSH, v_BKSH, visible_BTS, probs_BKGTS)
+    scores_BKGTS = _masked_scores(q_BKGTH, k_BKSH, visible_BTS)
+    max_BKGT1 = jax.lax.stop_gradient(jnp.max(scores_BKGTS, axis=-1, keepdims=True))  # softmax ignores shifts
+    exp_BKGTS = jnp.exp(scores_BKGTS - max_BKGT1)
+    sum_BKGT1 = jnp.sum(exp_BKGTS, axis=-1, keepdims=True)
+    probs_BKGTS = exp_BKGTS / sum_BKGT1
+    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS.astype(v_BKSH.dtype), v_BKSH,
+                           preferred_element_type=jnp.float32)
+    out_BTNH = out_BKGTH.astype(v_BKSH.dtype).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    # The probabilities are not kept for the backward pass (T*S per head and layer): only each
+    # query row's max and sum, from which it recomputes them.
+    return out_BTNH, (q_BKGTH, k_BKSH, v_BKSH, visible_BTS, max_BKGT1, sum_BKGT1, out_BKGTH)
 
 
 def _attention_bwd(residuals, g_BTNH):
-    q_BKGTH, k_BKSH, v_BKSH, visible_BTS, probs_BKGTS = residuals
+    q_BKGTH, k_BKSH, v_BKSH, visible_BTS, max_BKGT1, sum_BKGT1, out_BKGTH = residuals
     B, K, G, T, H = q_BKGTH.shape
     g_BKGTH = g_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+    probs_BKGTS = jnp.exp(_masked_scores(q_BKGTH, k_BKSH, visible_BTS) - max_BKGT1) / sum_BKGT1
     # Key and value gradients as [H, S] (then transposed, small): the [T, S] matrices are read in
     # their own layout, never transposed.
     dv_BKHS = jnp.einsum("bkgth,bkgts->bkhs", g_BKGTH, probs_BKGTS.astype(v_BKSH.dtype))
     dprobs_BKGTS = jnp.einsum("bkgth,bksh->bkgts", g_BKGTH, v_BKSH, preferred_element_type=jnp.float32)
-    # softmax's backward; masked keys get no gradient (as autodiff through the where gives them)
-    dscores_BKGTS = probs_BKGTS * (dprobs_BKGTS - jnp.sum(dprobs_BKGTS * probs_BKGTS, axis=-1, keepdims=True))
-    dscores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], dscores_BKGTS, 0.0)
+    # softmax's backward, p * (dp - sum_s dp * p), where sum_s dp * p = g . out (an [H] product per
+    # query instead of an [S] one); masked keys get no gradient (as autodiff through the where).
+    dot_BKGT1 = jnp.sum(g_BKGTH.astype(jnp.float32) * out_BKGTH, axis=-1, keepdims=True)
+    dscores_BKGTS = jnp.where(visible_BTS[:, None, None, :, :], probs_BKGTS * (dprobs_BKGTS - dot_BKGT1), 0.0)
     # The scale applied to the (small) q and k gradients: on the scores it took a pass of its own.
     scale = jnp.asarray(H ** -0.5, q_BKGTH.dtype)
     dq_BKGTH = jnp.einsum("bkgts,bksh->bkgth", dscores_BKGTS.astype(q_BKGTH.dtype), k_BKSH) * scale
@@ -103,12 +116,16 @@ def _attention_bwd(residuals, g_BTNH):
 def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     """Grouped-query attention; ``visible[b, t, s]`` says whether query t may see key s.
 
-    Scores and softmax are float32; the value products run in the compute dtype. The gradient is
-    written out (``_attention_bwd``) rather than left to autodiff (``attention_autodiff``): the
-    same values, with the backward of ``where`` and ``softmax`` in one expression over the scores.
-    XLA:CPU then needs less scratch memory for a train step and runs it faster: 31 against 48 MB
-    and 1.8x for the tiny benchmark model, 1.95 against 2.10 GB and 1.1x at ~100M
-    (``benchmarks/attention_backward.py``, 2026-12-05 on an Intel Xeon; BENCHMARKS.md).
+    Scores and softmax are float32; the value products run in the compute dtype (summed in
+    float32). The gradient is written out (``_attention_bwd``) rather than left to autodiff
+    (``attention_autodiff``): the same values, with the backward of ``where`` and ``softmax`` in
+    one expression over the scores, which are recomputed from each query's max and sum instead of
+    kept: a train step holds O(T) per head and layer for attention, not O(T * S). On XLA:CPU,
+    ``benchmarks/attention_backward.py`` (2026-12-05, Intel Xeon; BENCHMARKS.md): against
+    autodiff, 32 against 48 MB of scratch and 1.8x for the tiny benchmark model's step at 4 x 256
+    tokens, 1.84 against 2.10 GB and 1.14x at ~100M. Against keeping the probabilities: about the
+    same at 4 x 256 (0.97-1.10x over runs), and at 1 x 1024 tokens 1.84 against 2.38 GB and
+    1.09x at ~100M, 1.6x for the tiny model.
     """
     return _attention_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS)[0]
 

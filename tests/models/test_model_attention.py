@@ -85,5 +85,34 @@ def test_backward_benchmark_smoke(capsys):
     load("attention_backward").main(["--smoke"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2x16" and cells[4].endswith("x"), row
-    assert abs(float(cells[7]) - float(cells[8])) < 1e-4, row  # one computation, two gradients
+    assert cells[1] == "2x16" and cells[5].endswith("x") and cells[6].endswith("x"), row
+    losses = [float(c) for c in cells[-3:]]  # one computation, three gradients
+    assert max(losses) - min(losses) < 1e-4, row
+
+
+def _scanned_layers_scratch(attention, L=8, T=256):
+    """XLA's scratch bytes for the gradient of L attention layers in a ``scan`` (as the model's),
+    and the bytes of one layer's float32 probabilities ``[B, N, T, T]``."""
+    B, N, K, H = 1, 2, 1, 8
+    x = jax.random.normal(jax.random.key(0), (B, T, N, H))
+    w = jax.random.normal(jax.random.key(1), (L, 3, H, H)) * 0.3
+    visible = jnp.asarray(np.tril(np.ones((T, T), bool)))[None]
+
+    def loss(w, x):
+        def layer(x, w_l):
+            q, k, v = (jnp.einsum("btnh,hd->btnd", x, w_l[i]) for i in range(3))
+            return x + attention(q, k[:, :, :K], v[:, :, :K], visible), None
+        return jnp.sum(jax.lax.scan(layer, x, w)[0] ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(w, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, B * N * T * T * 4
+
+
+def test_backward_keeps_no_score_matrices_across_layers():
+    """The backward recomputes each layer's probabilities from its per-query max and sum, so each
+    layer of a stack adds O(T) memory for it, not a [T, S] matrix per head (which bounds the
+    sequence length a train step fits in). Keeping the probabilities adds ~1.1x their size per
+    layer, autodiff ~2.1x (measured when this test was written); this adds ~0.13x (q, k, v, out)."""
+    few, probs_bytes = _scanned_layers_scratch(ops.attention, L=4)
+    many, _ = _scanned_layers_scratch(ops.attention, L=12)
+    assert (many - few) / 8 < probs_bytes / 4, (few, many, probs_bytes)
