@@ -3,7 +3,8 @@
 Layer parameters are stacked on a leading ``layers`` axis and the full-sequence forward pass
 (training, scoring, the sampler's prefill) is a ``lax.scan`` over layers: compile time does not
 grow with depth, and per-layer rematerialisation is one ``jax.checkpoint`` around the scanned body.
-Models of at most ``LOOP_LAYERS`` layers (the lab's) without remat loop over layers in Python
+Without remat the body is checkpointed too, keeping only the weight products' outputs for the
+backward pass (``SCAN_SAVED``). Models of at most ``LOOP_LAYERS`` layers (the lab's) without remat loop over layers in Python
 instead: the same computation without the scan's stacked residual buffers.
 
 Calls with a KV cache (decode steps) go through a ``Decoder``: the layers' weights sliced out of
@@ -31,6 +32,13 @@ from opd_jax.sharding import shard
 
 _INIT_STD = 0.02  # HF's initializer_range default; only matters for freshly built models
 LOOP_LAYERS = 4  # models this shallow run their layers in a Python loop rather than a scan
+# What the scanned layers keep for the backward pass (without remat): the outputs of the weight
+# products; the elementwise rest (norms, RoPE, SiLU, attention's softmax) is recomputed from them.
+# A scan keeps each saved value in a stacked [L, ...] buffer that XLA zero-fills, writes and reads
+# back; autodiff of a layer saved ~6 MLP-sized values where 2 suffice, and copies of the reshaped
+# weights. At ~100M (4 x 256 tokens, XLA:CPU) a train step ran 1.25-1.3x faster with it, with
+# 0.96 against 1.84 GB of scratch (BENCHMARKS.md).
+SCAN_SAVED = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 def _param(value, names):
@@ -99,7 +107,9 @@ class DecoderLayers(nnx.Module):
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)  # prevent_cse is unneeded inside scan
-        elif cfg.num_layers <= LOOP_LAYERS:
+        elif cfg.num_layers > LOOP_LAYERS:
+            body = jax.checkpoint(body, policy=SCAN_SAVED, prevent_cse=False)
+        else:
             # A Python loop: no stacked residual buffers to zero, copy and update in the backward
             # pass (on a 2 x 128 model, 64 x 36 tokens: ~10% of a training step on 2 CPU cores).
             kvs = []

@@ -312,3 +312,25 @@ def test_runtime_layer_ids_change_nothing_but_the_program():
         dynamic = run(params, tuple(np.int32(i) for i in range(layers)))
         assert len(dynamic[1]) == layers
         jax.tree.map(np.testing.assert_array_equal, static, dynamic)
+
+
+def test_scanned_layers_keep_only_the_products_outputs(monkeypatch):
+    """A scanned model's backward pass keeps the weight products' outputs and recomputes the
+    rest (``transformer.SCAN_SAVED``): the gradients of saving everything, in less memory."""
+    import opd_jax.models.transformer as transformer
+    model = _model("qwen3", num_layers=transformer.LOOP_LAYERS + 2, intermediate_size=192)
+    tokens, mask, positions = padded_batch(model.cfg.vocab_size, (64, 50, 33, 64), 64)
+    graphdef, params = nnx.split(model, nnx.Param)
+    f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens, positions, mask=mask)[0] ** 2)  # noqa: E731
+
+    def compiled():
+        step = jax.jit(jax.value_and_grad(f)).lower(params).compile()
+        return step(params), step.memory_analysis().temp_size_in_bytes
+
+    (loss, grads), scratch = compiled()
+    monkeypatch.setattr(transformer, "SCAN_SAVED", jax.checkpoint_policies.everything_saveable)
+    (loss_all, grads_all), scratch_all = compiled()
+    np.testing.assert_allclose(loss, loss_all, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_all), strict=True):  # float32 rounding
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+    assert scratch < 0.8 * scratch_all, (scratch, scratch_all)
