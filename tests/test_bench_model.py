@@ -63,3 +63,12 @@ def test_step_profile_sums_the_traced_kernels(capsys):
     assert kinds and abs(sum(kinds) - summed) < 0.05 * summed + 0.1
     assert 0 < covered <= summed + 0.01
     assert len([line for line in out.splitlines() if line.count(" | ") == 3 and "`" in line]) == 3
+
+
+def test_scan_residuals_smoke(capsys):
+    """Each policy's train step runs in its own process; the losses agree (one computation)."""
+    load("scan_residuals").main(["--smoke"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |")]
+    assert [r[1] for r in rows] == ["products (default)", "everything", "nothing (remat)"]
+    losses = [float(r[5].strip(" |")) for r in rows]
+    assert max(losses) - min(losses) < 1e-4, rows
