@@ -121,11 +121,11 @@ def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     (``attention_autodiff``): the same values, with the backward of ``where`` and ``softmax`` in
     one expression over the scores, which are recomputed from each query's max and sum instead of
     kept: a train step holds O(T) per head and layer for attention, not O(T * S). On XLA:CPU,
-    ``benchmarks/attention_backward.py`` (2026-12-05, Intel Xeon; BENCHMARKS.md): against
-    autodiff, 32 against 48 MB of scratch and 1.8x for the tiny benchmark model's step at 4 x 256
-    tokens, 1.84 against 2.10 GB and 1.14x at ~100M. Against keeping the probabilities: about the
-    same at 4 x 256 (0.97-1.10x over runs), and at 1 x 1024 tokens 1.84 against 2.38 GB and
-    1.09x at ~100M, 1.6x for the tiny model.
+    ``benchmarks/attention_backward.py`` (2026-12-05, Intel Xeon; BENCHMARKS.md), against autodiff
+    and against keeping the probabilities: the tiny benchmark model (layers in a Python loop) at
+    4 x 256 tokens 2.4x and 1.1x faster, 32 against 48 and 31 MB of scratch; at 1 x 1024 2.5x and
+    1.6x, 59 against 120 and 59 MB. At ~100M (scanned layers, which keep only the weight products'
+    outputs, so the three need the same scratch) 1.31x and 1.17x at 1 x 1024, the same at 4 x 256.
     """
     return _attention_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS)[0]
 

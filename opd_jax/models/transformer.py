@@ -33,11 +33,11 @@ from opd_jax.sharding import shard
 _INIT_STD = 0.02  # HF's initializer_range default; only matters for freshly built models
 LOOP_LAYERS = 4  # models this shallow run their layers in a Python loop rather than a scan
 # What the scanned layers keep for the backward pass (without remat): the outputs of the weight
-# products; the elementwise rest (norms, RoPE, SiLU, attention's softmax) is recomputed from them.
-# A scan keeps each saved value in a stacked [L, ...] buffer that XLA zero-fills, writes and reads
-# back; autodiff of a layer saved ~6 MLP-sized values where 2 suffice, and copies of the reshaped
-# weights. At ~100M (4 x 256 tokens, XLA:CPU) a train step ran 1.25-1.3x faster with it, with
-# 0.96 against 1.84 GB of scratch (BENCHMARKS.md).
+# products; the elementwise rest (norms, RoPE, SiLU, attention) is recomputed from them. A scan
+# keeps each saved value in a stacked [L, ...] buffer that XLA zero-fills, writes and reads back;
+# autodiff alone kept ~6 MLP-sized values per layer where 2 suffice, and copies of the weights.
+# ~100M, 4 x 256 tokens, XLA:CPU (benchmarks/scan_residuals.py, BENCHMARKS.md): float32 2.94
+# against 3.09 s a step and 0.96 against 1.84 GB of scratch; bf16 1.41 against 2.91 s.
 SCAN_SAVED = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
