@@ -109,7 +109,8 @@ def main(argv=None):
             rs = results[n, p]
             ms = statistics.median(r["ms"] for r in rs)
             each = ", ".join(f"{r['ms']:.0f}" for r in rs)
-            print(f"| {n} | {p} | {ms:.1f} [{each}] | {ms / base:.2f}x | {rs[0]['temp_mb']:.1f} | {rs[0]['loss']:.6f} |")
+            print(f"| {n} | {p} | {ms:.1f} [{each}] | {ms / base:.2f}x | {rs[0]['temp_mb']:.1f} | "
+                  f"{rs[0]['loss']:.6f} |")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Layer parameters are stacked on a leading ``layers`` axis and the full-sequence 
 (training, scoring, the sampler's prefill) is a ``lax.scan`` over layers: compile time does not
 grow with depth, and per-layer rematerialisation is one ``jax.checkpoint`` around the scanned body.
 Without remat the body is checkpointed too, keeping only the weight products' outputs for the
-backward pass (``SCAN_SAVED``). Models of at most ``LOOP_LAYERS`` layers (the lab's) without remat loop over layers in Python
-instead: the same computation without the scan's stacked residual buffers.
+backward pass (``SCAN_SAVED``). Models of at most ``LOOP_LAYERS`` layers (the lab's) without remat
+loop over layers in Python instead: the same computation without the scan's stacked residual
+buffers.
 
 Calls with a KV cache (decode steps) go through a ``Decoder``: the layers' weights sliced out of
 the stacked parameters once, and a Python loop over layers. Build it once outside a decode loop
