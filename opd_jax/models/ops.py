@@ -120,7 +120,9 @@ def attention(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     float32). The gradient is written out (``_attention_bwd``) rather than left to autodiff
     (``attention_autodiff``): the same values, with the backward of ``where`` and ``softmax`` in
     one expression over the scores, which are recomputed from each query's max and sum instead of
-    kept: a train step holds O(T) per head and layer for attention, not O(T * S). On XLA:CPU,
+    kept: in a scanned stack of layers (whose backward is a loop of its own) a train step holds
+    O(T) per head and layer for attention, not O(T * S). (Layers unrolled in Python needed as much
+    scratch either way on XLA:CPU: 59 MB for the tiny model below.) On XLA:CPU,
     ``benchmarks/attention_backward.py`` (2026-12-05, Intel Xeon; BENCHMARKS.md), against autodiff
     and against keeping the probabilities: the tiny benchmark model (layers in a Python loop) at
     4 x 256 tokens 2.4x and 1.1x faster, 32 against 48 and 31 MB of scratch; at 1 x 1024 2.5x and
