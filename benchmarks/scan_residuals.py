@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +59,10 @@ def child(name: str, batch: int, seq: int, reps: int, dtype: str, policy: str | 
     tokens = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, seq)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     params, opt, _, step = jax_fns(Transformer(cfg, rngs=nnx.Rngs(0)))
-    compiled = step.lower(params, opt, tokens, positions).compile()
+    lowered = step.lower(params, opt, tokens, positions)
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start  # XLA's compile of the step
     state = list(compiled(params, opt, tokens, positions))  # a first call, untimed
 
     def call():
@@ -66,7 +70,7 @@ def child(name: str, batch: int, seq: int, reps: int, dtype: str, policy: str | 
         jax.block_until_ready(state[2])
 
     times = [time_call(call) for _ in range(reps)]
-    return dict(ms=statistics.median(times) * 1e3, temp_mb=compiled.memory_analysis().temp_size_in_bytes / 2**20,
+    return dict(ms=statistics.median(times) * 1e3, compile_s=compile_s, temp_mb=compiled.memory_analysis().temp_size_in_bytes / 2**20,
                 loss=float(state[2]))
 
 
@@ -101,15 +105,16 @@ def main(argv=None):
     print(f"{os.cpu_count()} CPUs; {args.dtype}; batch x seq {batch}x{seq}; per policy {rounds} fresh process(es) "
           f"of {reps} timed steps, alternating; step ms: median over processes of each one's median "
           f"[each process]; host memory: {host_memory.in_effect()}\n")
-    print("| config | what the scan keeps | step ms | time / products' | XLA scratch MB | final loss |")
-    print("|---|---|---|---|---|---|")
+    print("| config | what the scan keeps | step ms | time / products' | XLA scratch MB | XLA compile s | final loss |")
+    print("|---|---|---|---|---|---|---|")
     for n in names:
         base = statistics.median(r["ms"] for r in results[n, "products (default)"])
         for p in POLICIES:
             rs = results[n, p]
             ms = statistics.median(r["ms"] for r in rs)
             each = ", ".join(f"{r['ms']:.0f}" for r in rs)
-            print(f"| {n} | {p} | {ms:.1f} [{each}] | {ms / base:.2f}x | {rs[0]['temp_mb']:.1f} | "
+            compile_s = statistics.median(r["compile_s"] for r in rs)
+            print(f"| {n} | {p} | {ms:.1f} [{each}] | {ms / base:.2f}x | {rs[0]['temp_mb']:.1f} | {compile_s:.1f} | "
                   f"{rs[0]['loss']:.6f} |")
 
 

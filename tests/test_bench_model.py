@@ -70,5 +70,5 @@ def test_scan_residuals_smoke(capsys):
     load("scan_residuals").main(["--smoke"])
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |")]
     assert [r[1] for r in rows] == ["products (default)", "everything", "nothing (remat)"]
-    losses = [float(r[5].strip(" |")) for r in rows]
+    losses = [float(r[6].strip(" |")) for r in rows]
     assert max(losses) - min(losses) < 1e-4, rows

@@ -37,8 +37,8 @@ LOOP_LAYERS = 4  # models this shallow run their layers in a Python loop rather 
 # products; the elementwise rest (norms, RoPE, SiLU, attention) is recomputed from them. A scan
 # keeps each saved value in a stacked [L, ...] buffer that XLA zero-fills, writes and reads back;
 # autodiff alone kept ~6 MLP-sized values per layer where 2 suffice, and copies of the weights.
-# ~100M, 4 x 256 tokens, XLA:CPU (benchmarks/scan_residuals.py, BENCHMARKS.md): float32 2.94
-# against 3.09 s a step and 0.96 against 1.84 GB of scratch; bf16 1.41 against 2.91 s.
+# ~100M, 4 x 256 tokens, XLA:CPU (benchmarks/scan_residuals.py, BENCHMARKS.md): float32 1.05-1.09x
+# faster, 0.96 against 1.84 GB of scratch, 1.7 against 2.1 s of compile; bf16 1.75-2.06x faster.
 SCAN_SAVED = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
