@@ -70,8 +70,8 @@ def child(name: str, batch: int, seq: int, reps: int, dtype: str, policy: str | 
         jax.block_until_ready(state[2])
 
     times = [time_call(call) for _ in range(reps)]
-    return dict(ms=statistics.median(times) * 1e3, compile_s=compile_s, temp_mb=compiled.memory_analysis().temp_size_in_bytes / 2**20,
-                loss=float(state[2]))
+    return dict(ms=statistics.median(times) * 1e3, compile_s=compile_s, loss=float(state[2]),
+                temp_mb=compiled.memory_analysis().temp_size_in_bytes / 2**20)
 
 
 def main(argv=None):
