@@ -40,7 +40,6 @@ from benchmarks.bench_model import jax_fns  # noqa: E402
 from benchmarks.common import CONFIGS, command_line, sizes, time_call  # noqa: E402
 
 
-
 def _kept_fwd(q_BTNH, k_BSKH, v_BSKH, visible_BTS):
     """The forward pass keeping the float32 probabilities ``[B, K, G, T, S]`` for the backward."""
     B, T, N, H = q_BTNH.shape
