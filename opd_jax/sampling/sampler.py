@@ -160,7 +160,8 @@ def _decode(model, tokens_R, positions_R, mask_R, cache):
 
 def _write(buf, col, values):
     """``buf[:, col] = values``."""
-    return jax.lax.dynamic_update_slice(buf, values[:, None].astype(buf.dtype), (jnp.int32(0), col))
+    return jax.lax.dynamic_update_slice(buf, values[:, None].astype(buf.dtype), (np.int32(0), col),
+                                        allow_negative_indices=False)
 
 
 def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
@@ -182,19 +183,26 @@ def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
     return tokens, logp, dict(student_logp=student, teacher_logp=teacher, from_teacher=from_teacher)
 
 
-def _emit(cfg: SamplerConfig, state: SamplingState, col, keys_R, mix) -> SamplingState:
-    """Sample column ``col`` from ``state.logits`` for every unfinished row and record it."""
-    tokens, logp, extras = _choose(cfg, keys_R, state.logits, state.teacher_logits, mix)
+# Traced once per program, not once per cache phase (the phases' loops call it with the same shapes).
+_choose_once = jax.jit(_choose, static_argnums=0)
+
+
+def _emit(cfg: SamplerConfig, state: SamplingState, col, keys_R, mix):
+    """Sample column ``col`` from ``state.logits`` for every unfinished row and record it: the new
+    state, and the column's tokens and mask (what the next forward takes; reading them back out of
+    the updated buffers would make XLA copy the buffers on every step)."""
+    tokens, logp, extras = _choose_once(cfg, keys_R, state.logits, state.teacher_logits, mix)
     live = ~state.done
+    written = jnp.where(live, tokens, cfg.pad_id).astype(state.tokens.dtype)
     updates = dict(
-        tokens=_write(state.tokens, col, jnp.where(live, tokens, cfg.pad_id)),
+        tokens=_write(state.tokens, col, written),
         mask=_write(state.mask, col, live),
         logp=_write(state.logp, col, jnp.where(live, logp, 0.0)),
         done=state.done | (live & _is_eos(tokens, cfg.eos_ids)),
     )
     for name, value in extras.items():
         updates[name] = _write(getattr(state, name), col, jnp.where(live, value, jnp.zeros_like(value)))
-    return state.replace(**updates)
+    return state.replace(**updates), written, live
 
 
 def _is_eos(tokens_R, eos_ids: tuple[int, ...]):
@@ -239,8 +247,12 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     decoder = _decoder(model, cache_len, layer_ids)
     t_decoder = None if teacher is None else _decoder(teacher, cache_len, layer_ids)
 
-    streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
-    keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
+    # Greedy decoding draws no random bits (a teacher's coin does): no key is derived, so none is
+    # traced, lowered or compiled.
+    random, keys_R = not cfg.greedy or teacher is not None, None
+    if random:
+        streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
+        keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
     next_pos_R = _repeat_rows(prompt_len_B, n)  # position of completion token 0
 
     def buffer(prompt_part, fill=0):
@@ -268,11 +280,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         return (state.step < max_new) & ~jnp.all(state.done) & (state.cache.index < state.cache.max_len)
 
     def body(state: SamplingState):
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, state.step)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, state.step) if random else None
         col = P + state.step
-        state = _emit(cfg, state, col, step_keys, mix)
-        token = jax.lax.dynamic_slice_in_dim(state.tokens, col, 1, axis=1)[:, 0]
-        real = jax.lax.dynamic_slice_in_dim(state.mask, col, 1, axis=1)[:, 0]
+        state, token, real = _emit(cfg, state, col, step_keys, mix)
         pos = next_pos_R + state.step
 
         def forward(carry):
