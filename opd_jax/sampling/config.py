@@ -49,10 +49,11 @@ class SamplerConfig:
     phases where attention over the full cache is at least ``AUTO_ATTENTION_SHARE`` of a decode
     step's multiply-adds (``ModelConfig.decode_macs``), else 1: at ~100M parameters and 160 slots
     (3%) the phases cost 1-2.5 s of compile and saved no decode time; at the tiny benchmark
-    model (20%) they saved 15%. With a single row, 2 phases instead of 4 (``AUTO_PHASES_ONE_ROW``):
-    XLA:CPU compiles a one-row product into a kernel of its own in every loop, so there each phase
-    costs twice the compile, and at the tiny model 2 phases decoded as fast as 4 (BENCHMARKS.md).
-    Results do not depend on it.
+    model (20%) they saved 15%. Fewer phases for fewer rows (``AUTO_PHASES_BY_ROWS``): what a phase
+    saves is attention over rows x slots, while a small batch's step is mostly reading the weights.
+    One row gets 2 (XLA:CPU compiles a one-row product into a kernel of its own in every loop, so
+    each phase costs twice the compile), up to 32 rows 3; at the tiny model these decoded as fast as
+    4 and compiled 0.1-0.5 s faster (BENCHMARKS.md). Results do not depend on it.
     """
 
     max_new_tokens: int
@@ -134,13 +135,17 @@ class SamplerConfig:
     def phases(self, attention_share: float | None = None, rows: int | None = None) -> int:
         """The number of cache phases asked for: ``cache_phases``, or for ``"auto"`` 1 if
         ``attention_share`` (attention's share of a decode step's multiply-adds at the full
-        cache; None: unknown) is below ``AUTO_ATTENTION_SHARE``, else ``AUTO_PHASES_ONE_ROW`` for
-        a program of one row (``rows``: the rows it decodes; None: unknown) and ``AUTO_PHASES``."""
+        cache; None: unknown) is below ``AUTO_ATTENTION_SHARE``, else the first count of
+        ``AUTO_PHASES_BY_ROWS`` whose row bound holds ``rows`` (the rows the program decodes; None:
+        unknown), and ``AUTO_PHASES`` beyond them."""
         if self.cache_phases != "auto":
             return self.cache_phases
         if attention_share is not None and attention_share < AUTO_ATTENTION_SHARE:
             return 1
-        return AUTO_PHASES_ONE_ROW if rows == 1 else AUTO_PHASES
+        for most_rows, phases in AUTO_PHASES_BY_ROWS if rows is not None else ():
+            if rows <= most_rows:
+                return phases
+        return AUTO_PHASES
 
     def cache_capacities(self, prompt_bucket: int, attention_share: float | None = None,
                          rows: int | None = None) -> tuple[int, ...]:
@@ -164,7 +169,7 @@ class SamplerConfig:
 _MIN_PHASE = 32  # generated slots per cache phase, at least
 AUTO_PHASES = 4  # cache phases of cache_phases="auto" where attention is worth them
 AUTO_ATTENTION_SHARE = 0.05  # ... that is, where it is at least this share of a decode step
-AUTO_PHASES_ONE_ROW = 2  # ... and for a single row, where each phase's products cost twice the compile
+AUTO_PHASES_BY_ROWS = ((1, 2), (32, 3))  # ... but (at most this many rows, this many phases) before
 
 
 def _bucket(n: int, buckets: tuple[int, ...], name: str, what: str) -> int:

@@ -10,7 +10,7 @@ there: parameters stay with the trainer, prompts with the caller.
 The cache grows in phases (``SamplerConfig.cache_phases``): one ``while_loop`` per cache size,
 the cache padded to the next size between them, so that early steps attend over fewer slots.
 ``"auto"`` decides from the models' shapes (phases only where attention is a real share of a step)
-and the rows (fewer phases for a single row, where each costs more compile).
+and the rows (fewer phases for fewer rows, where each saves less decode time).
 
 The prompts go through the model's scanned full-sequence forward once (``model.prefill``); the
 decode steps through ``model.decoder()``, built once before the loop: per-layer weights that the

@@ -83,9 +83,9 @@ def test_auto_cache_phases_follow_attention_share():
     assert [cfg.phases(share) for share in (None, 0.049, 0.05, 0.5)] == [4, 1, 4, 4]
     assert cfg.cache_capacities(32, 0.01) == (160,) and cfg.cache_capacities(32, 0.2) == (64, 96, 128, 160)
     assert [cfg.replace(cache_phases=2).phases(share) for share in (None, 0.01, 0.5)] == [2, 2, 2]
-    # one row: 2 phases where attention counts, 1 where it does not; rows never override an int
-    assert [cfg.phases(share, rows) for share, rows in [(0.5, 1), (None, 1), (0.01, 1), (0.5, 2), (0.5, None)]] \
-        == [2, 2, 1, 4, 4]
+    # fewer rows, fewer phases where attention counts (1 where it does not); rows never override an int
+    cases = [(0.5, 1), (None, 1), (0.01, 1), (0.5, 2), (0.5, 32), (0.01, 32), (0.5, 33), (0.5, None)]
+    assert [cfg.phases(share, rows) for share, rows in cases] == [2, 2, 1, 3, 3, 1, 4, 4]
     assert cfg.cache_capacities(32, 0.2, rows=1) == (96, 160)
     assert [cfg.replace(cache_phases=k).phases(0.5, rows=1) for k in (1, 3, 4)] == [1, 3, 4]
 
@@ -94,7 +94,8 @@ def test_auto_cache_phases_follow_attention_share():
 def test_sampler_picks_phases_from_the_model(wide):
     """The same sampler config decodes in 4 loops (the program of ``cache_phases=4``) for a model
     whose attention is a large share of a step (the tiny model, ~50% at 160 slots) and in one for
-    a model dominated by its weights; with a single row (one prompt, one sample) in 2 loops."""
+    a model dominated by its weights; with fewer rows in fewer: 2 loops for a single row (one prompt,
+    one sample), 3 for 2 to 32 rows."""
     model_cfg = tiny_config("qwen3")
     if wide:  # weights 64x the tiny model's products per token, attention 4x
         model_cfg = model_cfg.replace(hidden_size=384, intermediate_size=1536, vocab_size=4096)
@@ -103,16 +104,19 @@ def test_sampler_picks_phases_from_the_model(wide):
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
     sds = jax.ShapeDtypeStruct
     loops = {}
-    for phases, B, n in [("auto", 2, 1), (1, 2, 1), (2, 2, 1), (4, 2, 1), ("auto", 1, 1), ("auto", 1, 2)]:
+    for phases, B, n in [("auto", 33, 1), (1, 2, 1), (2, 2, 1), (3, 2, 1), (4, 2, 1), ("auto", 1, 1),
+                         ("auto", 2, 1), ("auto", 1, 2), ("auto", 16, 2), ("auto", 11, 3)]:
         text = sample_program.trace(
             graphdef, params, sds((B, 32), np.int32), sds((B, 32), np.bool_), jax.random.key(0),
             sds((B,), np.int32), np.int32(128), np.float32(0), None, None,
             cfg=SamplerConfig(max_new_tokens=128, cache_phases=phases, num_samples=n)).lower().as_text()
         loops[phases, B, n] = text.count("stablehlo.while")
-    assert loops[4, 2, 1] == loops[2, 2, 1] + 2 == loops[1, 2, 1] + 3, loops
-    assert loops["auto", 2, 1] == loops[1 if wide else 4, 2, 1], loops
+    assert loops[4, 2, 1] == loops[3, 2, 1] + 1 == loops[2, 2, 1] + 2 == loops[1, 2, 1] + 3, loops
+    assert loops["auto", 33, 1] == loops[1 if wide else 4, 2, 1], loops
     assert loops["auto", 1, 1] == loops[1 if wide else 2, 2, 1], loops  # one row
-    assert loops["auto", 1, 2] == loops["auto", 2, 1], loops  # one prompt, two samples: two rows
+    assert loops["auto", 2, 1] == loops[1 if wide else 3, 2, 1], loops
+    assert loops["auto", 1, 2] == loops["auto", 16, 2] == loops["auto", 2, 1], loops  # prompts x samples
+    assert loops["auto", 11, 3] == loops["auto", 33, 1], loops
 
 
 def test_no_retrace_within_a_bucket():
