@@ -22,14 +22,20 @@ says which was in force.
 ``--order blocks`` times each side's reps back to back (ours x reps, PyTorch x reps, twice)
 instead of alternating: on a virtual machine whose balloon reports free pages to the host
 (``benchmarks/fresh_memory.py``), memory one side frees lies free while the other runs and is
-slow to touch again, a cost neither pays in a training loop of its own.
+slow to touch again, a cost neither pays in a training loop of its own. ``--order processes``
+runs each side alone in fresh processes, alternating (ours, PyTorch, ours, ...; ``--rounds``
+each), each timing its forward's and then its train step's reps back to back after a warm-up:
+each side as in a training loop of its own, with drift across processes hitting both alike.
+Each child loads the same saved checkpoint; its forward's logits come back for the comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -58,12 +64,18 @@ LR = 1e-5
 def build(name: str, workdir: str, dtype: str = "float32"):
     """The PyTorch reference model and ours, holding identical float32 weights (ours computing
     in ``dtype``)."""
+    theirs, path = reference(name, workdir)
+    return theirs, from_pretrained(path, param_dtype="float32", dtype=dtype)
+
+
+def reference(name: str, workdir: str):
+    """The PyTorch model of config ``name`` (seeded), saved as a checkpoint in ``workdir``; and its path."""
     cfg = transformers.AutoConfig.for_model("qwen3", **CONFIGS[name])
     torch.manual_seed(0)
     theirs = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     path = os.path.join(workdir, name)
     theirs.save_pretrained(path)
-    return theirs, from_pretrained(path, param_dtype="float32", dtype=dtype)
+    return theirs, path
 
 
 def jax_fns(model):
@@ -91,30 +103,40 @@ def jax_fns(model):
     return params, opt_state, forward, train_step
 
 
-def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32",
-                 order: str = "alternating") -> list[dict]:
-    theirs, ours = build(name, workdir, dtype)
-    autocast = dtype != "float32"
-    tokens_np = np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"], (batch, seq))
+def batch_of(name: str, batch: int, seq: int) -> np.ndarray:
+    return np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"], (batch, seq))
+
+
+def ours_side(ours, tokens_np):
+    """Our timed forward and donated train step on ``tokens_np``, and our forward's float32 logits."""
+    batch, seq = tokens_np.shape
     tokens, positions = jnp.asarray(tokens_np, jnp.int32), jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
-    tokens_pt = torch.tensor(tokens_np, dtype=torch.long)
     params, opt_state, forward, train_step = jax_fns(ours)
-    torch_opt = torch.optim.AdamW(theirs.parameters(), lr=LR)
+    state = {"params": params, "opt": opt_state}
 
     def ours_forward():
         forward(params, tokens, positions).block_until_ready()
-
-    def torch_forward():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            theirs(input_ids=tokens_pt, use_cache=False).logits
-
-    state = {"params": params, "opt": opt_state}
 
     def ours_train():
         state["params"], state["opt"], loss = train_step(state["params"], state["opt"], tokens, positions)
         loss.block_until_ready()
 
+    return ours_forward, ours_train, np.asarray(forward(params, tokens, positions).astype(jnp.float32))
+
+
+def torch_side(theirs, tokens_np, autocast: bool):
+    """PyTorch's timed forward and train step (AdamW), under bf16 autocast if ``autocast``; and
+    its float32 logits with, under autocast, its autocast logits (else the float32 ones again)."""
+    tokens_pt = torch.tensor(tokens_np, dtype=torch.long)
+    torch_opt = torch.optim.AdamW(theirs.parameters(), lr=LR)
+
+    def torch_forward():
+        theirs.eval()  # dropout is 0 either way; mode only affects bookkeeping
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            theirs(input_ids=tokens_pt, use_cache=False).logits
+
     def torch_train():
+        theirs.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = theirs(input_ids=tokens_pt, use_cache=False).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens_pt[:, 1:].reshape(-1))
@@ -122,35 +144,90 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype
         torch_opt.step()
         torch_opt.zero_grad(set_to_none=True)
 
-    # Same weights, same batch: the forward passes must agree before timing means anything.
     theirs.eval()
     with torch.no_grad():
         ref = theirs(input_ids=tokens_pt, use_cache=False).logits.numpy()
-    mine = np.asarray(forward(params, tokens, positions).astype(jnp.float32))
-    theirs_low = ref  # float32: PyTorch's own forward is the reference
-    if autocast:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            theirs_low = theirs(input_ids=tokens_pt, use_cache=False).logits.float().numpy()
-    max_diff, torch_diff = float(np.abs(mine - ref).max()), float(np.abs(theirs_low - ref).max())
-    n_params = count_params(ours)
+        low = ref  # float32: PyTorch's own forward is the reference
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = theirs(input_ids=tokens_pt, use_cache=False).logits.float().numpy()
+    return torch_forward, torch_train, (ref, low)
+
+
+def timed(fns, order: str, reps: int) -> list[list[float]]:
+    """Seconds per call of each callable in ``fns`` after one warm-up call each (compiles ours,
+    warms PyTorch's allocator): alternating A B A B, or in blocks (A x reps, B x reps, twice)."""
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    if order == "alternating":
+        for _ in range(reps):
+            for t, f in zip(times, fns):
+                t.append(time_call(f))
+    else:
+        for _ in range(2):
+            for t, f in zip(times, fns):
+                t += [time_call(f) for _ in range(reps)]
+    return times
+
+
+def row(name, n_params, batch, seq, phase, times_a, times_b, logits, ref, low) -> dict:
+    tps_a, tps_b = batch * seq / statistics.median(times_a), batch * seq / statistics.median(times_b)
+    return dict(config=name, params=n_params, shape=f"{batch}x{seq}", phase=phase, ours=tps_a, torch=tps_b,
+                ratio=tps_a / tps_b, max_diff=float(np.abs(logits - ref).max()),
+                torch_diff=float(np.abs(low - ref).max()), each_a=times_a, each_b=times_b)
+
+
+def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32",
+                 order: str = "alternating") -> list[dict]:
+    theirs, ours = build(name, workdir, dtype)
+    tokens_np = batch_of(name, batch, seq)
+    # Same weights, same batch: the forward passes must agree before timing means anything.
+    ours_forward, ours_train, logits = ours_side(ours, tokens_np)
+    torch_forward, torch_train, (ref, low) = torch_side(theirs, tokens_np, dtype != "float32")
     rows = []
     for phase, a, b in [("forward", ours_forward, torch_forward), ("train step", ours_train, torch_train)]:
-        theirs.train(phase != "forward")  # dropout is 0 either way; mode only affects bookkeeping
-        a(), b()  # warm-up: compiles ours, warms PyTorch's allocator
-        times_a, times_b = [], []
-        if order == "alternating":
-            for _ in range(reps):
-                times_a.append(time_call(a))
-                times_b.append(time_call(b))
-        else:  # blocks: A x reps, B x reps, twice
-            for _ in range(2):
-                times_a += [time_call(a) for _ in range(reps)]
-                times_b += [time_call(b) for _ in range(reps)]
-        tps_a, tps_b = batch * seq / statistics.median(times_a), batch * seq / statistics.median(times_b)
-        rows.append(dict(config=name, params=n_params, shape=f"{batch}x{seq}", phase=phase,
-                         ours=tps_a, torch=tps_b, ratio=tps_a / tps_b, max_diff=max_diff,
-                         torch_diff=torch_diff))
+        times_a, times_b = timed([a, b], order, reps)
+        rows.append(row(name, count_params(ours), batch, seq, phase, times_a, times_b, logits, ref, low))
     return rows
+
+
+def child(side: str, name: str, path: str, batch: int, seq: int, reps: int, dtype: str, logits_to: str | None):
+    """One side alone in this process: its forward's reps, then its train step's, back to back
+    (``timed`` in blocks of one side); the logits go to ``logits_to`` (.npz) if given."""
+    tokens_np = batch_of(name, batch, seq)
+    if side == "ours":
+        model = from_pretrained(path, param_dtype="float32", dtype=dtype)
+        forward, train, logits = ours_side(model, tokens_np)
+        saved, n_params = dict(logits=logits), count_params(model)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+        forward, train, (ref, low) = torch_side(model, tokens_np, dtype != "float32")
+        saved, n_params = dict(ref=ref, low=low), None
+    if logits_to:
+        np.savez(logits_to, **saved)
+    (forward_s,), (train_s,) = timed([forward], "blocks", reps), timed([train], "blocks", reps)
+    return dict(params=n_params, forward=statistics.median(forward_s), train=statistics.median(train_s))
+
+
+def in_processes(name: str, batch: int, seq: int, reps: int, rounds: int, workdir: str, dtype: str) -> list[dict]:
+    """Each side in fresh processes, alternating (ours, PyTorch, ours, ...), ``rounds`` each: per
+    phase the median over processes of each one's median."""
+    path = reference(name, workdir)[1]  # the checkpoint both sides load
+    results = {"ours": [], "torch": []}
+    for r in range(rounds):
+        for side in results:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--configs", name, "--batch", str(batch),
+                   "--seq", str(seq), "--reps", str(reps), "--dtype", dtype, "--path", path]
+            if r == 0:
+                cmd += ["--logits-to", os.path.join(workdir, f"{name}-{side}.npz")]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[side].append(json.loads(out.strip().splitlines()[-1]))
+    logits = np.load(os.path.join(workdir, f"{name}-ours.npz"))["logits"]
+    theirs = np.load(os.path.join(workdir, f"{name}-torch.npz"))
+    return [row(name, results["ours"][0]["params"], batch, seq, phase, [r[key] for r in results["ours"]],
+                [r[key] for r in results["torch"]], logits, theirs["ref"], theirs["low"])
+            for phase, key in [("forward", "forward"), ("train step", "train")]]
 
 
 def main(argv=None):
@@ -162,24 +239,39 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="compute dtype of both sides (bfloat16: float32 weights, bf16 products)")
-    parser.add_argument("--order", default="alternating", choices=("alternating", "blocks"),
+    parser.add_argument("--order", default="alternating", choices=("alternating", "blocks", "processes"),
                         help="alternating: A B A B (the default); blocks: each side's reps back to back "
-                             "(A x reps, B x reps, twice), as each runs in a training loop of its own")
+                             "(A x reps, B x reps, twice), as each runs in a training loop of its own; "
+                             "processes: each side alone in fresh processes, alternating, --rounds each")
+    parser.add_argument("--rounds", type=int, default=3, help="--order processes: processes per side")
+    parser.add_argument("--child", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--logits-to", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     host_memory.keep_freed_memory()  # before JAX's CPU client exists; applies to both sides
     names, batch, seq, reps = sizes(parser, args)
+    rounds = 1 if args.smoke else args.rounds
+    if rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {rounds}")
+    if args.child:
+        print(json.dumps(child(args.child, names[0], args.path, batch, seq, reps, args.dtype, args.logits_to)))
+        return
 
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
-            rows += bench_config(name, batch, seq, reps, workdir, args.dtype, args.order)
+            rows += (in_processes(name, batch, seq, reps, rounds, workdir, args.dtype) if args.order == "processes"
+                     else bench_config(name, batch, seq, reps, workdir, args.dtype, args.order))
 
     print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs; "
-          + (f"medians of {reps} alternating runs; " if args.order == "alternating" else
-             f"medians of {2 * reps} runs in blocks ({reps} of ours, {reps} of PyTorch's, twice); ")
+          + {"alternating": f"medians of {reps} alternating runs; ",
+             "blocks": f"medians of {2 * reps} runs in blocks ({reps} of ours, {reps} of PyTorch's, twice); ",
+             "processes": f"each side alone in {rounds} fresh processes, alternating, each timing {2 * reps} runs "
+                          f"after a warm-up; medians of the processes' medians [each process, tok/s]; ",
+             }[args.order]
           + f"host memory: {host_memory.in_effect()}; "
           + ("float32\n" if args.dtype == "float32" else
              "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
@@ -189,8 +281,14 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|" + ("" if args.dtype == "float32" else "---|"))
     for r in rows:
         diffs = f"{r['max_diff']:.1e} |" + ("" if args.dtype == "float32" else f" {r['torch_diff']:.1e} |")
-        print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['shape']} | {r['phase']} | {r['ours']:,.0f} | "
-              f"{r['torch']:,.0f} | {r['ratio']:.2f} | {diffs}")
+        a, b = (each(r[k], batch * seq) if args.order == "processes" else "" for k in ("each_a", "each_b"))
+        print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['shape']} | {r['phase']} | {r['ours']:,.0f}{a} | "
+              f"{r['torch']:,.0f}{b} | {r['ratio']:.2f} | {diffs}")
+
+
+def each(seconds: list[float], tokens: int) -> str:
+    """Each process's tokens/s, in brackets."""
+    return " [" + ", ".join(f"{tokens / s:,.0f}" for s in seconds) + "]"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The model benchmark's smoke run, in both timing orders: a row per phase, with the forward passes
-of the two sides agreeing (the benchmark checks them before it times anything)."""
+"""The model benchmark's smoke run, in each timing order: a row per phase, with the forward passes
+of the two sides agreeing (in-process, or from the logits each side's fresh process saved)."""
 
 import re
 
@@ -7,17 +7,21 @@ import pytest
 from benchmark_scripts import load
 
 
-@pytest.mark.parametrize("order", ["alternating", "blocks"])
+@pytest.mark.parametrize("order", ["alternating", "blocks", "processes"])
 def test_smoke_run_prints_both_phases(capsys, order):
     load("bench_model").main(["--smoke", "--order", order])
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "medians of" in line)
     assert ("alternating runs" in header) == (order == "alternating")
     assert ("in blocks (3 of ours, 3 of PyTorch's, twice)" in header) == (order == "blocks")
+    assert ("alone in 1 fresh processes" in header) == (order == "processes")
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny |")]
     assert [r[3] for r in rows] == ["forward", "train step"]
     for r in rows:
-        assert float(r[4].replace(",", "")) > 0 and float(r[5].replace(",", "")) > 0
+        ours, theirs = (float(x.split(" [")[0].replace(",", "")) for x in r[4:6])
+        assert ours > 0 and theirs > 0
+        if order == "processes":  # the one process's own median, in brackets
+            assert r[4].endswith(f"[{r[4].split(' [')[0]}]") and r[5].endswith(f"[{r[5].split(' [')[0]}]")
         assert float(r[7].rstrip(" |")) < 1e-4  # max logit difference, float32
 
 
