@@ -104,6 +104,7 @@ def jax_fns(model):
 
 
 def batch_of(name: str, batch: int, seq: int) -> np.ndarray:
+    """The benchmark's token batch ``[batch, seq]`` (seeded: the same in every process)."""
     return np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"], (batch, seq))
 
 
@@ -131,12 +132,14 @@ def torch_side(theirs, tokens_np, autocast: bool):
     torch_opt = torch.optim.AdamW(theirs.parameters(), lr=LR)
 
     def torch_forward():
-        theirs.eval()  # dropout is 0 either way; mode only affects bookkeeping
+        if theirs.training:  # dropout is 0 either way; mode only affects bookkeeping (switched untimed,
+            theirs.eval()  # in each phase's warm-up call)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             theirs(input_ids=tokens_pt, use_cache=False).logits
 
     def torch_train():
-        theirs.train()
+        if not theirs.training:
+            theirs.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = theirs(input_ids=tokens_pt, use_cache=False).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens_pt[:, 1:].reshape(-1))

@@ -142,9 +142,10 @@ class SamplerConfig:
             return self.cache_phases
         if attention_share is not None and attention_share < AUTO_ATTENTION_SHARE:
             return 1
-        for most_rows, phases in AUTO_PHASES_BY_ROWS if rows is not None else ():
-            if rows <= most_rows:
-                return phases
+        if rows is not None:
+            for most_rows, phases in AUTO_PHASES_BY_ROWS:
+                if rows <= most_rows:
+                    return phases
         return AUTO_PHASES
 
     def cache_capacities(self, prompt_bucket: int, attention_share: float | None = None,
@@ -169,7 +170,7 @@ class SamplerConfig:
 _MIN_PHASE = 32  # generated slots per cache phase, at least
 AUTO_PHASES = 4  # cache phases of cache_phases="auto" where attention is worth them
 AUTO_ATTENTION_SHARE = 0.05  # ... that is, where it is at least this share of a decode step
-AUTO_PHASES_BY_ROWS = ((1, 2), (32, 3))  # ... but (at most this many rows, this many phases) before
+AUTO_PHASES_BY_ROWS = ((1, 2), (32, 3))  # ... but fewer for fewer rows: (at most these rows, these phases)
 
 
 def _bucket(n: int, buckets: tuple[int, ...], name: str, what: str) -> int:
