@@ -198,6 +198,14 @@ def cached_attention(q_BTNH, k_BKHS, v_BKSH, visible_BTS):
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
+def write_slots(buf, update, index, axis: int):
+    """``buf`` with ``update`` written from slot ``index >= 0`` along ``axis`` (static zeros elsewhere:
+    no index arithmetic is traced or compiled for them, nor for a negative ``index``)."""
+    starts = [np.int32(0)] * buf.ndim
+    starts[axis] = index
+    return jax.lax.dynamic_update_slice(buf, update.astype(buf.dtype), starts, allow_negative_indices=False)
+
+
 def visibility(key_valid_BS, q_slots_T, num_keys: int):
     """Causal-and-valid mask ``[B, T, S]``: query in slot ``q_slots[t]`` sees valid keys in slots <= it."""
     causal_TS = jnp.arange(num_keys, dtype=jnp.int32)[None, :] <= q_slots_T[:, None]

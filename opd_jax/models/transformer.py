@@ -24,7 +24,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx, struct
 
 from opd_jax.models import ops
@@ -190,14 +189,6 @@ def _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH):
     return shard(x_BTD + _dense(act_BTF, w["down"]), "batch", "seq", None)
 
 
-def _write_slots(buf, update, index, axis: int):
-    """``buf`` with ``update`` written from slot ``index >= 0`` along ``axis`` (static zeros elsewhere:
-    no index arithmetic is traced or compiled for them, nor for a negative ``index``)."""
-    starts = [np.int32(0)] * buf.ndim
-    starts[axis] = index
-    return jax.lax.dynamic_update_slice(buf, update.astype(buf.dtype), starts, allow_negative_indices=False)
-
-
 # The cached block's parts that do not depend on the cache's length, each traced once per shape: a
 # sampling program calls them in every layer of every cache phase's decode loop (traced 8 times
 # each at 2 layers and 4 phases otherwise). XLA inlines the calls.
@@ -209,8 +200,8 @@ def _cached_layer(cfg, w, x_BTD, cos_BTF, sin_BTF, visible_BTS, k_BKHS, v_BKSH, 
     """One block with this layer's cache: write the T new keys/values at ``index``, attend to all slots."""
     dt = cfg.compute_jnp_dtype
     q_BTNH, k_BTKH, v_BTKH = _cached_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF)
-    k_BKHS = _write_slots(k_BKHS, k_BTKH.transpose(0, 2, 3, 1), index, axis=3)
-    v_BKSH = _write_slots(v_BKSH, v_BTKH.transpose(0, 2, 1, 3), index, axis=2)
+    k_BKHS = ops.write_slots(k_BKHS, k_BTKH.transpose(0, 2, 3, 1), index, axis=3)
+    v_BKSH = ops.write_slots(v_BKSH, v_BTKH.transpose(0, 2, 1, 3), index, axis=2)
     # Attention in the wider of the cache's and the compute dtype: a float32 cache beside bf16
     # weights is read as it is (casting it would copy every slot of every layer on every step).
     at = jnp.promote_types(k_BKHS.dtype, dt)
@@ -270,7 +261,7 @@ class Decoder:
                              f"slots; got a call with batch {B} and {T} new tokens to a model of "
                              f"{cfg.num_layers} layers")
         index = cache.index.astype(jnp.int32)
-        key_valid_BS = _write_slots(cache.valid, mask_BT, index, axis=1)
+        key_valid_BS = ops.write_slots(cache.valid, mask_BT, index, axis=1)
         q_slots_T = index + jnp.arange(T, dtype=jnp.int32)
         visible_BTS = ops.visibility(key_valid_BS, q_slots_T, cache.max_len)
         if self.rope_cos is None:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from opd_jax.models import ops
 from opd_jax.models.cache import KVCache, init_cache
 from opd_jax.sampling import distribution as D
 from opd_jax.sampling import inputs
@@ -160,8 +161,7 @@ def _decode(model, tokens_R, positions_R, mask_R, cache):
 
 def _write(buf, col, values):
     """``buf[:, col] = values``."""
-    return jax.lax.dynamic_update_slice(buf, values[:, None].astype(buf.dtype), (np.int32(0), col),
-                                        allow_negative_indices=False)
+    return ops.write_slots(buf, values[:, None], col, axis=1)
 
 
 def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
