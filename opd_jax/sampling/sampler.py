@@ -25,6 +25,8 @@ its global id only: not on the other rows, the batch size or the sharding.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,8 +103,7 @@ def trace_count() -> int:
 
 
 def _shard_cache(cache: KVCache) -> KVCache:
-    axes = KVCache.logical_axes(cache.num_layers)
-    return jax.tree.map(lambda x, names: shard(x, *names), cache, axes)
+    return jax.tree.map(lambda x, names: shard(x, *names), cache, KVCache.logical_axes(cache.num_layers))
 
 
 def _repeat_rows(x, n: int):
@@ -312,9 +313,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
 
 
 _STATIC = ("graphdef", "teacher_graphdef", "cfg")
-# XLA:CPU's LLVM at optimization level 1 compiles the sampling program 0.1-0.3 s (10-25%) faster
-# than at its default, and the decode ran as fast (the kernels that matter are library calls);
-# measured with benchmarks/sampler_compile.py --opt-levels default,1. Other platforms keep theirs.
+# XLA:CPU's LLVM at level 1 compiles the sampling program 0.1-0.3 s (10-25%) faster than at its
+# default, and decodes as fast (benchmarks/sampler_compile.py --opt-levels default,1). Other
+# platforms keep theirs, and so does a level named in $XLA_FLAGS (the user's, or the tests' 0).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 sample_program = jax.jit(_program, static_argnames=_STATIC)
 cpu_sample_program = jax.jit(_program, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
@@ -328,8 +329,9 @@ def platform_of(params) -> str:
 
 
 def program_for(params):
-    """``cpu_sample_program`` for parameters on CPU devices, else ``sample_program``."""
-    return cpu_sample_program if platform_of(params) == "cpu" else sample_program
+    """``cpu_sample_program`` on CPU devices (unless $XLA_FLAGS names a level), else ``sample_program``."""
+    named = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+    return cpu_sample_program if platform_of(params) == "cpu" and not named else sample_program
 
 
 def cache_dtype_for(cfg: SamplerConfig, params) -> str | None:

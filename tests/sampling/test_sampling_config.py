@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 import re
 
 import jax
@@ -296,18 +297,24 @@ def test_layer_slicing_kernels_do_not_grow_with_depth():
     assert counts[10, False] > counts[5, False] > counts[5, True], counts
 
 
-def test_cpu_program_samples_what_the_default_program_samples():
-    """On CPU ``sample`` runs ``cpu_sample_program`` (compiled at ``CPU_COMPILER_OPTIONS``); it draws
-    the same tokens, with the same log-probabilities, as the program at XLA's default options."""
+def test_cpu_program_samples_what_the_default_program_samples(monkeypatch):
+    """On CPU ``sample`` runs ``cpu_sample_program`` (compiled at ``CPU_COMPILER_OPTIONS``) unless
+    $XLA_FLAGS names an LLVM level (as the tests' conftest does); it draws the same tokens, with the
+    same log-probabilities, as the program at the flags' options."""
     from opd_jax.sampling import sampler as S
 
     model_cfg = tiny_config("qwen3")
     graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(3)), nnx.Param)
+    assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+    assert S.program_for(params) is S.sample_program
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     assert S.program_for(params) is S.cpu_sample_program
     assert S.cpu_sample_program is not S.sample_program
     tokens, mask = left_padded(model_cfg.vocab_size, [3, 7, 5], 8)
     cfg = SamplerConfig(max_new_tokens=40, temperature=1.0, top_k=20, prompt_buckets=(8,), new_token_buckets=(40,))
+    compiled = S.cpu_sample_program._cache_size()
     ours = sample(graphdef, params, tokens, mask, jax.random.key(1), cfg=cfg)
+    assert S.cpu_sample_program._cache_size() == compiled + 1  # sample ran the CPU program
     default = S.sample_program(graphdef, params, tokens, mask, jax.random.key(1), np.arange(3, dtype=np.int32),
                                np.int32(40), np.float32(0), None, None, S.layer_ids(graphdef, params), cfg=cfg)
     np.testing.assert_array_equal(ours.tokens, default.tokens)
