@@ -1,6 +1,7 @@
 """Where the sampler's compile time goes: tracing, lowering and XLA's compile of the whole
-sampling program, split per stage, against the number of cache phases; and what each setting
-costs or saves in decode speed.
+sampling program, split per stage, against the number of cache phases; what each setting
+costs or saves in decode speed; and the first call beyond a run, with the YNNPACK calls (XLA:CPU
+fusions it hands to that library) whose runtimes are built then.
 
     python benchmarks/sampler_compile.py                       # tiny and 100m, batch 64, 1/2/4 phases
     python benchmarks/sampler_compile.py --configs 100m --batch 1 --phases 1,4
@@ -53,13 +54,15 @@ def measure(graphdef, params, name: str, batch: int, phases, reps: int, opt_leve
     compiled = lowered.compile(compiler_options=options)
     t3 = time.perf_counter()
     text = lowered.as_text()
+    # XLA:CPU hands these fusions to YNNPACK, which builds each one's runtime on its first execution
+    ynn = compiled.as_text().count('"kind":"__ynn_fusion"')
     dynamic = args[1:8] + args[9:]  # the graph definitions are static
     run = lambda: jax.block_until_ready(compiled(*dynamic))  # noqa: E731
     first = time_call(run)
     med = statistics.median(time_call(run) for _ in range(reps))
     return dict(config=name, batch=batch, phases=phases, opt_level=opt_level, trace=t1 - t0, lower=t2 - t1,
                 compile=t3 - t2, first_extra=first - med, run=med, tps=batch * 128 / med,
-                loops=text.count("stablehlo.while"), dots=text.count("dot_general"))
+                loops=text.count("stablehlo.while"), dots=text.count("dot_general"), ynn=ynn)
 
 
 def main(argv=None):
@@ -83,11 +86,12 @@ def main(argv=None):
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), {os.cpu_count()} CPUs; greedy, float32, "
           f"batch {args.batch}, 128 new tokens; run time: median of {args.reps} calls after the first\n")
     print("| config | cache phases | LLVM opt level | trace s | lower s | XLA compile s | first call beyond a run, s "
-          "| while loops | dot products | run ms | tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| while loops | dot products | YNNPACK calls | run ms | tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['phases']} | {r['opt_level']} | {r['trace']:.2f} | {r['lower']:.2f} | "
-              f"{r['compile']:.2f} | {r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['run'] * 1e3:.0f} | "
+              f"{r['compile']:.2f} | {r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['ynn']} | "
+              f"{r['run'] * 1e3:.0f} | "
               f"{r['tps']:,.0f} |")
 
 

@@ -99,3 +99,5 @@ def test_sampler_compile_smoke_compares_opt_levels(capsys):
     assert all(float(r[5]) > 0.01 for r in rows)  # XLA compiled each, the repeated ones too: no cache hit
     loops = {phases: {r[7] for r in rows if r[1] == phases} for phases in ("auto", "1")}  # while loops
     assert len(loops["auto"]) == 1 == len(loops["1"]) and loops["auto"] != loops["1"], loops
+    ynn = {phases: {int(r[9]) for r in rows if r[1] == phases} for phases in ("auto", "1")}  # YNNPACK calls
+    assert len(ynn["auto"]) == 1 == len(ynn["1"]), ynn  # the same fusions at every LLVM level
