@@ -91,8 +91,7 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['config']} | {r['phases']} | {r['opt_level']} | {r['trace']:.2f} | {r['lower']:.2f} | "
               f"{r['compile']:.2f} | {r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['ynn']} | "
-              f"{r['run'] * 1e3:.0f} | "
-              f"{r['tps']:,.0f} |")
+              f"{r['run'] * 1e3:.0f} | {r['tps']:,.0f} |")
 
 
 if __name__ == "__main__":
