@@ -30,10 +30,10 @@ def cache_dir() -> str:
 
 def child_env(devices: int = 8, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "OPD_JAX_"))}
-    # The parent's LLVM level (conftest): children compile faster, and compile the same programs
-    # as the test process itself, sharing the persistent cache's entries with it.
-    level = "--xla_backend_optimization_level=0"
-    env.update(XLA_FLAGS=f"{level} --xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    # The test process's LLVM level (conftest's 0 unless $XLA_FLAGS named one): children compile
+    # as fast, and the programs they share with it share the persistent cache's entries.
+    level = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
+    env.update(XLA_FLAGS=" ".join([*level, f"--xla_force_host_platform_device_count={devices}"]), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=cache_dir(),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", TF_CPP_MIN_LOG_LEVEL="2")
