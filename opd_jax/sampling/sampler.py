@@ -330,7 +330,7 @@ def platform_of(params) -> str:
 
 def program_for(params):
     """``cpu_sample_program`` on CPU devices (unless $XLA_FLAGS names a level), else ``sample_program``."""
-    named = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+    named = any(option in os.environ.get("XLA_FLAGS", "") for option in CPU_COMPILER_OPTIONS)
     return cpu_sample_program if platform_of(params) == "cpu" and not named else sample_program
 
 
