@@ -72,11 +72,15 @@ def test_cut_batches_train_exactly_as_whole_ones(tmp_path, objective, kw):
     cut, m_cut = _run(tmp_path, objective, 8, **dict(kw))
     # the cut run read fewer columns (the buffer holds 16, no completion is longer than 8)...
     assert all(a["flops/update"] < b["flops/update"] for a, b in zip(m_cut, m_whole))
-    # ...and computed the same losses and the same weights
-    for a, b in zip(m_cut, m_whole):
+    # ...and computed the same losses and the same weights. The first step's losses come from the
+    # same weights (rounding only: ~5e-7 relative); later ones from weights that rounding has moved
+    # through Adam (below), 2.5e-5 / 3.8e-5 relative at steps 2 / 3 on an AVX2 CPU. A wrong column
+    # would move a loss by percents.
+    for i, (a, b) in enumerate(zip(m_cut, m_whole)):
         for k in b:
             if k.startswith("loss/"):
-                np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
+                np.testing.assert_allclose(a[k], b[k], rtol=2e-5 if i == 0 else 2e-4, atol=1e-6,
+                                           err_msg=f"{k} at step {i + 1}")
     # (Adam steps of lr 1e-2: a bug moves weights by ~1e-2. Rounding moves most by ~1e-5, but Adam
     # divides each gradient by its own scale, so a near-zero gradient element can move by more:
     # 5.7e-5 on one of 2,048 elements on an AVX-512 CPU. Hence lr / 20.)
