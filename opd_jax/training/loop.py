@@ -133,7 +133,7 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             self.state, self.state_sh = sharded_init_state(params, self.tx, self.objective,
                                                            exp.run.seed, self.mesh, self.p_sh)
-        common = dict(graphdef=self.s_graph, tx=self.tx, cfg=exp.step)
+        common = dict(graphdef=self.s_graph, tx=self.tx, cfg=exp.step, state_shardings=self.state_sh)
         self.step_fn = make_train_step(objective=self.objective, **common, teacher_graphdef=(
             self.teacher.graphdef if self.reads_teacher else None))
         self.sft_fn = make_train_step(objective=self.sft, teacher_graphdef=None, **common)

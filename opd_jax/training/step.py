@@ -217,11 +217,16 @@ def _global_scales(micro, state, mbs, teacher_params, key, den_tokens):
 
 def make_train_step(*, graphdef, teacher_graphdef, tx, objective, cfg: StepConfig,
                     state_shardings=None, batch_shardings=None, teacher_shardings=None):
-    """``jax.jit`` of :func:`train_step` with the static pieces bound; the state is donated."""
+    """``jax.jit`` of :func:`train_step` with the static pieces bound; the state is donated.
+
+    ``state_shardings``: the new state's (and with ``batch_shardings``, the inputs'). Left to XLA,
+    the new state's are equivalent but not equal (``P()`` for a replicated leaf): not those that
+    checkpoints restore into, and a second entry in jit's cache for the second step."""
     fn = partial(train_step, graphdef=graphdef, teacher_graphdef=teacher_graphdef, tx=tx,
                  objective=objective, cfg=cfg)
     kwargs = {}
     if state_shardings is not None:
-        kwargs["in_shardings"] = (state_shardings, batch_shardings, teacher_shardings)
         kwargs["out_shardings"] = (state_shardings, None)
+        if batch_shardings is not None:
+            kwargs["in_shardings"] = (state_shardings, batch_shardings, teacher_shardings)
     return jax.jit(fn, donate_argnums=(0,), **kwargs)
