@@ -39,7 +39,7 @@ from opd_jax.teachers import Runtime, Student, build_teacher, teacher_class
 from opd_jax.training import batches as B
 from opd_jax.training import checks as C
 from opd_jax.training import flops as F
-from opd_jax.training import outputs, safety
+from opd_jax.training import outputs, safety, shared
 from opd_jax.training import text as T
 from opd_jax.training.batch import TrainBatch
 from opd_jax.training.build import build_model
@@ -113,9 +113,12 @@ class Trainer:
         self.rewarded = "reward" in O.required_inputs(exp.objective)
         self.reads_teacher = O.reads_teacher(exp.objective)
         diagnostics = (exp.run.diagnostics_k or None) if self.reads_teacher else None
-        self.objective = O.build_objective(exp.objective, dense_teacher=not sparse,
-                                           diagnostics_k=diagnostics)
-        self.sft = O.build_objective(O.SFTConfig(temperature=exp.objective.temperature))
+        # Built once per process for the same configs (shared.py: so are the train steps below).
+        obj_key = (exp.objective, not sparse, diagnostics)
+        self.objective = shared.cached(("objective", *obj_key), lambda: O.build_objective(
+            exp.objective, dense_teacher=not sparse, diagnostics_k=diagnostics))
+        sft = O.SFTConfig(temperature=exp.objective.temperature)
+        self.sft = shared.cached(("objective", sft), lambda: O.build_objective(sft))
         self.contexts = sorted(set(C.CONTEXT_FIELDS) & O.required_inputs(exp.objective))
 
         self.s_graph, params, self.p_sh = build_model(exp.student, self.mesh)
@@ -129,14 +132,19 @@ class Trainer:
         if self.eval_examples:
             C.check_lengths(self.eval_examples, self.eval_cfg.max_new_tokens, limits, exp.eval.path)
 
-        self.tx = make_optimizer(exp.optim, exp.run.steps)
+        tx_key = (exp.optim, exp.run.steps)
+        self.tx = shared.cached(("optimizer", *tx_key), lambda: make_optimizer(*tx_key))
         with jax.set_mesh(self.mesh):
             self.state, self.state_sh = sharded_init_state(params, self.tx, self.objective,
                                                            exp.run.seed, self.mesh, self.p_sh)
         common = dict(graphdef=self.s_graph, tx=self.tx, cfg=exp.step, state_shardings=self.state_sh)
-        self.step_fn = make_train_step(objective=self.objective, **common, teacher_graphdef=(
-            self.teacher.graphdef if self.reads_teacher else None))
-        self.sft_fn = make_train_step(objective=self.sft, teacher_graphdef=None, **common)
+        t_graph = self.teacher.graphdef if self.reads_teacher else None
+        step_key = (tx_key, exp.step, self.s_graph, jax.tree.structure(self.state_sh),
+                    tuple(jax.tree.leaves(self.state_sh)))
+        self.step_fn = shared.cached(("train step", obj_key, t_graph, *step_key), lambda: make_train_step(
+            objective=self.objective, teacher_graphdef=t_graph, **common))
+        self.sft_fn = shared.cached(("train step", sft, None, *step_key), lambda: make_train_step(
+            objective=self.sft, teacher_graphdef=None, **common))
         self.ckpt = Checkpointer(os.path.join(exp.run.workdir, "checkpoints"),
                                  keep=exp.ckpt.keep, async_save=exp.ckpt.async_save)
         self._ahead: _Prepared | None = None  # the next step's batch (teacher.overlap)
