@@ -2,7 +2,8 @@
 
 A lab experiment builds one ``Trainer`` per arm and seed, a test suite many more. Each used to
 build its own optimizer, objective and ``jax.jit`` of the train step, so every seed of an arm
-traced and lowered the same step again (XLA's compile itself comes from the persistent cache).
+traced and lowered the same step again (XLA's compile came from the persistent cache, or ran
+again for a program under the cache's threshold).
 :func:`cached` keeps the last :data:`LIMIT` values by a key of everything they are built from:
 configs (frozen dataclasses), graph definitions and shardings. The values are pure functions of
 that key (``optax`` transformations and objectives hold no state), so sharing them changes no

@@ -69,11 +69,12 @@ def test_trainers_with_the_same_static_pieces_share_their_train_steps(tmp_path):
 
 
 def test_a_shared_train_step_trains_exactly_as_a_new_one(tmp_path):
-    _trainer(tmp_path, "first").iteration()  # leaves its programs in the shared cache
+    first = _trainer(tmp_path, "first")
+    first.iteration()  # its step is compiled, and stays in the shared cache
     again = _trainer(tmp_path, "shared")
     shared.clear()
     fresh = _trainer(tmp_path, "fresh")
-    assert again.step_fn is not fresh.step_fn
+    assert again.step_fn is first.step_fn and fresh.step_fn is not first.step_fn
     for _ in range(2):
         m_again, m_fresh = again.iteration(), fresh.iteration()
         numbers = [k for k in m_fresh if not k.startswith(("time/", "throughput/"))]
