@@ -244,8 +244,10 @@ def test_layer_loop_equals_scan(monkeypatch):
     looped = run()
     monkeypatch.setattr(transformer, "LOOP_LAYERS", 0)
     scanned = run()
+    # Two programs that sum in different orders: float32 rounding apart (5e-5 relative in a few
+    # gradient entries under XLA:CPU's older emitters); a layer out of place moves them by O(1).
     for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(scanned), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=2e-4)
 
 
 def test_sharded_forward_equals_unsharded(n_devices):
