@@ -1,14 +1,14 @@
 """XLA's compile time of the Trainer's train step under sets of XLA compiler options, alternating.
 
 The step is the lab's baseline OPD arm on the shipped models (``lab/models``: the quickstart's
-first arm). One iteration runs to get the step's argument shapes; then the step is lowered once
+first arm). One iteration runs to record the step's arguments; then the step is lowered once
 and compiled again and again, each option set in turn (A B A B ...), with the persistent
 compilation cache off so that every compile is a real one. Wall and CPU seconds (XLA:CPU
 compiles on both cores), medians. ``--runs N`` also times N executions of each compiled step
 (on copies of the recorded arguments), the cost side of a cheaper compile.
 
-    python benchmarks/step_compile.py                       # XLA's defaults against the tests' options
-    python benchmarks/step_compile.py --rounds 7 --variants "xla_backend_optimization_level=0;xla_backend_optimization_level=0,xla_cpu_use_fusion_emitters=false"
+    python benchmarks/step_compile.py       # LLVM level 0 (the tests') and XLA's default, each with both emitters
+    python benchmarks/step_compile.py --rounds 7 --runs 5 --variants ";xla_cpu_use_fusion_emitters=false"
 
 ``--variants``: option sets separated by ``;``, each a comma-separated list of ``name=value``
 (XLA debug options, as ``jax.jit(..., compiler_options=)`` takes them); an empty set is XLA's
