@@ -7,10 +7,10 @@ import os
 # all run; the programs compute the same): tests/objectives/test_vocab.py took 71 s instead of
 # 102 s. A level in $XLA_FLAGS wins; programs that set their own (the CPU sampler's 1) keep it.
 # At level 0, most of what is left is XLA:CPU's MLIR fusion emitters building each fused kernel;
-# its older emitters (LLVM IR directly) compile a lab train step in 0.6 s instead of 1.7 s, and
-# the whole suite in 979 s instead of 1,398 s on 2 cores (BENCHMARKS.md, "The test suite's
+# its older emitters (LLVM IR directly) compile a lab train step in 0.85 s instead of 1.89 s,
+# and the whole suite in 979 s instead of 1,398 s on 2 cores (BENCHMARKS.md, "The test suite's
 # compile"). Runs outside the tests keep XLA's default emitters: at XLA's default level the older
-# ones compile slower (5.1-5.7 s against 3.7-4.0 s for the same step). A setting in $XLA_FLAGS wins.
+# ones compile slower (3.77 s against 3.38 s for the same step). A setting in $XLA_FLAGS wins.
 _FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _FLAGS:
     _FLAGS += " --xla_backend_optimization_level=0"
