@@ -87,6 +87,7 @@ def main(argv=None) -> list[dict]:
     sys.path.insert(0, ROOT)
     import jax
     jax.config.update("jax_enable_compilation_cache", False)
+    from benchmarks.common import command_line, time_call
 
     with tempfile.TemporaryDirectory() as workdir:
         step, args, mesh = step_and_args(workdir)
@@ -105,9 +106,8 @@ def main(argv=None) -> list[dict]:
             for _ in range(a.runs):
                 state = jax.tree.map(lambda x: x.copy(), args[0])
                 jax.block_until_ready(state)
-                t = time.perf_counter()
-                jax.block_until_ready(compiled(state, *args[1:]))
-                run[i].append(time.perf_counter() - t)
+                run[i].append(time_call(lambda: jax.block_until_ready(compiled(state, *args[1:]))))
+    print(f"command: {command_line()}")
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
           f"the lab's OPD train step, {a.rounds} alternating compiles each, medians\n")
     print("| XLA options | compile s (wall) | CPU s | each compile, wall s |" + (" step ms |" if a.runs else ""))
