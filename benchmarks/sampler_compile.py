@@ -6,6 +6,7 @@ fusions it hands to that library) whose runtimes are built then.
     python benchmarks/sampler_compile.py                       # tiny and 100m, batch 64, 1/2/4 phases
     python benchmarks/sampler_compile.py --configs 100m --batch 1 --phases 1,4
     python benchmarks/sampler_compile.py --phases auto --opt-levels default,1,default,1   # LLVM level
+    python benchmarks/sampler_compile.py --configs tiny --phases 2,3,4 --interleave 60  # decode, paired
 
 ``--opt-levels``: XLA's ``xla_backend_optimization_level`` for each setting ("default": XLA's own;
 ``sample`` compiles at ``sampler.CPU_COMPILER_OPTIONS`` on CPU), repeated to alternate.
@@ -14,6 +15,11 @@ Each setting runs in this process in turn (nothing is cached between them: the i
 are cleared and the persistent compilation cache is not enabled here). Decode speed is the median
 of ``--reps`` calls after the first; greedy, prompts of 16..32 tokens, 128 new tokens, as
 ``bench_sampler.py``.
+
+``--interleave N``: on a noisy machine the medians of settings timed one after another differ by
+more than the settings do. After the table, every setting's compiled program is called once per
+round, in turn, for N rounds, and each setting's call is divided by the first setting's call of
+the same round; the median of these paired ratios compares their decode.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ def measure(graphdef, params, name: str, batch: int, phases, reps: int, opt_leve
     first = time_call(run)
     med = statistics.median(time_call(run) for _ in range(reps))
     return dict(config=name, batch=batch, phases=phases, opt_level=opt_level, trace=t1 - t0, lower=t2 - t1,
-                compile=t3 - t2, first_extra=first - med, run=med, tps=batch * 128 / med,
+                compile=t3 - t2, first_extra=first - med, run=med, tps=batch * 128 / med, call=run,
                 loops=text.count("stablehlo.while"), dots=text.count("dot_general"), ynn=ynn)
 
 
@@ -72,7 +78,11 @@ def main(argv=None):
     parser.add_argument("--phases", default="1,2,4", help="comma-separated cache_phases settings (or auto)")
     parser.add_argument("--opt-levels", default="default", help="comma-separated LLVM optimization levels")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--interleave", type=int, default=0, metavar="N",
+                        help="then N rounds calling every setting's program in turn: paired decode ratios")
     args = parser.parse_args(argv)
+    if args.reps < 1 or args.interleave < 0:
+        parser.error(f"--reps must be at least 1 and --interleave at least 0 (got {args.reps}, {args.interleave})")
     rows = []
     for name in args.configs.split(","):
         if name not in CONFIGS:
@@ -92,6 +102,32 @@ def main(argv=None):
         print(f"| {r['config']} | {r['phases']} | {r['opt_level']} | {r['trace']:.2f} | {r['lower']:.2f} | "
               f"{r['compile']:.2f} | {r['first_extra']:.2f} | {r['loops']} | {r['dots']} | {r['ynn']} | "
               f"{r['run'] * 1e3:.0f} | {r['tps']:,.0f} |")
+    if args.interleave:
+        print_interleaved(rows, args.interleave)
+
+
+def interleave(calls, rounds: int) -> list[list[float]]:
+    """Seconds of each of ``calls`` in each of ``rounds`` rounds, the calls made in turn within a round."""
+    times = [[] for _ in calls]
+    for _ in range(rounds):
+        for call, seconds in zip(calls, times):
+            seconds.append(time_call(call))
+    return times
+
+
+def print_interleaved(rows, rounds: int):
+    print(f"\nDecode, interleaved: {rounds} rounds, each calling every setting's program once in turn; "
+          "ratio: the median over rounds of a setting's call over the first setting's (same config)\n")
+    print("| config | cache phases | LLVM opt level | median ms | quartiles ms | ratio to the first |")
+    print("|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["config"] for r in rows):
+        group = [r for r in rows if r["config"] == name]
+        times = interleave([r["call"] for r in group], rounds)
+        for r, seconds in zip(group, times):
+            ratio = statistics.median(a / b for a, b in zip(seconds, times[0]))
+            q1, _, q3 = statistics.quantiles(seconds, n=4) if rounds > 1 else (seconds[0],) * 3
+            print(f"| {name} | {r['phases']} | {r['opt_level']} | {statistics.median(seconds) * 1e3:.1f} | "
+                  f"{q1 * 1e3:.1f}-{q3 * 1e3:.1f} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

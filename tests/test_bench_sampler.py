@@ -90,11 +90,17 @@ def test_cold_start_child_times_our_sampler_in_a_fresh_process(tmp_path, frozen)
 @pytest.mark.slow
 def test_sampler_compile_smoke_compares_opt_levels(capsys):
     """``sampler_compile.py`` compiles every (phases, LLVM level) setting afresh and prints a row
-    for each: the program (loops, products) does not depend on the level, only its compile."""
+    for each: the program (loops, products) does not depend on the level, only its compile. With
+    ``--interleave`` a second table pairs each setting's calls with the first setting's."""
     pytest.importorskip("torch")
     _module("sampler_compile").main(["--configs", "tiny", "--batch", "2", "--phases", "auto,1",
-                                     "--opt-levels", "default,1,default", "--reps", "1"])
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |")]
+                                     "--opt-levels", "default,1,default", "--reps", "1", "--interleave", "3"])
+    out = capsys.readouterr().out
+    table, paired = out.split("Decode, interleaved: 3 rounds")
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| tiny |")]
+    pairs = [line.split(" | ") for line in paired.splitlines() if line.startswith("| tiny |")]
+    assert [r[1:3] for r in pairs] == [r[1:3] for r in rows]  # every setting, in the same order
+    assert float(pairs[0][5].rstrip(" |")) == 1.0 and all(float(p[3]) > 0 for p in pairs)
     assert [(r[1], r[2]) for r in rows] == [(p, level) for p in ("auto", "1") for level in ("default", "1", "default")]
     assert all(float(r[5]) > 0.01 for r in rows)  # XLA compiled each, the repeated ones too: no cache hit
     loops = {phases: {r[7] for r in rows if r[1] == phases} for phases in ("auto", "1")}  # while loops
