@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from flax import nnx  # noqa: E402
 from opd_jax.sampling import SamplerConfig  # noqa: E402
 from opd_jax.sampling import sampler as S  # noqa: E402
 from benchmarks.bench_sampler import build  # noqa: E402
-from benchmarks.common import CONFIGS, PAD, prompts, time_call  # noqa: E402
+from benchmarks.common import CONFIGS, PAD, command_line, prompts, time_call  # noqa: E402
 
 
 def measure(graphdef, params, name: str, batch: int, phases, reps: int, opt_level: str = "default") -> dict:
@@ -92,7 +91,7 @@ def main(argv=None):
         for phases in (p if p == "auto" else int(p) for p in args.phases.split(",")):
             for level in args.opt_levels.split(","):
                 rows.append(measure(graphdef, params, name, args.batch, phases, args.reps, level))
-    print(f"\ncommand: python {shlex.join(sys.argv)}")
+    print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), {os.cpu_count()} CPUs; greedy, float32, "
           f"batch {args.batch}, 128 new tokens; run time: median of {args.reps} calls after the first\n")
     print("| config | cache phases | LLVM opt level | trace s | lower s | XLA compile s | first call beyond a run, s "
