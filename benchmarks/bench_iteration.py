@@ -16,11 +16,9 @@ optimizer step; ours is ``Trainer.iteration()``. Runs alternate (A B A B ...); m
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -30,6 +28,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+
+from benchmarks.common import alternate, command_line  # noqa: E402
 
 MODELS = {  # HF Qwen3 configurations; the teacher is wider and deeper than the student
     "student": dict(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
@@ -140,14 +140,9 @@ def main():
                 "TRL GKDTrainer": trl_iteration(paths, prompts, a.new_tokens, workdir)}
         for run in runs.values():  # warm-up: compile ours, warm PyTorch
             run()
-        times = {k: [] for k in runs}
-        for _ in range(a.reps):
-            for name, run in runs.items():
-                t0 = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t0)
+        times = alternate(runs, a.reps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"command: {command_line()}")
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"transformers {transformers.__version__}; {os.cpu_count()} CPUs; float32; "
           f"batch {a.batch}, prompt {a.prompt_len}, {a.new_tokens} new tokens; opd_jax on "

@@ -44,6 +44,16 @@ def time_call(fn) -> float:
     return time.perf_counter() - start
 
 
+def alternate(calls: dict, rounds: int) -> dict:
+    """``{key: [seconds of each round]}``: every call of ``calls`` once per round, in turn (A B A B),
+    so that a drift of the machine's speed falls on all of them alike."""
+    times = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            times[key].append(time_call(call))
+    return times
+
+
 def command_line() -> str:
     """How this benchmark was started, with the ``OPD_JAX_HOST_MEMORY`` it ran under if one was set."""
     policy = os.environ.get("OPD_JAX_HOST_MEMORY")

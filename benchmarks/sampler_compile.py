@@ -41,7 +41,7 @@ from flax import nnx  # noqa: E402
 from opd_jax.sampling import SamplerConfig  # noqa: E402
 from opd_jax.sampling import sampler as S  # noqa: E402
 from benchmarks.bench_sampler import build  # noqa: E402
-from benchmarks.common import CONFIGS, PAD, command_line, prompts, time_call  # noqa: E402
+from benchmarks.common import CONFIGS, PAD, alternate, command_line, prompts, time_call  # noqa: E402
 
 
 def measure(graphdef, params, name: str, batch: int, phases, reps: int, opt_level: str = "default") -> dict:
@@ -105,15 +105,6 @@ def main(argv=None):
         print_interleaved(rows, args.interleave)
 
 
-def interleave(calls, rounds: int) -> list[list[float]]:
-    """Seconds of each of ``calls`` in each of ``rounds`` rounds, the calls made in turn within a round."""
-    times = [[] for _ in calls]
-    for _ in range(rounds):
-        for call, seconds in zip(calls, times):
-            seconds.append(time_call(call))
-    return times
-
-
 def print_interleaved(rows, rounds: int):
     print(f"\nDecode, interleaved: {rounds} rounds, each calling every setting's program once in turn; "
           "ratio: the median over rounds of a setting's call over the first setting's (same config)\n")
@@ -121,7 +112,7 @@ def print_interleaved(rows, rounds: int):
     print("|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["config"] for r in rows):
         group = [r for r in rows if r["config"] == name]
-        times = interleave([r["call"] for r in group], rounds)
+        times = list(alternate(dict(enumerate(r["call"] for r in group)), rounds).values())
         for r, seconds in zip(group, times):
             ratio = statistics.median(a / b for a, b in zip(seconds, times[0]))
             q1, _, q3 = statistics.quantiles(seconds, n=4) if rounds > 1 else (seconds[0],) * 3
