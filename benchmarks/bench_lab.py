@@ -1,14 +1,20 @@
-"""The lab's throughput: its SFT step and its OPD iteration, today's code next to an earlier commit's.
+"""The lab's throughput: its SFT step, its OPD iteration and its evaluation, today's code next to an
+earlier commit's.
 
 Each measurement runs in its own process (``--worker``) that imports ``opd_jax`` from a source
 tree, builds a ``Trainer`` on the lab's models and data, runs a few warm-up steps (compilation),
-then times ``--steps`` more and prints the median seconds per step. The earlier commit runs from
+then times ``--steps`` more and prints the median seconds per step. The evaluation phase
+(``--phases eval``) instead times ``--evals`` calls of ``opd_jax.lab.evaluate.evaluate`` of the
+student on ``--problems`` held-out problems (greedy, and 8 samples at temperature 1) with the
+teacher's token diagnostics, after one warm-up call. The earlier commit runs from
 a temporary ``git worktree``; variants of today's code: the same settings, the rows split over
 both cores (``--cpu-devices 2``), and bf16 products with float32 accumulation and master weights.
 Variants alternate (A B C ... A B C ...); the table gives the medians over ``--reps`` rounds and
 the speed-up against the earlier commit.
 
     python benchmarks/bench_lab.py --student lab/models/weak --teacher lab/models/teacher
+    python benchmarks/bench_lab.py --student lab/models/strong --teacher lab/models/teacher \
+        --phases eval --variants before,now --before 5d8f806
     python benchmarks/bench_lab.py ... --smoke     # seconds: checks that every variant runs
 """
 
@@ -31,6 +37,9 @@ VARIANTS = {  # name -> (source: "before" | "now", cpu devices, compute dtype)
     "now-2dev-bf16": ("now", 2, "bfloat16"),
 }
 
+PHASES = {"sft": "SFT step (64 rows)", "opd": "OPD iteration (16 x 4)",
+          "eval": "evaluation (greedy + 8 samples, teacher diagnostics)"}
+
 
 def worker(a):
     """Time one phase in this process; prints ``{"seconds": median}`` as the last line."""
@@ -48,6 +57,8 @@ def worker(a):
                                          MeshConfig, ModelSpec, OptimConfig, RunConfig,
                                          TeacherSpec)
     from opd_jax.training.loop import Trainer
+    if a.phase == "eval":
+        return eval_worker(a)
     sft = a.phase == "sft"
     try:
         ckpt = CheckpointConfig(every=0, keep=1, export=False)
@@ -75,11 +86,40 @@ def worker(a):
     print(json.dumps({"seconds": float(np.median(times))}))
 
 
+def eval_worker(a):
+    """The evaluation phase of :func:`worker`."""
+    import time
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from opd_jax.data import load_examples
+    from opd_jax.lab.evaluate import evaluate
+    from opd_jax.models import from_pretrained, load_tokenizer
+    from opd_jax.sharding import make_mesh
+    tok = load_tokenizer(os.path.join(a.data, "tokenizer"))
+    test = load_examples(os.path.join(a.data, "test.jsonl"), tokenizer=tok, max_prompt_len=24)[:a.problems]
+    mesh = make_mesh(data=a.devices)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    student, teacher = (nnx.split(from_pretrained(p, dtype=a.dtype), nnx.Param) for p in (a.student, a.teacher))
+    student, teacher = ((g, jax.device_put(w, replicated)) for g, w in (student, teacher))
+    call = lambda: evaluate(*student, test, tok, k=8, mesh=mesh, teacher=teacher)  # noqa: E731
+    call()
+    times = []
+    for _ in range(a.evals):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"seconds": float(np.median(times))}))
+
+
 def run_variant(source: str, devices: int, dtype: str, phase: str, a, trees: dict) -> float:
     work = tempfile.mkdtemp(prefix="bench_lab_")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--phase", phase, "--student", a.student,
            "--teacher", a.teacher, "--data", a.data, "--devices", str(devices), "--dtype", dtype,
-           "--steps", str(a.steps), "--warmup", str(a.warmup), "--workdir", work]
+           "--steps", str(a.steps), "--warmup", str(a.warmup), "--workdir", work,
+           "--evals", str(a.evals), "--problems", str(a.problems)]
     env = dict(os.environ, PYTHONPATH=trees[source], JAX_PLATFORMS="cpu")
     try:
         out = subprocess.run(cmd, env=env, cwd=trees[source], capture_output=True, text=True)
@@ -100,9 +140,12 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--phases", default="sft,opd", help="comma-separated, of sft, opd and eval")
+    ap.add_argument("--evals", type=int, default=3, help="timed evaluations (eval phase)")
+    ap.add_argument("--problems", type=int, default=128, help="held-out problems per evaluation (eval phase)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--phase", choices=("sft", "opd"), help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -112,11 +155,11 @@ def main(argv=None):
     if a.worker:
         return worker(a)
     if a.smoke:
-        a.steps, a.warmup, a.reps = 1, 1, 1
-    names = a.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+        a.steps, a.warmup, a.reps, a.evals, a.problems = 1, 1, 1, 1, 8
+    names, phases = a.variants.split(","), a.phases.split(",")
+    unknown = [n for n in names if n not in VARIANTS] + [p for p in phases if p not in PHASES]
     if unknown:
-        ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        ap.error(f"unknown variants or phases {unknown}; known: {list(VARIANTS)}, {list(PHASES)}")
     trees = {"now": ROOT}
     tmp = None
     if any(VARIANTS[n][0] == "before" for n in names):
@@ -125,9 +168,9 @@ def main(argv=None):
         subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", trees["before"], a.before],
                        check=True, capture_output=True)
     try:
-        times = {(n, p): [] for n in names for p in ("sft", "opd")}
+        times = {(n, p): [] for n in names for p in phases}
         for _ in range(a.reps):
-            for phase in ("sft", "opd"):
+            for phase in phases:
                 for n in names:
                     times[(n, phase)].append(run_variant(*VARIANTS[n], phase, a, trees))
     finally:
@@ -135,17 +178,19 @@ def main(argv=None):
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", trees["before"]],
                            capture_output=True)
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"lab step times, medians of {a.reps} alternating rounds of {a.steps} steps "
+    each = [f"{a.steps} steps" for p in phases if p != "eval"][:1] + [
+        f"{a.evals} evaluations of {a.problems} problems" for p in phases if p == "eval"]
+    print(f"lab step times, medians of {a.reps} alternating rounds of {' / '.join(each)} "
           f"(student {os.path.basename(a.student)}, teacher {os.path.basename(a.teacher)})")
-    print(f"{'variant':<24}{'SFT step (64 rows)':>22}{'OPD iteration (16 x 4)':>26}")
-    base = {p: statistics.median(times[("before", p)]) for p in ("sft", "opd") if ("before", p) in times}
+    print(f"{'variant':<24}" + "".join(f"{PHASES[p]:>{len(PHASES[p]) + 4}}" for p in phases))
+    base = {p: statistics.median(times[("before", p)]) for p in phases if ("before", p) in times}
     for n in names:
         cells = []
-        for p in ("sft", "opd"):
+        for p in phases:
             t = statistics.median(times[(n, p)])
             ratio = f" ({base[p] / t:.2f}x)" if p in base else ""
-            cells.append(f"{t * 1e3:.0f} ms{ratio}")
-        print(f"{n:<24}{cells[0]:>22}{cells[1]:>26}")
+            cells.append(f"{t * 1e3:.0f} ms{ratio}".rjust(len(PHASES[p]) + 4))
+        print(f"{n:<24}" + "".join(cells))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.frozen import freeze_if_possible
 from opd_jax.training.batch import Sequences
+from opd_jax.training.batches import completion_width
 
 Hook = Callable[[Example, list[np.ndarray], list[float]], Mapping[str, float]]
+_WIDTH_SLICES = 8  # the teacher diagnostics' completion widths: multiples of max_new_tokens / 8
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -163,6 +165,11 @@ def _teacher_sums(graphdef, params, teacher, drawn, t_prompts, t_mask, k, real, 
     t_graph, t_params = teacher
     p = drawn.prompt_len
     tokens, mask = _host(drawn.tokens), _host(drawn.mask)
+    # Only the completion columns some row uses (rounded up: a few widths, a few compiles); the
+    # columns cut hold padding, which no position before them attends to.
+    used = np.flatnonzero(mask[:, p:].any(axis=0))
+    width = completion_width(int(used[-1]) + 1 if used.size else 1, tokens.shape[1] - p, _WIDTH_SLICES)
+    tokens, mask = tokens[:, :p + width], mask[:, :p + width]
     comp, comp_mask = tokens[:, p:], mask[:, p:]
     counted = comp_mask.copy()
     counted[real * k:] = False  # the padded prompts' samples do not count
@@ -170,8 +177,9 @@ def _teacher_sums(graphdef, params, teacher, drawn, t_prompts, t_mask, k, real, 
     t_seq = Sequences.from_left_padded(np.concatenate([rep(t_prompts), comp], 1),
                                        np.concatenate([rep(t_mask), comp_mask], 1))
     s_seq = Sequences.from_left_padded(tokens, mask)
+    # The k samples of a prompt are consecutive rows: each model runs each prompt once.
     sums, count = TD.token_sums(graphdef, params, t_graph, t_params, s_seq, t_seq, comp, counted,
-                                k=diagnostics_k, temperature=float(temperature), chunk=chunk)
+                                k=diagnostics_k, temperature=float(temperature), chunk=chunk, group=k)
     return {name: float(_host(v)) for name, v in sums.items()}, float(_host(count))
 
 

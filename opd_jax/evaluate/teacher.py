@@ -22,22 +22,23 @@ from opd_jax.training.batch import Sequences, completion_hidden
 FEATURES = ("reverse_kl", "student_entropy", "teacher_entropy", "overlap_ratio", "top1_agree")
 
 
-@functools.partial(jax.jit, static_argnames=("s_graph", "t_graph", "k", "temperature", "chunk"))
+@functools.partial(jax.jit, static_argnames=("s_graph", "t_graph", "k", "temperature", "chunk", "group"))
 def token_sums(s_graph, s_params, t_graph, t_params, s_seq: Sequences, t_seq: Sequences, targets,
-               mask, *, k: int, temperature: float, chunk: int) -> tuple[dict, jax.Array]:
+               mask, *, k: int, temperature: float, chunk: int, group: int = 1) -> tuple[dict, jax.Array]:
     """``({feature: sum over valid completion tokens}, token count)``.
 
     ``s_seq``/``t_seq`` are what each model reads (a left-padded prompt, the teacher's possibly
     privileged, then the same completion in the last ``N`` columns); ``targets``/``mask`` the
-    completion ``[R, N]``.
+    completion ``[R, N]``. ``group``: the rows come in groups of this many samples of one prompt,
+    whose prompt each model then runs once (``completion_hidden``).
     """
     s, t = nnx.merge(s_graph, s_params), nnx.merge(t_graph, t_params)
     n = targets.shape[1]
     feats = {name: f for name, f in O.diagnostic_features(k=k, temperature=temperature).items()
              if name.removeprefix("diag/") in FEATURES}
     f = O.compute_features(feats, tokens=targets, mask=mask,
-                           hidden=completion_hidden(s, s_seq, n), head=s.lm_head_weight(),
-                           teacher_hidden=completion_hidden(t, t_seq, n),
+                           hidden=completion_hidden(s, s_seq, n, group), head=s.lm_head_weight(),
+                           teacher_hidden=completion_hidden(t, t_seq, n, group),
                            teacher_head=t.lm_head_weight(), chunk_size=chunk)
     m = mask.astype(jnp.float32)
     sums = {name.removeprefix("diag/"): jnp.sum(v * m) for name, v in f.items()}
