@@ -140,6 +140,29 @@ def _replicated(model, mesh):
     return graphdef, jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
 
 
+_EVALUATED: dict = {}  # the evaluations before training of this process, by what they depend on
+
+
+def _evaluated_once(key, call: Callable[[], dict]) -> dict:
+    """``call()``, or a copy of its result for the same ``key`` earlier in this process."""
+    if key not in _EVALUATED:
+        _EVALUATED[key] = call()
+    return dict(_EVALUATED[key])
+
+
+def _digest(tree) -> str:
+    """A hash of the values, shapes and dtypes of a pytree's arrays."""
+    import hashlib
+
+    import jax
+    h = hashlib.sha256()
+    for x in jax.tree.leaves(tree):
+        a = np.asarray(jax.device_get(x))
+        h.update(f"{a.shape} {a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Schedule(),
         log: Callable[[str], None] | None = None) -> dict:
     """Train ``arm`` from its start for ``seed`` in ``workdir`` (emptied first) and return its
@@ -165,8 +188,13 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
 
     def evaluate_now(trainer, step):
         from opd_jax.lab.evaluate import evaluate
-        e = evaluate(trainer.s_graph, trainer.state.params, test, tok, k=schedule.k, mesh=trainer.mesh,
-                     teacher=reference)
+        call = lambda: evaluate(trainer.s_graph, trainer.state.params, test, tok, k=schedule.k,  # noqa: E731
+                                mesh=trainer.mesh, teacher=reference)
+        # Before training, every arm and seed from the same start gets the same evaluation (its
+        # seed is fixed): computed once per process.
+        e = _evaluated_once((trainer.s_graph, _digest(trainer.state.params), lab.data, schedule.test,
+                             schedule.problems, schedule.k, reference and (reference[0], _digest(reference[1])),
+                             tuple(trainer.mesh.shape.items())), call) if step == 0 else call()
         if schedule.measures:
             from opd_jax.lab import measures
             e.update(measures.evaluate(schedule.measures, measures.Context(

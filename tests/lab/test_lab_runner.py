@@ -1,6 +1,7 @@
 """The lab's experiment runner: arms over seeds through the Trainer, results kept and reused,
 a changed arm refused under its old name, and the statistics its verdicts are written in."""
 
+import dataclasses
 import json
 import os
 
@@ -61,6 +62,26 @@ def test_arms_run_over_seeds_and_their_results_are_reused(lab, tmp_path, monkeyp
         R.run_all(changed, lab, [0], out=out, schedule=SCHEDULE, log=None)
     png = R.figure(results, ["pass@1", "reverse_kl"], str(tmp_path / "fig.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_evaluation_before_training_is_computed_once_per_start(lab, tmp_path, monkeypatch):
+    """Arms and seeds from one start share its step-0 evaluation (computed once in a process);
+    another start gets its own, and a fresh computation gives the shared one."""
+    from opd_jax.lab import evaluate as LE
+    calls, real = [], LE.evaluate
+    monkeypatch.setattr(LE, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(R, "_EVALUATED", {})
+    weak = R.Arm("weak", O.GKDConfig(beta=1.0), steps=2, prompts=2, samples=2, lr=1e-2)
+    other = dataclasses.replace(weak, name="other", student="teacher")
+    run = lambda arm, seed, out: R.run_all([arm], lab, [seed], out=str(tmp_path / out), schedule=SCHEDULE,  # noqa: E731
+                                           log=None)[0]["evals"]
+    a0, a1 = run(weak, 0, "a"), run(weak, 1, "a")
+    assert len(calls) == 3  # steps 0 and 2 of seed 0, step 2 of seed 1
+    assert a0[0] == a1[0] and a0[-1] != a1[-1]
+    b0 = run(other, 0, "b")
+    assert len(calls) == 5 and b0[0] != a0[0]
+    monkeypatch.setattr(R, "_EVALUATED", {})
+    assert run(weak, 1, "c")[0] == a1[0] and len(calls) == 7
 
 
 def test_policy_gradient_arms_must_train_on_the_students_own_samples():
