@@ -99,8 +99,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     ``k`` draws (its ``num_samples`` is replaced by ``k``; the greedy pass uses temperature 0).
     ``batch_size`` prompts per sampler call (None: all at once; under ``mesh`` the rows are
     spread over its data-parallel devices, fastest when they divide evenly). ``temperature`` is
-    the one the teacher diagnostics compare the two models at. ``details=True`` adds ``"problems"``, one entry per example (with
-    ``tokenizer``, the greedy completion's text).
+    the one the teacher diagnostics compare the two models at. ``details=True`` adds
+    ``"problems"``, one entry per example (with ``tokenizer``, the greedy completion's text).
     """
     bs = _check(examples, k, batch_size, cfg)
     n = len(examples)

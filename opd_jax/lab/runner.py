@@ -167,7 +167,8 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
         log: Callable[[str], None] | None = None) -> dict:
     """Train ``arm`` from its start for ``seed`` in ``workdir`` (emptied first) and return its
     record: the evaluations (with the step and the FLOPs spent so far), the mean training
-    metrics between evaluations, and the wall time."""
+    metrics between evaluations, and the wall time. The evaluation before training is the same
+    for every arm and seed from one start, so a process computes it once per start."""
     from opd_jax.data import load_examples
     from opd_jax.lab import data as L
     from opd_jax.lab import teacher as LT
