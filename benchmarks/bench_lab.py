@@ -178,8 +178,8 @@ def main(argv=None):
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", trees["before"]],
                            capture_output=True)
             shutil.rmtree(tmp, ignore_errors=True)
-    each = [f"{a.steps} steps" for p in phases if p != "eval"][:1] + [
-        f"{a.evals} evaluations of {a.problems} problems" for p in phases if p == "eval"]
+    each = ([f"{a.steps} steps"] if set(phases) - {"eval"} else []) + (
+        [f"{a.evals} evaluations of {a.problems} problems"] if "eval" in phases else [])
     print(f"lab step times, medians of {a.reps} alternating rounds of {' / '.join(each)} "
           f"(student {os.path.basename(a.student)}, teacher {os.path.basename(a.teacher)})")
     print(f"{'variant':<24}" + "".join(f"{PHASES[p]:>{len(PHASES[p]) + 4}}" for p in phases))
