@@ -17,7 +17,7 @@ Zero probabilities (``-inf`` logits) and padding never produce NaN or inf: see
 
 from opd_jax.objectives.advantages import (clip, clip_below, discounted_future_sum,
                                            iw_opd_weights, margin_shift, mixture_clip_floor,
-                                           opd_advantage, positive_part,
+                                           opd_advantage, positive_part, power_advantage,
                                            relative_position_weights, scale_by_sign,
                                            vopd_advantage)
 from opd_jax.objectives.base import (Feature, Objective, TokenCtx, VocabInputs, coefficient,
@@ -30,9 +30,9 @@ from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_
                                             normalized_entropy, reverse_kl, sampled_kl,
                                             token_entropy, token_logp, total_variation)
 from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, FiReOPDConfig,
-                                        GKDConfig, IWOPDConfig, ObjectiveConfig, OPDConfig,
-                                        OPSDConfig, PWOPSDConfig, REOPOLDConfig, ReinforceConfig,
-                                        SEADConfig,
+                                        GKDConfig, HorizonOPDConfig, IWOPDConfig, ObjectiveConfig,
+                                        OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,
+                                        REOPOLDConfig, ReinforceConfig, SEADConfig,
                                         SFTConfig, SGTopKConfig, TAOPDConfig, TIPConfig,
                                         TopKOPDConfig, UniOPDConfig, UniSDConfig, VOPDConfig,
                                         build_objective, make_config, recipe_name,
@@ -42,11 +42,12 @@ from opd_jax.objectives.reductions import (Reduced, masked_mean, seq_mean_token_
                                            seq_mean_token_sum, seq_mean_weighted_mean,
                                            token_mean, total, weighted_mean)
 from opd_jax.objectives.selection import (confidence_weights, cosine_anneal, entropy_gate,
-                                          entropy_zones, fraction_count, masked_quantile,
-                                          minmax_normalize, quadrant_select, quantile_select,
-                                          reopold_select, sampled_fraction_select,
-                                          sequence_quantile_keep, soft_or, tip_sampling_weights,
-                                          top_fraction_select, two_stage)
+                                          entropy_zones, fraction_count, horizon_mask,
+                                          masked_quantile, minmax_normalize, quadrant_select,
+                                          quantile_select, reopold_select,
+                                          sampled_fraction_select, sequence_quantile_keep,
+                                          soft_or, tip_sampling_weights, top_fraction_select,
+                                          two_stage)
 from opd_jax.objectives.self_distillation import (clip_divergence, contrastive_hinge,
                                                   hidden_state_matching,
                                                   quantile_clip_divergence,

@@ -10,6 +10,7 @@ The OPD identity (objectives.md §0): at a fixed prefix,
 policy gradient with advantage ``r_t`` is an unbiased estimate of the reverse-KL gradient.
 """
 
+import math
 from typing import Literal
 
 import jax
@@ -89,6 +90,45 @@ def vopd_advantage(teacher_logp: Array, logp: Array, baseline_kl: Array, *,
     if reward_floor is not None:
         r = jnp.maximum(r, reward_floor)
     adv = r + _zero_masked(baseline_kl.astype(jnp.float32), where)
+    return sg(_zero_masked(adv, where))
+
+
+_MAX_EXPONENT = 80.0  # power_advantage's overflow guard: e^80 / |alpha| is finite in float32
+
+
+def power_advantage(teacher_logp: Array, logp: Array, *, alpha: float, clip: float | None = None,
+                    where: Array | None = None) -> Array:
+    r"""PowerOPD's Box-Cox reward in place of the log-ratio: ``sg(((q/mu)^alpha - 1) / alpha)``.
+
+    .. math::
+       A_t = \frac{(q(y_t)/\mu(y_t))^\alpha - 1}{\alpha}
+           = \frac{\operatorname{expm1}(\alpha\,(\log q(y_t) - \log \mu(y_t)))}{\alpha}
+
+    ``alpha = 0`` is the limit, the log-ratio ``log q - log mu`` itself (:func:`opd_advantage`),
+    returned exactly; ``expm1`` keeps small ``alpha`` accurate (no ``1 - 1`` cancellation). For
+    ``alpha > 0`` the reward is bounded below by ``-1/alpha`` (the log-ratio's heavy negative
+    tail where the teacher rejects a token is tamed), for ``alpha < 0`` bounded above by
+    ``-1/alpha``. It is increasing in the log-ratio for every alpha, so the sign of each token's
+    advantage is OPD's. ``clip`` (if set) then clips it to ``[-clip, clip]``. The exponent is
+    capped at 80 against float32 overflow (reached only for ``|alpha| > 0.9``: the log-ratio is at
+    most ``-LOG_FLOOR`` = 87.3). ``-inf`` log-probs read as ``LOG_FLOOR``; stop-gradient; 0 where
+    ``where`` is False.
+
+    Pass the behaviour log-probs as ``logp`` (Tinker's OPD form, ``mu``), or the learner's.
+
+    References: PowerOPD, arXiv 2606.17199 (abstract: the Box-Cox transform of the ratio; which
+    ratio and the clip are this library's reading, a reconstruction).
+    """
+    _checks.check_same_shape(teacher_logp=teacher_logp, logp=logp, where=where)
+    if _checks.is_concrete(alpha) and not math.isfinite(float(alpha)):
+        raise ValueError(f"alpha must be finite, got {alpha}.")
+    r = _finite(teacher_logp, where) - _finite(logp, where)
+    alpha = jnp.asarray(alpha, jnp.float32)
+    x = alpha * r
+    box_cox = jnp.expm1(jnp.minimum(x, _MAX_EXPONENT)) / jnp.where(alpha == 0, 1.0, alpha)
+    adv = jnp.where(x == 0, r, box_cox)  # alpha = 0 (or r = 0): the log-ratio itself
+    if clip is not None:
+        adv = jnp.clip(adv, -clip, clip)
     return sg(_zero_masked(adv, where))
 
 

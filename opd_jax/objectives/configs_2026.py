@@ -1,8 +1,10 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
-margin, SEAD's zones and PW-OPSD's position weights. Their sources give one-line formulas; every choice they leave open is
-a field here, with the reconstruction's default (see :mod:`opd_jax.objectives.recipes`)."""
+margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward and POPD / TOPD's
+horizon. Their sources give one-line formulas; every choice they leave open is a field here, with
+the reconstruction's default (see :mod:`opd_jax.objectives.recipes`)."""
 
 import dataclasses
+import math
 from typing import Literal
 
 from opd_jax.objectives.configs import PGRecipe, Recipe, check_int, choice, positive, unit
@@ -149,3 +151,55 @@ class PWOPSDConfig(Recipe):
         choice("direction", self.direction, ("increasing", "decreasing"))
         if self.clip_value is not None:
             positive("clip_value", self.clip_value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PowerOPDConfig(PGRecipe):
+    """PowerOPD: OPD with the Box-Cox reward ``((q/mu)^alpha - 1) / alpha`` as the advantage.
+
+    ``A_t = sg(expm1(alpha (log q(y_t) - log mu(y_t))) / alpha)``
+    (:func:`~opd_jax.objectives.advantages.power_advantage`), loss ``-rho_t A_t`` (or PPO-clipped)
+    averaged over the valid tokens, as :class:`~opd_jax.objectives.configs.OPDConfig`; ``alpha = 0``
+    is exactly OPD. Source: arXiv 2606.17199 (abstract). Reconstructed [INF]: the ratio (the
+    sampler's ``mu``, as Tinker's OPD), ``alpha``'s default, the optional symmetric clip.
+    """
+    alpha: float = 0.5  # Box-Cox power; 0 = the log-ratio; > 0 bounds the reward below by -1/alpha
+    reward_clip: float | None = None  # clip A_t to [-reward_clip, reward_clip]; None: no clip
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}.")
+        if self.reward_clip is not None:
+            positive("reward_clip", self.reward_clip)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HorizonOPDConfig(PGRecipe):
+    """POPD / TOPD: OPD whose loss counts only the first ``H`` tokens of each completion.
+
+    ``m_t <- m_t 1[n_t < H]`` (:func:`~opd_jax.objectives.selection.horizon_mask`; ``n_t`` counts
+    the valid tokens before t) on Tinker's OPD loss ``-rho_t sg(log q - log mu)``. TOPD
+    (``mode="fixed_fraction"``): ``H = max(floor(fraction L), 1)``; POPD (``"growing"``): H grows
+    linearly from that to ``L`` over ``grow_steps`` optimizer steps (``TokenCtx.step``). ``L`` is
+    each completion's own length, or ``max_length`` for all. The paper also saves generation
+    compute by stopping sampling at H; this loss-side version samples whole completions and only
+    masks the loss (the sampler is unchanged). Source: arXiv 2605.31490 (abstract).
+    Reconstructed [INF]: the floor rounding, the linear schedule and its start, "the length", and
+    the normalisation (``normalize``: "kept" = mean over the kept tokens, the loss of the modified
+    mask; "all" = their sum over the count of all valid tokens, so a short horizon weighs less).
+    """
+    mode: Literal["fixed_fraction", "growing"] = "growing"  # TOPD, or POPD
+    fraction: float = 0.1  # TOPD's H / L; POPD's at step 0
+    grow_steps: int = 1000  # POPD: steps from H_0 to the whole completion
+    max_length: int | None = None  # None: L = each completion's length; else this budget for all
+    normalize: Literal["kept", "all"] = "kept"
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("mode", self.mode, ("fixed_fraction", "growing"))
+        unit("fraction", self.fraction, open_low=True)
+        check_int("grow_steps", self.grow_steps, minimum=1)
+        if self.max_length is not None:
+            check_int("max_length", self.max_length, minimum=1)
+        choice("normalize", self.normalize, ("kept", "all"))

@@ -65,6 +65,13 @@ sead         SEAD: per entropy zone zero / FKL / RKL /             reconstructio
              alpha_k FKL + (1 - alpha_k) RKL, cosine schedule     thresholds, anneal_steps
 pw_opsd      PW-OPSD: per sequence sum w_t min(FKL_t, c) / sum w_t,  reconstruction: gamma,
              w_t = 1 + gamma t/L (or 1 + gamma (1 - t/L))         direction, clip_value
+power_opd    PowerOPD: -(pi/mu) A, A = sg(((q/mu)^alpha - 1) /     reconstruction: alpha,
+             alpha), the Box-Cox reward (alpha = 0: OPD's          reward_clip (the ratio
+             log-ratio)                                           q/mu, Tinker's)
+horizon_opd  POPD / TOPD: OPD on each completion's first H         reconstruction: mode,
+             tokens; TOPD H = max(floor(fraction L), 1), POPD     fraction, grow_steps,
+             grows H linearly to L over grow_steps (loss only;    max_length (what L is),
+             the paper also stops sampling at H)                  normalize
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -76,8 +83,9 @@ Conventions shared by all recipes:
   that importance ratios are exactly 1 on-policy.
 - ``behavior_logp`` (an extra input) is what the sampler recorded; ``teacher_logp`` is a
   feature for a dense teacher and an extra input for a sparse one.
-- ``step`` (the optimizer step, for schedules: REOPOLD's ``switch_step``, SEAD's anneal) is
-  the ``TokenCtx.step`` the train step passes; it is not an extra input.
+- ``step`` (the optimizer step, for schedules: REOPOLD's ``switch_step``, SEAD's anneal,
+  POPD's growing horizon) is the ``TokenCtx.step`` the train step passes; it is not an extra
+  input.
 - Every loss averages over the valid tokens of the batch unless the recipe says otherwise;
   padded positions contribute exactly 0, with zero gradient, whatever they hold.
 """
@@ -93,8 +101,9 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         OPSDConfig, REOPOLDConfig, ReinforceConfig, SFTConfig,
                                         SGTopKConfig, TIPConfig, TopKOPDConfig, UniSDConfig,
                                         VOPDConfig)
-from opd_jax.objectives.configs_2026 import (FiReOPDConfig, IWOPDConfig, PWOPSDConfig,
-                                             SEADConfig, TAOPDConfig, UniOPDConfig)
+from opd_jax.objectives.configs_2026 import (FiReOPDConfig, HorizonOPDConfig, IWOPDConfig,
+                                             PowerOPDConfig, PWOPSDConfig, SEADConfig,
+                                             TAOPDConfig, UniOPDConfig)
 from opd_jax.objectives.diagnostics import diagnostic_features, diagnostic_metrics
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import Reduced
@@ -102,7 +111,8 @@ from opd_jax.objectives.reductions import Reduced
 ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDConfig, TIPConfig,
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
-                        UniOPDConfig, SEADConfig, PWOPSDConfig]
+                        UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
+                        HorizonOPDConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -110,7 +120,7 @@ RECIPES: dict[str, type] = {
     "sg_topk": SGTopKConfig, "vopd": VOPDConfig, "topk_opd": TopKOPDConfig, "sft": SFTConfig,
     "reinforce": ReinforceConfig, "iw_opd": IWOPDConfig, "fire_opd": FiReOPDConfig,
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
-    "pw_opsd": PWOPSDConfig,
+    "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
 }
 
 
@@ -184,6 +194,10 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RS.sead(cfg, dense_teacher)
         case PWOPSDConfig():
             obj = RD.pw_opsd(cfg, dense_teacher)
+        case PowerOPDConfig():
+            obj = RP.power_opd(cfg, dense_teacher)
+        case HorizonOPDConfig():
+            obj = RS.horizon_opd(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:

@@ -1,8 +1,8 @@
 """Builders of the sampled-token recipes: a (stop-gradient) advantage per sampled token, fed to
 a policy-gradient surrogate in the token's importance ratio.
 
-OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, REINFORCE and SFT. Each builder
-maps its config to an :class:`~opd_jax.objectives.base.Objective`.
+OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, PowerOPD, REINFORCE and SFT. Each
+builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
 """
 
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, feature
                                      token_objective)
 from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, OPDConfig, ReinforceConfig,
                                         SFTConfig, VOPDConfig)
-from opd_jax.objectives.configs_2026 import IWOPDConfig, UniOPDConfig
+from opd_jax.objectives.configs_2026 import IWOPDConfig, PowerOPDConfig, UniOPDConfig
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean, seq_mean_token_sum,
                                            token_mean)
@@ -121,6 +121,17 @@ def uni_opd(c: UniOPDConfig, dense: bool) -> Objective:
                 {"uni_opd/correct_frac": jnp.mean(correct.astype(jnp.float32)),
                  "uni_opd/mean_shift": masked_mean(adv - base, m)})
     return stateless(apply, sampled_features(c.temperature, dense))
+
+
+def power_opd(c: PowerOPDConfig, dense: bool) -> Objective:
+    def advantage(ctx):  # Tinker's form: the sampler's mu in the ratio
+        return A.power_advantage(ctx.teacher_logp, ctx.behavior_logp, alpha=c.alpha,
+                                 clip=c.reward_clip, where=ctx.mask.astype(bool))
+
+    def metrics(ctx):
+        return {"power_opd/advantage": masked_mean(advantage(ctx), ctx.mask)}
+    return token_objective(lambda ctx: pg_loss(ctx, advantage(ctx), c),
+                           sampled_features(c.temperature, dense), name="pg", metrics=metrics)
 
 
 def sft(c: SFTConfig, dense: bool) -> Objective:

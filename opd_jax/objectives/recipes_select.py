@@ -1,9 +1,10 @@
 """Builders of the recipes that choose *where* the loss acts: token masks, sequence filters,
 per-token weights and per-zone divergences computed from batch statistics or the step.
 
-REOPOLD, TIP, TA-OPD, FiRe-OPD and SEAD. Their selections are stop-gradient and most use
-statistics of the whole batch (quantiles, min/max, medians), so they are not token-local and
-take the two-pass path of the train step; SEAD with fixed thresholds is token-local.
+REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD and POPD / TOPD. Their selections are stop-gradient and
+most use statistics of the whole batch (quantiles, min/max, medians) or of a whole sequence
+(the POPD / TOPD horizon), so they are not token-local and take the two-pass path of the train
+step; SEAD with fixed thresholds is token-local.
 """
 
 import math
@@ -18,7 +19,8 @@ from opd_jax.objectives import topk as K
 from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, feature, stateless,
                                      token_objective)
 from opd_jax.objectives.configs import REOPOLDConfig, TIPConfig
-from opd_jax.objectives.configs_2026 import FiReOPDConfig, SEADConfig, TAOPDConfig
+from opd_jax.objectives.configs_2026 import (FiReOPDConfig, HorizonOPDConfig, SEADConfig,
+                                             TAOPDConfig)
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import masked_mean, token_mean, weighted_mean
 
@@ -160,3 +162,15 @@ def sead(c: SEADConfig, dense: bool) -> Objective:
     def apply(ctx):
         return {"kl": token_mean(parts(ctx)[0], ctx.mask)}, metrics(ctx)
     return stateless(apply, feats)
+
+
+def horizon_opd(c: HorizonOPDConfig, dense: bool) -> Objective:
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        keep = S.horizon_mask(m, ctx.step, mode=c.mode, fraction=c.fraction,
+                              grow_steps=c.grow_steps, max_length=c.max_length)
+        loss = pg_loss(ctx, tinker_advantage(ctx), c)
+        term = (weighted_mean(loss, keep) if c.normalize == "kept"
+                else token_mean(jnp.where(keep > 0, loss, 0.0), m))
+        return {"pg": term}, {"horizon_opd/kept_frac": masked_mean(keep, m)}
+    return stateless(apply, sampled_features(c.temperature, dense))

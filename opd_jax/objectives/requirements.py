@@ -22,7 +22,8 @@ from opd_jax.objectives.base import TEACHER, TEACHER_LOGITS, TEACHER_TOPK
 # ratio (or PPO clip) against the distribution the tokens were sampled from. A test checks this
 # table against the losses themselves (tests/objectives/test_requirements.py).
 _BEHAVIOR = (R.OPDConfig, R.EOPDConfig, R.AOPDConfig, R.REOPOLDConfig, R.VOPDConfig,
-             R.ReinforceConfig, R.IWOPDConfig, R.FiReOPDConfig, R.TAOPDConfig, R.UniOPDConfig)
+             R.ReinforceConfig, R.IWOPDConfig, R.FiReOPDConfig, R.TAOPDConfig, R.UniOPDConfig,
+             R.PowerOPDConfig, R.HorizonOPDConfig)
 
 
 def loop_defaults(cfg: R.ObjectiveConfig) -> dict[str, Any]:

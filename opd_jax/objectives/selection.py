@@ -241,3 +241,43 @@ def entropy_zones(student_entropy: Array, teacher_entropy: Array, mask: Array, *
         return m & (h > t)
 
     return high(student_entropy, student_threshold), high(teacher_entropy, teacher_threshold)
+
+
+def horizon_mask(mask: Array, step=0, *, mode: str = "fixed_fraction", fraction=0.1,
+                 grow_steps: int = 1000, max_length: int | None = None) -> Array:
+    r"""POPD / TOPD's horizon: keep each completion's first ``H`` valid tokens,
+    ``m_t <- m_t 1[n_t < H]`` (``n_t`` = valid tokens before t, so padding or a prompt inside
+    the row is skipped).
+
+    With ``L`` the row's valid length (or ``max_length``, a fixed token budget such as the
+    sampler's ``max_new_tokens``, for every row) and :func:`fraction_count`'s rounding
+    ``H_0 = max(floor(fraction L), 1)``:
+
+    - ``"fixed_fraction"`` (TOPD): ``H = H_0``;
+    - ``"growing"`` (POPD): ``H_k = H_0 + floor((L - H_0) min(k, K) / K)`` at optimizer step
+      ``k`` (``step``) with ``K = grow_steps``: TOPD's horizon at step 0, linear growth, the
+      whole completion from step K on (float32; within 1e-4 of an integer counts as it).
+
+    Returns float32 ``[B, T]`` in {0, 1}, 0 off the mask (a row without valid tokens keeps none;
+    with ``max_length``, a completion longer than it keeps ``H <= max_length`` tokens even at the
+    end of the schedule). Each row's mask depends on that row only, so splitting a batch by rows
+    (micro-batches, devices) or trimming padding columns leaves it unchanged.
+
+    References: POPD / TOPD, arXiv 2605.31490 (abstract: TOPD fixes H at 10% of the length, POPD
+    grows it). The rounding, the linear schedule and what "the length" is are this library's
+    reading (reconstruction).
+    """
+    if mode not in ("fixed_fraction", "growing"):
+        raise ValueError(f"mode must be 'fixed_fraction' or 'growing', got {mode!r}.")
+    _checks.check_fraction(fraction, "fraction")
+    if not isinstance(grow_steps, int) or grow_steps < 1:
+        raise ValueError(f"grow_steps must be an int >= 1, got {grow_steps!r}.")
+    m = mask.astype(bool)
+    count = jnp.cumsum(m.astype(jnp.int32), axis=-1)
+    before = count - m.astype(jnp.int32)
+    length = count[..., -1:] if max_length is None else jnp.full_like(count[..., -1:], max_length)
+    h = fraction_count(fraction, length)  # float32, exact integers
+    if mode == "growing":
+        u = jnp.minimum(jnp.asarray(step, jnp.float32), float(grow_steps)) / grow_steps
+        h = h + jnp.floor(jnp.maximum(length.astype(jnp.float32) - h, 0.0) * u + 1e-4)
+    return (m & (before.astype(jnp.float32) < h)).astype(jnp.float32)
