@@ -57,6 +57,12 @@ class SamplerConfig:
     time depends on the CPU: on an AVX2 one (no AVX-512) attention took 29% of the ~100M step at
     64 rows, and ``cache_phases=4`` decoded 11% faster there than "auto"'s 1. Results do not
     depend on it.
+
+    ``teacher_blend``: how a teacher beside the student joins each draw (``sample(...,
+    teacher=..., teacher_mix=...)``): ``"coin"`` (MiniLLM) takes the teacher's token with
+    probability ``teacher_mix``; ``"geometric"`` (TRB, arXiv 2605.31159) draws from the blend
+    ``(1 - beta) z_student + beta z_teacher`` of the logits with the largest ``beta`` in [0, 1] whose
+    distribution is within ``teacher_mix`` nats of KL from the student's (``distribution.choose``).
     """
 
     max_new_tokens: int
@@ -72,6 +78,7 @@ class SamplerConfig:
     cache_len: int | None = None
     cache_dtype: str | None = None  # None: the compute dtype (float32 on CPU: sampler.cache_dtype_for)
     cache_phases: Literal["auto"] | int = "auto"
+    teacher_blend: Literal["coin", "geometric"] = "coin"
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
@@ -107,6 +114,9 @@ class SamplerConfig:
         if self.cache_phases != "auto" and (not _is_int(self.cache_phases) or self.cache_phases < 1):
             raise ValueError(f"cache_phases must be 'auto' or an int >= 1 (1 = no growth), "
                              f"got {self.cache_phases!r}")
+        if self.teacher_blend not in ("coin", "geometric"):
+            raise ValueError(f"teacher_blend must be 'coin' (MiniLLM) or 'geometric' (TRB), "
+                             f"got {self.teacher_blend!r}")
         if self.cache_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"cache_dtype must be None, 'float32', 'bfloat16' or 'float16', "
                              f"got {self.cache_dtype!r}")

@@ -1,4 +1,6 @@
-"""The next-token distribution a sampler draws from: temperature, top-k, top-p, min-p, greedy.
+"""The next-token distribution a sampler draws from: temperature, top-k, top-p, min-p, greedy;
+and, with a teacher beside the student, the draw from both (``choose``: MiniLLM's per-token coin, or
+TRB's geometric blend under a KL budget, ``blend_weight``).
 
 Everything here is a pure function of float32 logits, so a trainer can rebuild the exact
 behaviour distribution from a full forward pass (``token_distribution(logits[:, t - 1], cfg)``
@@ -160,3 +162,76 @@ def sample_token(keys, logits, cfg: SamplerConfig):
     w, log_norm = log_weights(logits, cfg)
     tokens = draw(w, uniforms(keys))
     return tokens, take(w, tokens) - log_norm
+
+
+BLEND_ITERS = 20  # bisection steps of ``blend_weight``: beta within 2^-20 of the largest feasible one
+
+
+def blend_kl(logits, teacher_logits, beta, temperature: float):
+    """``KL(mu_beta || p) [R]`` of the geometric blend ``mu_beta = softmax(((1 - beta) z_s + beta z_t) / T)``
+    against the student's ``p = softmax(z_s / T)`` (``beta [R]``)."""
+    zs = jnp.asarray(logits, jnp.float32) / jnp.float32(temperature)
+    d = jnp.asarray(teacher_logits, jnp.float32) / jnp.float32(temperature) - zs
+    log_mu = jax.nn.log_softmax(zs + beta[:, None] * d, axis=-1)
+    # log mu - log p = beta d - (logZ(beta) - logZ(0)), summed against mu
+    shift = jax.nn.logsumexp(zs, axis=-1) - jax.nn.logsumexp(zs + beta[:, None] * d, axis=-1)
+    return jnp.maximum(beta * jnp.sum(jnp.exp(log_mu) * d, axis=-1) + shift, 0.0)
+
+
+def blend_weight(logits, teacher_logits, budget, temperature: float):
+    """TRB's teacher weight ``beta [R]``: the largest ``beta`` in ``[0, 1]`` whose geometric blend
+    ``mu_beta`` (see :func:`blend_kl`) stays within ``budget`` nats of KL from the student's
+    distribution (to ``2**-BLEND_ITERS``, and the KL to float32 rounding, ~1e-7 nats). ``KL(mu_beta || p)`` grows with ``beta`` (its
+    derivative is ``beta Var_mu(d)``), so bisection finds it; 1 when the teacher itself is within
+    the budget, 0 for a zero budget (unless both models give the same distribution)."""
+    rows = logits.shape[0]
+    budget = jnp.asarray(budget, jnp.float32)
+    one = jnp.ones((rows,), jnp.float32)
+    within = blend_kl(logits, teacher_logits, one, temperature) <= budget
+
+    def halve(_, bounds):  # invariant: lo is within the budget, hi is not
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        ok = blend_kl(logits, teacher_logits, mid, temperature) <= budget
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, BLEND_ITERS, halve, (jnp.zeros((rows,), jnp.float32), one))
+    # float32 cannot tell a KL below ~1e-7 from 0: a zero budget is the student's own distribution
+    return jnp.where(budget > 0, jnp.where(within, one, lo), 0.0)
+
+
+def choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
+    """``(tokens [R], behaviour logp [R], extras)``: the token drawn from ``logits`` alone, or with a
+    teacher's ``teacher_logits`` as ``cfg.teacher_blend`` says, with ``mix`` (traced):
+
+    - ``"coin"`` (MiniLLM): the teacher's draw with probability ``mix``, else the student's; the
+      behaviour log-prob is the mixture's, ``log(mix q + (1 - mix) p)``; extra ``from_teacher``.
+    - ``"geometric"`` (TRB): a draw from ``((1 - beta) z_s + beta z_t)`` under ``cfg``'s temperature
+      and filters, ``beta = blend_weight(..., budget=mix)`` measured at the sampling temperature (1
+      for greedy decoding); the behaviour log-prob is the blend's; extra ``teacher_weight`` (beta).
+
+    Both record ``student_logp`` and ``teacher_logp``, each model's log-prob of the token under
+    ``cfg`` (``-inf`` where a filter of that model dropped it)."""
+    if teacher_logits is None:
+        tokens, logp = sample_token(keys, logits, cfg)
+        return tokens, logp, {}
+    (w_s, norm_s), (w_t, norm_t) = log_weights(logits, cfg), log_weights(teacher_logits, cfg)
+    if cfg.teacher_blend == "geometric":
+        beta = blend_weight(logits, teacher_logits, mix, cfg.temperature or 1.0)
+        blended = logits + beta[:, None] * (teacher_logits - logits)
+        tokens, logp = sample_token(keys, blended, cfg)
+        extras = dict(teacher_weight=beta)
+    else:
+        if cfg.greedy:
+            tok_s, tok_t = argmax(logits), argmax(teacher_logits)
+        else:  # the same uniforms serve both draws: only the draw the coin keeps is used, so it stays exact
+            u = uniforms(keys)
+            tok_s, tok_t = draw(w_s, u), draw(w_t, u)
+        from_teacher = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(keys) < mix
+        tokens = jnp.where(from_teacher, tok_t, tok_s)
+        logp = None
+        extras = dict(from_teacher=from_teacher)
+    student, teacher = take(w_s, tokens) - norm_s, take(w_t, tokens) - norm_t
+    if logp is None:  # the coin's law, marginal over the coin: mix * teacher + (1 - mix) * student
+        logp = jnp.logaddexp(jnp.log(mix) + teacher, jnp.log1p(-mix) + student)
+    return tokens, logp, dict(student_logp=student, teacher_logp=teacher, **extras)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,14 +104,18 @@ def check_row_ids(row_ids, batch: int):
     return row_ids.astype(np.int32) if isinstance(row_ids, np.ndarray) else row_ids.astype(jnp.int32)
 
 
-def check_teacher(teacher, teacher_mix, vocab_size: int, teacher_vocab: int | None) -> float:
+def check_teacher(teacher, teacher_mix, vocab_size: int, teacher_vocab: int | None,
+                  blend: str = "coin") -> float:
     try:  # a Python, numpy or 0-d JAX number (a schedule's value); not a bool
         mix = float(teacher_mix) if not isinstance(teacher_mix, bool) else None
     except (TypeError, ValueError):
         mix = None
-    if mix is None or not 0 <= mix <= 1:
+    if blend == "coin" and (mix is None or not 0 <= mix <= 1):
         raise ValueError(f"teacher_mix must be a number in [0, 1] (the chance a token comes from "
                          f"the teacher), got {teacher_mix!r}")
+    if blend != "coin" and (mix is None or not 0 <= mix < math.inf):
+        raise ValueError(f"teacher_mix must be a finite number >= 0 (with teacher_blend="
+                         f"'geometric': the KL budget in nats of each token's blend), got {teacher_mix!r}")
     teacher_mix = mix
     if teacher is None:
         if teacher_mix > 0:

@@ -60,7 +60,9 @@ class Rollout:
                      temperature and filters (teacher mixing only; ``-inf`` where a filter dropped
                      the token the other model drew). The student's importance weight against the
                      behaviour mixture is ``exp(student_logp - logp)`` (MiniLLM).
-    from_teacher:    bool, the token was drawn from the teacher (teacher mixing only).
+    from_teacher:    bool, the token was drawn from the teacher (``teacher_blend="coin"`` only).
+    teacher_weight:  float32, the teacher's weight beta in the token's geometric blend
+                     (``teacher_blend="geometric"`` only, TRB).
     """
 
     tokens: jax.Array
@@ -72,6 +74,7 @@ class Rollout:
     student_logp: jax.Array | None = None
     teacher_logp: jax.Array | None = None
     from_teacher: jax.Array | None = None
+    teacher_weight: jax.Array | None = None
     prompt_len: int = struct.field(pytree_node=False, default=0)
 
 
@@ -92,6 +95,7 @@ class SamplingState:
     student_logp: jax.Array | None = None
     teacher_logp: jax.Array | None = None
     from_teacher: jax.Array | None = None
+    teacher_weight: jax.Array | None = None
 
 
 _TRACES = [0]
@@ -165,27 +169,8 @@ def _write(buf, col, values):
     return ops.write_slots(buf, values[:, None], col, axis=1)
 
 
-def _choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
-    """``(tokens, behaviour logp, extras)``; with a teacher, a per-token coin picks whose draw is kept."""
-    if teacher_logits is None:
-        tokens, logp = D.sample_token(keys, logits, cfg)
-        return tokens, logp, {}
-    (w_s, norm_s), (w_t, norm_t) = D.log_weights(logits, cfg), D.log_weights(teacher_logits, cfg)
-    if cfg.greedy:
-        tok_s, tok_t = D.argmax(logits), D.argmax(teacher_logits)
-    else:  # the same uniforms serve both draws: only the draw the coin keeps is used, so it stays exact
-        u = D.uniforms(keys)
-        tok_s, tok_t = D.draw(w_s, u), D.draw(w_t, u)
-    from_teacher = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(keys) < mix
-    tokens = jnp.where(from_teacher, tok_t, tok_s)
-    student, teacher = D.take(w_s, tokens) - norm_s, D.take(w_t, tokens) - norm_t
-    # The token's law, marginal over the coin: mix * teacher + (1 - mix) * student.
-    logp = jnp.logaddexp(jnp.log(mix) + teacher, jnp.log1p(-mix) + student)
-    return tokens, logp, dict(student_logp=student, teacher_logp=teacher, from_teacher=from_teacher)
-
-
 # Traced once per program, not once per cache phase (the phases' loops call it with the same shapes).
-_choose_once = jax.jit(_choose, static_argnums=0)
+_choose_once = jax.jit(D.choose, static_argnums=0)
 
 
 def _emit(cfg: SamplerConfig, state: SamplingState, col, keys_R, mix):
@@ -250,7 +235,7 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
 
     # Greedy decoding draws no random bits (a teacher's coin does): no key is derived, so none is
     # traced, lowered or compiled.
-    random, keys_R = not cfg.greedy or teacher is not None, None
+    random, keys_R = not cfg.greedy or (teacher is not None and cfg.teacher_blend == "coin"), None
     if random:
         streams_R = _repeat_rows(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
         keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams_R)
@@ -261,7 +246,7 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         return shard(jnp.concatenate([_repeat_rows(prompt_part, n), rest], axis=1), "batch", None)
 
     zeros_BP = jnp.zeros((B, P), jnp.float32)
-    mixed = teacher is not None
+    mixed, coin = teacher is not None, cfg.teacher_blend == "coin"
     state = SamplingState(
         step=jnp.zeros((), jnp.int32),
         tokens=buffer(jnp.where(mask_BP, prompts_BP, cfg.pad_id).astype(jnp.int32), cfg.pad_id),
@@ -271,7 +256,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         logits=logits, cache=cache, teacher_logits=t_logits, teacher_cache=t_cache,
         student_logp=buffer(zeros_BP) if mixed else None,
         teacher_logp=buffer(zeros_BP) if mixed else None,
-        from_teacher=buffer(jnp.zeros((B, P), jnp.bool_)) if mixed else None,
+        from_teacher=buffer(jnp.zeros((B, P), jnp.bool_)) if mixed and coin else None,
+        teacher_weight=buffer(zeros_BP) if mixed and not coin else None,
     )
 
     # The body samples a token, then feeds it to the model unless no token will follow: the
@@ -309,7 +295,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
     return Rollout(tokens=state.tokens, mask=state.mask, completion_mask=completion, logp=state.logp,
                    positions=_run_positions(P - next_pos_R, state.mask.sum(axis=1, dtype=jnp.int32), P + N),
                    finished=state.done, student_logp=state.student_logp,
-                   teacher_logp=state.teacher_logp, from_teacher=state.from_teacher, prompt_len=P)
+                   teacher_logp=state.teacher_logp, from_teacher=state.from_teacher,
+                   teacher_weight=state.teacher_weight, prompt_len=P)
 
 
 _STATIC = ("graphdef", "teacher_graphdef", "cfg")
@@ -373,8 +360,11 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
     ``prompts int [B, P]``, ``prompt_mask bool [B, P]``; ``key`` a PRNG key; ``row_ids int [B]`` the
     prompts' global indices (default ``arange(B)``), which seed the per-row PRNG streams.
     ``teacher=(graphdef, params)`` of a model with the same vocabulary turns on teacher-mixed
-    sampling: each token comes from the teacher with probability ``teacher_mix`` (traced: a
-    schedule does not retrace), else from the student; the same ``cfg`` shapes both distributions.
+    sampling (``teacher_mix`` is traced: a schedule does not retrace): with
+    ``cfg.teacher_blend="coin"`` each token comes from the teacher with probability ``teacher_mix``,
+    else from the student; with ``"geometric"`` (TRB) from the blend of both models' logits whose
+    KL from the student's distribution is at most ``teacher_mix`` nats (``distribution.choose``).
+    The same ``cfg`` shapes every distribution.
     Under ``jax.set_mesh(mesh)`` rows are sharded over the data axes and heads over ``tensor``.
     Inputs are checked here, before tracing; see ``Rollout`` for the result.
     """
@@ -388,7 +378,7 @@ def sample(graphdef, params, prompts, prompt_mask, key, *, cfg: SamplerConfig, r
                          f"got {type(teacher).__name__}")
     t_graphdef, t_params = (None, None) if teacher is None else teacher
     t_vocab = None if teacher is None else model_config(t_graphdef, t_params).vocab_size
-    mix = inputs.check_teacher(teacher, teacher_mix, vocab, t_vocab)
+    mix = inputs.check_teacher(teacher, teacher_mix, vocab, t_vocab, cfg.teacher_blend)
     key = inputs.check_key(key)
     row_ids = inputs.check_row_ids(row_ids, prompts.shape[0])
     prompts, prompt_mask = inputs.bucket_prompts(prompts, prompt_mask, mask_on_host, cfg)

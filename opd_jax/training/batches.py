@@ -147,6 +147,20 @@ def _longest(completion_mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(completion_mask, cols, 0))
 
 
+@jax.jit
+def _completion_mean(values: jax.Array, completion_mask: jax.Array) -> jax.Array:
+    m = completion_mask.astype(jnp.float32)
+    return jnp.sum(values.astype(jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def mixing_stats(roll) -> dict[str, float]:
+    """A teacher-mixed rollout's teacher share, averaged over its completion tokens:
+    ``sample/from_teacher`` (the fraction of tokens the teacher drew: ``teacher_blend="coin"``)
+    or ``sample/teacher_weight`` (the blends' mean beta: ``"geometric"``); empty without a teacher."""
+    return {f"sample/{name}": float(_completion_mean(getattr(roll, name), roll.completion_mask))
+            for name in ("from_teacher", "teacher_weight") if getattr(roll, name) is not None}
+
+
 def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
                  slices: int = 1) -> TrainBatch:
     """The batch of sampled completions (``num_samples`` per prompt), with each row's prompts;

@@ -6,6 +6,7 @@ An experiment file returns an :class:`Experiment`; the command line changes any 
 
 import dataclasses
 import json
+import math
 from typing import Literal
 
 from opd_jax.models.config import ModelConfig
@@ -222,7 +223,12 @@ class LoopConfig:
     lmbda: float | None = None
     seq_kd: bool = False  # off-policy steps use teacher samples (sequence-level KD), else data
     cold_start_steps: int = 0  # supervised steps on teacher rollouts before OPD (Rethinking OPD)
-    teacher_mix: float = 0.0  # MiniLLM-style: each sampled token from the teacher with this prob.
+    # teacher-mixed sampling, as sampler.teacher_blend says: "coin" (MiniLLM) takes each token
+    # from the teacher with this probability; "geometric" (TRB) is each token's KL budget (nats)
+    teacher_mix: float = 0.0
+    # 0: teacher_mix at every step; N: it decays linearly to 0 over the first N steps (TRB's
+    # warm-up, after which the student samples alone)
+    teacher_mix_steps: int = 0
     # each batch keeps the smallest k/completion_slices of the completion buffer's columns that
     # holds its longest completion: the train step and the teacher's scoring skip padding, at the
     # cost of up to this many compiled shapes of each (1 = always the whole buffer)
@@ -232,10 +238,19 @@ class LoopConfig:
         _check(self.lmbda is None or 0.0 <= self.lmbda <= 1.0,
                f"loop.lmbda must lie in [0, 1], got {self.lmbda}")
         _check(self.cold_start_steps >= 0, "loop.cold_start_steps must be >= 0")
-        _check(0.0 <= self.teacher_mix <= 1.0, f"loop.teacher_mix must lie in [0, 1], got {self.teacher_mix}")
+        _check(0.0 <= self.teacher_mix < math.inf, f"loop.teacher_mix must be a finite number >= 0, "
+               f"got {self.teacher_mix}")
+        _check(isinstance(self.teacher_mix_steps, int) and self.teacher_mix_steps >= 0,
+               f"loop.teacher_mix_steps must be an int >= 0 (0 = no decay), got {self.teacher_mix_steps!r}")
         _check(isinstance(self.completion_slices, int) and self.completion_slices >= 1,
                f"loop.completion_slices must be an int >= 1 (1 = never cut the completion "
                f"buffer), got {self.completion_slices!r}")
+
+    def teacher_mix_at(self, step: int) -> float:
+        """``teacher_mix`` at optimizer step ``step`` (its linear decay over ``teacher_mix_steps``)."""
+        if not self.teacher_mix_steps:
+            return self.teacher_mix
+        return self.teacher_mix * max(0.0, 1.0 - step / self.teacher_mix_steps)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -300,6 +315,12 @@ class Experiment:
     # The reward function by name (opd_jax.rewards.get: "math", or "package.module:factory"),
     # for reward objectives and evaluation; "" = none, or the one given to the Trainer.
     reward: str = ""
+
+    def __post_init__(self):
+        _check(self.sampler.teacher_blend != "coin" or self.loop.teacher_mix <= 1.0,
+               f"loop.teacher_mix={self.loop.teacher_mix} is a probability with "
+               "sampler.teacher_blend='coin' and must lie in [0, 1] (with 'geometric' it is a KL "
+               "budget in nats)")
 
 
 # The loop's own defaults for the settings an objective may have its own default for.

@@ -67,6 +67,7 @@ class _Prepared(NamedTuple):
     prompts: B.Prompts
     finish: Callable[[], TrainBatch]
     scored: bool
+    stats: dict  # of the sampling: the teacher's share when teacher-mixed
 
 
 class Trainer:
@@ -188,7 +189,7 @@ class Trainer:
             timings["time/update"] = time.perf_counter() - t2
         self.state = new_state
         self.teacher.update(self.state)
-        return self._metrics(metrics, timings, batch, now.prompts, now.source, now.scored)
+        return self._metrics(metrics, timings, batch, now)
 
     def _prepare(self, step: int, cursor: int) -> "_Prepared":
         """Step ``step``'s batch (from the data at ``cursor``, sampled with the current weights),
@@ -196,18 +197,20 @@ class Trainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.key), step)
         source = B.choose_source(self.exp.loop, key, step)
         prompts = self.prompts(cursor)
-        batch = jax.block_until_ready(self._batch(source, prompts, key))
+        stats = {}
+        batch = jax.block_until_ready(self._batch(source, prompts, key, step, stats))
         scored = self.reads_teacher and source != "cold_start"  # cold start: the SFT objective
         if not scored:
-            return _Prepared(step, source, prompts, lambda: batch, False)
+            return _Prepared(step, source, prompts, lambda: batch, False, stats)
         params = self.state.params
         pending = self.teacher.start_score(batch, prompts, params)
         finish = (lambda: self._with_contexts(pending(), prompts, params)) if self.contexts \
             else pending
-        return _Prepared(step, source, prompts, finish, True)
+        return _Prepared(step, source, prompts, finish, True, stats)
 
-    def _batch(self, source: str, prompts: B.Prompts, key) -> TrainBatch:
-        """The batch of step ``source``: data completions, teacher rollouts or student samples."""
+    def _batch(self, source: str, prompts: B.Prompts, key, step: int, stats: dict) -> TrainBatch:
+        """The batch of step ``source``: data completions, teacher rollouts or student samples
+        (teacher-mixed: ``stats`` gets the step's ``teacher_mix`` and the teacher's share)."""
         if source == "data":
             return B.from_data(self.rows, prompts, self.exp.sampler,
                                self.exp.loop.completion_slices)
@@ -217,10 +220,12 @@ class Trainer:
         if source in B.TEACHER_ROLLOUTS:
             roll = self.teacher.rollout(sp, sm, key, row_ids, prompts.examples, params)
         else:
-            mix = self.exp.loop.teacher_mix
+            mix = self.exp.loop.teacher_mix_at(step)
             roll = sample(self.s_graph, params, sp, sm, key, cfg=self.exp.sampler,
                           row_ids=row_ids, teacher=self.teacher.mixer(params) if mix > 0 else None,
                           teacher_mix=mix)
+            if self.exp.loop.teacher_mix > 0:
+                stats.update({"sample/teacher_mix": mix, **B.mixing_stats(roll)})
         return B.from_rollout(self.rows, prompts, roll, self.exp.sampler.num_samples,
                               self.exp.loop.completion_slices)
 
@@ -249,10 +254,11 @@ class Trainer:
                 [tuple(r[C.CONTEXT_FIELDS["bad_teacher_logp"]]) for r in records])
         return batch.replace(extras=extras)
 
-    def _metrics(self, metrics, timings, batch: TrainBatch, prompts: B.Prompts, source: str,
-                 scored: bool) -> dict[str, float]:
+    def _metrics(self, metrics, timings, batch: TrainBatch, now: "_Prepared") -> dict[str, float]:
+        prompts, source, scored = now.prompts, now.source, now.scored
         out = {k: float(v) for k, v in metrics.items()}
         out.update(timings)
+        out.update(now.stats)
         rows, seq = batch.student.tokens.shape
         out.update(F.iteration_flops(
             model_config(self.s_graph, self.state.params),
@@ -261,7 +267,8 @@ class Trainer:
             teacher_len=batch.teacher_sequences.tokens.shape[1],
             prompts=prompts.tokens.shape[0] * jax.process_count(),
             prompt_len=prompts.tokens.shape[1], decode_steps=int(metrics["loss/max_len"]),
-            teacher_mix=self.exp.loop.teacher_mix > 0, scored=scored, group=batch.group))
+            teacher_mix=now.stats.get("sample/teacher_mix", 0.0) > 0, scored=scored,
+            group=batch.group))
         for phase in ("sample", "score", "update"):
             out[f"throughput/{phase}_gflops_per_s"] = (out[f"flops/{phase}"] / 1e9
                                                        / max(timings[f"time/{phase}"], 1e-9))
