@@ -236,7 +236,7 @@ def test_fused_and_one_pass_paths_with_a_forbidding_teacher_and_huge_logits():
 # ------------------------------------------------------------------ padded positions
 
 
-def _garbage(b):
+def with_garbage_padding(b):
     """The same batch with every padded position holding -inf / NaN (logits and extras)."""
     m = np.asarray(b["mask"])
     z = np.array(b["hidden"] @ b["head"])
@@ -265,7 +265,7 @@ def test_padded_positions_contribute_nothing_whatever_they_hold(cfg):
         return O.total(obj.apply(ctx, obj.init())[0])
     step = jax.value_and_grad(loss)
     clean = step(b["hidden"] @ b["head"], b["t_hidden"] @ b["t_head"], b["extras"])
-    dirty = step(*_garbage(b))
+    dirty = step(*with_garbage_padding(b))
     assert np.isfinite(dirty[0]) and np.all(np.isfinite(np.asarray(dirty[1])))
     np.testing.assert_allclose(dirty[0], clean[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(dirty[1], clean[1], rtol=1e-6, atol=1e-7)

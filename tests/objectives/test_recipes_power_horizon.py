@@ -13,6 +13,7 @@ import pytest
 import opd_jax.objectives as O
 from tests.objectives import recipe_oracles as RO
 from tests.objectives.conftest import make_batch
+from tests.objectives.test_nonfinite import with_garbage_padding
 from tests.objectives.test_recipes import SHAPE, check, lps, recipe_loss
 
 FLOOR = -87.33654475055310898657  # log(2**-126): a -inf log-prob reads as this
@@ -226,20 +227,6 @@ def test_popd_starts_as_topd_and_ends_as_opd():
 # ------------------------------------------------------------------ padding, configs
 
 
-def _garbage(b):
-    """The batch with every padded position holding -inf / NaN (logits and extras)."""
-    m = np.asarray(b["mask"])
-    z, zt = np.array(b["hidden"] @ b["head"]), np.array(b["t_hidden"] @ b["t_head"])
-    z[~m], zt[~m] = -np.inf, np.nan
-    ex = {}
-    for k, v in b["extras"].items():
-        x = np.array(v)
-        if np.issubdtype(x.dtype, np.floating):
-            x[~m] = -np.inf if "logp" in k else np.nan
-        ex[k] = jnp.asarray(x)
-    return jnp.asarray(z), jnp.asarray(zt), ex
-
-
 @pytest.mark.parametrize("cfg", [O.PowerOPDConfig(alpha=-0.5), O.PowerOPDConfig(surrogate="ppo"),
                                  O.HorizonOPDConfig(mode="fixed_fraction", fraction=0.5),
                                  O.HorizonOPDConfig(grow_steps=4, normalize="all")],
@@ -252,7 +239,7 @@ def test_padded_positions_give_zero_loss_and_finite_zero_gradients(cfg):
         return recipe_loss(cfg, b, z, zt, step=2, extras=extras)[0]
     clean = jax.value_and_grad(loss)(b["hidden"] @ b["head"], b["t_hidden"] @ b["t_head"],
                                      b["extras"])
-    dirty = jax.value_and_grad(loss)(*_garbage(b))
+    dirty = jax.value_and_grad(loss)(*with_garbage_padding(b))
     assert np.isfinite(float(dirty[0])) and np.all(np.isfinite(np.asarray(dirty[1])))
     assert_same(dirty, clean)
     assert np.all(np.asarray(dirty[1])[~m] == 0.0)
