@@ -181,9 +181,9 @@ def blend_kl(logits, teacher_logits, beta, temperature: float):
 def blend_weight(logits, teacher_logits, budget, temperature: float):
     """TRB's teacher weight ``beta [R]``: the largest ``beta`` in ``[0, 1]`` whose geometric blend
     ``mu_beta`` (see :func:`blend_kl`) stays within ``budget`` nats of KL from the student's
-    distribution (to ``2**-BLEND_ITERS``, and the KL to float32 rounding, ~1e-7 nats). ``KL(mu_beta || p)`` grows with ``beta`` (its
-    derivative is ``beta Var_mu(d)``), so bisection finds it; 1 when the teacher itself is within
-    the budget, 0 for a zero budget (unless both models give the same distribution)."""
+    distribution (to ``2**-BLEND_ITERS``, and the KL to float32 rounding, ~1e-7 nats).
+    ``KL(mu_beta || p)`` grows with ``beta`` (its derivative is ``beta Var_mu(d)``), so bisection
+    finds it; 1 when the teacher itself is within the budget, 0 for a zero budget."""
     rows = logits.shape[0]
     budget = jnp.asarray(budget, jnp.float32)
     one = jnp.ones((rows,), jnp.float32)
