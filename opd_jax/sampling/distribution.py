@@ -167,15 +167,28 @@ def sample_token(keys, logits, cfg: SamplerConfig):
 BLEND_ITERS = 20  # bisection steps of ``blend_weight``: beta within 2^-20 of the largest feasible one
 
 
+def _blend_terms(logits, teacher_logits, temperature: float):
+    """What every ``beta`` of one row's blend shares: ``z_s / T``, ``d = (z_t - z_s) / T`` and
+    ``logZ(0)``, computed once (outside the bisection's loop)."""
+    zs = jnp.asarray(logits, jnp.float32) / jnp.float32(temperature)
+    d = jnp.asarray(teacher_logits, jnp.float32) / jnp.float32(temperature) - zs
+    return zs, d, jax.nn.logsumexp(zs, axis=-1)
+
+
+def _kl_of(terms, beta):
+    # log mu - log p = beta d - (logZ(beta) - logZ(0)), averaged under mu: one pass for logZ(beta),
+    # one for the weighted sum
+    zs, d, log_z0 = terms
+    z = zs + beta[:, None] * d
+    log_z = jax.nn.logsumexp(z, axis=-1)
+    mean_d = jnp.sum(jnp.exp(z - log_z[:, None]) * d, axis=-1)
+    return jnp.maximum(beta * mean_d - (log_z - log_z0), 0.0)
+
+
 def blend_kl(logits, teacher_logits, beta, temperature: float):
     """``KL(mu_beta || p) [R]`` of the geometric blend ``mu_beta = softmax(((1 - beta) z_s + beta z_t) / T)``
     against the student's ``p = softmax(z_s / T)`` (``beta [R]``)."""
-    zs = jnp.asarray(logits, jnp.float32) / jnp.float32(temperature)
-    d = jnp.asarray(teacher_logits, jnp.float32) / jnp.float32(temperature) - zs
-    log_mu = jax.nn.log_softmax(zs + beta[:, None] * d, axis=-1)
-    # log mu - log p = beta d - (logZ(beta) - logZ(0)), summed against mu
-    shift = jax.nn.logsumexp(zs, axis=-1) - jax.nn.logsumexp(zs + beta[:, None] * d, axis=-1)
-    return jnp.maximum(beta * jnp.sum(jnp.exp(log_mu) * d, axis=-1) + shift, 0.0)
+    return _kl_of(_blend_terms(logits, teacher_logits, temperature), beta)
 
 
 def blend_weight(logits, teacher_logits, budget, temperature: float):
@@ -187,12 +200,13 @@ def blend_weight(logits, teacher_logits, budget, temperature: float):
     rows = logits.shape[0]
     budget = jnp.asarray(budget, jnp.float32)
     one = jnp.ones((rows,), jnp.float32)
-    within = blend_kl(logits, teacher_logits, one, temperature) <= budget
+    terms = _blend_terms(logits, teacher_logits, temperature)
+    within = _kl_of(terms, one) <= budget
 
     def halve(_, bounds):  # invariant: lo is within the budget, hi is not
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        ok = blend_kl(logits, teacher_logits, mid, temperature) <= budget
+        ok = _kl_of(terms, mid) <= budget
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     lo, _ = jax.lax.fori_loop(0, BLEND_ITERS, halve, (jnp.zeros((rows,), jnp.float32), one))
