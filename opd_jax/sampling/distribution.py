@@ -243,9 +243,8 @@ def choose(cfg: SamplerConfig, keys, logits, teacher_logits, mix):
             tok_s, tok_t = draw(w_s, u), draw(w_t, u)
         from_teacher = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(keys) < mix
         tokens = jnp.where(from_teacher, tok_t, tok_s)
-        logp = None
         extras = dict(from_teacher=from_teacher)
     student, teacher = take(w_s, tokens) - norm_s, take(w_t, tokens) - norm_t
-    if logp is None:  # the coin's law, marginal over the coin: mix * teacher + (1 - mix) * student
+    if cfg.teacher_blend == "coin":  # the coin's law, marginal over it: mix * teacher + (1 - mix) * student
         logp = jnp.logaddexp(jnp.log(mix) + teacher, jnp.log1p(-mix) + student)
     return tokens, logp, dict(student_logp=student, teacher_logp=teacher, **extras)

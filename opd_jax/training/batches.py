@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from opd_jax import data as D
+from opd_jax.objectives import masked_mean
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.training.batch import Sequences, TrainBatch
 from opd_jax.training.errors import TrainingError
@@ -147,17 +148,14 @@ def _longest(completion_mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(completion_mask, cols, 0))
 
 
-@jax.jit
-def _completion_mean(values: jax.Array, completion_mask: jax.Array) -> jax.Array:
-    m = completion_mask.astype(jnp.float32)
-    return jnp.sum(values.astype(jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
+_masked_mean = jax.jit(masked_mean)
 
 
 def mixing_stats(roll) -> dict[str, float]:
     """A teacher-mixed rollout's teacher share, averaged over its completion tokens:
     ``sample/from_teacher`` (the fraction of tokens the teacher drew: ``teacher_blend="coin"``)
     or ``sample/teacher_weight`` (the blends' mean beta: ``"geometric"``); empty without a teacher."""
-    return {f"sample/{name}": float(_completion_mean(getattr(roll, name), roll.completion_mask))
+    return {f"sample/{name}": float(_masked_mean(getattr(roll, name), roll.completion_mask))
             for name in ("from_teacher", "teacher_weight") if getattr(roll, name) is not None}
 
 

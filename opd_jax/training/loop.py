@@ -197,8 +197,8 @@ class Trainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.key), step)
         source = B.choose_source(self.exp.loop, key, step)
         prompts = self.prompts(cursor)
-        stats = {}
-        batch = jax.block_until_ready(self._batch(source, prompts, key, step, stats))
+        batch, stats = self._batch(source, prompts, key, step)
+        batch = jax.block_until_ready(batch)
         scored = self.reads_teacher and source != "cold_start"  # cold start: the SFT objective
         if not scored:
             return _Prepared(step, source, prompts, lambda: batch, False, stats)
@@ -208,12 +208,13 @@ class Trainer:
             else pending
         return _Prepared(step, source, prompts, finish, True, stats)
 
-    def _batch(self, source: str, prompts: B.Prompts, key, step: int, stats: dict) -> TrainBatch:
-        """The batch of step ``source``: data completions, teacher rollouts or student samples
-        (teacher-mixed: ``stats`` gets the step's ``teacher_mix`` and the teacher's share)."""
+    def _batch(self, source: str, prompts: B.Prompts, key, step: int) -> tuple[TrainBatch, dict]:
+        """The batch of step ``source`` (data completions, teacher rollouts or student samples) and
+        its sampling's metrics (teacher-mixed: the step's ``teacher_mix`` and the teacher's share)."""
+        stats = {}
         if source == "data":
             return B.from_data(self.rows, prompts, self.exp.sampler,
-                               self.exp.loop.completion_slices)
+                               self.exp.loop.completion_slices), stats
         sp, sm = B.sampling_prompts(self.rows, prompts, source)
         key, row_ids = jax.random.fold_in(key, 2), self.rows.to_global(prompts.row_ids)
         params = self.state.params
@@ -227,7 +228,7 @@ class Trainer:
             if self.exp.loop.teacher_mix > 0:
                 stats.update({"sample/teacher_mix": mix, **B.mixing_stats(roll)})
         return B.from_rollout(self.rows, prompts, roll, self.exp.sampler.num_samples,
-                              self.exp.loop.completion_slices)
+                              self.exp.loop.completion_slices), stats
 
     def _with_contexts(self, batch: TrainBatch, prompts: B.Prompts, params) -> TrainBatch:
         """``batch`` with the teacher's log-probs of its completions under the records' other
