@@ -137,9 +137,18 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm gradient clipping (0 = off)
+    # EffOPD's parameter extrapolation (opd_jax.training.extrapolation): every `extrapolate_every`
+    # steps, a jump of up to `extrapolate_scale` times the window's displacement (0 = off)
+    extrapolate_every: int = 0
+    extrapolate_scale: float = 1.0
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(isinstance(self.extrapolate_every, int) and self.extrapolate_every >= 0,
+               f"optim.extrapolate_every must be an int >= 0 (0 = off), got {self.extrapolate_every!r}")
+        _check(isinstance(self.extrapolate_scale, (int, float)) and math.isfinite(self.extrapolate_scale)
+               and self.extrapolate_scale >= 0,
+               f"optim.extrapolate_scale must be a finite number >= 0, got {self.extrapolate_scale!r}")
         _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.clip_norm >= 0, f"optim.clip_norm must be >= 0, got {self.clip_norm}")
 

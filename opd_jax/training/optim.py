@@ -1,8 +1,10 @@
-"""The optimizer of an experiment: AdamW with a warm-up and decay schedule and gradient clipping."""
+"""The optimizer of an experiment: AdamW with a warm-up and decay schedule and gradient clipping,
+optionally followed by EffOPD's parameter extrapolation (:mod:`opd_jax.training.extrapolation`)."""
 
 import optax
 
 from opd_jax.training.config import OptimConfig
+from opd_jax.training.extrapolation import extrapolate
 
 
 def learning_rate(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -24,4 +26,6 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(optax.adamw(learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay))
+    if cfg.extrapolate_every > 0:
+        parts.append(extrapolate(cfg.extrapolate_every, cfg.extrapolate_scale))
     return optax.chain(*parts)

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import opd_jax.objectives as O
 from opd_jax.training.batch import TrainBatch, completion_hidden
+from opd_jax.training.extrapolation import last_scale
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -200,6 +201,8 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
     for k in terms:  # each term over the whole batch: summed counts, one division
         out[f"loss/{k}"] = O.Reduced(jnp.sum(terms[k].num), jnp.sum(terms[k].den)).value()
     out.update({k: jnp.mean(v) for k, v in metrics.items()})
+    if (scale := last_scale(opt_state)) is not None:
+        out["opt/extrapolation_scale"] = scale
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, obj_state=obj_state)
     return new, out
 

@@ -148,3 +148,21 @@ def test_control_variate_pairs_the_estimators_per_seed():
     assert module.verdict(fake(["opd", "vopd"], value(-0.5)), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(["opd", "vopd"], value(0.5)), "quick")["verdict"] == V.NOT_REPRODUCED
     assert np.isfinite(module.verdict(fake(["opd", "vopd"], value(0.0)), "quick")["notes"]["mean_gap"]["mean"])
+
+
+def test_update_extrapolation_times_the_arms_to_half_of_opds_gain():
+    module = RP.load("update_extrapolation")
+    arms = [a.name for a in module.arms("quick")]
+
+    def curve(rise_at):  # pass@1 0.2 until the arm's step, 0.4 from it on
+        return lambda arm, seed, step, m: (None if m == "flops" else
+                                           (0.4 if step >= rise_at[arm] else 0.2) + NOISE[seed])
+    fast = module.verdict(fake(arms, curve({"opd": 30, "effopd": 10, "lr_x2": 20})), "quick")
+    assert fast["verdict"] == V.REPRODUCED
+    assert fast["notes"]["steps_to_target"]["effopd"]["mean"] == 10
+    slow = module.verdict(fake(arms, curve({"opd": 10, "effopd": 30, "lr_x2": 20})), "quick")
+    assert slow["verdict"] == V.NOT_REPRODUCED
+    # as fast, but ending lower: the final-performance part is reversed
+    lower = fake(arms, lambda arm, seed, step, m: None if m == "flops" else
+                 (0.4 if step >= 10 else 0.2) + NOISE[seed] - (0.1 if arm == "effopd" and step == 40 else 0))
+    assert module.verdict(lower, "quick")["verdict"] == V.NOT_REPRODUCED
