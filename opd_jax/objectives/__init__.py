@@ -23,6 +23,7 @@ from opd_jax.objectives.advantages import (clip, clip_below, discounted_future_s
 from opd_jax.objectives.base import (Feature, Objective, TokenCtx, VocabInputs, coefficient,
                                      extra, feature, mask_rows, merge_features, stateless,
                                      token_objective, weighted_sum)
+from opd_jax.objectives.configs_2026 import REF_LOGP
 from opd_jax.objectives.diagnostics import (diagnostic_features, diagnostic_metrics,
                                             overlap_ratio, top1_agreement)
 from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_kl,
@@ -33,8 +34,9 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, FiReOPD
                                         GKDConfig, HorizonOPDConfig, IWOPDConfig, ObjectiveConfig,
                                         OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,
                                         REOPOLDConfig, ReinforceConfig, SEADConfig,
-                                        SFTConfig, SGTopKConfig, TAOPDConfig, TIPConfig,
-                                        TopKOPDConfig, UniOPDConfig, UniSDConfig, VOPDConfig,
+                                        SFTConfig, SGTopKConfig, StableOPDConfig, TAOPDConfig,
+                                        TIPConfig, TopKOPDConfig, UniOPDConfig, UniSDConfig,
+                                        VOPDConfig,
                                         build_objective, make_config, recipe_name,
                                         required_inputs, with_diagnostics)
 from opd_jax.objectives.requirements import loop_defaults, needs_behavior_logp, reads_teacher

@@ -1,6 +1,6 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
-margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward and POPD / TOPD's
-horizon. Their sources give one-line formulas; every choice they leave open is a field here, with
+margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward, POPD / TOPD's
+horizon and StableOPD's reference anchor. Their sources give one-line formulas; every choice they leave open is a field here, with
 the reconstruction's default (see :mod:`opd_jax.objectives.recipes`)."""
 
 import dataclasses
@@ -203,3 +203,35 @@ class HorizonOPDConfig(PGRecipe):
         if self.max_length is not None:
             check_int("max_length", self.max_length, minimum=1)
         choice("normalize", self.normalize, ("kept", "all"))
+
+
+REF_LOGP = "ref_logp"  # the extra input: the reference policy's log-prob of each sampled token
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StableOPDConfig(PGRecipe):
+    """StableOPD's reference anchor: Tinker's OPD plus ``ref_coef`` times a sampled-token KL to a
+    frozen reference policy (the student's initial weights).
+
+    Loss per token ``-rho_t sg(log q - log mu) + ref_coef * k(log p, log p_ref)``, averaged over
+    the valid tokens, with ``k`` a single-sample estimator of
+    :func:`~opd_jax.objectives.divergences.sampled_kl` on the student's own tokens; ``log p_ref``
+    is the extra input ``"ref_logp"`` (the training loop scores the reference). As a *loss* on
+    tokens drawn from p, the estimators' expected gradients differ: ``"k2"`` (``(log p -
+    log p_ref)^2 / 2``) gives the gradient of ``KL(p || p_ref)``, the constraint the paper
+    names; ``"k3"`` (GRPO's) gives the gradient of ``KL(p_ref || p)``, the forward direction
+    (tests/objectives/test_recipes_stable.py checks both by enumeration). Source: arXiv
+    2604.08527 (abstract; ``ref_coef`` 0.01 as in the kiln reimplementation). Not here: the
+    paper's second half, rollout-mixture distillation on golden trajectories (a loss on data
+    completions, which a sampled-token policy gradient is not defined on). Reconstructed [INF]:
+    the estimator, and the anchor as a loss term rather than a reward.
+    """
+    ref_coef: float = 0.01  # beta: weight of the reference KL term (0 = OPD exactly)
+    ref_estimator: Literal["k2", "k3"] = "k2"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.ref_coef, int | float) and math.isfinite(self.ref_coef)
+                and self.ref_coef >= 0):
+            raise ValueError(f"ref_coef must be a finite number >= 0, got {self.ref_coef!r}.")
+        choice("ref_estimator", self.ref_estimator, ("k2", "k3"))

@@ -72,6 +72,10 @@ horizon_opd  POPD / TOPD: OPD on each completion's first H         reconstructio
              tokens; TOPD H = max(floor(fraction L), 1), POPD     fraction, grow_steps,
              grows H linearly to L over grow_steps (loss only;    max_length (what L is),
              the paper also stops sampling at H)                  normalize
+stable_opd   StableOPD's anchor: -(pi/mu) A + beta k(log p,          reconstruction: ref_coef,
+             log p_ref), A Tinker's, k a sampled KL to the       ref_estimator (k2:
+             student's initial weights (needs ``ref_logp``);      KL(p || ref)'s gradient;
+             the paper's rollout mixture is not included          k3: KL(ref || p)'s)
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -101,9 +105,10 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         OPSDConfig, REOPOLDConfig, ReinforceConfig, SFTConfig,
                                         SGTopKConfig, TIPConfig, TopKOPDConfig, UniSDConfig,
                                         VOPDConfig)
-from opd_jax.objectives.configs_2026 import (FiReOPDConfig, HorizonOPDConfig, IWOPDConfig,
-                                             PowerOPDConfig, PWOPSDConfig, SEADConfig,
-                                             TAOPDConfig, UniOPDConfig)
+from opd_jax.objectives.configs_2026 import (REF_LOGP, FiReOPDConfig, HorizonOPDConfig,
+                                             IWOPDConfig, PowerOPDConfig, PWOPSDConfig,
+                                             SEADConfig, StableOPDConfig, TAOPDConfig,
+                                             UniOPDConfig)
 from opd_jax.objectives.diagnostics import diagnostic_features, diagnostic_metrics
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import Reduced
@@ -112,7 +117,7 @@ ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDCon
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
                         UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
-                        HorizonOPDConfig]
+                        HorizonOPDConfig, StableOPDConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -121,6 +126,7 @@ RECIPES: dict[str, type] = {
     "reinforce": ReinforceConfig, "iw_opd": IWOPDConfig, "fire_opd": FiReOPDConfig,
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
     "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
+    "stable_opd": StableOPDConfig,
 }
 
 
@@ -198,6 +204,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RP.power_opd(cfg, dense_teacher)
         case HorizonOPDConfig():
             obj = RS.horizon_opd(cfg, dense_teacher)
+        case StableOPDConfig():
+            obj = RP.stable_opd(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:
@@ -225,7 +233,9 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
       ``[B, T, k]``: the behaviour (sampling) policy's top-k token ids and their log-probs at
       each position, at the loss temperature (``topk_opd`` with ``surrogate="ppo"``). They are
       read in the vocabulary phase, so the trainer passes them to ``compute_features`` /
-      ``fused_token_loss`` as ``extras``.
+      ``fused_token_loss`` as ``extras``;
+    - ``"ref_logp"`` float32 ``[B, T]``: a frozen reference policy's log-probs of the sampled
+      tokens (``stable_opd``; the training loop's reference is the student's initial weights).
     """
     need = set()
     if isinstance(cfg, ReinforceConfig | UniOPDConfig):
@@ -235,6 +245,8 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
             need.add("aux_teacher_logp")
         if cfg.contrastive_coef:
             need.add("bad_teacher_logp")
+    if isinstance(cfg, StableOPDConfig):
+        need.add(REF_LOGP)
     if isinstance(cfg, TopKOPDConfig) and cfg.surrogate == "ppo":
         need |= {RD.BEHAVIOR_TOPK_IDS, RD.BEHAVIOR_TOPK_LOGP}
     return frozenset(need)

@@ -1,7 +1,8 @@
 """Builders of the sampled-token recipes: a (stop-gradient) advantage per sampled token, fed to
 a policy-gradient surrogate in the token's importance ratio.
 
-OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, PowerOPD, REINFORCE and SFT. Each
+OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, PowerOPD, StableOPD's anchor,
+REINFORCE and SFT. Each
 builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
 """
 
@@ -16,7 +17,8 @@ from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, feature
                                      token_objective)
 from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, OPDConfig, ReinforceConfig,
                                         SFTConfig, VOPDConfig)
-from opd_jax.objectives.configs_2026 import IWOPDConfig, PowerOPDConfig, UniOPDConfig
+from opd_jax.objectives.configs_2026 import (REF_LOGP, IWOPDConfig, PowerOPDConfig, StableOPDConfig,
+                                             UniOPDConfig)
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean, seq_mean_token_sum,
                                            token_mean)
@@ -132,6 +134,18 @@ def power_opd(c: PowerOPDConfig, dense: bool) -> Objective:
         return {"power_opd/advantage": masked_mean(advantage(ctx), ctx.mask)}
     return token_objective(lambda ctx: pg_loss(ctx, advantage(ctx), c),
                            sampled_features(c.temperature, dense), name="pg", metrics=metrics)
+
+
+def stable_opd(c: StableOPDConfig, dense: bool) -> Objective:
+    def anchor(ctx):  # the student's log-prob carries the gradient; the reference's is an input
+        return D.sampled_kl(ctx.logp, ctx[REF_LOGP], estimator=c.ref_estimator,
+                            where=ctx.mask.astype(bool))
+
+    def metrics(ctx):
+        return {"stable_opd/ref_kl": masked_mean(anchor(ctx), ctx.mask)}
+    feats = sampled_features(c.temperature, dense)
+    return token_objective(lambda ctx: pg_loss(ctx, tinker_advantage(ctx), c) + c.ref_coef * anchor(ctx),
+                           feats, name="pg", metrics=metrics)
 
 
 def sft(c: SFTConfig, dense: bool) -> Objective:

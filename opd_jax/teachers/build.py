@@ -2,6 +2,7 @@
 
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
+from opd_jax.teachers.reference import WithReference
 from opd_jax.teachers.routed import RoutedTeacher
 from opd_jax.teachers.served import ServedTeacher
 
@@ -18,8 +19,10 @@ def teacher_class(spec) -> type[Teacher]:
     return KINDS[spec.kind]
 
 
-def build_teacher(spec, student: Student, mesh, runtime: Runtime) -> Teacher:
+def build_teacher(spec, student: Student, mesh, runtime: Runtime, *, reference: bool = False) -> Teacher:
     """The teacher of ``spec`` (a resolved :class:`~opd_jax.training.config.TeacherSpec`): its
     models loaded onto ``mesh`` (or its server reached) and checked against the student's
-    vocabulary and tokenizer."""
-    return teacher_class(spec).from_spec(spec, student, mesh, runtime)
+    vocabulary and tokenizer; with ``reference``, beside a frozen copy of the student's initial
+    weights that adds its log-probs to every scored batch (:class:`WithReference`)."""
+    teacher = teacher_class(spec).from_spec(spec, student, mesh, runtime)
+    return WithReference(teacher, student, runtime) if reference else teacher

@@ -33,16 +33,28 @@ def _hidden(graphdef, params, seq: Sequences, n: int, group: int = 1):
 score_hidden = jax.jit(_hidden, static_argnums=(0, 3, 4))
 
 
-def _context_logp(graphdef, params, prompts, prompt_mask, targets, mask, temperature, chunk):
-    """The model's log-prob of each completion token after other prompts, ``[B, N]``."""
-    model = nnx.merge(graphdef, sg(params))
-    hidden = completion_hidden(model, join(prompts, prompt_mask, targets, mask), targets.shape[1])
+def _logp(model, hidden, targets, mask, temperature, chunk):
     feats = {"logp": O.feature(O.token_logp, "logits", "tokens", temperature=temperature)}
     return O.compute_features(feats, tokens=targets, mask=mask, hidden=hidden,
                               head=model.lm_head_weight(), chunk_size=chunk)["logp"]
 
 
+def _context_logp(graphdef, params, prompts, prompt_mask, targets, mask, temperature, chunk):
+    """The model's log-prob of each completion token after other prompts, ``[B, N]``."""
+    model = nnx.merge(graphdef, sg(params))
+    hidden = completion_hidden(model, join(prompts, prompt_mask, targets, mask), targets.shape[1])
+    return _logp(model, hidden, targets, mask, temperature, chunk)
+
+
+def _sequence_logp(graphdef, params, seq: Sequences, targets, mask, group, temperature, chunk):
+    """The model's log-prob of each completion token of ``seq`` (its last ``N`` columns), ``[B, N]``."""
+    model = nnx.merge(graphdef, sg(params))
+    hidden = completion_hidden(model, seq, targets.shape[1], group)
+    return _logp(model, hidden, targets, mask, temperature, chunk)
+
+
 context_logp = jax.jit(_context_logp, static_argnums=(0, 6, 7))
+sequence_logp = jax.jit(_sequence_logp, static_argnums=(0, 5, 6, 7))
 
 
 def _ema(teacher, student, decay):
@@ -54,6 +66,12 @@ _ema_jit = jax.jit(_ema, donate_argnums=(0,))
 
 def _copy(params):
     return jax.tree.map(jnp.copy, params)
+
+
+def frozen_copy(params, shardings):
+    """A copy of ``params`` with ``shardings`` (a frozen teacher or reference, not donated along
+    with the student's buffers)."""
+    return jax.jit(_copy, out_shardings=shardings)(params)
 
 
 class OneModel(Teacher):
@@ -134,7 +152,7 @@ class InitialTeacher(OneModel):
     def __init__(self, graphdef, params, shardings, runtime: Runtime):
         super().__init__(graphdef, runtime)
         self.shardings = shardings
-        self.params = jax.jit(_copy, out_shardings=shardings)(params)
+        self.params = frozen_copy(params, shardings)
 
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime):

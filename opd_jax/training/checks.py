@@ -151,7 +151,7 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
-    unsupplied = sorted(need - {"reward", *CONTEXT_FIELDS})
+    unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS})
     if unsupplied:
         raise ValueError(f"objective {name!r} reads {unsupplied}, which this training loop does not "
                          "supply (the sampler records the sampled token's log-probability, not the "

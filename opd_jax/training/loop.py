@@ -126,7 +126,7 @@ class Trainer:
         runtime = Runtime(self.rows, exp.sampler, exp.objective.temperature, exp.step.chunk_size)
         self.teacher = build_teacher(spec, Student(self.s_graph, params, self.p_sh,
                                                    exp.student.path, self.tokenizer), self.mesh,
-                                     runtime)
+                                     runtime, reference=O.REF_LOGP in O.required_inputs(exp.objective))
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
         C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path)

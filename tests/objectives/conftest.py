@@ -27,6 +27,8 @@ def make_batch(seed=0, b=3, t=7, d=8, v=40):
         # the behaviour policy's top-4 (TopKOPDConfig(k=4, surrogate="ppo")), slightly stale
         "behavior_topk_ids": top_ids,
         "behavior_topk_logp": top_logp + 0.1 * jax.random.normal(ks[9], top_logp.shape),
+        # a reference policy's log-probs of the sampled tokens (StableOPDConfig's anchor)
+        "ref_logp": O.token_logp(0.8 * logits, tokens),
     }
     return dict(hidden=hidden, head=head, t_hidden=t_hidden, t_head=t_head, tokens=tokens,
                 mask=mask, extras=extras, key=ks[8])

@@ -1,0 +1,80 @@
+"""A teacher with a reference policy beside it: a frozen copy of the student's initial weights
+whose log-prob of every completion token joins each scored batch as the extra ``"ref_logp"``
+(:data:`opd_jax.objectives.REF_LOGP`), for objectives anchored to where the student started
+(StableOPD's reference KL).
+
+The training loop wraps whatever teacher it built when the objective reads ``"ref_logp"``;
+everything else is the wrapped teacher's. The copy is saved with each checkpoint (as
+``"reference"``), so a resumed run keeps the same anchor.
+"""
+
+import opd_jax.objectives as O
+from opd_jax.teachers.base import Runtime, Student, Teacher
+from opd_jax.teachers.local import frozen_copy, sequence_logp
+from opd_jax.training.checkpoint import abstract
+
+
+class WithReference(Teacher):
+    """``inner`` plus the reference's log-probs of the student's completions in every scored
+    batch (the reference reads the student's own prompts)."""
+
+    def __init__(self, inner: Teacher, student: Student, runtime: Runtime):
+        self.inner, self.runtime = inner, runtime
+        self.graphdef, self.sparse, self.overlap = inner.graphdef, inner.sparse, inner.overlap
+        self.ref_graphdef, self.shardings = student.graphdef, student.shardings
+        self.ref_params = frozen_copy(student.params, student.shardings)
+
+    def reference_logp(self, batch):
+        """``[B, N]``: the reference's log-prob of each completion token of ``batch``."""
+        return sequence_logp(self.ref_graphdef, self.ref_params, batch.student, batch.targets,
+                             batch.loss_mask, batch.group, self.runtime.temperature,
+                             self.runtime.chunk_size)
+
+    def _anchored(self, batch):
+        return batch.replace(extras={**batch.extras, O.REF_LOGP: self.reference_logp(batch)})
+
+    def score(self, batch, prompts, student_params):
+        return self._anchored(self.inner.score(batch, prompts, student_params))
+
+    def start_score(self, batch, prompts, student_params):
+        pending = self.inner.start_score(batch, prompts, student_params)
+        return lambda: self._anchored(pending())
+
+    def checkpoint_items(self):
+        return {**self.inner.checkpoint_items(), "reference": self.ref_params}
+
+    def restore_targets(self):
+        return {**self.inner.restore_targets(), "reference": abstract(self.ref_params, self.shardings)}
+
+    def load(self, items):
+        items = dict(items)
+        self.ref_params = items.pop("reference")
+        self.inner.load(items)
+
+    # the rest is the wrapped teacher's
+    def models(self, student_params):
+        return self.inner.models(student_params)
+
+    def position_limits(self, student_params):
+        return self.inner.position_limits(student_params)
+
+    def step_params(self, student_params):
+        return self.inner.step_params(student_params)
+
+    def rollout(self, prompts, mask, key, row_ids, examples, student_params):
+        return self.inner.rollout(prompts, mask, key, row_ids, examples, student_params)
+
+    def mixer(self, student_params):
+        return self.inner.mixer(student_params)
+
+    def context_logp(self, prompts, mask, targets, loss_mask, student_params):
+        return self.inner.context_logp(prompts, mask, targets, loss_mask, student_params)
+
+    def update(self, state):
+        self.inner.update(state)
+
+    def metrics(self):
+        return self.inner.metrics()
+
+    def close(self):
+        self.inner.close()

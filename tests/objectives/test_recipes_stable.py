@@ -1,0 +1,78 @@
+"""StableOPD's reference anchor (StableOPDConfig) against closed forms: the expected gradient of
+each estimator as a loss on the student's own tokens (enumerated over the vocabulary) is the
+gradient of the KL it names; the recipe is OPD plus ref_coef times the estimator (ref_coef 0:
+OPD's gradient exactly); a batch without the reference log-probs; configuration checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import opd_jax.objectives as O
+from tests.objectives.conftest import make_batch
+from tests.objectives.test_recipes import SHAPE, recipe_loss
+
+V = 7
+
+
+def anchor_loss(cfg, z, ref_logits, y):
+    """The recipe's loss on one position whose sampled token is ``y``, with the teacher equal to
+    the sampler (advantage 0: only the anchor has a gradient) and the behaviour log-prob the
+    student's own at ``z`` (on-policy)."""
+    tokens = jnp.full((1, 1), y, jnp.int32)
+    mask = jnp.ones((1, 1), bool)
+    logits = z[None, None]
+    extras = {"behavior_logp": jax.lax.stop_gradient(O.token_logp(logits, tokens)),
+              "ref_logp": O.token_logp(ref_logits[None, None], tokens)}
+    obj = O.build_objective(cfg)
+    feats = O.compute_features(obj.features, tokens=tokens, mask=mask, logits=logits,
+                               teacher_logits=jax.lax.stop_gradient(logits), extras=extras)
+    ctx = O.TokenCtx(mask=mask, features=feats, extras=extras)
+    return O.total(obj.apply(ctx, obj.init())[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_expected_gradient_is_the_named_kl(estimator, seed):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=V) * 1.5
+    r = rng.normal(size=V) * 1.5
+    p = np.exp(z - np.logaddexp.reduce(z))
+    q = np.exp(r - np.logaddexp.reduce(r))
+    cfg = O.StableOPDConfig(ref_coef=1.0, ref_estimator=estimator)
+    grad = jax.grad(anchor_loss, argnums=1)
+    expected = sum(p[y] * np.asarray(grad(cfg, jnp.asarray(z, jnp.float32), jnp.asarray(r, jnp.float32), y),
+                                      np.float64) for y in range(V))
+    if estimator == "k2":  # d/dz KL(p || ref) = p (log p - log ref - KL(p || ref))
+        kl = np.sum(p * (np.log(p) - np.log(q)))
+        want = p * (np.log(p) - np.log(q) - kl)
+    else:  # d/dz KL(ref || p) = p - ref
+        want = p - q
+    np.testing.assert_allclose(expected, want, rtol=1e-4, atol=1e-6)
+
+
+def test_it_is_opd_plus_the_scaled_estimator():
+    b = make_batch(0, **SHAPE)
+    z, zt = b["hidden"] @ b["head"], b["t_hidden"] @ b["t_head"]
+    m = b["mask"]
+    lp = O.token_logp(z, b["tokens"])
+    for est in ("k2", "k3"):
+        got = recipe_loss(O.StableOPDConfig(ref_coef=0.3, ref_estimator=est), b, z, zt)[0]
+        opd = recipe_loss(O.OPDConfig(), b, z, zt)[0]
+        kl = O.sampled_kl(lp, b["extras"]["ref_logp"], estimator=est, where=m)
+        np.testing.assert_allclose(got, opd + 0.3 * jnp.sum(kl) / jnp.sum(m), rtol=1e-5)
+    zero = jax.grad(lambda a: recipe_loss(O.StableOPDConfig(ref_coef=0.0), b, a, zt)[0])(z)
+    np.testing.assert_array_equal(zero, jax.grad(lambda a: recipe_loss(O.OPDConfig(), b, a, zt)[0])(z))
+
+
+def test_a_batch_without_the_reference_is_a_clear_error():
+    b = make_batch(0, **SHAPE)
+    extras = {k: v for k, v in b["extras"].items() if k != "ref_logp"}
+    with pytest.raises(KeyError, match="ref_logp"):
+        recipe_loss(O.StableOPDConfig(), b, b["hidden"] @ b["head"], b["t_hidden"] @ b["t_head"], extras=extras)
+
+
+@pytest.mark.parametrize("bad", [dict(ref_coef=-0.1), dict(ref_coef=float("nan")), dict(ref_estimator="k1")])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="ref_coef|ref_estimator"):
+        O.StableOPDConfig(**bad)
