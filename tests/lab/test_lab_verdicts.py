@@ -10,7 +10,7 @@ from opd_jax.lab import reproduce as RP
 from opd_jax.lab import verdicts as V
 
 NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread, so that differences have a standard error
-METRICS = ("pass@1", "greedy_pass@1", "pass@8", "reverse_kl", "entropy", "distinct_correct",
+METRICS = ("pass@1", "greedy_pass@1", "pass@8", "reverse_kl", "entropy", "distinct_correct", "finished",
            "high_entropy/student", "tail_mass/student_topk", "overlap/ratio", "rule/adherence",
            "grad_variance/log_ratio", "grad_variance/mean_gap")
 STEPS = (0, 10, 20, 30, 40)
@@ -166,3 +166,15 @@ def test_update_extrapolation_times_the_arms_to_half_of_opds_gain():
     lower = fake(arms, lambda arm, seed, step, m: None if m == "flops" else
                  (0.4 if step >= 10 else 0.2) + NOISE[seed] - (0.1 if arm == "effopd" and step == 40 else 0))
     assert module.verdict(lower, "quick")["verdict"] == V.NOT_REPRODUCED
+
+
+def test_reference_anchor_compares_the_anchored_arm_with_opd():
+    module = RP.load("reference_anchor")
+    arms = [a.name for a in module.arms("quick")]
+
+    def ends(anchor_gain):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + (
+            anchor_gain * step / 40 if arm == "anchor" else 0))
+    assert module.verdict(fake(arms, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends(0.01)), "quick")["verdict"] == V.INCONCLUSIVE
