@@ -49,17 +49,6 @@ def arms(mode: str):
 
 
 def verdict(results, mode):
-    start = V.stats(V.start(results, "pass@1", "opd"))["mean"]
-    gain = V.stats(V.final(results, "pass@1", "opd"))["mean"] - start
-    notes = {"start": start, "opd_gain": gain}
     matches = V.not_worse(results, "pass@1", "topd", "opd", name="TOPD matches OPD")
-    if not gain > 0:
-        faster = V.unresolved("POPD is faster", "popd < opd on steps to target", "steps",
-                              "the opd arm did not improve: no target")
-        return V.combine([matches, faster], RULE, notes)
-    target = start + gain / 2
-    steps = {a: V.steps_to_target(results, "pass@1", a, target) for a in ("opd", "topd", "popd")}
-    notes.update(target=target, steps_to_target={a: V.stats(s) for a, s in steps.items()})
-    faster = V.compare("POPD is faster", steps["popd"], steps["opd"], a_label="popd", b_label="opd",
-                       metric=f"steps to pass@1 {target:.3f}", lower=True)
+    faster, notes = V.faster_to_half_gain(results, "popd", "opd", name="POPD is faster", also=("topd",))
     return V.combine([matches, faster], RULE, notes)

@@ -163,6 +163,27 @@ def steps_to_target(results: list[dict], metric: str, arm: str, target: float) -
     return [steps_to(r, metric, target) for r in results if r["arm"] == arm]
 
 
+def faster_to_half_gain(results: list[dict], arm: str, baseline: str, *, name: str,
+                        also: Sequence[str] = (), metric: str = "pass@1") -> tuple[dict, dict]:
+    """Part ``name``: ``arm`` takes fewer steps than ``baseline`` to reach ``baseline``'s mean
+    ``metric`` at step 0 plus half its mean gain (:func:`steps_to`; a run that never does is
+    censored one interval past its end), and the notes: ``start``, ``<baseline>_gain``,
+    ``target`` and every arm's ``steps_to_target`` (``arm``, ``baseline``, ``also``).
+    Unresolved, with no target in the notes, when ``baseline`` did not improve."""
+    begin = stats(start(results, metric, baseline))["mean"]
+    gain = stats(final(results, metric, baseline))["mean"] - begin
+    notes = {"start": begin, f"{baseline}_gain": gain}
+    if not gain > 0:
+        return unresolved(name, f"{arm} < {baseline} on steps to target", "steps",
+                          f"the {baseline} arm did not improve: no target"), notes
+    target = begin + gain / 2
+    steps = {a: steps_to_target(results, metric, a, target) for a in (baseline, arm, *also)}
+    notes.update(target=target, steps_to_target={a: stats(x) for a, x in steps.items()})
+    part = compare(name, steps[arm], steps[baseline], a_label=arm, b_label=baseline,
+                   metric=f"steps to {metric} {target:.3f}", lower=True)
+    return part, notes
+
+
 def at_flops(run: dict, metric: str, flops: float) -> float:
     """``run``'s metric at ``flops`` spent, interpolated linearly between its evaluations."""
     f = np.array([e["flops"] for e in run["evals"]], float)
