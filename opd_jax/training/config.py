@@ -138,9 +138,11 @@ class OptimConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm gradient clipping (0 = off)
     # EffOPD's parameter extrapolation (opd_jax.training.extrapolation): every `extrapolate_every`
-    # steps, a jump of up to `extrapolate_scale` times the window's displacement (0 = off)
+    # steps, a jump of up to `extrapolate_scale` times the window's displacement (0 = off), its
+    # length set by the windows' cosine or by a secant line search along it
     extrapolate_every: int = 0
     extrapolate_scale: float = 1.0
+    extrapolate_rule: Literal["cosine", "secant"] = "cosine"
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
@@ -149,6 +151,10 @@ class OptimConfig:
         _check(isinstance(self.extrapolate_scale, (int, float)) and math.isfinite(self.extrapolate_scale)
                and self.extrapolate_scale >= 0,
                f"optim.extrapolate_scale must be a finite number >= 0, got {self.extrapolate_scale!r}")
+        _check(self.extrapolate_rule in ("cosine", "secant"),
+               f"optim.extrapolate_rule must be 'cosine' or 'secant', got {self.extrapolate_rule!r}")
+        _check(self.extrapolate_rule != "secant" or self.extrapolate_every != 1,
+               "optim.extrapolate_rule=secant needs optim.extrapolate_every >= 2 (two gradients per window)")
         _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.clip_norm >= 0, f"optim.clip_norm must be >= 0, got {self.clip_norm}")
 

@@ -26,6 +26,7 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(optax.adamw(learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay))
+    tx = optax.chain(*parts)
     if cfg.extrapolate_every > 0:
-        parts.append(extrapolate(cfg.extrapolate_every, cfg.extrapolate_scale))
-    return optax.chain(*parts)
+        tx = extrapolate(tx, cfg.extrapolate_every, cfg.extrapolate_scale, cfg.extrapolate_rule)
+    return tx

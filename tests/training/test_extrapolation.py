@@ -47,12 +47,12 @@ def flat(t):
 
 
 def run(updates, every, max_scale):
-    tx = extrapolate(every, max_scale)
+    tx = extrapolate(optax.identity(), every, max_scale)
     state = tx.init(tree(np.zeros(7)))
     step = jax.jit(tx.update)
     out, scales = [], []
     for i, u in enumerate(updates, 1):
-        o, state = step(tree(u), state)
+        o, state = step(tree(u), state)  # the identity's updates are the "gradients" given
         out.append(flat(o))
         if i % every == 0:
             scales.append(float(last_scale(state)))
@@ -99,17 +99,21 @@ def test_off_window_steps_and_zero_scale_pass_updates_through():
 
 
 @pytest.mark.parametrize("bad", [dict(every=0, max_scale=1.0), dict(every=2.0, max_scale=1.0),
-                                 dict(every=2, max_scale=-1.0), dict(every=2, max_scale=float("nan"))])
+                                 dict(every=2, max_scale=-1.0), dict(every=2, max_scale=float("nan")),
+                                 dict(every=2, max_scale=1.0, rule="newton"),
+                                 dict(every=1, max_scale=1.0, rule="secant")])
 def test_bad_arguments_are_refused(bad):
-    with pytest.raises(ValueError, match="every|max_scale"):
-        extrapolate(**bad)
+    with pytest.raises(ValueError, match="every|max_scale|rule"):
+        extrapolate(optax.identity(), **bad)
 
 
-@pytest.mark.parametrize("field,value", [("extrapolate_every", -1), ("extrapolate_every", 1.5),
-                                         ("extrapolate_scale", -0.1), ("extrapolate_scale", float("inf"))])
-def test_the_config_refuses_bad_settings(field, value):
-    with pytest.raises(ValueError, match=f"optim.{field}"):
-        OptimConfig(**{field: value})
+@pytest.mark.parametrize("fields", [dict(extrapolate_every=-1), dict(extrapolate_every=1.5),
+                                    dict(extrapolate_scale=-0.1), dict(extrapolate_scale=float("inf")),
+                                    dict(extrapolate_rule="adam"),
+                                    dict(extrapolate_rule="secant", extrapolate_every=1)])
+def test_the_config_refuses_bad_settings(fields):
+    with pytest.raises(ValueError, match="optim.extrapolate"):
+        OptimConfig(**fields)
 
 
 def test_the_optimizer_has_it_only_when_asked():
@@ -119,15 +123,16 @@ def test_the_optimizer_has_it_only_when_asked():
     assert float(last_scale(state)) == 0.0
 
 
-def test_state_sums_are_placed_like_the_parameters():
+@pytest.mark.parametrize("rule", ["cosine", "secant"])
+def test_state_sums_are_placed_like_the_parameters(rule):
     gs, ps, gt, pt = models()
-    tx = make_optimizer(OptimConfig(extrapolate_every=2), 10)
+    tx = make_optimizer(OptimConfig(extrapolate_every=2, extrapolate_rule=rule), 10)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     p_sh = logical_sharding(nnx.get_partition_spec(ps), mesh)
     obj = O.build_objective(O.OPDConfig())
     state, sh = sharded_init_state(jax.device_put(ps, p_sh), tx, obj, 0, mesh, p_sh)
-    ext = next(s for s in sh.opt_state if hasattr(s, "window"))
-    for part in (ext.window, ext.previous):
+    ext = sh.opt_state
+    for part in (ext.window, ext.previous if rule == "cosine" else ext.first_grad):
         for a, b in zip(jax.tree.leaves(part), jax.tree.leaves(p_sh)):
             assert a == b
 
@@ -141,7 +146,7 @@ def test_the_train_step_reports_the_jump_and_applies_it():
     batch = make_batch()
     results = {}
     for scale in (0.0, 1.0):
-        tx = optax.chain(optax.sgd(1e-2), extrapolate(1, scale))
+        tx = extrapolate(optax.sgd(1e-2), 1, scale)
         fn = jax.jit(lambda s, b, t, tx=tx: train_step(s, b, t, graphdef=gs, teacher_graphdef=gt, tx=tx,
                                                        objective=obj, cfg=StepConfig(chunk_size=4)))
         state = init_state(ps, tx, obj, seed=0)
@@ -155,3 +160,59 @@ def test_the_train_step_reports_the_jump_and_applies_it():
     moved0 = sum(float(jnp.sum(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(p0), jax.tree.leaves(ps)))
     moved1 = sum(float(jnp.sum(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(ps)))
     assert moved1 > 1.3 * moved0
+
+
+def secant_reference(grads, updates, every, max_scale):
+    """The secant rule written out in NumPy, float64, one flat vector per step."""
+    out, scales, window = [], [], np.zeros_like(updates[0])
+    for i, (g, u) in enumerate(zip(grads, updates)):
+        if i % every == 0:
+            first, window = g, np.zeros_like(u)
+        before, window = window, window + u
+        if (i + 1) % every:
+            out.append(u)
+            continue
+        a, b, dd = first @ window, g @ window, window @ window
+        eta = 0.0
+        if dd > 0 and b < 0 and a < b:
+            eta = min(max(a * (before @ window / dd) / (a - b) - 1.0, 0.0), max_scale)
+        out.append(u + eta * window)
+        scales.append(eta)
+    return out, scales
+
+
+def test_the_secant_rule_matches_its_formula():
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=7)
+    grads = [-direction * rng.uniform(0.2, 1.0) + 0.3 * rng.normal(size=7) for _ in range(12)]
+    inner = optax.sgd(0.1, momentum=0.5)  # updates are not the gradients' multiples
+    tx = extrapolate(inner, 3, 4.0, rule="secant")
+    state, params = tx.init(tree(np.zeros(7))), tree(np.zeros(7))
+    got, got_scales, inner_updates = [], [], []
+    inner_state = inner.init(params)
+    for i, g in enumerate(grads, 1):
+        u, inner_state = inner.update(tree(g), inner_state)
+        inner_updates.append(flat(u))
+        o, state = jax.jit(tx.update)(tree(g), state)
+        got.append(flat(o))
+        if i % 3 == 0:
+            got_scales.append(float(last_scale(state)))
+    want, want_scales = secant_reference(grads, inner_updates, 3, 4.0)
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_scales, want_scales, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("every,lr", [(2, 0.1), (3, 0.05), (4, 0.2)])
+def test_the_secant_jump_lands_on_an_isotropic_quadratics_minimum(every, lr):
+    """f = lambda |theta|^2 / 2 under SGD moves along a straight line to 0: one window and its
+    jump reach 0 (the line's minimum), from any start."""
+    lam = 1.5
+    tx = extrapolate(optax.sgd(lr), every, 100.0, rule="secant")
+    theta = tree(np.random.default_rng(every).normal(size=7))
+    state = tx.init(theta)
+    for _ in range(every):
+        grads = jax.tree.map(lambda x: lam * x, theta)
+        u, state = tx.update(grads, state, theta)
+        theta = optax.apply_updates(theta, u)
+    assert np.max(np.abs(flat(theta))) < 1e-5
+    assert float(last_scale(state)) > 0
