@@ -157,10 +157,12 @@ def test_update_extrapolation_times_the_arms_to_half_of_opds_gain():
     def curve(rise_at):  # pass@1 0.2 until the arm's step, 0.4 from it on
         return lambda arm, seed, step, m: (None if m == "flops" else
                                            (0.4 if step >= rise_at[arm] else 0.2) + NOISE[seed])
-    fast = module.verdict(fake(arms, curve({"opd": 30, "effopd": 10, "lr_x2": 20})), "quick")
+    fast = module.verdict(fake(arms, curve({"opd": 30, "effopd": 10, "lr_x2": 20, "effopd_secant": 40})), "quick")
     assert fast["verdict"] == V.REPRODUCED
     assert fast["notes"]["steps_to_target"]["effopd"]["mean"] == 10
-    slow = module.verdict(fake(arms, curve({"opd": 10, "effopd": 30, "lr_x2": 20})), "quick")
+    # the secant arm (added after the first run) is judged in the notes only
+    assert [p["outcome"] for p in fast["notes"]["secant_reading"]["parts"]] == ["reversed", "holds"]
+    slow = module.verdict(fake(arms, curve({"opd": 10, "effopd": 30, "lr_x2": 20, "effopd_secant": 10})), "quick")
     assert slow["verdict"] == V.NOT_REPRODUCED
     # as fast, but ending lower: the final-performance part is reversed
     lower = fake(arms, lambda arm, seed, step, m: None if m == "flops" else
