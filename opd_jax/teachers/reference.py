@@ -4,8 +4,10 @@ whose log-prob of every completion token joins each scored batch as the extra ``
 (StableOPD's reference KL).
 
 The training loop wraps whatever teacher it built when the objective reads ``"ref_logp"``;
-everything else is the wrapped teacher's. The copy is saved with each checkpoint (as
-``"reference"``), so a resumed run keeps the same anchor.
+everything else is the wrapped teacher's (``models()`` names the teacher's models only: the
+reference's forward is not in the iteration's FLOP metrics, nor is it an evaluation teacher).
+The copy is saved with each checkpoint (as ``"reference"``), so a resumed run keeps the same
+anchor.
 """
 
 import opd_jax.objectives as O
