@@ -30,7 +30,7 @@ from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_
                                             generalized_jsd, log_probs, log_ratio,
                                             normalized_entropy, reverse_kl, sampled_kl,
                                             token_entropy, token_logp, total_variation)
-from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, EOPDConfig, FiReOPDConfig,
+from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDConfig, FiReOPDConfig,
                                         GKDConfig, HorizonOPDConfig, IWOPDConfig, ObjectiveConfig,
                                         OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,
                                         REOPOLDConfig, ReinforceConfig, SEADConfig,

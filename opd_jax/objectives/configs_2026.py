@@ -1,7 +1,8 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
 margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward, POPD / TOPD's
-horizon and StableOPD's reference anchor. Their sources give one-line formulas; every choice they leave open is a field here, with
-the reconstruction's default (see :mod:`opd_jax.objectives.recipes`)."""
+horizon, StableOPD's reference anchor and DASD's divergence-aware selection. Their sources give
+one-line formulas; every choice they leave open is a field here, with the reconstruction's
+default (see :mod:`opd_jax.objectives.recipes`)."""
 
 import dataclasses
 import math
@@ -220,7 +221,7 @@ class StableOPDConfig(PGRecipe):
     tokens drawn from p, the estimators' expected gradients differ: ``"k2"`` (``(log p -
     log p_ref)^2 / 2``) gives the gradient of ``KL(p || p_ref)``, the constraint the paper
     names; ``"k3"`` (GRPO's) gives the gradient of ``KL(p_ref || p)``, the forward direction
-    (tests/objectives/test_recipes_stable.py checks both by enumeration). Source: arXiv
+    (tests/objectives/test_recipes_stable_dasd.py checks both by enumeration). Source: arXiv
     2604.08527 (abstract; ``ref_coef`` 0.01 as in the kiln reimplementation). Not here: the
     paper's second half, rollout-mixture distillation on golden trajectories (a loss on data
     completions, which a sampled-token policy gradient is not defined on). Reconstructed [INF]:
@@ -235,3 +236,24 @@ class StableOPDConfig(PGRecipe):
                 and self.ref_coef >= 0):
             raise ValueError(f"ref_coef must be a finite number >= 0, got {self.ref_coef!r}.")
         choice("ref_estimator", self.ref_estimator, ("k2", "k3"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DASDConfig(Recipe):
+    """DASD's divergence-aware selection: supervised training on the sequences where the teacher is
+    most sure and the student least, of the batch's completions.
+
+    Keep sequence i if its mean ``sg(log q(y_t) - log p(y_t))`` over its valid tokens is at least
+    the batch's ``keep_quantile`` quantile of those means
+    (:func:`~opd_jax.objectives.selection.sequence_quantile_keep`); loss: the mean negative
+    log-likelihood ``-log p(y_t)`` over the kept sequences' valid tokens. Meant for teacher samples
+    (``loop.lmbda=0``, ``loop.seq_kd=true``) or the data's completions. Source: arXiv 2601.09088
+    (abstract; objectives_2026.md). Not here: its temperature-scheduled teacher sampling and
+    mixed-policy stage. Reconstructed [INF]: the score (the mean log-ratio), selection by a batch
+    quantile, and its default (the top half).
+    """
+    keep_quantile: float = 0.5  # keep a sequence if its mean log q - log p >= this batch quantile
+
+    def __post_init__(self):
+        super().__post_init__()
+        unit("keep_quantile", self.keep_quantile, open_high=True)

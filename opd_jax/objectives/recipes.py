@@ -76,6 +76,9 @@ stable_opd   StableOPD's anchor: -(pi/mu) A + beta k(log p,          reconstruct
              log p_ref), A Tinker's, k a sampled KL to the       ref_estimator (k2:
              student's initial weights (needs ``ref_logp``);      KL(p || ref)'s gradient;
              the paper's rollout mixture is not included          k3: KL(ref || p)'s)
+dasd         DASD's selection: cross-entropy on the sequences      reconstruction:
+             whose mean sg(log q - log p) is at least the         keep_quantile (the score,
+             batch's keep_quantile quantile (teacher samples)     the quantile rule)
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -105,7 +108,7 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         OPSDConfig, REOPOLDConfig, ReinforceConfig, SFTConfig,
                                         SGTopKConfig, TIPConfig, TopKOPDConfig, UniSDConfig,
                                         VOPDConfig)
-from opd_jax.objectives.configs_2026 import (REF_LOGP, FiReOPDConfig, HorizonOPDConfig,
+from opd_jax.objectives.configs_2026 import (REF_LOGP, DASDConfig, FiReOPDConfig, HorizonOPDConfig,
                                              IWOPDConfig, PowerOPDConfig, PWOPSDConfig,
                                              SEADConfig, StableOPDConfig, TAOPDConfig,
                                              UniOPDConfig)
@@ -117,7 +120,7 @@ ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDCon
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
                         UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
-                        HorizonOPDConfig, StableOPDConfig]
+                        HorizonOPDConfig, StableOPDConfig, DASDConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -126,7 +129,7 @@ RECIPES: dict[str, type] = {
     "reinforce": ReinforceConfig, "iw_opd": IWOPDConfig, "fire_opd": FiReOPDConfig,
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
     "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
-    "stable_opd": StableOPDConfig,
+    "stable_opd": StableOPDConfig, "dasd": DASDConfig,
 }
 
 
@@ -206,6 +209,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RS.horizon_opd(cfg, dense_teacher)
         case StableOPDConfig():
             obj = RP.stable_opd(cfg, dense_teacher)
+        case DASDConfig():
+            obj = RS.dasd(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:

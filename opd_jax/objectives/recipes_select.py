@@ -1,7 +1,7 @@
 """Builders of the recipes that choose *where* the loss acts: token masks, sequence filters,
 per-token weights and per-zone divergences computed from batch statistics or the step.
 
-REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD and POPD / TOPD. Their selections are stop-gradient and
+REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD, POPD / TOPD and DASD's sequence selection. Their selections are stop-gradient and
 most use statistics of the whole batch (quantiles, min/max, medians) or of a whole sequence
 (the POPD / TOPD horizon), so they are not token-local and take the two-pass path of the train
 step; SEAD with fixed thresholds is token-local.
@@ -19,7 +19,7 @@ from opd_jax.objectives import topk as K
 from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, feature, stateless,
                                      token_objective)
 from opd_jax.objectives.configs import REOPOLDConfig, TIPConfig
-from opd_jax.objectives.configs_2026 import (FiReOPDConfig, HorizonOPDConfig, SEADConfig,
+from opd_jax.objectives.configs_2026 import (DASDConfig, FiReOPDConfig, HorizonOPDConfig, SEADConfig,
                                              TAOPDConfig)
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import masked_mean, token_mean, weighted_mean
@@ -173,4 +173,14 @@ def horizon_opd(c: HorizonOPDConfig, dense: bool) -> Objective:
         term = (weighted_mean(loss, keep) if c.normalize == "kept"
                 else token_mean(jnp.where(keep > 0, loss, 0.0), m))
         return {"pg": term}, {"horizon_opd/kept_frac": masked_mean(keep, m)}
+    return stateless(apply, sampled_features(c.temperature, dense))
+
+
+def dasd(c: DASDConfig, dense: bool) -> Objective:
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        keep = S.sequence_quantile_keep(ctx.teacher_logp - ctx.logp, m, q=c.keep_quantile)
+        kept = m & (keep[:, None] > 0)
+        return ({"nll": token_mean(-ctx.logp, kept)},
+                {"dasd/kept_seq_frac": jnp.sum(keep) / jnp.maximum(jnp.sum(jnp.any(m, -1)), 1)})
     return stateless(apply, sampled_features(c.temperature, dense))

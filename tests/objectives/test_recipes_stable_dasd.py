@@ -1,7 +1,9 @@
-"""StableOPD's reference anchor (StableOPDConfig) against closed forms: the expected gradient of
+"""StableOPD's reference anchor (StableOPDConfig) and DASD's divergence-aware selection
+(DASDConfig) against closed forms and float64 oracles. The anchor: the expected gradient of
 each estimator as a loss on the student's own tokens (enumerated over the vocabulary) is the
 gradient of the KL it names; the recipe is OPD plus ref_coef times the estimator (ref_coef 0:
-OPD's gradient exactly); a batch without the reference log-probs; configuration checks."""
+OPD's gradient exactly); a batch without the reference log-probs; configuration checks. DASD:
+the kept sequences and their NLL against NumPy, no gradient to the dropped ones, keep-all = SFT."""
 
 import jax
 import jax.numpy as jnp
@@ -76,3 +78,43 @@ def test_a_batch_without_the_reference_is_a_clear_error():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="ref_coef|ref_estimator"):
         O.StableOPDConfig(**bad)
+
+
+# ------------------------------------------------------------------ DASD's selection
+
+
+def dasd_oracle(lp, lq, mask, q):
+    """float64: the kept sequences (mean log q - log p at least the batch's q-quantile, NumPy's
+    linear interpolation over the sequences with a valid token) and their mean NLL."""
+    lp, lq, m = np.asarray(lp, np.float64), np.asarray(lq, np.float64), np.asarray(mask, bool)
+    n = m.sum(-1)
+    score = np.where(m, lq - lp, 0.0).sum(-1) / np.maximum(n, 1)
+    has = n > 0
+    keep = has & (score >= np.quantile(score[has], q))
+    kept = m & keep[:, None]
+    return keep, float(-(lp * kept).sum() / kept.sum())
+
+
+@pytest.mark.parametrize("q", [0.0, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dasd_keeps_the_most_divergent_sequences_and_fits_them(q, seed):
+    b = make_batch(seed, b=6, t=5, d=8, v=12)
+    z, zt = b["hidden"] @ b["head"], b["t_hidden"] @ b["t_head"]
+    (loss, metrics), grad = jax.value_and_grad(
+        lambda a: recipe_loss(O.DASDConfig(keep_quantile=q), b, a, zt), has_aux=True)(z)
+    lp, lq = O.token_logp(z, b["tokens"]), O.token_logp(zt, b["tokens"])
+    keep, want = dasd_oracle(lp, lq, b["mask"], q)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert float(metrics["dasd/kept_seq_frac"]) == pytest.approx(keep.mean())
+    # the dropped sequences get no gradient; the kept ones the NLL's
+    g = np.asarray(grad)
+    assert np.all(g[~keep] == 0.0) and np.any(g[keep] != 0.0)
+    if q == 0.0:  # keep everything: plain SFT
+        sft = recipe_loss(O.SFTConfig(), b, z, zt)[0]
+        np.testing.assert_allclose(float(loss), float(sft), rtol=1e-6)
+
+
+def test_dasd_refuses_a_bad_quantile():
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="keep_quantile"):
+            O.DASDConfig(keep_quantile=bad)
