@@ -180,3 +180,15 @@ def test_reference_anchor_compares_the_anchored_arm_with_opd():
     assert module.verdict(fake(arms, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(arms, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends(0.01)), "quick")["verdict"] == V.INCONCLUSIVE
+
+
+def test_divergence_aware_sft_needs_dasd_above_both_controls():
+    module = RP.load("divergence_aware_sft")
+    arms = [a.name for a in module.arms("quick")]
+
+    def ends(gain):  # dasd ends `gain` above the two controls, which match
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + (
+            gain[arm] * step / 40 if arm in gain else 0))
+    assert module.verdict(fake(arms, ends({"dasd": 0.1})), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends({"dasd": 0.1, "seqkd_x2": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends({"dasd": 0.1, "seqkd": 0.1})), "quick")["verdict"] == V.INCONCLUSIVE
