@@ -5,7 +5,7 @@ OPD's accuracy in fewer steps.
     python -m opd_jax.lab.reproduce update_extrapolation [--mode smoke|quick|full]
 
 Hardware and wall time (quick: 4 arms x 3 seeds x the baseline's steps): 33 min for the first 3
-arms on 2 AMD EPYC CPU cores (2026-12-06), ~11 more for the secant arm.
+arms on 2 AMD EPYC CPU cores (2026-12-06), 10 more for the secant arm.
 The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
 constants and functions below; ``experiments/lab/results/update_extrapolation/<mode>/`` holds the results.
 """
