@@ -5,7 +5,7 @@ full-vocabulary reverse KL.
     python -m opd_jax.lab.reproduce power_transform [--mode smoke|quick|full]
 
 Hardware and wall time (quick: 5 arms x 3 seeds x the baseline's steps): 23 min for the first 4
-arms on 2 AMD EPYC CPU cores (2026-12-06), ~6 more for the fifth.
+arms on 2 AMD EPYC CPU cores (2026-12-06), 8 more for the fifth.
 The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
 constants and functions below; ``experiments/lab/results/power_transform/<mode>/`` holds the results.
 """
