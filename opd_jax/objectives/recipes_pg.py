@@ -2,8 +2,7 @@
 a policy-gradient surrogate in the token's importance ratio.
 
 OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, PowerOPD, StableOPD's anchor,
-REINFORCE and SFT. Each
-builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
+REINFORCE and SFT. Each builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
 """
 
 import jax.numpy as jnp

@@ -146,7 +146,7 @@ class OptimConfig:
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        _check(isinstance(self.extrapolate_every, int) and self.extrapolate_every >= 0,
+        _check(type(self.extrapolate_every) is int and self.extrapolate_every >= 0,
                f"optim.extrapolate_every must be an int >= 0 (0 = off), got {self.extrapolate_every!r}")
         _check(isinstance(self.extrapolate_scale, (int, float)) and math.isfinite(self.extrapolate_scale)
                and self.extrapolate_scale >= 0,

@@ -1,5 +1,5 @@
 """The optimizer of an experiment: AdamW with a warm-up and decay schedule and gradient clipping,
-optionally followed by EffOPD's parameter extrapolation (:mod:`opd_jax.training.extrapolation`)."""
+optionally wrapped in EffOPD's parameter extrapolation (:mod:`opd_jax.training.extrapolation`)."""
 
 import optax
 
