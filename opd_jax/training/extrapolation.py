@@ -100,13 +100,14 @@ def extrapolate(inner: optax.GradientTransformation, every: int, max_scale: floa
         starts, count = state.count % every == 0, state.count + 1
         ends = count % every == 0
         if cosine:
-            eta = _cosine_eta(window, state.previous, max_scale)
+            at_end = lambda: _cosine_eta(window, state.previous, max_scale)  # noqa: E731
             previous, first_grad = otu.tree_where(ends, window, state.previous), ()
         else:
             first = otu.tree_where(starts, grads, state.first_grad)
-            eta = _secant_eta(window, state.window, first, grads, max_scale)
+            at_end = lambda: _secant_eta(window, state.window, first, grads, max_scale)  # noqa: E731
             previous, first_grad = (), first
-        eta = jnp.where(ends, eta, 0.0).astype(jnp.float32)
+        # the dot products over every parameter only where a window ends
+        eta = jax.lax.cond(ends, lambda: at_end().astype(jnp.float32), lambda: jnp.zeros((), jnp.float32))
         out = jax.tree.map(lambda u, w: u + (eta * w).astype(u.dtype), updates, window)
         new = ExtrapolationState(
             inner=inner_state, count=count,
