@@ -1,10 +1,10 @@
 """Builders of the recipes that choose *where* the loss acts: token masks, sequence filters,
 per-token weights and per-zone divergences computed from batch statistics or the step.
 
-REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD, POPD / TOPD and DASD's sequence selection. Their selections are stop-gradient and
-most use statistics of the whole batch (quantiles, min/max, medians) or of a whole sequence
-(the POPD / TOPD horizon), so they are not token-local and take the two-pass path of the train
-step; SEAD with fixed thresholds is token-local.
+REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD, POPD / TOPD and DASD's sequence selection. Their
+selections are stop-gradient and most use statistics of the whole batch (quantiles, min/max,
+medians) or of a whole sequence (the POPD / TOPD horizon), so they are not token-local and take
+the two-pass path of the train step; SEAD with fixed thresholds is token-local.
 """
 
 import math

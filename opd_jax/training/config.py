@@ -13,6 +13,7 @@ from opd_jax.models.config import ModelConfig
 from opd_jax.objectives.recipes import ObjectiveConfig, OPDConfig, make_config
 from opd_jax.objectives.requirements import loop_defaults
 from opd_jax.sampling import SamplerConfig
+from opd_jax.training.extrapolation import RULES as EXTRAPOLATION_RULES
 from opd_jax.training.step import StepConfig
 
 
@@ -151,7 +152,7 @@ class OptimConfig:
         _check(isinstance(self.extrapolate_scale, (int, float)) and math.isfinite(self.extrapolate_scale)
                and self.extrapolate_scale >= 0,
                f"optim.extrapolate_scale must be a finite number >= 0, got {self.extrapolate_scale!r}")
-        _check(self.extrapolate_rule in ("cosine", "secant"),
+        _check(self.extrapolate_rule in EXTRAPOLATION_RULES,
                f"optim.extrapolate_rule must be 'cosine' or 'secant', got {self.extrapolate_rule!r}")
         _check(self.extrapolate_rule != "secant" or self.extrapolate_every != 1,
                "optim.extrapolate_rule=secant needs optim.extrapolate_every >= 2 (two gradients per window)")
