@@ -168,6 +168,17 @@ def _prompt(record, prefix: str, tokenizer, where: str, opts: TextOptions):
     return None, None
 
 
+def teacher_context_ids(record: dict, opts: TextOptions, where: str) -> tuple[int, ...]:
+    """The token ids of ``record``'s teacher context (``teacher_prompt_ids``, ``teacher_messages``
+    or ``teacher_prompt``), read as :func:`load_examples` reads it; for a context built during a run."""
+    tok = opts.teacher_tokenizer if opts.teacher_tokenizer is not None else opts.tokenizer
+    ids, _ = _prompt(record, "teacher_", tok, where, opts)
+    if ids is None:
+        raise DataError(f"{where}: no teacher context (teacher_prompt, teacher_messages or "
+                        "teacher_prompt_ids)")
+    return ids
+
+
 def _completion(record, chat_completion, where: str, opts: TextOptions):
     if "completion_ids" in record:
         return check_ids(record["completion_ids"], where, "completion_ids")

@@ -94,7 +94,8 @@ class OneModel(Teacher):
     def score(self, batch, prompts, student_params):
         g, p = self.model(student_params)
         return batch.replace(teacher_hidden=score_hidden(g, p, batch.teacher_sequences,
-                                                         batch.completion_len, batch.group))
+                                                         batch.completion_len,
+                                                         batch.teacher_rows_group))
 
     def rollout(self, prompts, mask, key, row_ids, examples, student_params):
         g, p = self.model(student_params)

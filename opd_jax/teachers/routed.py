@@ -82,7 +82,7 @@ class RoutedTeacher(Teacher):
 
     def score(self, batch, prompts, student_params):
         seq, n = batch.teacher_sequences, batch.completion_len
-        hidden = [score_hidden(g, p, seq, n, batch.group) for g, p in self.models(student_params)]
+        hidden = [score_hidden(g, p, seq, n, batch.teacher_rows_group) for g, p in self.models(student_params)]
         rows = batch.targets.shape[0] // len(prompts.examples) // jax.process_count()
         weights = self.row_weights(prompts.examples, rows)
         return batch.replace(teacher_hidden=_combine_jit(hidden, weights))

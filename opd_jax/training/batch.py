@@ -50,10 +50,18 @@ class TrainBatch:
     extras: dict = struct.field(default_factory=dict)
     teacher_hidden: Array | None = None  # [B, N, D_T], when the teacher was scored beforehand
     group: int = struct.field(pytree_node=False, default=1)
+    # The same for the teacher's sequences (0: ``group``); 1 when each row has its own teacher
+    # context (contexts built from the row's peers, opd_jax.training.peers).
+    teacher_group: int = struct.field(pytree_node=False, default=0)
 
     @property
     def completion_len(self) -> int:
         return self.targets.shape[1]
+
+    @property
+    def teacher_rows_group(self) -> int:
+        """The ``group`` of the teacher's sequences."""
+        return self.teacher_group or self.group
 
     @property
     def teacher_sequences(self) -> Sequences:

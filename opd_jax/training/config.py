@@ -14,6 +14,7 @@ from opd_jax.objectives.recipes import ObjectiveConfig, OPDConfig, make_config
 from opd_jax.objectives.requirements import loop_defaults
 from opd_jax.sampling import SamplerConfig
 from opd_jax.training.extrapolation import RULES as EXTRAPOLATION_RULES
+from opd_jax.training.peers import PeerSpec
 from opd_jax.training.step import StepConfig
 
 
@@ -100,6 +101,8 @@ class TeacherSpec:
     ema_decay: float | None = None  # kind == "ema": theta_T <- d * theta_T + (1 - d) * theta
     ema_every: int | None = None  # kind == "ema": update period in optimizer steps
     served: ServedSpec = dataclasses.field(default_factory=ServedSpec)  # kind == "served"
+    # A context of the row's peer samples for the teacher (MOPD; off by default): peers.PeerSpec.
+    peers: PeerSpec = dataclasses.field(default_factory=PeerSpec)
 
     def __post_init__(self):
         _check(self.kind != "model" or self.model is not None,

@@ -55,13 +55,16 @@ def update_flops(student: ModelConfig, teacher: ModelConfig | None, rows: int, s
 def iteration_flops(student: ModelConfig, teachers: list[ModelConfig], *, source: str,
                     rows: int, seq_len: int, completion_len: int, teacher_len: int,
                     prompts: int, prompt_len: int, decode_steps: int, teacher_mix: bool,
-                    scored: bool, group: int = 1) -> dict[str, float]:
+                    scored: bool, group: int = 1, teacher_group: int | None = None
+                    ) -> dict[str, float]:
     """Model FLOPs of one iteration's phases, all hosts together.
 
     ``source`` is the batch's source (``"data"``: nothing sampled; ``"cold_start"``/``"seq_kd"``:
     every local teacher samples every row; else the student, plus the first teacher when tokens
     are mixed); ``scored``: the teacher's body ran over its sequences and its head over the
-    completion (not on SFT steps); ``group``: rows sharing a prompt, run once per group. ``teachers`` are the local teacher models (none when served).
+    completion (not on SFT steps); ``group``: rows sharing a prompt, run once per group
+    (``teacher_group``: the same for the teacher's sequences, default ``group``). ``teachers``
+    are the local teacher models (none when served).
     """
     if source == "data":
         sample_f = 0.0
@@ -73,7 +76,7 @@ def iteration_flops(student: ModelConfig, teachers: list[ModelConfig], *, source
             sample_f += sample_flops(teachers[0], prompts, prompt_len, rows, decode_steps)
     scoring = teachers if scored else []
     return {"flops/sample": sample_f,
-            "flops/score": sum(score_flops(c, rows, teacher_len, completion_len, group)
+            "flops/score": sum(score_flops(c, rows, teacher_len, completion_len, teacher_group or group)
                                for c in scoring),
             "flops/update": update_flops(student, None, rows, seq_len, completion_len, group)
             + sum(head_flops(c, rows * completion_len) for c in scoring)}

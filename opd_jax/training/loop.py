@@ -49,6 +49,7 @@ from opd_jax.training.errors import TrainingError
 from opd_jax.training.evaluation import evaluate
 from opd_jax.training.logging import MetricsWriter, Progress
 from opd_jax.training.optim import make_optimizer
+from opd_jax.training.peers import for_run as peer_contexts
 from opd_jax.training.step import make_train_step, sharded_init_state
 
 __all__ = ["StepCallback", "Trainer", "TrainingError", "evaluate"]
@@ -107,6 +108,7 @@ class Trainer:
         text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn)
         self.exp = exp = text.exp
         self.tokenizer, self.reward_fn = text.tokenizer, text.reward_fn
+        self.peers = peer_contexts(exp, text.tokenizer, text.teacher_tokenizer, text.reward_fn)
         self.examples, self.eval_examples = text.examples, text.eval_examples
         self.eval_cfg = outputs.heldout_sampler(exp)
         C.check_routes(spec, self.examples, exp.data.path)
@@ -130,6 +132,8 @@ class Trainer:
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
         C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path)
+        if self.peers is not None:
+            self.peers.check_positions(limits, exp.sampler.max_new_tokens)
         if self.eval_examples:
             C.check_lengths(self.eval_examples, self.eval_cfg.max_new_tokens, limits, exp.eval.path)
 
@@ -178,7 +182,7 @@ class Trainer:
             t1 = time.perf_counter()
             batch = jax.block_until_ready(now.finish())
             timings["time/score"] = time.perf_counter() - t1
-            if self.rewarded and now.source != "cold_start":
+            if self.rewarded and now.source != "cold_start" and "reward" not in batch.extras:
                 batch = B.with_rewards(self.rows, batch, now.prompts, self.reward_fn)
             t2 = time.perf_counter()
             fn = self.step_fn if now.source != "cold_start" else self.sft_fn
@@ -198,6 +202,9 @@ class Trainer:
         source = B.choose_source(self.exp.loop, key, step)
         prompts = self.prompts(cursor)
         batch, stats = self._batch(source, prompts, key, step)
+        if self.peers is not None and source == "on_policy":  # the teacher reads the row's peers
+            batch, peer_stats = self.peers(self.rows, batch, prompts)
+            stats.update(peer_stats)
         batch = jax.block_until_ready(batch)
         scored = self.reads_teacher and source != "cold_start"  # cold start: the SFT objective
         if not scored:
@@ -269,7 +276,7 @@ class Trainer:
             prompts=prompts.tokens.shape[0] * jax.process_count(),
             prompt_len=prompts.tokens.shape[1], decode_steps=int(metrics["loss/max_len"]),
             teacher_mix=now.stats.get("sample/teacher_mix", 0.0) > 0, scored=scored,
-            group=batch.group))
+            group=batch.group, teacher_group=batch.teacher_rows_group))
         for phase in ("sample", "score", "update"):
             out[f"throughput/{phase}_gflops_per_s"] = (out[f"flops/{phase}"] / 1e9
                                                        / max(timings[f"time/{phase}"], 1e-9))

@@ -97,7 +97,7 @@ def teacher_view(batch: TrainBatch, teacher_graphdef, teacher_params, n: int):
     teacher = nnx.merge(teacher_graphdef, sg(teacher_params))
     if batch.teacher_hidden is not None:
         return sg(batch.teacher_hidden), sg(teacher.lm_head_weight())
-    hidden = completion_hidden(teacher, batch.teacher_sequences, n, batch.group)
+    hidden = completion_hidden(teacher, batch.teacher_sequences, n, batch.teacher_rows_group)
     return sg(hidden), sg(teacher.lm_head_weight())
 
 

@@ -28,6 +28,7 @@ from opd_jax.training.config import Experiment, ModelSpec
 class Text(NamedTuple):
     exp: Experiment  # with sampler.eos_ids resolved
     tokenizer: Any  # the student's (None: a random-init student without a named tokenizer)
+    teacher_tokenizer: Any  # the first teacher checkpoint's (None: none, or no teacher checkpoint)
     examples: list[D.Example]
     eval_examples: list[D.Example] | None  # eval.path's records (None without eval.path)
     reward_fn: Callable[[D.Example, Any], float] | None
@@ -111,4 +112,4 @@ def prepare(exp: Experiment, *, tokenizer=None, examples: list[D.Example] | None
     if exp.eval.path:
         held_out = read(exp, exp.eval.path, tok, t_tok)
         held_out = held_out[:exp.eval.limit] if exp.eval.limit else held_out
-    return Text(exp, tok, examples, held_out, fn)
+    return Text(exp, tok, t_tok, examples, held_out, fn)

@@ -192,3 +192,16 @@ def test_divergence_aware_sft_needs_dasd_above_both_controls():
     assert module.verdict(fake(arms, ends({"dasd": 0.1})), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(arms, ends({"dasd": 0.1, "seqkd_x2": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends({"dasd": 0.1, "seqkd": 0.1})), "quick")["verdict"] == V.INCONCLUSIVE
+
+
+def test_peer_rollouts_needs_the_peer_arm_above_rl_and_above_its_start():
+    module = RP.load("peer_rollouts")
+    arms = [a.name for a in module.arms("quick")]
+
+    def ends(gain):  # each arm ends `gain[arm]` above where every arm starts
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + (
+            gain.get(arm, 0) * step / 40))
+    assert module.verdict(fake(arms, ends({"peers": 0.1})), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends({"peers": 0.1, "rl": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends({"peers": -0.1, "rl": -0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends({"peers": 0.1, "rl": 0.1})), "quick")["verdict"] == V.INCONCLUSIVE

@@ -42,3 +42,13 @@ def test_shared_prompts_count_once_per_group():
     assert F.score_flops(cfg, 8, 10, 4, group=4) == F.body_flops(cfg, 44, 10)
     assert F.update_flops(cfg, None, 8, 10, 4, group=4) == (3 * F.body_flops(cfg, 44, 10)
                                                            + 3 * F.head_flops(cfg, 32))
+
+
+def test_a_teacher_reading_a_context_per_row_counts_every_rows_prompt():
+    cfg = tiny_config(vocab_size=100, hidden_size=16)
+    kw = dict(source="on_policy", rows=8, seq_len=10, completion_len=4, teacher_len=12, prompts=2,
+              prompt_len=6, decode_steps=4, teacher_mix=False, scored=True, group=4)
+    shared, own = F.iteration_flops(cfg, [cfg], **kw), F.iteration_flops(cfg, [cfg], teacher_group=1, **kw)
+    assert shared["flops/score"] == F.body_flops(cfg, 2 * 8 + 8 * 4, 12)
+    assert own["flops/score"] == F.body_flops(cfg, 8 * 12, 12)
+    assert own["flops/update"] == shared["flops/update"] and own["flops/sample"] == shared["flops/sample"]
