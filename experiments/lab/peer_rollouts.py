@@ -4,7 +4,9 @@ as its own teacher, reading one of its own successful peer samples of the same p
     python -m opd_jax.lab.reproduce peer_rollouts [--mode smoke|quick|full]
 
 Needs the lab model ``contextual`` (``opd_jax.lab.zoo``: the strong student's recipe on records whose
-prompts are plain, behind a rule, or behind a hint). Hardware and wall time: see experiments/README.md.
+prompts are plain, behind a rule, or behind a hint). Hardware and wall time (quick: 4 arms x 3 seeds x
+the baseline's steps, and 5 min more for the arm added after): 29 min on 2 AMD EPYC CPU cores
+(2026-12-07), after building ``contextual`` (about 8 min).
 The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
 constants and functions below; ``experiments/lab/results/peer_rollouts/<mode>/`` holds the results.
 """
@@ -40,6 +42,7 @@ RULE = ("Part 'beats RL': peers' pass@1 at the last evaluation exceeds rl's by m
         "before training by that margin. Reproduced if both hold; not reproduced if either is reversed by that "
         "margin; inconclusive otherwise (and with fewer than 3 seeds). peers_initial and reference are reported "
         "beside them, not part of the verdict.")
+# peers_ema was added after the first run; it is reported in the notes, never in the verdict.
 FIGURE = ("pass@1", "greedy_pass@1", "entropy")
 
 
@@ -52,12 +55,17 @@ def arms(mode: str):
     return [BL.arm("peers", O.OPSDConfig(), mode, teacher="self", **peers),
             BL.arm("peers_initial", O.OPSDConfig(), mode, teacher="initial", **peers),
             S.context_arm("reference", O.OPSDConfig(), mode, data=variants.HINT),
-            BL.arm("rl", O.ReinforceConfig(), mode, student="contextual")]
+            BL.arm("rl", O.ReinforceConfig(), mode, student="contextual"),
+            # added after the first run (the current-weights teacher collapsed, the frozen one did
+            # not): a teacher in between, an EMA of the student with a time constant of 100 steps
+            BL.arm("peers_ema", O.OPSDConfig(), mode, teacher="ema", student="contextual",
+                   overrides=PEERS + ("teacher.ema_decay=0.99", "teacher.ema_every=1"))]
 
 
 def verdict(results, mode):
     parts = [V.better(results, "pass@1", "peers", "rl", name="beats RL"),
              V.changes(results, "pass@1", "peers", up=True, name="improves the student")]
-    notes = {a: V.stats(V.final(results, "pass@1", a)) for a in ("peers_initial", "reference")}
-    notes["informed"] = {a: V.train_mean(results, a, "peers/informed") for a in ("peers", "peers_initial")}
+    notes = {a: V.stats(V.final(results, "pass@1", a)) for a in ("peers_initial", "reference", "peers_ema")}
+    notes["informed"] = {a: V.train_mean(results, a, "peers/informed")
+                         for a in ("peers", "peers_initial", "peers_ema")}
     return V.combine(parts, RULE, notes)

@@ -108,7 +108,7 @@ class Trainer:
         text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn)
         self.exp = exp = text.exp
         self.tokenizer, self.reward_fn = text.tokenizer, text.reward_fn
-        self.peers = peer_contexts(exp, text.tokenizer, text.teacher_tokenizer, text.reward_fn)
+        self.peers = peer_contexts(exp, text)
         self.examples, self.eval_examples = text.examples, text.eval_examples
         self.eval_cfg = outputs.heldout_sampler(exp)
         C.check_routes(spec, self.examples, exp.data.path)

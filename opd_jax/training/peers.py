@@ -18,8 +18,8 @@ no peer at all (``successes == 0``) is *uninformed*: it keeps its own prompt and
 loss. So is a row whose context exceeds ``max_len`` tokens. Contexts are left-padded to
 ``max_len`` (one shape: the train step compiles once).
 
-The paper's loss (a generalised JSD over the top-100 logits) is the objective's choice:
-``opsd`` with ``top_k`` set is that loss. Its exact peer counts, order and prompt wording are
+The paper's loss (a generalised JSD(0.5) over top-100 logits) is the objective's choice:
+``opsd`` with ``teacher_top_k=100`` is one over the teacher's top 100. Its exact peer counts, order and prompt wording are
 not given in its abstract; they are parameters here.
 """
 
@@ -214,12 +214,14 @@ class PeerContexts:
                              extras={**batch.extras, "reward": reward}), stats
 
 
-def for_run(exp, tokenizer, teacher_tokenizer, reward_fn) -> PeerContexts | None:
-    """The run's :class:`PeerContexts` (None while ``teacher.peers`` is off), its set-up checked
-    before any model is built."""
+def for_run(exp, text) -> PeerContexts | None:
+    """The run's :class:`PeerContexts` (None while ``teacher.peers`` is off), its set-up and
+    every record's prompt text checked before any model is built (``text``: the run's
+    :class:`~opd_jax.training.text.Text`)."""
     spec = exp.teacher.peers
     if not spec.on:
         return None
+    tokenizer, teacher_tokenizer, reward_fn = text.tokenizer, text.teacher_tokenizer, text.reward_fn
     from opd_jax.objectives import reads_teacher
     from opd_jax.objectives.recipes import recipe_name
     problems = [] if reads_teacher(exp.objective) else [
@@ -237,6 +239,8 @@ def for_run(exp, tokenizer, teacher_tokenizer, reward_fn) -> PeerContexts | None
                         f"(got {spec.max_len}), or 0")
     if problems:
         raise ValueError("teacher.peers is on (successes/failures > 0); it needs " + "; ".join(problems))
+    for e in text.examples:
+        prompt_text(e.record, f"{exp.data.path}:{e.line}")
     d = exp.data
     opts = D.TextOptions(tokenizer, teacher_tokenizer, d.chat_template, d.chat_template_kwargs)
     literal = len((teacher_tokenizer or tokenizer)(spec.literal(), add_special_tokens=False)["input_ids"])

@@ -166,14 +166,14 @@ def write_records(path, tok, n=16):
     return str(path)
 
 
-def peer_run(tmp_path, tok, reward, steps=2, **peers):
+def peer_run(tmp_path, tok, reward, steps=2, data=None, **peers):
     tmp_path.mkdir(parents=True, exist_ok=True)
     student = ModelSpec(config=tiny_config(vocab_size=LT.vocab_size(), hidden_size=32, num_layers=1,
                                            intermediate_size=64), seed=0)
     exp = Experiment(student=student, teacher=TeacherSpec(kind="initial", peers=PE.PeerSpec(
         successes=1, template=LAB, **peers)), objective=O.OPSDConfig(), loop=LoopConfig(lmbda=1.0),
         sampler=SamplerConfig(max_new_tokens=6, pad_id=LT.PAD_ID, num_samples=4, eos_ids=(LT.EOS_ID,)),
-        optim=OptimConfig(lr=1e-2), data=DataConfig(path=write_records(tmp_path / "d.jsonl", tok),
+        optim=OptimConfig(lr=1e-2), data=DataConfig(path=data or write_records(tmp_path / "d.jsonl", tok),
                                                    batch_size=4, max_prompt_len=16),
         mesh=MeshConfig(data=1), run=RunConfig(steps=steps, workdir=str(tmp_path / "run"), progress=False,
                                                tensorboard=False, diagnostics_k=0))
@@ -197,3 +197,7 @@ def test_the_trainer_refuses_peers_it_cannot_build(tmp_path, tok):
         peer_run(tmp_path / "a", tok, None)
     with pytest.raises(ValueError, match="exceed the teacher's .* positions"):
         peer_run(tmp_path / "b", tok, lambda e, c: 1.0, max_len=100_000)
+    path = tmp_path / "ids.jsonl"
+    path.write_text(json.dumps({"prompt": "1 1 -> 2:"}) + "\n" + json.dumps({"prompt_ids": [5, 6]}) + "\n")
+    with pytest.raises(D.DataError, match=r"ids.jsonl:2: teacher.peers needs the prompt as text"):
+        peer_run(tmp_path / "c", tok, lambda e, c: 1.0, data=str(path))
