@@ -1,6 +1,6 @@
-"""Every lab experiment through ``opd_jax.lab.reproduce`` in smoke mode (the same code path as
-quick and full: the lab's tiny models, 2 steps, one seed), what it stores, and the README table
-built from stored results."""
+"""Every other lab experiment through ``opd_jax.lab.reproduce`` in smoke mode (the same code path
+as quick and full: the lab's tiny models, 2 steps, one seed; ``test_lab_reproduce_even.py`` runs
+the rest), what it stores, and the README table built from stored results."""
 
 import json
 import os
@@ -10,56 +10,16 @@ import pytest
 
 from opd_jax.lab import reproduce as RP
 from opd_jax.lab import runner as R
-from opd_jax.lab import verdicts as V
+from reproduce_smoke import check_experiment, dirs, records, smoke  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reproduce")
-    return {"lab": str(root / "lab"), "results": str(root / "results")}
-
-
-@pytest.fixture(scope="module")
-def records(dirs):
-    """Each experiment's smoke record, run once for the module (the experiments share the lab)."""
-    return {}
-
-
-def _smoke(name, dirs, records):
-    if name not in records:
-        records[name] = RP.run(name, "smoke", results=dirs["results"], lab_root=dirs["lab"], log=None)
-    return records[name]
-
-
-@pytest.mark.parametrize("name", RP.NAMES)
+@pytest.mark.parametrize("name", RP.NAMES[1::2])  # the others: test_lab_reproduce_even.py
 def test_every_experiment_runs_in_smoke_mode_and_stores_its_verdict(name, dirs, records):
-    record = _smoke(name, dirs, records)
-    module = RP.load(name)
-    arms, schedule, seeds = RP.plan(module, "smoke")
-    out = os.path.join(dirs["results"], name, "smoke")
-    assert record["arms"] == [a.name for a in arms] and record["seeds"] == list(seeds) == [0]
-    assert json.load(open(os.path.join(out, "experiment.json"))) == json.loads(json.dumps(record))
-    for a in arms:  # the raw per-seed runs, with their provenance
-        run = json.load(open(os.path.join(out, a.name, "seed0.json")))
-        assert run["commit"] and run["command"] and run["hardware"]["platform"] == "cpu"
-        assert [e["step"] for e in run["evals"]][0] == 0 and run["evals"][-1]["step"] == a.steps
-    for f in record["figures"]:
-        assert open(os.path.join(out, f), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    # One seed has no spread: every part is unresolved, the verdict inconclusive, and the rule,
-    # the parts and their numbers are all in the record.
-    v = record["verdict"]
-    assert v["verdict"] == V.INCONCLUSIVE and v["rule"] == module.RULE and v["parts"]
-    assert all(p["outcome"] == "unresolved" for p in v["parts"])
-    shown = RP.figure_metrics(module, schedule)
-    assert set(shown) <= set(next(iter(record["numbers"].values())))
-    # Every figure metric (the schedule's measures among them) is in every evaluation of every run.
-    for a in arms:
-        run = json.load(open(os.path.join(out, a.name, "seed0.json")))
-        assert all(m in e for e in run["evals"] for m in shown), a.name
+    check_experiment(name, dirs, records)
 
 
 def test_a_second_run_reuses_the_stored_runs(dirs, records, monkeypatch):
-    first = _smoke("position_weighting", dirs, records)
+    first = smoke("position_weighting", dirs, records)
     monkeypatch.setattr(R, "run", lambda *a, **k: pytest.fail("a stored run was trained again"))
     again = RP.run("position_weighting", "smoke", results=dirs["results"], lab_root=dirs["lab"], log=None)
     assert again["numbers"] == first["numbers"] and again["verdict"] == first["verdict"]
@@ -67,7 +27,7 @@ def test_a_second_run_reuses_the_stored_runs(dirs, records, monkeypatch):
 
 def test_the_readme_table_comes_from_stored_quick_and_full_results_only(dirs, records, tmp_path):
     results = str(tmp_path / "results")
-    record = _smoke("topk_bias", dirs, records)
+    record = smoke("topk_bias", dirs, records)
     src = os.path.join(dirs["results"], "topk_bias", "smoke")
     shutil.copytree(src, os.path.join(results, "topk_bias", "smoke"))
     readme = tmp_path / "README.md"
@@ -98,7 +58,7 @@ def test_the_readme_table_comes_from_stored_quick_and_full_results_only(dirs, re
 
 
 def test_the_command_line(dirs, records, tmp_path, capsys):
-    _smoke("position_weighting", dirs, records)
+    smoke("position_weighting", dirs, records)
     readme = tmp_path / "README.md"
     readme.write_text(f"{RP.BEGIN}\n{RP.END}\n")
     RP.main(["position_weighting", "--mode", "smoke", "--results", dirs["results"], "--lab-root", dirs["lab"],
@@ -114,7 +74,7 @@ def test_the_command_line(dirs, records, tmp_path, capsys):
 
 
 def test_a_changed_regime_is_refused_with_what_to_do(dirs, records, monkeypatch):
-    _smoke("position_weighting", dirs, records)
+    smoke("position_weighting", dirs, records)
     from opd_jax.lab import baseline as BL
     budget = BL.budget("smoke")
     monkeypatch.setitem(BL.BUDGETS, "smoke", type(budget)(**{**vars(budget), "lr": budget.lr / 2}))
