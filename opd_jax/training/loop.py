@@ -340,29 +340,13 @@ class Trainer:
                 "device_kind": getattr(d, "device_kind", d.platform),
                 "processes": jax.process_count(), "jax": jax.__version__}
 
-    def _config_record(self) -> dict:
-        """``config.json``: the resolved experiment and the history of allowed changes; a
-        resumed run whose configuration differs from its checkpoint's is refused here, before
-        anything in the work directory is written."""
-        exp = self.exp
-        path = os.path.join(exp.run.workdir, "config.json")
-        history = safety.config_history(path)
-        step = exp.ckpt.resume_step if exp.ckpt.resume_step is not None else self.ckpt.latest_step()
-        if step is not None:
-            saved = self.ckpt.meta(step).get("config")
-            entry = safety.check_config_change(saved, exp, step=step,
-                                               allow=exp.run.allow_config_change,
-                                               where=exp.run.workdir)
-            history += [entry] if entry else []
-        return {**to_dict(exp), **({"history": history} if history else {})}
-
     def run(self, until: int | None = None) -> dict[str, float]:
         """Train from the latest checkpoint (if any) to step ``until`` (default ``run.steps``);
         returns the last step's metrics."""
         exp = self.exp
         last = exp.run.steps if until is None else until
         safety.check_resume_step(self.ckpt, exp.ckpt.resume_step)
-        record = self._config_record()
+        record = safety.config_record(exp, self.ckpt)
         self.restore(exp.ckpt.resume_step)
         lead = jax.process_index() == 0  # one process writes the run's files; Orbax syncs saves
         if lead:

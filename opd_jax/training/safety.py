@@ -136,6 +136,20 @@ def config_history(path: str) -> list:
         return []
 
 
+def config_record(exp, ckpt: Checkpointer) -> dict:
+    """``config.json``: the resolved experiment ``exp`` and the history of allowed changes; a
+    resumed run whose configuration differs from its checkpoint's is refused here, before
+    anything in the work directory is written."""
+    history = config_history(os.path.join(exp.run.workdir, "config.json"))
+    step = exp.ckpt.resume_step if exp.ckpt.resume_step is not None else ckpt.latest_step()
+    if step is not None:
+        saved = ckpt.meta(step).get("config")
+        entry = check_config_change(saved, exp, step=step, allow=exp.run.allow_config_change,
+                                    where=exp.run.workdir)
+        history += [entry] if entry else []
+    return {**to_dict(exp), **({"history": history} if history else {})}
+
+
 def check_resume_step(ckpt: Checkpointer, step: int | None) -> None:
     """``ckpt.resume_step`` names a finished checkpoint with none after it."""
     have = ckpt.all_steps()
