@@ -111,6 +111,24 @@ def test_a_chat_record_gets_its_last_user_turn_replaced():
         PE.prompt_text({"prompt_ids": [1, 2]}, "line 3")
 
 
+def test_chat_records_get_the_context_through_the_teachers_chat_template():
+    from opd_jax import smoke
+    tok = smoke.chat_tokenizer()
+    rec = {"messages": [{"role": "system", "content": "be brief"},
+                        {"role": "user", "content": "What is 2 + 3?"}], "answer": "5"}
+    ex = D.Example((1, 2), line=7, record=rec)
+    completions = [tuple(tok("5", add_special_tokens=False)["input_ids"]) + (smoke.eos_ids(tok)[0],),
+                   tuple(tok("6", add_special_tokens=False)["input_ids"])]
+    spec = PE.PeerSpec(successes=1, failures=1, template="ok: {successes}\nwrong: {failures}\n{prompt}")
+    ids, _ = PE.contexts(spec, [ex], completions, [1.0, 0.0], D.TextOptions(tok), width=200)
+    oracle = tok.apply_chat_template([{"role": "system", "content": "be brief"},
+                                      {"role": "user", "content": "ok: 5\nwrong: \nWhat is 2 + 3?"}],
+                                     add_generation_prompt=True, tokenize=True)
+    oracle = oracle["input_ids"] if hasattr(oracle, "keys") else oracle
+    assert ids[1] == tuple(oracle)  # row 1 (failed) sees row 0's success, and no failure of its own
+    assert ids[0] is None  # row 0 has no successful peer
+
+
 def test_the_loop_side_builds_each_rows_teacher_sequence_masks_and_rewards(tok):
     mesh = make_mesh(data=1)
     rows = B.Rows(mesh)
