@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from opd_jax import data as D
+from opd_jax.objectives import reads_teacher, recipe_name
+from opd_jax.training import batches as B
 
 FIELDS = ("prompt", "successes", "failures")
 
@@ -197,21 +199,18 @@ class PeerContexts:
         """``batch`` (an on-policy batch, ``rows`` its :class:`~opd_jax.training.batches.Rows`)
         with each row's teacher context, its ``reward`` extra and uninformed rows' loss masked
         out; and the statistics of :func:`contexts`."""
-        from opd_jax.training.batches import join
+        batch = B.with_rewards(rows, batch, prompts, self.reward_fn)
         comp, mask = rows.to_local(batch.targets), rows.to_local(batch.loss_mask)
+        rewards = rows.to_local(batch.extras["reward"])[:, 0]
         per = len(comp) // len(prompts.examples)
-        completions = [c[m] for c, m in zip(comp, mask)]
-        rewards = np.array([self.reward_fn(prompts.examples[i // per], c) for i, c in enumerate(completions)],
-                           np.float32)
-        ids, stats = contexts(self.spec, prompts.examples, completions, rewards, self.opts, self.width)
+        ids, stats = contexts(self.spec, prompts.examples, [c[m] for c, m in zip(comp, mask)], rewards,
+                              self.opts, self.width)
         tokens, t_mask, informed = teacher_prompts(ids, np.repeat(prompts.tokens, per, axis=0),
                                                    np.repeat(prompts.mask, per, axis=0), self.width,
                                                    self.pad_id)
         g = rows.to_global
-        reward = g(np.broadcast_to(rewards[:, None], comp.shape).copy())
-        return batch.replace(teacher=join(g(tokens), g(t_mask), batch.targets, batch.loss_mask),
-                             loss_mask=batch.loss_mask & g(informed[:, None]), teacher_group=1,
-                             extras={**batch.extras, "reward": reward}), stats
+        return batch.replace(teacher=B.join(g(tokens), g(t_mask), batch.targets, batch.loss_mask),
+                             loss_mask=batch.loss_mask & g(informed[:, None]), teacher_group=1), stats
 
 
 def for_run(exp, text) -> PeerContexts | None:
@@ -222,8 +221,6 @@ def for_run(exp, text) -> PeerContexts | None:
     if not spec.on:
         return None
     tokenizer, teacher_tokenizer, reward_fn = text.tokenizer, text.teacher_tokenizer, text.reward_fn
-    from opd_jax.objectives import reads_teacher
-    from opd_jax.objectives.recipes import recipe_name
     problems = [] if reads_teacher(exp.objective) else [
         f"an objective that reads a teacher ({recipe_name(exp.objective)!r} does not)"]
     if reward_fn is None:
