@@ -15,12 +15,13 @@ see different peers; the text is ``template`` with ``{prompt}`` (the record's pr
 tokenized as the records' ``teacher_prompt`` (``teacher_messages`` for chat records: the last user
 turn's text replaced). A row whose context would show no successful peer (``successes > 0``) or
 no peer at all (``successes == 0``) is *uninformed*: it keeps its own prompt and contributes no
-loss. So is a row whose context exceeds ``max_len`` tokens. Contexts are left-padded to
-``max_len`` (one shape: the train step compiles once).
+loss. So is a row whose context exceeds the contexts' width (``max_len``, or by default a bound
+on the prompt, the peers and the template's own text: :meth:`PeerSpec.width`). Contexts are
+left-padded to that width (one shape: the train step compiles once).
 
 The paper's loss (a generalised JSD(0.5) over top-100 logits) is the objective's choice:
-``opsd`` with ``teacher_top_k=100`` is one over the teacher's top 100. Its exact peer counts, order and prompt wording are
-not given in its abstract; they are parameters here.
+``opsd`` with ``teacher_top_k=100`` is one over the teacher's top 100. Its exact peer counts,
+order and prompt wording are not given in its abstract; they are parameters here.
 """
 
 from __future__ import annotations
@@ -175,7 +176,6 @@ def teacher_prompts(ids: list[tuple[int, ...] | None], own: np.ndarray, own_mask
     tokens, mask = D.left_pad([x if x is not None else own_rows[i] for i, x in enumerate(ids)],
                               width, pad_id)
     return tokens, mask, informed
-
 
 
 class PeerContexts:
