@@ -56,6 +56,29 @@ def chat_tokenizer():
     return out
 
 
+def bpe_chat_tokenizer(vocab_size: int = 400, *, seed: int = 0):
+    """A byte-level BPE tokenizer with the special tokens and chat template of
+    :func:`chat_tokenizer`, trained on :func:`math_records`' text (``seed``): its merges of
+    digits, words and spaces cut the text elsewhere than one character per token, as a teacher of
+    another model family would. ``vocab_size`` counts the 5 specials, the 256 bytes and the
+    merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [json.dumps(r) for r in math_records(256, seed=seed, privileged=True)]
+    corpus.append(CHARACTERS + "é–→∑")
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
+                                  unk_token=None, additional_special_tokens=list(SPECIALS[1:]))
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
 def eos_ids(tokenizer) -> tuple[int, int]:
     """``(<|im_end|>, <|endoftext|>)``: the ids the generation config lists."""
     return tuple(tokenizer.convert_tokens_to_ids([EOS, END_OF_TEXT]))

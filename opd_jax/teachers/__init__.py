@@ -5,12 +5,15 @@
 - ``"self"``: the student's current weights (:class:`SelfTeacher`);
 - ``"ema"``: an exponential moving average of the student (:class:`EMATeacher`);
 - ``"initial"``: the student's initial weights (:class:`InitialTeacher`);
-- ``"served"``: a model behind an inference server (:class:`ServedTeacher`), sparse top-k.
+- ``"served"``: a model behind an inference server (:class:`ServedTeacher`), sparse top-k;
+- ``"cross_tokenizer"``: a local model with its own tokenizer (:class:`CrossTokenizerTeacher`),
+  its log-probs moved onto the student's tokens over the text spans both tokenizations share.
 
 Any of them can be built beside a reference policy, the student's initial weights
 (:class:`WithReference`), for objectives that read its log-probs (``stable_opd``).
 """
 
+from opd_jax.teachers.aligned import CrossTokenizerTeacher
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.build import KINDS, build_teacher, teacher_class
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
@@ -18,6 +21,6 @@ from opd_jax.teachers.reference import WithReference
 from opd_jax.teachers.routed import RoutedTeacher
 from opd_jax.teachers.served import ServedTeacher, TeacherServerError
 
-__all__ = ["EMATeacher", "InitialTeacher", "KINDS", "ModelTeacher", "RoutedTeacher", "Runtime",
-           "SelfTeacher", "ServedTeacher", "Student", "Teacher", "TeacherServerError",
-           "WithReference", "build_teacher", "teacher_class"]
+__all__ = ["CrossTokenizerTeacher", "EMATeacher", "InitialTeacher", "KINDS", "ModelTeacher",
+           "RoutedTeacher", "Runtime", "SelfTeacher", "ServedTeacher", "Student", "Teacher",
+           "TeacherServerError", "WithReference", "build_teacher", "teacher_class"]

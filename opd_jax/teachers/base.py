@@ -30,6 +30,7 @@ class Runtime:
     sampler: SamplerConfig  # teacher rollouts and teacher-mixed sampling use it
     temperature: float  # the objective's loss temperature (teacher log-probs of other contexts)
     chunk_size: int  # vocabulary block size of those log-probs
+    text: Any = None  # the run's opd_jax.training.text.Text (tokenizers, records, data options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +53,17 @@ class Teacher:
     """
     graphdef: Any = None
     sparse: bool = False
+    distribution: bool = True  # scores the student's vocabulary (False: sampled tokens only)
     overlap: bool = False  # score the next batch while the student updates (one step stale)
 
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime) -> "Teacher":
         """Build the teacher of a resolved ``TeacherSpec`` next to ``student``."""
         raise NotImplementedError
+
+    @classmethod
+    def check(cls, exp) -> None:
+        """Refuse an experiment this kind cannot serve (``ValueError``), before any model is built."""
 
     @classmethod
     def refusals(cls, spec) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """The one place that maps ``teacher.kind`` to the class of its teacher."""
 
+from opd_jax.teachers.aligned import CrossTokenizerTeacher
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
 from opd_jax.teachers.reference import WithReference
@@ -8,7 +9,7 @@ from opd_jax.teachers.served import ServedTeacher
 
 KINDS: dict[str, type[Teacher]] = {
     "model": ModelTeacher, "models": RoutedTeacher, "self": SelfTeacher, "ema": EMATeacher,
-    "initial": InitialTeacher, "served": ServedTeacher,
+    "initial": InitialTeacher, "served": ServedTeacher, "cross_tokenizer": CrossTokenizerTeacher,
 }
 
 

@@ -23,6 +23,7 @@ class WithReference(Teacher):
     def __init__(self, inner: Teacher, student: Student, runtime: Runtime):
         self.inner, self.runtime = inner, runtime
         self.graphdef, self.sparse, self.overlap = inner.graphdef, inner.sparse, inner.overlap
+        self.distribution = inner.distribution
         self.ref_graphdef, self.shardings = student.graphdef, student.shardings
         self.ref_params = frozen_copy(student.params, student.shardings)
 

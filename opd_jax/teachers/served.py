@@ -79,6 +79,11 @@ class ServedTeacher(Teacher):
     """The client of a teacher server (see the module docstring)."""
     sparse = True
 
+    @classmethod
+    def check(cls, exp):
+        from opd_jax.training.checks import check_sparse_teacher
+        check_sparse_teacher(exp, exp.teacher.served.top_k)
+
     def __init__(self, spec, model: str, vocab: int, max_len: int | None, runtime: Runtime):
         self.spec, self.model, self.vocab, self.max_len = spec, model, vocab, max_len
         self.runtime = runtime

@@ -79,7 +79,8 @@ class ServedSpec:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TeacherSpec:
     """The teacher: a separate model, several models, the student itself (now, as an EMA, or as it
-    was at the start), or a model served by an inference engine.
+    was at the start), a model served by an inference engine, or a separate model with its own
+    tokenizer (``kind="cross_tokenizer"``, :mod:`opd_jax.teachers.aligned`).
 
     Several teachers (``kind="models"``) act as one: per row, the teacher logits are
     ``sum_j w_j * z_j`` over the teachers' logits ``z_j``. ``combine="route"`` takes one-hot
@@ -92,8 +93,8 @@ class TeacherSpec:
     ``ema_decay``/``ema_every`` left at None take the objective's own defaults (UniSD: 0.9 every
     10 steps, see :func:`opd_jax.objectives.loop_defaults`), else 0.999 every step.
     """
-    kind: Literal["model", "models", "self", "ema", "initial", "served"] = "model"
-    model: ModelSpec | None = None  # kind == "model"
+    kind: Literal["model", "models", "self", "ema", "initial", "served", "cross_tokenizer"] = "model"
+    model: ModelSpec | None = None  # kind == "model" or "cross_tokenizer"
     models: tuple[ModelSpec, ...] = ()  # kind == "models"
     names: tuple[str, ...] = ()  # kind == "models": names for the records' ``teacher`` field
     combine: Literal["route", "mix"] = "route"
@@ -103,10 +104,14 @@ class TeacherSpec:
     served: ServedSpec = dataclasses.field(default_factory=ServedSpec)  # kind == "served"
     # A context of the row's peer samples for the teacher (MOPD; off by default): peers.PeerSpec.
     peers: PeerSpec = dataclasses.field(default_factory=PeerSpec)
+    # kind == "cross_tokenizer" (a teacher with its own tokenizer, opd_jax.teachers.aligned): its
+    # completion slots per student slot (the completion re-encoded by its tokenizer must fit).
+    token_ratio: float = 2.0
 
     def __post_init__(self):
-        _check(self.kind != "model" or self.model is not None,
-               "teacher.kind='model' needs teacher.model")
+        _check(self.kind not in ("model", "cross_tokenizer") or self.model is not None,
+               f"teacher.kind={self.kind!r} needs teacher.model")
+        _check(self.token_ratio > 0, f"teacher.token_ratio must be > 0, got {self.token_ratio}")
         _check(self.kind != "models" or len(self.models) >= 1,
                "teacher.kind='models' needs at least one model in teacher.models")
         _check(self.kind != "served" or bool(self.served.url),

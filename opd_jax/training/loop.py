@@ -100,10 +100,9 @@ class Trainer:
         spec = exp.teacher
         C.check_layout(exp, self.mesh.shape, jax.process_count())
         C.check_teacher_use(exp, teacher_class(spec).refusals(spec))
+        teacher_class(spec).check(exp)  # what its kind cannot serve (a served teacher's top-k, ...)
         C.check_policy_gradient(exp)
         sparse = teacher_class(spec).sparse
-        if sparse:
-            C.check_sparse_teacher(exp, spec.served.top_k)
         # Text: tokenizers, EOS ids, records, reward function (still no model built).
         text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn)
         self.exp = exp = text.exp
@@ -115,7 +114,9 @@ class Trainer:
         C.check_inputs(exp, self.examples, self.reward_fn is not None)
         self.rewarded = "reward" in O.required_inputs(exp.objective)
         self.reads_teacher = O.reads_teacher(exp.objective)
-        diagnostics = (exp.run.diagnostics_k or None) if self.reads_teacher else None
+        # token diagnostics compare distributions: none for a teacher of sampled tokens only
+        diagnostics = (exp.run.diagnostics_k or None) \
+            if self.reads_teacher and teacher_class(spec).distribution else None
         # Built once per process for the same configs (shared.py: so are the train steps below).
         obj_key = (exp.objective, not sparse, diagnostics)
         self.objective = shared.cached(("objective", *obj_key), lambda: O.build_objective(
@@ -125,7 +126,8 @@ class Trainer:
         self.contexts = sorted(set(C.CONTEXT_FIELDS) & O.required_inputs(exp.objective))
 
         self.s_graph, params, self.p_sh = build_model(exp.student, self.mesh)
-        runtime = Runtime(self.rows, exp.sampler, exp.objective.temperature, exp.step.chunk_size)
+        runtime = Runtime(self.rows, exp.sampler, exp.objective.temperature, exp.step.chunk_size,
+                          text)
         self.teacher = build_teacher(spec, Student(self.s_graph, params, self.p_sh,
                                                    exp.student.path, self.tokenizer), self.mesh,
                                      runtime, reference=O.REF_LOGP in O.required_inputs(exp.objective))

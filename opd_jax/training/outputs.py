@@ -6,8 +6,9 @@ Both act at optimizer steps (every ``eval.every`` / ``ckpt.export_every`` steps 
 
 - evaluation (``eval.path``): :func:`opd_jax.evaluate.evaluate` on the held-out records with the
   run's reward function, its sampler (``eval.max_new_tokens``, ``eval.temperature``) and, where
-  the run has one local teacher model, the token diagnostics against it (at the loss temperature,
-  top-``run.diagnostics_k`` overlap; none with ``run.diagnostics_k=0``). Process 0 writes
+  the run has one local teacher model of the student's tokenizer, the token diagnostics against
+  it (at the loss temperature, top-``run.diagnostics_k`` overlap; none with
+  ``run.diagnostics_k=0``). Process 0 writes
   ``<workdir>/eval/<step>.json`` atomically; the float results, prefixed ``eval/``, join that
   step's metrics. Evaluation has its own PRNG key (``run.seed``; the same draws at every step,
   so steps compare on common random numbers) and never touches the training stream.
@@ -64,7 +65,9 @@ def evaluate_heldout(trainer, cfg: SamplerConfig) -> dict:
     """The evaluation of ``trainer``'s student as it is now on its held-out records."""
     exp, params = trainer.exp, trainer.state.params
     local = trainer.teacher.models(params)
-    teacher = local[0] if len(local) == 1 and exp.run.diagnostics_k else None
+    # (a teacher of another tokenizer has no distribution over the student's vocabulary)
+    teacher = local[0] if len(local) == 1 and exp.run.diagnostics_k and \
+        trainer.teacher.distribution else None
     diagnostics = dict(teacher=teacher, diagnostics_k=exp.run.diagnostics_k) if teacher else {}
     examples = trainer.eval_examples
     return evaluate(trainer.s_graph, params, examples, reward_fn=trainer.reward_fn, cfg=cfg,
