@@ -159,13 +159,13 @@ class CrossTokenizerTeacher(Teacher):
         s_span = np.full((len(comp), n), -1, np.int64)
         cut = inexact = 0
         sizes = []
-        for r in range(len(comp)):
-            where = np.flatnonzero(mask[r])
-            ids = comp[r][where]
-            if not len(ids):
+        where = [np.flatnonzero(m) for m in mask]
+        ids = [c[w] for c, w in zip(comp, where)]
+        aligned = S.align_many(self.student_tokenizer, self.teacher_tokenizer, ids,
+                               [len(x) > 0 and int(x[-1]) in eos_ids for x in ids], self.teacher_eos)
+        for r, a in enumerate(aligned):
+            if not len(ids[r]):
                 continue
-            a = S.align(self.student_tokenizer, self.teacher_tokenizer, ids,
-                        eos=int(ids[-1]) in eos_ids, teacher_eos=self.teacher_eos)
             inexact += not a["exact"]
             ts, ss = np.asarray(a["teacher_span"]), np.asarray(a["student_span"])
             if len(ts) > nt:  # spans reaching past the teacher's width are dropped
@@ -173,7 +173,7 @@ class CrossTokenizerTeacher(Teacher):
                 first_lost = ts[nt]
                 ts, ss = np.where(ts[:nt] < first_lost, ts[:nt], -1), np.where(ss < first_lost, ss, -1)
             t_ids[r, :len(ts)], t_span[r, :len(ts)] = np.asarray(a["teacher_ids"])[:len(ts)], ts
-            s_span[r, where] = ss
+            s_span[r, where[r]] = ss
             sizes += np.bincount(ss[ss >= 0]).tolist()
         sizes = np.asarray(sizes or [1.0])
         stats = {"xtok/tokens_per_span": float(np.mean(sizes)),
