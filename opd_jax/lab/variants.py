@@ -19,7 +19,9 @@ experiments need beyond ``train.jsonl`` and ``test.jsonl``, written next to them
   (:mod:`opd_jax.lab.coverage`: a student-like first step, legal or with a wrong result, as the
   prompt, continued with correct arithmetic): a teacher fine-tuned on it is informed in the
   states a weak student visits, not only on the solutions' paths;
-- ``test_either.jsonl``: the held-out records, answers accepted in either format.
+- ``test_either.jsonl``: the held-out records, answers accepted in either format;
+- ``train_text.jsonl``, ``test_text.jsonl``: the records as text only (no token ids), for a
+  model with another tokenizer (the numbers tokenizer of :mod:`opd_jax.lab.tokenizer`).
 
 Every file is a pure function of the directory's own records (seeded draws), written whole or
 not at all (a temporary file renamed into place) and kept once written.
@@ -42,6 +44,7 @@ HINT = "train_hint.jsonl"
 UNISD = "train_unisd.jsonl"
 COVERAGE = "train_coverage.jsonl"
 TEST_EITHER = "test_either.jsonl"
+TRAIN_TEXT, TEST_TEXT = "train_text.jsonl", "test_text.jsonl"
 RULE_PREFIX = "train_rule_"
 MAX_CONTEXT_PROMPT_LEN = 96  # a teacher's prompt with a hint of 3 steps fits (128 positions - 32 new)
 AUX_CONTEXTS = 2
@@ -49,7 +52,8 @@ AUX_CONTEXTS = 2
 
 def names() -> list[str]:
     """Every derived file name this module builds."""
-    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, TEST_EITHER] + [f"{RULE_PREFIX}{r}.jsonl" for r in sorted(L.RULES)]
+    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, TEST_EITHER, TRAIN_TEXT, TEST_TEXT] + \
+        [f"{RULE_PREFIX}{r}.jsonl" for r in sorted(L.RULES)]
 
 
 def _read(path: str) -> list[dict]:
@@ -163,6 +167,11 @@ def test_either(test: list[dict], tokenizer, rng) -> list[dict]:
     return [{**r, "answer": {**r["answer"], "format": L.EITHER}} for r in test]
 
 
+def text_only(records: list[dict], tokenizer, rng) -> list[dict]:
+    """The records without their token-id fields (text and answers kept)."""
+    return [{k: v for k, v in r.items() if not k.endswith("_ids")} for r in records]
+
+
 def _builder(name: str):
     if name.startswith(RULE_PREFIX) and name.endswith(".jsonl"):
         return "train.jsonl", rule(name[len(RULE_PREFIX):-len(".jsonl")])
@@ -171,6 +180,8 @@ def _builder(name: str):
         return "train.jsonl", table[name]
     if name == TEST_EITHER:
         return "test.jsonl", test_either
+    if name in (TRAIN_TEXT, TEST_TEXT):
+        return name.replace("_text", ""), text_only
     raise ValueError(f"unknown derived record file {name!r}; known: {names()}")
 
 

@@ -62,6 +62,9 @@ class Recipe:
     records: str = "train.jsonl"
     # a model of the same setting that training starts from (fine-tuning), instead of a random init
     init: str | None = None
+    # the lab's tokenizer ("chars") or the numbers tokenizer of another "family" (its records are
+    # then the text-only files, opd_jax.lab.tokenizer.build_numbers)
+    tokenizer: str = "chars"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,9 @@ def _derive(setting: Setting, name: str, base: str, records: str) -> None:
 # teacher fine-tuned on its data plus coverage records (student-like first steps continued with
 # correct arithmetic: a teacher informed off its support, baseline_levers), and a student start
 # that also read rules and hints before problems (its own privileged teacher: self_distillation,
-# unified_sd). Derived from the recipes above, whatever their values.
+# unified_sd), and the strong start's recipe with the numbers tokenizer on the text-only records (a
+# teacher of another model family: cross_tokenizer). Derived from the recipes above, whatever
+# their values.
 for _setting in SETTINGS.values():
     if "teacher" in _setting.recipes:
         _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
@@ -110,13 +115,17 @@ for _setting in SETTINGS.values():
     _student = next((n for n in ("strong", "weak") if n in _setting.recipes), None)
     if _student:
         _derive(_setting, "contextual", _student, variants.CONTEXTS)
+        # a teacher of another tokenizer at the strong start's level (cross_tokenizer)
+        _setting.recipes["strong_numbers"] = dataclasses.replace(
+            _setting.recipes[_student], tokenizer="numbers", records=variants.TRAIN_TEXT)
 
 
 def eval_records(records: str) -> str:
     """The held-out records a model trained on ``records`` is evaluated on: a backward-format
     model's answers are accepted in either format (the forward-only records would score them
-    all wrong)."""
-    return variants.TEST_EITHER if records == variants.BACKWARD else "test.jsonl"
+    all wrong); a model of another tokenizer reads the text-only records."""
+    return {variants.BACKWARD: variants.TEST_EITHER, variants.TRAIN_TEXT: variants.TEST_TEXT}.get(
+        records, "test.jsonl")
 
 
 def ensure_data(data_dir: str, data: Data) -> dict:
@@ -147,7 +156,7 @@ def model_spec(recipe: Recipe, models: str = MODELS):
     if recipe.init:
         return ModelSpec(path=os.path.join(models, recipe.init), seed=recipe.seed)
     h = recipe.hidden
-    cfg = tiny_config("llama", vocab_size=T.vocab_size(), hidden_size=h, num_layers=recipe.layers,
+    cfg = tiny_config("llama", vocab_size=T.vocab_size(recipe.tokenizer), hidden_size=h, num_layers=recipe.layers,
                       num_heads=4, num_kv_heads=4, head_dim=h // 4, intermediate_size=4 * h)
     return ModelSpec(config=cfg, seed=recipe.seed)
 
@@ -167,7 +176,7 @@ def experiment(recipe: Recipe, data_dir: str, workdir: str, models: str = MODELS
                           schedule=recipe.schedule),
         mesh=MeshConfig(data=1),
         data=DataConfig(path=os.path.join(data_dir, recipe.records), batch_size=recipe.batch,
-                        max_prompt_len=MAX_PROMPT_LEN if recipe.records == "train.jsonl"
+                        max_prompt_len=MAX_PROMPT_LEN if recipe.records in ("train.jsonl", variants.TRAIN_TEXT)
                         else variants.MAX_CONTEXT_PROMPT_LEN, shuffle_seed=recipe.seed),
         ckpt=CheckpointConfig(every=max(1, recipe.steps // 4), keep=1, export=False),
         run=RunConfig(steps=recipe.steps, seed=recipe.seed, workdir=workdir, diagnostics_k=0,
@@ -175,13 +184,14 @@ def experiment(recipe: Recipe, data_dir: str, workdir: str, models: str = MODELS
 
 
 def evaluate_model(path: str, data_dir: str, problems: int, k: int, records: str = "test.jsonl") -> dict:
-    """A checkpoint's held-out evaluation (the lab's metrics) on ``records`` of ``data_dir``."""
+    """A checkpoint's held-out evaluation (the lab's metrics) on ``records`` of ``data_dir``, read
+    with the checkpoint's own tokenizer."""
     from flax import nnx
 
     from opd_jax.data import load_examples
     from opd_jax.lab.evaluate import evaluate
     from opd_jax.models import from_pretrained, load_tokenizer
-    tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
+    tok = load_tokenizer(path)
     test = load_examples(os.path.join(data_dir, records), tokenizer=tok,
                          max_prompt_len=MAX_PROMPT_LEN)[:problems]
     graphdef, params = nnx.split(from_pretrained(path), nnx.Param)
@@ -210,7 +220,11 @@ def build(name: str, setting: Setting, *, models: str = MODELS, data_dir: str = 
     data = ensure_data(data_dir, setting.data)
     variants.ensure(data_dir, recipe.records)
     variants.ensure(data_dir, eval_records(recipe.records))
-    tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
+    if recipe.tokenizer == "numbers":
+        from opd_jax.lab.tokenizer import build_numbers
+        tok = build_numbers()
+    else:
+        tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
     t0 = time.perf_counter()
     trainer = Trainer(experiment(recipe, data_dir, os.path.join(workdir, name), models), tokenizer=tok)
     trainer.run()

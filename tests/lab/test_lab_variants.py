@@ -178,3 +178,25 @@ def test_the_coverage_teacher_fine_tunes_the_teacher(tmp_path):
     assert manifest["init"] == {"name": "teacher",
                                 "model_sha256": zoo.sha256(os.path.join(models, "teacher", "model.safetensors"))}
     assert manifest["data"]["train_sha256"] == zoo.sha256(os.path.join(data, variants.COVERAGE))
+
+
+def test_text_records_read_by_the_numbers_tokenizer_give_the_same_text(data_dir):
+    """The numbers tokenizer (another "model family"): the same text, numbers from 10 to 999 as
+    one token, the lab's special ids; the text-only records keep everything but the ids."""
+    from opd_jax.lab import tokenizer as T
+    num = T.build_numbers()
+    assert len(num) == T.vocab_size("numbers") and (num.pad_token_id, num.eos_token_id) == (T.PAD_ID, T.EOS_ID)
+    assert num.convert_ids_to_tokens(num("12+30=42 1234", add_special_tokens=False)["input_ids"]) == [
+        "12", "+", "30", "=", "42", " ", "123", "4"]
+    plain, text = _read(os.path.join(data_dir, "train.jsonl")), _read(variants.ensure(data_dir, variants.TRAIN_TEXT))
+    assert text == [{k: v for k, v in r.items() if not k.endswith("_ids")} for r in plain]
+    examples = load_examples(variants.ensure(data_dir, variants.TRAIN_TEXT), tokenizer=num, max_prompt_len=24)
+    for e, r in zip(examples, plain):
+        assert num.decode(e.prompt_ids) == r["prompt"]
+        assert num.decode(e.completion_ids[:-1]) == r["completion"] and e.completion_ids[-1] == T.EOS_ID
+        assert len(e.completion_ids) <= len(r["completion_ids"])
+    assert zoo.eval_records(variants.TRAIN_TEXT) == variants.TEST_TEXT
+    for setting in zoo.SETTINGS.values():
+        r = setting.recipes["strong_numbers"]
+        assert r.tokenizer == "numbers" and r.records == variants.TRAIN_TEXT
+        assert zoo.model_spec(r).config.vocab_size == T.vocab_size("numbers")

@@ -205,3 +205,18 @@ def test_peer_rollouts_needs_the_peer_arm_above_rl_and_above_its_start():
     assert module.verdict(fake(arms, ends({"peers": 0.1, "rl": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends({"peers": -0.1, "rl": -0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends({"peers": 0.1, "rl": 0.1})), "quick")["verdict"] == V.INCONCLUSIVE
+
+
+def test_cross_tokenizer_needs_the_cross_arm_to_rise_and_to_match_the_same_tokenizer_arm():
+    module = RP.load("cross_tokenizer")
+    arms = [a.name for a in module.arms("quick")]
+
+    def ends(gain):  # each arm ends `gain[arm]` above where every arm starts
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.2 + NOISE[seed] + (
+            gain.get(arm, 0) * step / 40))
+    both = {"cross_tokenizer": 0.1, "same_tokenizer": 0.1}
+    assert module.verdict(fake(arms, ends(both)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends({"cross_tokenizer": 0.1, "same_tokenizer": 0.2})),
+                          "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends({"cross_tokenizer": -0.1})), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends({"cross_tokenizer": 0.0})), "quick")["verdict"] == V.INCONCLUSIVE
