@@ -126,9 +126,10 @@ class CrossTokenizerTeacher(Teacher):
                              "the completions it reads with")
         d = text.exp.data
         opts = D.TextOptions(s_tok, t_tok, d.chat_template, d.chat_template_kwargs)
+        out = cls(None, (s_tok, t_tok), opts, text.examples, runtime, ratio=spec.token_ratio,
+                  teacher_eos=int(t_tok.eos_token_id))  # every record read before the model loads
         graphdef, params, _ = build_model(spec.model, mesh)
-        out = cls((graphdef, params), (s_tok, t_tok), opts, text.examples, runtime,
-                  ratio=spec.token_ratio, teacher_eos=int(t_tok.eos_token_id))
+        out.model_pair = (graphdef, params)
         positions = model_config(graphdef, params).max_position_embeddings
         need = out.width + out.slots(runtime.sampler.max_new_tokens)
         if need > positions:
