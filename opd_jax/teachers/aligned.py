@@ -4,8 +4,9 @@ Each on-policy step the student's completions are decoded and encoded again by t
 tokenizer; the teacher reads its own rendering of the record's prompt (the text of ``prompt`` or
 ``messages``, or ``teacher_prompt``/``teacher_messages`` when the record has them, through its
 own chat template) followed by that completion, and scores its own tokens. Where both
-tokenizations cut the text at the same character the completion splits into spans
-(:mod:`opd_jax.teachers.spans`); each student token's teacher log-prob is its own log-prob plus an
+tokenizations cut the text at the same character, and (``teacher.span_cuts="consistent"``, the
+default) the two tokens ending there admit the same continuations, the completion splits into
+spans (:mod:`opd_jax.teachers.spans`); each student token's teacher log-prob is its own log-prob plus an
 equal share of its span's ``log q(span) - log p(span)``. One-token spans, the common case where
 the vocabularies share a word, get the teacher's own token log-prob. The objective receives it
 as a sparse teacher's ``teacher_logp`` and nothing else: recipes built on the sampled token's
@@ -86,9 +87,10 @@ class CrossTokenizerTeacher(Teacher):
     distribution = False
 
     def __init__(self, model, tokenizers, opts: D.TextOptions, examples, runtime: Runtime, *,
-                 ratio: float, teacher_eos: int):
-        self.model_pair, self.runtime = model, runtime
+                 ratio: float, teacher_eos: int, cuts: str = "consistent"):
+        self.model_pair, self.runtime, self.cuts = model, runtime, cuts
         self.student_tokenizer, self.teacher_tokenizer = tokenizers
+        self.extensions = tuple(S.Extensions(t) for t in tokenizers)  # cached over the run
         self.opts, self.ratio, self.teacher_eos = opts, ratio, teacher_eos
         self.prompt_ids = {id(e): self.read_prompt(e) for e in examples}
         self.width = max((len(x) for x in self.prompt_ids.values()), default=1)
@@ -127,7 +129,7 @@ class CrossTokenizerTeacher(Teacher):
         d = text.exp.data
         opts = D.TextOptions(s_tok, t_tok, d.chat_template, d.chat_template_kwargs)
         out = cls(None, (s_tok, t_tok), opts, text.examples, runtime, ratio=spec.token_ratio,
-                  teacher_eos=int(t_tok.eos_token_id))  # every record read before the model loads
+                  teacher_eos=int(t_tok.eos_token_id), cuts=spec.span_cuts)  # records read first
         graphdef, params, _ = build_model(spec.model, mesh)
         out.model_pair = (graphdef, params)
         positions = model_config(graphdef, params).max_position_embeddings
@@ -163,7 +165,8 @@ class CrossTokenizerTeacher(Teacher):
         where = [np.flatnonzero(m) for m in mask]
         ids = [c[w] for c, w in zip(comp, where)]
         aligned = S.align_many(self.student_tokenizer, self.teacher_tokenizer, ids,
-                               [len(x) > 0 and int(x[-1]) in eos_ids for x in ids], self.teacher_eos)
+                               [len(x) > 0 and int(x[-1]) in eos_ids for x in ids], self.teacher_eos,
+                               cuts=self.cuts, extensions=self.extensions)
         for r, a in enumerate(aligned):
             if not len(ids[r]):
                 continue

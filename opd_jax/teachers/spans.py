@@ -8,6 +8,18 @@ either side. Summed over a span, both sides' log-probs are of the same text, so
 sampled-token reverse KL) whatever the tokenizers. A span of one token on each side (most of
 them where the vocabularies share their common words) gives back the usual per-token term.
 
+A token's probability also says how the text does *not* go on: a tokenizer that reads ``"28"``
+as one token gives the token ``"2"`` only where no digit follows, so a teacher's ``log q("2")``
+is the probability that the number *is* 2, while a digit-by-digit student's ``log p("2")`` is
+the probability that it starts with 2. Cut there, the two spans are of different events, and
+their log-ratio is biased against every multi-digit number (the lab's ``cross_tokenizer``
+experiment: the student stops writing them). With ``cuts="consistent"`` (the default) a common
+cut counts only where the two tokens ending at it admit the same continuations: the same set of
+:data:`PROBE` characters, appended to each token's text, changes how that text is tokenized
+(:class:`Extensions`). Elsewhere the spans run on to the next such cut (``"2="`` is then one
+span on both sides, the same event); an end-of-sequence token joins the last span where the
+text's end is not such a cut. ``cuts="text"`` keeps every common character cut.
+
 Host-side functions on plain lists and NumPy arrays:
 
 - :func:`token_pieces`: the text each sampled token adds (a token that ends inside a character,
@@ -18,12 +30,42 @@ Host-side functions on plain lists and NumPy arrays:
 - :func:`spread`: the teacher's per-span log-probs moved onto the student's tokens.
 """
 
+import string
 from collections.abc import Sequence
 
 import numpy as np
 
 WINDOW = 8  # tokens decoded before the one being read (covers merges a decoder makes across tokens)
 REPLACEMENT = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
+# the characters a token's continuations are probed with (printable ASCII, no form feeds)
+PROBE = tuple(c for c in string.printable if c not in "\x0b\x0c\r")
+CUTS = ("consistent", "text")
+
+
+def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each of ``texts`` encoded without special tokens (one Rust call for a fast tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+class Extensions:
+    """For one tokenizer: the :data:`PROBE` characters that, appended to a token's text, change
+    how that text is tokenized (the token would have grown into another), cached by text."""
+
+    def __init__(self, tokenizer, probe: Sequence[str] = PROBE):
+        self.tokenizer, self.probe, self.cache = tokenizer, tuple(probe), {}
+
+    def __call__(self, pieces: Sequence[str]) -> list[frozenset]:
+        new = sorted({p for p in pieces if p not in self.cache})
+        if new:
+            k = len(self.probe)
+            enc = encode_many(self.tokenizer, new + [p + c for p in new for c in self.probe])
+            for i, p in enumerate(new):
+                base, grown = enc[i], enc[len(new) + i * k:len(new) + (i + 1) * k]
+                self.cache[p] = frozenset(c for c, g in zip(self.probe, grown) if g[:len(base)] != base)
+        return [self.cache[p] for p in pieces]
 
 
 def decode_many(tokenizer, seqs: list[list[int]]) -> list[str]:
@@ -108,22 +150,29 @@ def teacher_ends(offsets: Sequence[tuple[int, int]], total: int) -> tuple[np.nda
 
 
 def align(student_tokenizer, teacher_tokenizer, ids: Sequence[int], *, eos: bool,
-          teacher_eos: int) -> dict:
+          teacher_eos: int, cuts: str = "consistent") -> dict:
     """One completion ``ids`` (the student's tokens, the last an end-of-sequence token if
-    ``eos``) as the teacher reads it, and the spans both sides share.
+    ``eos``) as the teacher reads it, and the spans both sides share (``cuts``: see the module
+    docstring).
 
     Returns a dict: ``teacher_ids`` (the text encoded by the teacher's tokenizer, then
     ``teacher_eos`` if ``eos``), ``student_span`` and ``teacher_span`` (each token's span index,
-    spans numbered from 0 in text order; the end-of-sequence tokens form the last span
-    together), ``spans`` (their number) and ``exact`` (False where the student's pieces fell back
-    to one span, see :func:`token_pieces`).
+    spans numbered from 0 in text order; the end-of-sequence tokens end the last span, or form
+    one of their own), ``spans`` (their number) and ``exact`` (False where the student's pieces
+    fell back to one span, see :func:`token_pieces`).
     """
-    return align_many(student_tokenizer, teacher_tokenizer, [ids], [eos], teacher_eos)[0]
+    return align_many(student_tokenizer, teacher_tokenizer, [ids], [eos], teacher_eos, cuts=cuts)[0]
 
 
 def align_many(student_tokenizer, teacher_tokenizer, rows: Sequence[Sequence[int]],
-               eos: Sequence[bool], teacher_eos: int) -> list[dict]:
-    """:func:`align` of each row; each side's tokenizer is called once for all of them."""
+               eos: Sequence[bool], teacher_eos: int, *, cuts: str = "consistent",
+               extensions: tuple[Extensions, Extensions] | None = None) -> list[dict]:
+    """:func:`align` of each row; each side's tokenizer is called once for all of them.
+    ``extensions``: the two sides' :class:`Extensions` (caches kept between calls)."""
+    if cuts not in CUTS:
+        raise ValueError(f"unknown span cuts {cuts!r}; known: {CUTS}")
+    if cuts == "consistent" and extensions is None:
+        extensions = (Extensions(student_tokenizer), Extensions(teacher_tokenizer))
     bodies = [list(ids[:-1] if e else ids) for ids, e in zip(rows, eos)]
     pieces = pieces_many(student_tokenizer, bodies)
     texts = ["".join(p) for p, _ in pieces]
@@ -134,6 +183,12 @@ def align_many(student_tokenizer, teacher_tokenizer, rows: Sequence[Sequence[int
         s_eff, s_cuts = _ends(p)
         t_eff, t_cuts = teacher_ends(offsets, len(text))
         common = np.intersect1d(s_cuts, t_cuts, assume_unique=True)
+        closed = True  # the text's end is a consistent cut
+        if cuts == "consistent" and len(common):
+            keep = _consistent(common, p, text, offsets, extensions)
+            if common[-1] == len(text):
+                closed = bool(keep[-1])
+            common = common[keep]
         if text:
             common = np.union1d(common, [len(text)])
         last = len(common) - 1
@@ -141,13 +196,28 @@ def align_many(student_tokenizer, teacher_tokenizer, rows: Sequence[Sequence[int
         t_span = np.minimum(np.searchsorted(common, t_eff), last).tolist()
         t_ids, spans = [int(t) for t in t_ids], len(common)
         if e:
-            s_span.append(spans)
-            t_span.append(spans)
+            joins = not closed and spans > 0  # the end-of-sequence token ends the last span
+            s_span.append(spans - 1 if joins else spans)
+            t_span.append(spans - 1 if joins else spans)
             t_ids.append(int(teacher_eos))
-            spans += 1
+            spans += 0 if joins else 1
         out.append({"teacher_ids": t_ids, "student_span": s_span, "teacher_span": t_span,
                     "spans": spans, "exact": exact})
     return out
+
+
+def _consistent(common: np.ndarray, pieces: Sequence[str], text: str, offsets,
+                extensions: tuple[Extensions, Extensions]) -> np.ndarray:
+    """Which of the common cuts end tokens with the same continuations on both sides."""
+    cum = np.cumsum([len(x) for x in pieces])
+    s_at = {int(c): pieces[k] for k, c in enumerate(cum) if pieces[k]}  # the token ending at c
+    t_at = {}
+    for start, end in offsets:
+        t_at[min(int(end), len(text))] = text[start:end]
+    cs = [int(c) for c in common]
+    s_ext = extensions[0]([s_at[c] for c in cs])
+    t_ext = extensions[1]([t_at[c] for c in cs])
+    return np.array([a == b for a, b in zip(s_ext, t_ext)], bool)
 
 
 def spread(teacher_logp: np.ndarray, teacher_span: np.ndarray, student_span: np.ndarray,

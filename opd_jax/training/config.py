@@ -107,11 +107,16 @@ class TeacherSpec:
     # kind == "cross_tokenizer" (a teacher with its own tokenizer, opd_jax.teachers.aligned): its
     # completion slots per student slot (the completion re-encoded by its tokenizer must fit).
     token_ratio: float = 2.0
+    # kind == "cross_tokenizer": where spans may end (opd_jax.teachers.spans): "consistent" cuts,
+    # where both tokens admit the same continuations, or every common character cut ("text")
+    span_cuts: Literal["consistent", "text"] = "consistent"
 
     def __post_init__(self):
         _check(self.kind not in ("model", "cross_tokenizer") or self.model is not None,
                f"teacher.kind={self.kind!r} needs teacher.model")
         _check(self.token_ratio > 0, f"teacher.token_ratio must be > 0, got {self.token_ratio}")
+        _check(self.span_cuts in ("consistent", "text"),
+               f"teacher.span_cuts must be 'consistent' or 'text', got {self.span_cuts!r}")
         _check(self.kind != "models" or len(self.models) >= 1,
                "teacher.kind='models' needs at least one model in teacher.models")
         _check(self.kind != "served" or bool(self.served.url),

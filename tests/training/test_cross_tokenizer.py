@@ -47,14 +47,14 @@ def random_text(rng, n):
 @pytest.mark.parametrize("pair", [("char", "bpe400"), ("bpe400", "char"), ("bpe400", "bpe300"),
                                   ("bpe300", "bpe300")])
 @pytest.mark.parametrize("seed", range(6))
-def test_spans_are_the_brute_force_common_cuts_and_hold_the_same_text(toks, pair, seed):
+def test_text_spans_are_the_brute_force_common_cuts_and_hold_the_same_text(toks, pair, seed):
     s_tok, t_tok = toks[pair[0]], toks[pair[1]]
     rng = np.random.default_rng(seed)
     text = TEXTS[seed] if seed < len(TEXTS) else random_text(rng, 40)
     if "char" in pair:
         text = "".join(c for c in text if c.isascii())  # the character vocabulary is ASCII
     ids = s_tok(text, add_special_tokens=False)["input_ids"]
-    a = S.align(s_tok, t_tok, ids, eos=False, teacher_eos=t_tok.eos_token_id)
+    a = S.align(s_tok, t_tok, ids, eos=False, teacher_eos=t_tok.eos_token_id, cuts="text")
     assert a["exact"]
     full, s_cuts = prefix_cuts(s_tok, ids)
     t_full, t_cuts = prefix_cuts(t_tok, a["teacher_ids"])
@@ -82,14 +82,57 @@ def test_pieces_of_a_byte_level_vocabulary_keep_a_split_character_with_its_last_
     assert len(ids) > 3 and pieces.count("") == len(ids) - 3  # the arrow's bytes: 3 tokens here
 
 
-def test_an_end_of_sequence_token_is_its_own_last_span(toks):
+def extensions_by_hand(tok, piece):
+    """The probe characters that change how ``piece`` is tokenized, one tokenizer call each."""
+    base = tok(piece, add_special_tokens=False)["input_ids"]
+    return {c for c in S.PROBE if tok(piece + c, add_special_tokens=False)["input_ids"][:len(base)] != base}
+
+
+@pytest.mark.parametrize("pair", [("char", "bpe400"), ("bpe400", "bpe300"), ("char", "char")])
+@pytest.mark.parametrize("seed", range(3))
+def test_consistent_spans_end_where_both_tokens_extend_alike(toks, pair, seed):
+    s_tok, t_tok = toks[pair[0]], toks[pair[1]]
+    text = "".join(c for c in (TEXTS + [random_text(np.random.default_rng(seed), 40)])[seed * 2] if c.isascii())
+    ids = s_tok(text, add_special_tokens=False)["input_ids"]
+    a = S.align(s_tok, t_tok, ids, eos=False, teacher_eos=t_tok.eos_token_id)
+    plain = S.align(s_tok, t_tok, ids, eos=False, teacher_eos=t_tok.eos_token_id, cuts="text")
+    assert a["teacher_ids"] == plain["teacher_ids"]
+    full, s_cuts = prefix_cuts(s_tok, ids)
+    _, t_cuts = prefix_cuts(t_tok, a["teacher_ids"])
+    want = set()  # the common cuts whose two tokens (found by prefix decodes) extend alike
+    for c in sorted(s_cuts & t_cuts):
+        s_piece = full[max(x for x in s_cuts | {0} if x < c):c]
+        t_piece = full[max(x for x in t_cuts | {0} if x < c):c]
+        if c == len(full) or extensions_by_hand(s_tok, s_piece) == extensions_by_hand(t_tok, t_piece):
+            want.add(c)
+    ends = set()
+    for j in range(a["spans"]):
+        ends.add(len(s_tok.decode([t for t, sp in zip(ids, a["student_span"]) if sp <= j])))
+    assert ends == want
+    if pair[0] == pair[1]:  # one tokenizer: every common cut is consistent
+        assert a["student_span"] == plain["student_span"]
+
+
+def test_the_numbers_of_a_digit_student_and_a_number_teacher_end_with_what_follows(toks):
+    from opd_jax.lab import tokenizer as LT
+    c, n = LT.build(), LT.build_numbers()
+    ids = c("21+6=28", add_special_tokens=False)["input_ids"] + [LT.EOS_ID]
+    plain = S.align(c, n, ids, eos=True, teacher_eos=LT.EOS_ID, cuts="text")
+    a = S.align(c, n, ids, eos=True, teacher_eos=LT.EOS_ID)
+    assert plain["student_span"] == [0, 0, 1, 2, 3, 4, 4, 5]  # "21" "+" "6" "=" "28" <eos>
+    assert a["student_span"] == [0, 0, 0, 1, 1, 2, 2, 2]  # "21+" "6=" "28<eos>": the same events
+    assert a["teacher_span"] == [0, 0, 1, 1, 2, 2] and a["spans"] == 3
+
+
+def test_an_end_of_sequence_token_after_a_consistent_cut_is_its_own_last_span(toks):
     s_tok, t_tok = toks["char"], toks["bpe400"]
     eos = s_tok.convert_tokens_to_ids(smoke.EOS)
-    ids = s_tok("12 * 7", add_special_tokens=False)["input_ids"] + [eos]
-    a = S.align(s_tok, t_tok, ids, eos=True, teacher_eos=t_tok.eos_token_id)
-    assert a["teacher_ids"][-1] == t_tok.eos_token_id
-    assert a["student_span"][-1] == a["teacher_span"][-1] == a["spans"] - 1
-    assert a["student_span"][-2] == a["teacher_span"][-2] == a["spans"] - 2
+    ids = s_tok("12 * 7.", add_special_tokens=False)["input_ids"] + [eos]
+    for cuts in S.CUTS:
+        a = S.align(s_tok, t_tok, ids, eos=True, teacher_eos=t_tok.eos_token_id, cuts=cuts)
+        assert a["teacher_ids"][-1] == t_tok.eos_token_id
+        assert a["student_span"][-1] == a["teacher_span"][-1] == a["spans"] - 1
+        assert a["student_span"][-2] == a["teacher_span"][-2] == a["spans"] - 2
 
 
 @pytest.mark.parametrize("seed", range(4))
