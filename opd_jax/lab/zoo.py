@@ -192,7 +192,7 @@ def evaluate_model(path: str, data_dir: str, problems: int, k: int, records: str
     from opd_jax.lab.evaluate import evaluate
     from opd_jax.models import from_pretrained, load_tokenizer
     tok = load_tokenizer(path)
-    test = load_examples(os.path.join(data_dir, records), tokenizer=tok,
+    test = load_examples(variants.ensure(data_dir, records), tokenizer=tok,
                          max_prompt_len=MAX_PROMPT_LEN)[:problems]
     graphdef, params = nnx.split(from_pretrained(path), nnx.Param)
     out = evaluate(graphdef, params, test, tok, k=k, max_new_tokens=MAX_NEW_TOKENS)
