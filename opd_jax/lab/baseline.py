@@ -6,7 +6,8 @@ budget (quick mode, 3 seeds, 2026-12-03). A change to any value here changes eve
 experiment's arms: ``reproduce`` then asks for the stored results to be moved aside.
 
 - :func:`lab`: the lab (data directory and models by name: ``teacher``, ``weak``, ``strong``)
-  for a mode; ``smoke`` builds a tiny lab in seconds (``opd_jax.lab.zoo``'s smoke setting).
+  for a mode; ``smoke`` builds a tiny lab in seconds (``opd_jax.lab.zoo``'s smoke setting: those
+  models; ``reproduce.lab_for`` trains the others an experiment names).
 - :data:`OPD`: the baseline on-policy objective; :data:`CONTROL`: the same-budget off-policy
   control (supervised training on teacher samples).
 - :func:`budget`: steps, learning rate, prompts and samples per step, evaluation cadence and
@@ -61,10 +62,10 @@ def lab(mode: str, *, root: str = os.path.join("runs", "lab")) -> R.Lab:
     if mode == "smoke":
         setting = zoo.SETTINGS["smoke"]
         data, models = os.path.join(root, "smoke", "data"), os.path.join(root, "smoke", "models")
-        for name in setting.recipes:
+        names = dict.fromkeys(("teacher", "weak", "strong"))
+        for name in (n for n in names if n in setting.recipes):  # the others when an experiment asks
             zoo.build(name, setting, models=models, data_dir=data,
                       workdir=os.path.join(root, "smoke", "zoo"), log=None)
-        names = dict.fromkeys(("teacher", "weak", "strong"))
         paths = {n: os.path.join(models, n if n in setting.recipes else "weak") for n in names}
         return R.Lab(data, paths)
     budget(mode)
