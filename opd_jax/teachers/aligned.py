@@ -44,18 +44,17 @@ def check_run(exp) -> None:
     problems = []
     if not spec.model.path:
         problems.append("a teacher checkpoint with its tokenizer (teacher.model.path)")
-    try:
+    try:  # recipes that need full teacher logits fail to build without them
         obj = O.build_objective(exp.objective, dense_teacher=False)
-        reads = sorted({i for f in obj.features.values() for i in f.inputs} & _TEACHER_INPUTS)
+        reads = any(_TEACHER_INPUTS & set(f.inputs) for f in obj.features.values())
     except ValueError:
-        reads = ["teacher logits"]
+        reads = True
     if reads:
         problems.append(f"an objective built on the sampled token's teacher log-prob ({name!r} reads "
                         "the teacher's distribution over the student's vocabulary, which another "
                         "tokenizer does not give; e.g. objective=opd, iw_opd or power_opd)")
-    if exp.loop.lmbda < 1 or exp.loop.cold_start_steps or exp.loop.teacher_mix > 0:
-        problems.append("on-policy steps only (loop.lmbda=1, loop.cold_start_steps=0, "
-                        "loop.teacher_mix=0)")
+    if exp.loop.lmbda < 1:  # (cold starts and teacher mixing: refused by refusals(), first)
+        problems.append("on-policy steps only (loop.lmbda=1)")
     if s.temperature != exp.objective.temperature or s.top_k or s.top_p < 1 or s.min_p > 0:
         problems.append(f"sampling at the loss temperature without truncation (sampler.temperature="
                         f"{exp.objective.temperature} like objective.temperature, top_k=0, top_p=1, "

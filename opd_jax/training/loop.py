@@ -99,10 +99,11 @@ class Trainer:
         # Checks and objectives first: they need no model, so a bad experiment fails at once.
         spec = exp.teacher
         C.check_layout(exp, self.mesh.shape, jax.process_count())
-        C.check_teacher_use(exp, teacher_class(spec).refusals(spec))
-        teacher_class(spec).check(exp)  # what its kind cannot serve (a served teacher's top-k, ...)
+        kind = teacher_class(spec)
+        C.check_teacher_use(exp, kind.refusals(spec))
+        kind.check(exp)  # what its kind cannot serve (a served teacher's top-k, ...)
         C.check_policy_gradient(exp)
-        sparse = teacher_class(spec).sparse
+        sparse = kind.sparse
         # Text: tokenizers, EOS ids, records, reward function (still no model built).
         text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn)
         self.exp = exp = text.exp
@@ -116,7 +117,7 @@ class Trainer:
         self.reads_teacher = O.reads_teacher(exp.objective)
         # token diagnostics compare distributions: none for a teacher of sampled tokens only
         diagnostics = (exp.run.diagnostics_k or None) \
-            if self.reads_teacher and teacher_class(spec).distribution else None
+            if self.reads_teacher and kind.distribution else None
         # Built once per process for the same configs (shared.py: so are the train steps below).
         obj_key = (exp.objective, not sparse, diagnostics)
         self.objective = shared.cached(("objective", *obj_key), lambda: O.build_objective(
