@@ -34,7 +34,8 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDCon
                                         GKDConfig, HorizonOPDConfig, IWOPDConfig, ObjectiveConfig,
                                         OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,
                                         REOPOLDConfig, ReinforceConfig, SEADConfig,
-                                        SFTConfig, SGTopKConfig, StableOPDConfig, TAOPDConfig,
+                                        SFTConfig, SGTopKConfig, SimCTConfig, StableOPDConfig,
+                                        TAOPDConfig,
                                         TIPConfig, TopKOPDConfig, UniOPDConfig, UniSDConfig,
                                         VOPDConfig,
                                         build_objective, make_config, recipe_name,
@@ -64,4 +65,6 @@ from opd_jax.objectives.topk import (TeacherTopK, intersect_topk_reverse_kl,
                                      teacher_logp_at, teacher_support, teacher_topk,
                                      teacher_topk_forward_kl, teacher_topk_generalized_jsd)
 from opd_jax.objectives.topk_opd import topk_opd_behavior_loss, topk_opd_loss
+from opd_jax.objectives.virtual_vocab import (VIRTUAL_INPUTS, span_mean, support_log_mass,
+                                              support_reverse_kl, virtual_reverse_kl)
 from opd_jax.objectives.vocab import compute_features, fused_token_loss

@@ -1,6 +1,7 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
 margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward, POPD / TOPD's
-horizon, StableOPD's reference anchor and DASD's divergence-aware selection. Their sources give
+horizon, StableOPD's reference anchor, DASD's divergence-aware selection and SimCT's virtual
+vocabulary across tokenizers. Their sources give
 one-line formulas; every choice they leave open is a field here, with the reconstruction's
 default (see :mod:`opd_jax.objectives.recipes`)."""
 
@@ -257,3 +258,21 @@ class DASDConfig(Recipe):
     def __post_init__(self):
         super().__post_init__()
         unit("keep_quantile", self.keep_quantile, open_high=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SimCTConfig(Recipe):
+    """SimCT: the reverse KL over a virtual vocabulary shared by two tokenizers, at the start of
+    each aligned span (:mod:`opd_jax.objectives.virtual_vocab`); needs a teacher with its own
+    tokenizer (``teacher.kind="cross_tokenizer"``), which supplies the alignment. Loss: the mean
+    over span starts. ``span_dims=False`` drops the span dimensions (the reverse KL on the shared
+    tokens alone, renormalised there: an ablation). Source: arXiv 2605.07711 and its code
+    (objectives_2026.md); reconstructed [INF]: the teacher's top-K support and the span
+    dimension from log-probs.
+    """
+    span_dims: bool = True  # one virtual dimension per span that is not one shared token
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.span_dims, bool):
+            raise ValueError(f"span_dims must be true or false, got {self.span_dims!r}.")

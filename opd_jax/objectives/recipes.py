@@ -79,6 +79,10 @@ stable_opd   StableOPD's anchor: -(pi/mu) A + beta k(log p,          reconstruct
 dasd         DASD's selection: cross-entropy on the sequences      reconstruction:
              whose mean sg(log q - log p) is at least the         keep_quantile (the score,
              batch's keep_quantile quantile (teacher samples)     the quantile rule)
+simct        SimCT: reverse KL over a virtual vocabulary (shared     reconstruction: the
+             tokens + one dimension per aligned span, its         teacher's top-K support
+             log-prob the mean of its tokens'), per span start;  (teacher.shared_topk),
+             a teacher with another tokenizer                     span_dims
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -110,8 +114,9 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         VOPDConfig)
 from opd_jax.objectives.configs_2026 import (REF_LOGP, DASDConfig, FiReOPDConfig, HorizonOPDConfig,
                                              IWOPDConfig, PowerOPDConfig, PWOPSDConfig,
-                                             SEADConfig, StableOPDConfig, TAOPDConfig,
-                                             UniOPDConfig)
+                                             SEADConfig, SimCTConfig, StableOPDConfig,
+                                             TAOPDConfig, UniOPDConfig)
+from opd_jax.objectives.virtual_vocab import VIRTUAL_INPUTS
 from opd_jax.objectives.diagnostics import diagnostic_features, diagnostic_metrics
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import Reduced
@@ -120,7 +125,7 @@ ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDCon
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
                         UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
-                        HorizonOPDConfig, StableOPDConfig, DASDConfig]
+                        HorizonOPDConfig, StableOPDConfig, DASDConfig, SimCTConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -129,7 +134,7 @@ RECIPES: dict[str, type] = {
     "reinforce": ReinforceConfig, "iw_opd": IWOPDConfig, "fire_opd": FiReOPDConfig,
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
     "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
-    "stable_opd": StableOPDConfig, "dasd": DASDConfig,
+    "stable_opd": StableOPDConfig, "dasd": DASDConfig, "simct": SimCTConfig,
 }
 
 
@@ -211,6 +216,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RP.stable_opd(cfg, dense_teacher)
         case DASDConfig():
             obj = RS.dasd(cfg, dense_teacher)
+        case SimCTConfig():
+            obj = RD.simct(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:
@@ -240,7 +247,9 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
       read in the vocabulary phase, so the trainer passes them to ``compute_features`` /
       ``fused_token_loss`` as ``extras``;
     - ``"ref_logp"`` float32 ``[B, T]``: a frozen reference policy's log-probs of the sampled
-      tokens (``stable_opd``; the training loop's reference is the student's initial weights).
+      tokens (``stable_opd``; the training loop's reference is the student's initial weights);
+    - :data:`~opd_jax.objectives.virtual_vocab.VIRTUAL_INPUTS` ``[B, T]``: the span alignment of
+      a teacher with another tokenizer (``simct``; ``teacher.kind="cross_tokenizer"`` sends them).
     """
     need = set()
     if isinstance(cfg, ReinforceConfig | UniOPDConfig):
@@ -252,6 +261,8 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
             need.add("bad_teacher_logp")
     if isinstance(cfg, StableOPDConfig):
         need.add(REF_LOGP)
+    if isinstance(cfg, SimCTConfig):
+        need |= set(VIRTUAL_INPUTS)
     if isinstance(cfg, TopKOPDConfig) and cfg.surrogate == "ppo":
         need |= {RD.BEHAVIOR_TOPK_IDS, RD.BEHAVIOR_TOPK_LOGP}
     return frozenset(need)

@@ -1,7 +1,8 @@
 """Builders of the distribution-matching recipes: a divergence between the student's and the
 teacher's next-token distributions at each position (full vocabulary or a top-k support).
 
-GKD, OPSD, PW-OPSD, UniSD, the Many Faces top-k reverse KLs and Rethinking-OPD's top-k policy gradient.
+GKD, OPSD, PW-OPSD, UniSD, the Many Faces top-k reverse KLs, Rethinking-OPD's top-k policy gradient
+and SimCT's virtual vocabulary (a teacher with another tokenizer).
 """
 
 import jax
@@ -13,14 +14,15 @@ from opd_jax.objectives import self_distillation as SD
 from opd_jax.objectives import surrogates as P
 from opd_jax.objectives import topk as K
 from opd_jax.objectives import topk_opd as TO
-from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, extra, feature,
-                                     stateless, token_objective)
+from opd_jax.objectives import virtual_vocab as VV
+from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, TEACHER_TOPK, Objective, extra,
+                                     feature, stateless, token_objective)
 from opd_jax.objectives.configs import (GKDConfig, OPSDConfig, SGTopKConfig, TopKOPDConfig,
                                         UniSDConfig)
-from opd_jax.objectives.configs_2026 import PWOPSDConfig
+from opd_jax.objectives.configs_2026 import PWOPSDConfig, SimCTConfig
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean,
-                                           seq_mean_weighted_mean)
+                                           seq_mean_weighted_mean, token_mean)
 
 # The extra inputs of TopKOPDConfig(surrogate="ppo"): the behaviour policy's top-k ids and
 # log-probs at each position, recorded by the sampler.
@@ -118,3 +120,22 @@ def topk_opd(c: TopKOPDConfig, dense: bool) -> Objective:
         pg = feature(TO.topk_opd_behavior_loss, "logits", TEACHER, extra(BEHAVIOR_TOPK_IDS),
                      extra(BEHAVIOR_TOPK_LOGP), clip_eps=c.clip_eps, **kw)
     return token_objective(lambda ctx: ctx["topk_pg"], {"topk_pg": pg}, name="pg")
+
+
+def simct(c: SimCTConfig, dense: bool) -> Objective:
+    t = c.temperature
+    feats = {"logp": feature(D.token_logp, "logits", "tokens", temperature=t),
+             "log_mass": feature(VV.support_log_mass, "logits", TEACHER_TOPK, temperature=t),
+             "support_kl": feature(VV.support_reverse_kl, "logits", TEACHER_TOPK, temperature=t)}
+
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        start = m & (ctx[VV.XTOK_START] > 0)
+        dim = start & (ctx[VV.XTOK_SPAN_DIM] > 0) & c.span_dims
+        span = VV.span_mean(ctx.logp, ctx[VV.XTOK_END], m)  # the span's tokens are all valid
+        kl = VV.virtual_reverse_kl(ctx["log_mass"], ctx["support_kl"], span, ctx[VV.XTOK_LOG_MASS],
+                                   ctx[VV.XTOK_SPAN_LOGP], dim, where=start)
+        return {"virtual_rkl": token_mean(kl, start)}, {
+            "simct/span_dims": masked_mean(dim.astype(jnp.float32), start),
+            "simct/support_mass": masked_mean(jnp.exp(ctx["log_mass"]), start)}
+    return stateless(apply, feats)

@@ -37,8 +37,10 @@ def make_batch(seed=0, b=3, t=7, d=8, v=40):
 def recipe_configs():
     """Every recipe, plus the variants whose vocabulary-wide features differ (another divergence
     or top-k estimator). Variants that only change the per-token arithmetic after the features
-    (surrogates, selection, clipping, schedules) are covered by test_recipes against NumPy."""
-    cfgs = [cls() for cls in O.RECIPES.values()]
+    (surrogates, selection, clipping, schedules) are covered by test_recipes against NumPy.
+    SimCT is left out: it reads a cross-tokenizer alignment that this batch does not have (its
+    own tests: test_virtual_vocab.py)."""
+    cfgs = [cls() for cls in O.RECIPES.values() if cls is not O.SimCTConfig]
     cfgs += [O.GKDConfig(beta=0.0), O.GKDConfig(beta=1.0),
              O.AOPDConfig(local="topk_reverse_kl_sg", k=5, surrogate="ppo"),
              O.OPSDConfig(teacher_top_k=8), O.TIPConfig(select="entropy_sampling", gamma=1.0),

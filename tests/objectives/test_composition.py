@@ -118,7 +118,8 @@ def test_required_inputs_name_every_extra_a_recipe_reads():
     need = {name: O.required_inputs(cls()) for name, cls in O.RECIPES.items()}
     assert need["reinforce"] == need["uni_opd"] == {"reward"}
     assert need["stable_opd"] == {"ref_logp"}
-    assert all(not v for k, v in need.items() if k not in ("reinforce", "uni_opd", "stable_opd"))
+    assert need["simct"] == set(O.VIRTUAL_INPUTS)
+    assert all(not v for k, v in need.items() if k not in ("reinforce", "uni_opd", "stable_opd", "simct"))
     assert O.required_inputs(O.UniSDConfig(agreement="sequence", contrastive_coef=0.1)) == {
         "aux_teacher_logp", "bad_teacher_logp"}
     assert O.required_inputs(O.TopKOPDConfig(surrogate="ppo")) == {"behavior_topk_ids",
