@@ -9,9 +9,19 @@ default) the two tokens ending there admit the same continuations, the completio
 spans (:mod:`opd_jax.teachers.spans`); each student token's teacher log-prob is its own log-prob plus an
 equal share of its span's ``log q(span) - log p(span)``. One-token spans, the common case where
 the vocabularies share a word, get the teacher's own token log-prob. The objective receives it
-as a sparse teacher's ``teacher_logp`` and nothing else: recipes built on the sampled token's
-log-ratio run (``opd``, ``iw_opd``, ``power_opd``, ...), those that need the teacher's
-distribution over the student's vocabulary are refused at set-up.
+as a sparse teacher's ``teacher_logp``: recipes built on the sampled token's log-ratio run
+(``opd``, ``iw_opd``, ``power_opd``, ...). ``objective=simct`` also gets, at each span's first
+student token, the teacher's ``teacher.shared_topk`` most likely tokens among those both
+vocabularies write alike (all of them at 0; ``teacher.shared_tokens="consistent"``: only those
+the same characters also extend alike), as student ids, and its span's mean log-prob
+(:mod:`opd_jax.teachers.virtual`, :mod:`opd_jax.objectives.virtual_vocab`). Other recipes that
+need the teacher's distribution over the student's vocabulary are refused at set-up.
+
+With ``teacher.served.url`` the teacher is served (:mod:`opd_jax.teachers.served`: vLLM, SGLang
+or ``python -m opd_jax.serve``) and only its tokenizer is local (``teacher.model.path``, checked
+against the server's at start-up): the rows of its own prompt and tokens are sent as ids and the
+server's log-probs of the completion tokens are spread the same way (sampled-token recipes, at
+temperature 1).
 
 The student's log-prob of its tokens is the sampler's record, so the run samples at the loss
 temperature without truncation, on-policy; the set-up checks say so before any model is built.
@@ -30,8 +40,10 @@ from opd_jax.objectives.base import TEACHER, TEACHER_LOGITS, TEACHER_TOPK
 from opd_jax import data as D
 from opd_jax.sampling.sampler import model_config
 from opd_jax.teachers import spans as S
+from opd_jax.teachers import virtual as VT
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.local import sequence_logp
+from opd_jax.teachers.served import ServedTeacher
 from opd_jax.training.batches import join
 from opd_jax.training.build import build_model
 
@@ -49,7 +61,10 @@ def check_run(exp) -> None:
         reads = any(_TEACHER_INPUTS & set(f.inputs) for f in obj.features.values())
     except ValueError:
         reads = True
-    if reads:
+    virtual = isinstance(exp.objective, O.SimCTConfig)
+    if (spec.shared_topk or spec.shared_tokens != "text") and not virtual:
+        problems.append("teacher.shared_topk=0 and shared_tokens='text' (only objective=simct reads them)")
+    if reads and not virtual:
         problems.append(f"an objective built on the sampled token's teacher log-prob ({name!r} reads "
                         "the teacher's distribution over the student's vocabulary, which another "
                         "tokenizer does not give; e.g. objective=opd, iw_opd or power_opd)")
@@ -62,6 +77,12 @@ def check_run(exp) -> None:
                         "student's log-probs are the sampler's")
     if exp.teacher.peers.on:
         problems.append("teacher.peers off")
+    if spec.served.url and virtual:
+        problems.append("a local teacher for objective=simct (a served teacher's top-k is over its "
+                        "whole vocabulary, not the shared tokens; teacher.served.url unset)")
+    if spec.served.url and exp.objective.temperature != 1:
+        problems.append(f"objective.temperature=1 with a served teacher (engines return log-probs at "
+                        f"temperature 1; got {exp.objective.temperature})")
     if problems:
         raise ValueError("teacher.kind='cross_tokenizer' needs " + "; ".join(problems))
 
@@ -80,13 +101,25 @@ def prompt_record(record: dict, where: str) -> dict:
                       "has token ids only")
 
 
+def served_vocab(path: str, tokenizer) -> int:
+    """The vocabulary a served teacher's token ids fall in: its checkpoint's ``vocab_size`` (often
+    padded beyond the tokenizer) where ``path`` has a ``config.json``, else the tokenizer's size."""
+    from opd_jax.models.hf_io import read_hf_config
+    try:
+        size = read_hf_config(path).get("vocab_size")
+    except (FileNotFoundError, ValueError):  # a tokenizer without the model's config
+        size = None
+    return max(len(tokenizer), size if isinstance(size, int) else 0)
+
+
 class CrossTokenizerTeacher(Teacher):
     """A frozen local model whose tokenizer differs from the student's (module docstring)."""
     sparse = True
     distribution = False
 
     def __init__(self, model, tokenizers, opts: D.TextOptions, examples, runtime: Runtime, *,
-                 ratio: float, teacher_eos: int, cuts: str = "consistent"):
+                 ratio: float, teacher_eos: int, cuts: str = "consistent", shared_topk: int | None = None,
+                 shared_tokens: str = "text"):
         self.model_pair, self.runtime, self.cuts = model, runtime, cuts
         self.student_tokenizer, self.teacher_tokenizer = tokenizers
         self.extensions = tuple(S.Extensions(t) for t in tokenizers)  # cached over the run
@@ -94,6 +127,12 @@ class CrossTokenizerTeacher(Teacher):
         self.prompt_ids = {id(e): self.read_prompt(e) for e in examples}
         self.width = max((len(x) for x in self.prompt_ids.values()), default=1)
         self.last: dict[str, float] = {}
+        self.client = None  # a served teacher's (teacher.served.url), else model_pair is local
+        self.shared, self.k = None, 0  # objective=simct: the shared vocabulary, its top-k size
+        if shared_topk is not None:
+            self.shared = VT.shared_vocabulary(*tokenizers, consistent=shared_tokens == "consistent",
+                                               extensions=self.extensions)
+            self.k = min(shared_topk or len(self.shared[0]), len(self.shared[0]))
 
     @classmethod
     def check(cls, exp):
@@ -127,13 +166,20 @@ class CrossTokenizerTeacher(Teacher):
                              "the completions it reads with")
         d = text.exp.data
         opts = D.TextOptions(s_tok, t_tok, d.chat_template, d.chat_template_kwargs)
+        virtual = spec.shared_topk if isinstance(text.exp.objective, O.SimCTConfig) else None
         out = cls(None, (s_tok, t_tok), opts, text.examples, runtime, ratio=spec.token_ratio,
-                  teacher_eos=int(t_tok.eos_token_id), cuts=spec.span_cuts)  # records read first
-        graphdef, params, _ = build_model(spec.model, mesh)
-        out.model_pair = (graphdef, params)
-        positions = model_config(graphdef, params).max_position_embeddings
+                  teacher_eos=int(t_tok.eos_token_id), cuts=spec.span_cuts,
+                  shared_topk=virtual, shared_tokens=spec.shared_tokens)  # records read first
+        if spec.served.url:  # the model is served; its tokenizer is teacher.model.path's
+            vocab = served_vocab(spec.model.path, t_tok)
+            out.client = ServedTeacher.connect(spec.served, vocab, runtime, t_tok, who="teacher")
+            positions = out.client.max_len
+        else:
+            graphdef, params, _ = build_model(spec.model, mesh)
+            out.model_pair = (graphdef, params)
+            positions = model_config(graphdef, params).max_position_embeddings
         need = out.width + out.slots(runtime.sampler.max_new_tokens)
-        if need > positions:
+        if positions is not None and need > positions:
             raise ValueError(f"the teacher's prompts (up to {out.width} of its tokens) plus "
                              f"{out.slots(runtime.sampler.max_new_tokens)} completion slots "
                              f"(teacher.token_ratio={spec.token_ratio} x sampler.max_new_tokens) "
@@ -150,7 +196,7 @@ class CrossTokenizerTeacher(Teacher):
         return max(1, math.ceil(self.ratio * n))
 
     def models(self, student_params):
-        return [self.model_pair]
+        return [] if self.client is not None else [self.model_pair]
 
     def align_rows(self, comp, mask, n: int):
         """Per local row: the teacher's completion, both sides' span indices (``-1``: none), and
@@ -194,13 +240,39 @@ class CrossTokenizerTeacher(Teacher):
                            self.runtime.sampler.pad_id)
         g = rows.to_global
         t_mask = t_span >= 0
-        graphdef, params = self.model_pair
-        logp = sequence_logp(graphdef, params, join(g(p), g(pm), g(t_ids), g(t_mask)), g(t_ids),
-                             g(t_mask), batch.group, self.runtime.temperature,
-                             self.runtime.chunk_size)
-        mapped = S.spread(rows.to_local(logp), t_span, s_span, rows.to_local(batch.behavior_logp))
-        return batch.replace(extras={**batch.extras, "teacher_logp": g(mapped)},
-                             loss_mask=batch.loss_mask & g(s_span >= 0))
+        extras = {}
+        if self.client is not None:
+            logp = self.served_logp(p, pm, t_ids, t_mask)
+        else:
+            graphdef, params = self.model_pair
+            seq, temperature = join(g(p), g(pm), g(t_ids), g(t_mask)), self.runtime.temperature
+        if self.client is None and self.shared is None:
+            logp = rows.to_local(sequence_logp(graphdef, params, seq, g(t_ids), g(t_mask), batch.group,
+                                               temperature, self.runtime.chunk_size))
+        elif self.client is None:
+            scores = VT.teacher_scores(graphdef, params, seq, g(t_ids), batch.group, temperature,
+                                       self.runtime.chunk_size or 256, self.shared[1], self.k)
+            logp, top, where = (rows.to_local(x) for x in scores)
+            ids, top_logp, extras = VT.virtual_extras(logp, top, where, t_span, s_span, t_ids, comp,
+                                                      self.shared)
+            extras = {"teacher_topk_ids": ids, "teacher_topk_logp": top_logp, **extras}
+        mapped = S.spread(logp, t_span, s_span, rows.to_local(batch.behavior_logp))
+        extras = {k: g(v) for k, v in {**extras, "teacher_logp": mapped}.items()}
+        return batch.replace(extras={**batch.extras, **extras}, loss_mask=batch.loss_mask & g(s_span >= 0))
+
+    def served_logp(self, prompts, prompt_mask, t_ids, t_mask) -> np.ndarray:
+        """The served teacher's log-prob of each of its completion tokens, ``[R, Nt]`` (local rows)."""
+        tokens = np.concatenate([prompts, t_ids], axis=1)
+        mask = np.concatenate([prompt_mask, t_mask], axis=1).astype(bool)
+        scores = self.client.score_rows(tokens, mask, t_mask.sum(axis=1))
+        out = np.zeros(t_ids.shape, np.float32)
+        for r, sc in scores.items():
+            out[r, :len(sc.logp)] = sc.logp
+        return out
 
     def metrics(self):
-        return dict(self.last)
+        return {**self.last, **(self.client.metrics() if self.client is not None else {})}
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()

@@ -107,7 +107,19 @@ class ServedTeacher(Teacher):
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime):
         from opd_jax.training.build import vocab_size
-        served = spec.served
+        tok = student.tokenizer
+        if tok is None and student.path:
+            from opd_jax.models import load_tokenizer
+            from opd_jax.models.hf_io import has_tokenizer
+            tok = load_tokenizer(student.path) if has_tokenizer(student.path) else None
+        return cls.connect(spec.served, vocab_size(student.graphdef, student.params), runtime, tok)
+
+    @classmethod
+    def connect(cls, served, vocab: int, runtime: Runtime, tokenizer, *, who: str = "student"):
+        """The client of the server at ``served.url``: it answers, serves the named model, and its
+        tokenizer encodes :data:`PROBE` as ``tokenizer`` does (``who``: whose tokenizer that is,
+        for the error; no check when ``tokenizer`` is None, like a random-init model's).
+        ``vocab``: the size of the vocabulary the answers' token ids must fall in."""
         url = served.url.rstrip("/")
         try:
             listing, _, _ = _json(url + "/v1/models", None, served.timeout_s)
@@ -124,21 +136,13 @@ class ServedTeacher(Teacher):
             raise TeacherServerError(f"the teacher server at {url} serves {sorted(models)}; name "
                                      "one with teacher.served.model.")
         max_len = models[name].get("max_model_len")
-        teacher = cls(served, name, vocab_size(student.graphdef, student.params),
-                      max_len if isinstance(max_len, int) else None, runtime)
-        teacher.check_tokenizer(student)
+        teacher = cls(served, name, vocab, max_len if isinstance(max_len, int) else None, runtime)
+        if tokenizer is not None:
+            teacher.check_tokenizer(tokenizer, who)
         return teacher
 
-    def check_tokenizer(self, student: Student) -> None:
-        """The server's tokenizer encodes :data:`PROBE` as the student's does (skipped when the
-        student has no tokenizer, like a random-init model)."""
-        tok = student.tokenizer
-        if tok is None and student.path:
-            from opd_jax.models import load_tokenizer
-            from opd_jax.models.hf_io import has_tokenizer
-            tok = load_tokenizer(student.path) if has_tokenizer(student.path) else None
-        if tok is None:
-            return
+    def check_tokenizer(self, tok, who: str = "student") -> None:
+        """The server's tokenizer encodes :data:`PROBE` as ``tok`` (the ``who``'s) does."""
         want = list(tok(PROBE, add_special_tokens=False)["input_ids"])
         body = {"model": self.model, "prompt": PROBE, "add_special_tokens": False}
         answers = []
@@ -151,14 +155,18 @@ class ServedTeacher(Teacher):
         got = answers[-1].get("tokens") if isinstance(answers[-1], dict) else None
         if not isinstance(got, list):
             raise TeacherServerError(f"cannot compare the teacher server's tokenizer with the "
-                                     f"student's: {self.url}/tokenize answered {answers[-1]}")
+                                     f"{who}'s: {self.url}/tokenize answered {answers[-1]}")
         if got != want:
             i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got),
                                                                                    len(want)))
+            fix = ("on-policy distillation with teacher.kind='served' needs one tokenizer (a teacher "
+                   "with its own: teacher.kind='cross_tokenizer' with teacher.served.url, and "
+                   "teacher.model.path naming its tokenizer)") if who == "student" else (
+                "teacher.model.path must name the served model's tokenizer")
             raise TeacherServerError(
-                f"the teacher server's tokenizer differs from the student's: {PROBE!r} encodes "
-                f"to ids {got[:i + 1]}... on the server, {want[:i + 1]}... for the student (first "
-                f"difference at token {i}); on-policy distillation needs one tokenizer.")
+                f"the teacher server's tokenizer differs from the {who}'s: {PROBE!r} encodes "
+                f"to ids {got[:i + 1]}... on the server, {want[:i + 1]}... for the {who} (first "
+                f"difference at token {i}); {fix}.")
 
     def position_limits(self, student_params):
         return [] if self.max_len is None else [("teacher server", self.max_len)]
@@ -234,6 +242,20 @@ class ServedTeacher(Teacher):
 
     def score(self, batch, prompts, student_params):
         return self.start_score(batch, prompts, student_params)()
+
+    def score_rows(self, tokens: np.ndarray, mask: np.ndarray, lengths: np.ndarray) -> dict[int, wire.Scores]:
+        """This host's rows of token ids ``[R, L]`` (``mask`` marks the real ones), each scored on
+        its last ``lengths[r]`` real tokens: ``{row: Scores}`` for the rows with a completion.
+        Every host calls it together (a failure anywhere stops all); :meth:`metrics` then holds
+        what it cost."""
+        counts, error, scores = _Counts(), None, {}
+        try:
+            scores = self._fetch(tokens, mask, lengths, counts)
+        except TrainingError as e:
+            error = e
+        self._agree(error)
+        self._counts = dict(counts.values)
+        return scores
 
     def _scored(self, batch, scores: dict[int, wire.Scores], b: int):
         """``batch`` with the sparse teacher's extras for this host's ``b`` rows (a finite filler

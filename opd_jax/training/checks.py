@@ -147,11 +147,20 @@ def check_lengths(examples: list[D.Example], max_new: int, limits, path: str) ->
                 "the prompts (data.max_prompt_len) or lower sampler.max_new_tokens.")
 
 
+def check_alignment(exp) -> None:
+    """An objective that reads a span alignment (``simct``) has a teacher that makes one."""
+    if set(O.VIRTUAL_INPUTS) & O.required_inputs(exp.objective) and exp.teacher.kind != "cross_tokenizer":
+        raise ValueError(f"objective {O.recipe_name(exp.objective)!r} matches distributions over the "
+                         "tokens two tokenizers share, along the spans a teacher with its own "
+                         "tokenizer aligns; use teacher.kind='cross_tokenizer' (with a teacher of the "
+                         "student's tokenizer, objective=gkd with beta=1 is the exact reverse KL)")
+
+
 def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
-    unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS})
+    unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS, *O.VIRTUAL_INPUTS})
     if unsupplied:
         raise ValueError(f"objective {name!r} reads {unsupplied}, which this training loop does not "
                          "supply (the sampler records the sampled token's log-probability, not the "

@@ -101,20 +101,32 @@ class TeacherSpec:
     weights: tuple[float, ...] = ()  # combine == "mix" (default: uniform)
     ema_decay: float | None = None  # kind == "ema": theta_T <- d * theta_T + (1 - d) * theta
     ema_every: int | None = None  # kind == "ema": update period in optimizer steps
-    served: ServedSpec = dataclasses.field(default_factory=ServedSpec)  # kind == "served"
+    served: ServedSpec = dataclasses.field(default_factory=ServedSpec)  # "served" (or "cross_tokenizer")
     # A context of the row's peer samples for the teacher (MOPD; off by default): peers.PeerSpec.
     peers: PeerSpec = dataclasses.field(default_factory=PeerSpec)
-    # kind == "cross_tokenizer" (a teacher with its own tokenizer, opd_jax.teachers.aligned): its
-    # completion slots per student slot (the completion re-encoded by its tokenizer must fit).
+    # kind == "cross_tokenizer" (a teacher with its own tokenizer, opd_jax.teachers.aligned; with
+    # served.url set the model is served and model.path names its tokenizer): its completion slots
+    # per student slot (the completion re-encoded by its tokenizer must fit).
     token_ratio: float = 2.0
     # kind == "cross_tokenizer": where spans may end (opd_jax.teachers.spans): "consistent" cuts,
     # where both tokens admit the same continuations, or every common character cut ("text")
     span_cuts: Literal["consistent", "text"] = "consistent"
+    # kind == "cross_tokenizer" with objective=simct: the teacher's most likely tokens, among those
+    # both vocabularies write alike, that make the virtual vocabulary at each span (0: all of them)
+    shared_topk: int = 0
+    # kind == "cross_tokenizer" with objective=simct: which tokens the two vocabularies share: those
+    # that write the same text ("text", SimCT's), or only those the same characters also extend
+    # alike ("consistent": the same events, opd_jax.teachers.virtual.shared_vocabulary)
+    shared_tokens: Literal["text", "consistent"] = "text"
 
     def __post_init__(self):
         _check(self.kind not in ("model", "cross_tokenizer") or self.model is not None,
                f"teacher.kind={self.kind!r} needs teacher.model")
         _check(self.token_ratio > 0, f"teacher.token_ratio must be > 0, got {self.token_ratio}")
+        _check(isinstance(self.shared_topk, int) and self.shared_topk >= 0,
+               f"teacher.shared_topk must be an integer >= 0, got {self.shared_topk!r}")
+        _check(self.shared_tokens in ("consistent", "text"),
+               f"teacher.shared_tokens must be 'text' or 'consistent', got {self.shared_tokens!r}")
         _check(self.span_cuts in ("consistent", "text"),
                f"teacher.span_cuts must be 'consistent' or 'text', got {self.span_cuts!r}")
         _check(self.kind != "models" or len(self.models) >= 1,

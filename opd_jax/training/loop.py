@@ -102,6 +102,7 @@ class Trainer:
         kind = teacher_class(spec)
         C.check_teacher_use(exp, kind.refusals(spec))
         kind.check(exp)  # what its kind cannot serve (a served teacher's top-k, ...)
+        C.check_alignment(exp)
         C.check_policy_gradient(exp)
         sparse = kind.sparse
         # Text: tokenizers, EOS ids, records, reward function (still no model built).
