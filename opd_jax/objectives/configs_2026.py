@@ -266,13 +266,16 @@ class SimCTConfig(Recipe):
     each aligned span (:mod:`opd_jax.objectives.virtual_vocab`); needs a teacher with its own
     tokenizer (``teacher.kind="cross_tokenizer"``), which supplies the alignment. Loss: the mean
     over span starts. ``span_dims=False`` drops the span dimensions (the reverse KL on the shared
-    tokens alone, renormalised there: an ablation). Source: arXiv 2605.07711 and its code
-    (objectives_2026.md); reconstructed [INF]: the teacher's top-K support and the span
-    dimension from log-probs.
+    tokens alone, renormalised there: an ablation). ``span_logit``: the span dimension's logit is
+    the mean of its tokens' own logits (``"logit"``, SimCT's code) or of their log-probs
+    (``"logprob"``). Source: arXiv 2605.07711 and its code (objectives_2026.md); added [INF]: the
+    teacher's top-K support and the log-prob form.
     """
     span_dims: bool = True  # one virtual dimension per span that is not one shared token
+    span_logit: Literal["logit", "logprob"] = "logit"
 
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.span_dims, bool):
             raise ValueError(f"span_dims must be true or false, got {self.span_dims!r}.")
+        choice("span_logit", self.span_logit, ("logit", "logprob"))

@@ -127,12 +127,18 @@ def simct(c: SimCTConfig, dense: bool) -> Objective:
     feats = {"logp": feature(D.token_logp, "logits", "tokens", temperature=t),
              "log_mass": feature(VV.support_log_mass, "logits", TEACHER_TOPK, temperature=t),
              "support_kl": feature(VV.support_reverse_kl, "logits", TEACHER_TOPK, temperature=t)}
+    if c.span_logit == "logit":
+        feats["own_logit"] = feature(VV.token_logit, "logits", "tokens", temperature=t)
+        feats["log_normalizer"] = feature(VV.log_normalizer, "logits", temperature=t)
 
     def apply(ctx):
         m = ctx.mask.astype(bool)
         start = m & (ctx[VV.XTOK_START] > 0)
         dim = start & (ctx[VV.XTOK_SPAN_DIM] > 0) & c.span_dims
-        span = VV.span_mean(ctx.logp, ctx[VV.XTOK_END], m)  # the span's tokens are all valid
+        if c.span_logit == "logit":  # the mean own logit, on the scale of the start's log-probs
+            span = VV.span_mean(ctx["own_logit"], ctx[VV.XTOK_END], m) - ctx["log_normalizer"]
+        else:  # the span's tokens are all valid
+            span = VV.span_mean(ctx.logp, ctx[VV.XTOK_END], m)
         kl = VV.virtual_reverse_kl(ctx["log_mass"], ctx["support_kl"], span, ctx[VV.XTOK_LOG_MASS],
                                    ctx[VV.XTOK_SPAN_LOGP], dim, where=start)
         return {"virtual_rkl": token_mean(kl, start)}, {

@@ -4,17 +4,20 @@ The completion is split into spans that both tokenizations cut alike (the teache
 :mod:`opd_jax.teachers.spans`). At the first student token of each span both models get a
 distribution over one *virtual vocabulary*: the tokens whose text both vocabularies hold (the
 support ``A``; here the teacher's top-K of them at that position, all of them by default) plus,
-unless the span is one shared token on both sides, one dimension for the span itself, whose
-log-probability is the mean of its tokens' own log-probs (a geometric mean of their
-probabilities). Each side is renormalised over those dimensions and the loss is
+unless the span is one shared token on both sides, one dimension for the span itself, whose logit
+is the mean of its tokens' own logits (SimCT's code; ``span_logit="logit"``) or, in log-probs
+(``"logprob"``), the mean of its tokens' own log-probs: a geometric mean of their probabilities.
+Each side is renormalised over those dimensions and the loss is
 
 .. math::
    \mathrm{KL}(\tilde p \,\|\, \tilde q) = \sum_{v \in A} \tilde p(v) \log\frac{\tilde p(v)}{\tilde q(v)}
      + \tilde p(s) \log\frac{\tilde p(s)}{\tilde q(s)},\qquad
    \tilde p(v) = \frac{p(v)}{P_A + e^{m}},\ \tilde p(s) = \frac{e^{m}}{P_A + e^{m}}
 
-with ``P_A = sum_{v in A} p(v)``, ``m`` the student's mean span log-prob, and the same for the
-teacher (``Q_A``, ``n``). It splits into two per-token quantities of the vocabulary phase (the
+with ``P_A = sum_{v in A} p(v)``, ``m`` the student's span dimension on the scale of its
+log-probs at the span's start (the mean own-token log-prob; with logits, the mean own-token logit
+less the start's log-normaliser ``log sum_v exp z_v``), and the same for the teacher (``Q_A``,
+``n``). It splits into two per-token quantities of the vocabulary phase (the
 student's log-mass on ``A`` and the ``A``-renormalised reverse KL there) and the span means of
 the token phase:
 
@@ -29,8 +32,11 @@ vocabulary as ``A``, the loss is the exact reverse KL (tests/objectives/test_vir
 The teacher's side arrives as a sparse teacher (:class:`~opd_jax.objectives.topk.TeacherTopK`:
 its top-K shared tokens, as *student* ids, with its log-probs) and the extra inputs named below,
 all at span starts (elsewhere they are ignored). Reference: SimCT, arXiv 2605.07711 (the
-virtual vocabulary and the span logit as a mean of own-token logits; the top-K support and
-computing the span dimension from log-probs are this module's reading [INF]).
+virtual vocabulary and the span logit as a mean of own-token logits; the top-K support and the
+log-prob form are this module's additions [INF]). With logits the span dimension moves with each
+position's log-normaliser (a property of the method: logits are defined up to a shift per
+position); with log-probs ``e^m <= 1``, so a student whose whole vocabulary is shared
+(``P_A = 1``) gives the span at most half the virtual mass, whatever the teacher's.
 """
 
 import jax
@@ -71,6 +77,18 @@ def support_reverse_kl(logits: Array, teacher: TeacherTopK, *, temperature: floa
     lq = floor_log_probs(sg(teacher.logp))
     lqn = lq - jax.nn.logsumexp(lq, axis=-1, keepdims=True)
     return masked(jnp.sum(jnp.exp(lpn) * (lpn - lqn), axis=-1), where)
+
+
+def token_logit(logits: Array, tokens: Array, *, temperature: float = 1.0,
+                where: Array | None = None) -> Array:
+    """The sampled token's own logit, ``z_y / temperature`` (float32)."""
+    z = logits.astype(jnp.float32) / temperature
+    return masked(jnp.take_along_axis(z, tokens[..., None], axis=-1)[..., 0], where)
+
+
+def log_normalizer(logits: Array, *, temperature: float = 1.0, where: Array | None = None) -> Array:
+    """``log sum_v exp(z_v / temperature)`` (float32)."""
+    return masked(jax.nn.logsumexp(logits.astype(jnp.float32) / temperature, axis=-1), where)
 
 
 def span_mean(logp: Array, end: Array, where: Array) -> Array:

@@ -119,7 +119,7 @@ class CrossTokenizerTeacher(Teacher):
 
     def __init__(self, model, tokenizers, opts: D.TextOptions, examples, runtime: Runtime, *,
                  ratio: float, teacher_eos: int, cuts: str = "consistent", shared_topk: int | None = None,
-                 shared_tokens: str = "text"):
+                 shared_tokens: str = "text", span_logit: str = "logit"):
         self.model_pair, self.runtime, self.cuts = model, runtime, cuts
         self.student_tokenizer, self.teacher_tokenizer = tokenizers
         self.extensions = tuple(S.Extensions(t) for t in tokenizers)  # cached over the run
@@ -129,6 +129,7 @@ class CrossTokenizerTeacher(Teacher):
         self.last: dict[str, float] = {}
         self.client = None  # a served teacher's (teacher.served.url), else model_pair is local
         self.shared, self.k = None, 0  # objective=simct: the shared vocabulary, its top-k size
+        self.span_logit = span_logit  # objective=simct: the span dimension from logits or log-probs
         if shared_topk is not None:
             self.shared = VT.shared_vocabulary(*tokenizers, consistent=shared_tokens == "consistent",
                                                extensions=self.extensions)
@@ -169,7 +170,8 @@ class CrossTokenizerTeacher(Teacher):
         virtual = spec.shared_topk if isinstance(text.exp.objective, O.SimCTConfig) else None
         out = cls(None, (s_tok, t_tok), opts, text.examples, runtime, ratio=spec.token_ratio,
                   teacher_eos=int(t_tok.eos_token_id), cuts=spec.span_cuts,
-                  shared_topk=virtual, shared_tokens=spec.shared_tokens)  # records read first
+                  shared_topk=virtual, shared_tokens=spec.shared_tokens,
+                  span_logit=getattr(text.exp.objective, "span_logit", "logit"))  # records read first
         if spec.served.url:  # the model is served; its tokenizer is teacher.model.path's
             vocab = served_vocab(spec.model.path, t_tok)
             out.client = ServedTeacher.connect(spec.served, vocab, runtime, t_tok, who="teacher")
@@ -252,9 +254,9 @@ class CrossTokenizerTeacher(Teacher):
         elif self.client is None:
             scores = VT.teacher_scores(graphdef, params, seq, g(t_ids), batch.group, temperature,
                                        self.runtime.chunk_size or 256, self.shared[1], self.k)
-            logp, top, where = (rows.to_local(x) for x in scores)
-            ids, top_logp, extras = VT.virtual_extras(logp, top, where, t_span, s_span, t_ids, comp,
-                                                      self.shared)
+            logp, lse, top, where = (rows.to_local(x) for x in scores)
+            ids, top_logp, extras = VT.virtual_extras(logp, top, where, t_span, s_span, t_ids, comp, self.shared,
+                                                      lse if self.span_logit == "logit" else None)
             extras = {"teacher_topk_ids": ids, "teacher_topk_logp": top_logp, **extras}
         mapped = S.spread(logp, t_span, s_span, rows.to_local(batch.behavior_logp))
         extras = {k: g(v) for k, v in {**extras, "teacher_logp": mapped}.items()}

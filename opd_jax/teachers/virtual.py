@@ -6,9 +6,9 @@
   at the start of a text counts; tokens that write nothing, part of a character, or the same
   text as another token of their vocabulary are left out; optionally also those that the same
   characters would not extend alike on both sides).
-- :func:`teacher_scores` (jitted): the teacher's log-prob of each of its completion tokens and,
-  at each position, its ``k`` most likely shared tokens with their log-probs (full-vocabulary
-  log-softmax at the loss temperature), computed over blocks of positions.
+- :func:`teacher_scores` (jitted): the teacher's log-prob of each of its completion tokens, its
+  log-normaliser, and at each position its ``k`` most likely shared tokens with their log-probs
+  (full-vocabulary log-softmax at the loss temperature), computed over blocks of positions.
 - :func:`virtual_extras` (host): those scores at each span's first student token, in the
   student's ids, with the extra inputs the loss reads.
 """
@@ -80,20 +80,19 @@ def _scores(graphdef, params, seq: Sequences, targets, group, temperature, chunk
 
     def block(x):
         hb, yb = x
-        lq = log_probs(jnp.einsum("bcd,dv->bcv", hb, head, preferred_element_type=jnp.float32),
-                       temperature=temperature)
+        z = jnp.einsum("bcd,dv->bcv", hb, head, preferred_element_type=jnp.float32)
+        lq = log_probs(z, temperature=temperature)
         own = jnp.take_along_axis(lq, yb[..., None], axis=-1)[..., 0]
         top, where = jax.lax.top_k(lq[..., shared], k)
-        return own, top, where.astype(jnp.int32)
+        return own, jax.nn.logsumexp(z / temperature, axis=-1), top, where.astype(jnp.int32)
 
-    own, top, where = jax.lax.map(block, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(y, 1, 0)))
-    unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, blocks * chunk, *x.shape[3:])[:, :n]  # noqa: E731
-    return unblock(own), unblock(top), unblock(where)
+    out = jax.lax.map(block, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(y, 1, 0)))
+    return tuple(jnp.moveaxis(x, 0, 1).reshape(b, blocks * chunk, *x.shape[3:])[:, :n] for x in out)
 
 
 # (graphdef, params, sequences, targets [B, N], rows sharing a prompt, temperature, positions per
-# block, shared teacher ids [S], k) -> (own log-probs [B, N], top-k log-probs [B, N, k], their
-# indices into the shared ids [B, N, k]).
+# block, shared teacher ids [S], k) -> (own log-probs [B, N], log-normalisers [B, N], top-k
+# log-probs [B, N, k], their indices into the shared ids [B, N, k]).
 teacher_scores = jax.jit(_scores, static_argnums=(0, 4, 5, 6, 8))
 
 
@@ -106,11 +105,14 @@ def _runs(span: np.ndarray):
     return k[first], pos[first], pos[last]
 
 
-def virtual_extras(own, top, where, t_span, s_span, t_ids, s_ids, shared: tuple[np.ndarray, np.ndarray]):
+def virtual_extras(own, top, where, t_span, s_span, t_ids, s_ids, shared: tuple[np.ndarray, np.ndarray],
+                   lse: np.ndarray | None = None):
     """The sparse teacher and the extra inputs of :mod:`opd_jax.objectives.virtual_vocab` for local
     rows: arrays ``[R, N]`` (``[R, N, k]`` for the top-k) on the student's positions, filled at
     each span's first token. ``own``/``top``/``where`` are :func:`teacher_scores`' (teacher
-    positions), ``t_span``/``s_span`` both sides' span indices, ``t_ids``/``s_ids`` the tokens."""
+    positions), ``t_span``/``s_span`` both sides' span indices, ``t_ids``/``s_ids`` the tokens.
+    The span's value is the mean of its own log-probs, or with the log-normalisers ``lse`` the
+    mean of its own logits less the start's log-normaliser (``span_logit="logit"``)."""
     s_shared, t_shared = shared
     pair = dict(zip(s_shared.tolist(), t_shared.tolist()))
     r_n, n = s_span.shape
@@ -124,7 +126,8 @@ def virtual_extras(own, top, where, t_span, s_span, t_ids, s_ids, shared: tuple[
         t_k, t0, t1 = _runs(t_span[r])
         at = np.searchsorted(t_k, s_k)  # every student span has its teacher span (same index)
         t0, t1 = t0[at], t1[at]
-        cum = np.r_[0.0, np.cumsum(own[r], dtype=np.float64)]
+        logit = own[r] if lse is None else own[r].astype(np.float64) + lse[r]
+        cum = np.r_[0.0, np.cumsum(logit, dtype=np.float64)]
         one = (s1 == s0) & (t1 == t0)
         same = np.array([pair.get(int(s_ids[r, a])) == int(t_ids[r, b]) for a, b in zip(s0, t0)], bool)
         ids[r, s0] = s_shared[where[r, t0]]
@@ -132,6 +135,6 @@ def virtual_extras(own, top, where, t_span, s_span, t_ids, s_ids, shared: tuple[
         ex[VV.XTOK_START][r, s0] = 1.0
         ex[VV.XTOK_END][r, s0] = s1
         ex[VV.XTOK_SPAN_DIM][r, s0] = ~(one & same)
-        ex[VV.XTOK_SPAN_LOGP][r, s0] = (cum[t1 + 1] - cum[t0]) / (t1 - t0 + 1)
+        ex[VV.XTOK_SPAN_LOGP][r, s0] = (cum[t1 + 1] - cum[t0]) / (t1 - t0 + 1) - (0 if lse is None else lse[r, t0])
         ex[VV.XTOK_LOG_MASS][r, s0] = np.logaddexp.reduce(top[r, t0].astype(np.float64), axis=-1)
     return ids, logp, ex

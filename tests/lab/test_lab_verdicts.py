@@ -220,3 +220,17 @@ def test_cross_tokenizer_needs_the_cross_arm_to_rise_and_to_match_the_same_token
                           "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends({"cross_tokenizer": -0.1})), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends({"cross_tokenizer": 0.0})), "quick")["verdict"] == V.INCONCLUSIVE
+
+
+def test_virtual_vocabulary_needs_simct_to_rise_and_to_beat_the_sampled_span_signal():
+    module = RP.load("virtual_vocabulary")
+    arms = [a.name for a in module.arms("quick")]
+
+    def ends(gain):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.2 + NOISE[seed] + (
+            gain.get(arm, 0) * step / 40))
+    assert module.verdict(fake(arms, ends({"simct": 0.2, "span_opd": 0.1})), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends({"simct": 0.1, "span_opd": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends({"simct": -0.1})), "quick")["verdict"] == V.NOT_REPRODUCED
+    out = module.verdict(fake(arms, ends({"simct": 0.1, "span_opd": 0.1})), "quick")
+    assert out["verdict"] == V.INCONCLUSIVE and set(module.NOTES) <= set(out["notes"])

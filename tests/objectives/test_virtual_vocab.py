@@ -55,9 +55,11 @@ def recipe_loss(cfg, z, tokens, mask, topk, ex):
     return O.total(terms), metrics
 
 
-def oracle(z, tokens, topk, ex, temperature=1.0):
-    """Mean over span starts of KL(p~ || q~), each side's virtual distribution built explicitly."""
-    lp = lsm(np.asarray(z, np.float64) / temperature)
+def oracle(z, tokens, topk, ex, temperature=1.0, span_logit="logit"):
+    """Mean over span starts of KL(p~ || q~), each side's virtual distribution built explicitly
+    (the student's from its raw logits, or its log-probs)."""
+    zt = np.asarray(z, np.float64) / temperature
+    lp = zt if span_logit == "logit" else lsm(zt)
     ids, top = np.asarray(topk.ids), np.asarray(topk.logp, np.float64)
     kls = []
     for b, spans in enumerate(SPANS):
@@ -73,23 +75,26 @@ def oracle(z, tokens, topk, ex, temperature=1.0):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_loss_is_the_reverse_kl_of_the_virtual_distributions(seed, temperature):
+@pytest.mark.parametrize("span_logit", ["logit", "logprob"])
+def test_loss_is_the_reverse_kl_of_the_virtual_distributions(seed, temperature, span_logit):
     z, tokens, mask, topk, ex = problem(seed)
-    cfg = O.SimCTConfig(temperature=temperature)
+    cfg = O.SimCTConfig(temperature=temperature, span_logit=span_logit)
     loss, metrics = recipe_loss(cfg, jnp.asarray(z, jnp.float32), tokens, mask, topk, ex)
-    np.testing.assert_allclose(float(loss), oracle(z, tokens, topk, ex, temperature), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(float(loss), oracle(z, tokens, topk, ex, temperature, span_logit),
+                               rtol=2e-5, atol=2e-6)
     dims = [ex[VV.XTOK_SPAN_DIM][b, f] for b, s in enumerate(SPANS) for f, _ in s]
     np.testing.assert_allclose(float(metrics["simct/span_dims"]), np.mean(dims), rtol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_gradient_matches_a_direct_construction(seed):
+@pytest.mark.parametrize("span_logit", ["logit", "logprob"])
+def test_gradient_matches_a_direct_construction(seed, span_logit):
     """Autodiff of the decomposed loss equals autodiff of the virtual distributions built directly
     (the span dimension's gradient reaches every token of its span)."""
     z, tokens, mask, topk, ex = problem(seed)
 
     def direct(z):
-        lp = jax.nn.log_softmax(z, axis=-1)
+        lp = z if span_logit == "logit" else jax.nn.log_softmax(z, axis=-1)
         kls = []
         for b, spans in enumerate(SPANS):
             for first, last in spans:
@@ -103,7 +108,8 @@ def test_gradient_matches_a_direct_construction(seed):
         return jnp.mean(jnp.stack(kls))
 
     z = jnp.asarray(z, jnp.float32)
-    got = jax.grad(lambda z: recipe_loss(O.SimCTConfig(), z, tokens, mask, topk, ex)[0])(z)
+    cfg = O.SimCTConfig(span_logit=span_logit)
+    got = jax.grad(lambda z: recipe_loss(cfg, z, tokens, mask, topk, ex)[0])(z)
     want = jax.grad(direct)(z)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
     assert float(jnp.abs(got[1, 6]).max()) == 0.0  # padding
@@ -159,6 +165,16 @@ def test_padded_positions_contribute_nothing_whatever_they_hold():
     assert np.all(np.asarray(dirty[1])[pad] == 0.0)
 
 
+def test_the_logit_form_moves_with_a_shift_of_one_positions_logits_and_the_logprob_form_does_not():
+    z, tokens, mask, topk, ex = problem(9)
+    shifted = z.copy()
+    shifted[0, 2] += 3.0  # inside the span (1, 3) of row 0
+    for form, moves in (("logit", True), ("logprob", False)):
+        cfg = O.SimCTConfig(span_logit=form)
+        a, b = (float(recipe_loss(cfg, jnp.asarray(x, jnp.float32), tokens, mask, topk, ex)[0]) for x in (z, shifted))
+        assert (abs(a - b) > 1e-4) == moves
+
+
 def test_span_mean():
     x = jnp.asarray([[1.0, 2.0, 3.0, 4.0, 100.0]])
     end = jnp.asarray([[2, 0, 3, 3, 4]])
@@ -177,4 +193,6 @@ def test_config_and_inputs():
     assert "behavior_logp" not in ex
     with pytest.raises(ValueError, match="span_dims"):
         O.SimCTConfig(span_dims="yes")
+    with pytest.raises(ValueError, match="span_logit"):
+        O.SimCTConfig(span_logit="probs")
     assert O.recipe_name(O.make_config("simct", span_dims=False)) == "simct"

@@ -42,6 +42,9 @@ def test_extras_sit_at_span_starts_with_the_teachers_span_mean():
     # (5, 15), one shared token on both sides, so no span dimension
     np.testing.assert_array_equal(ex[VV.XTOK_SPAN_DIM][0], [1, 1, 0, 0, 0])
     np.testing.assert_allclose(ex[VV.XTOK_SPAN_LOGP][0], [-2.0, -0.5, 0, -0.25, 0])
+    lse = np.array([[0.5, 1.5, 2.0, 0.0, 0.0, 0.0]])  # with logits: the mean own logit less lse[start]
+    ex_logit = VT.virtual_extras(own, top, where, t_span, s_span, t_ids, s_ids, shared, lse)[2]
+    np.testing.assert_allclose(ex_logit[VV.XTOK_SPAN_LOGP][0], [-2.0 + 1.0 - 0.5, -0.5, 0, -0.25, 0])
     for s, t in ((0, 0), (1, 2), (3, 3)):
         np.testing.assert_array_equal(ids[0, s], shared[0][where[0, t]])
         np.testing.assert_allclose(logp[0, s], top[0, t], rtol=1e-6)
@@ -64,11 +67,12 @@ def test_a_teacher_of_the_students_own_tokenizer_gives_the_exact_reverse_kl(tmp_
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
 
 
-def test_a_run_with_a_bpe_teacher_trains_on_span_dimensions(tmp_path, toks):  # noqa: F811
+@pytest.mark.parametrize("span_logit", ["logit", "logprob"])
+def test_a_run_with_a_bpe_teacher_trains_on_span_dimensions(tmp_path, toks, span_logit):  # noqa: F811
     sp, tp = write_models(tmp_path, toks["bpe400"], 512)
-    exp = xtok_exp(tmp_path, sp, tp, objective=O.SimCTConfig())
+    exp = xtok_exp(tmp_path, sp, tp, objective=O.SimCTConfig(span_logit=span_logit))
     trainer = Trainer(dataclasses.replace(exp, teacher=dataclasses.replace(exp.teacher, shared_topk=8)))
-    assert trainer.teacher.k == 8
+    assert trainer.teacher.k == 8 and trainer.teacher.span_logit == span_logit
     m = trainer.iteration()
     assert np.isfinite(m["loss/total"]) and m["loss/total"] > 0
     assert 0 < m["simct/span_dims"] < 1 and 0 < m["simct/support_mass"] <= 1
