@@ -13,7 +13,7 @@ as a sparse teacher's ``teacher_logp``: recipes built on the sampled token's log
 (``opd``, ``iw_opd``, ``power_opd``, ...). ``objective=simct`` also gets, at each span's first
 student token, the teacher's ``teacher.shared_topk`` most likely tokens among those both
 vocabularies write alike (all of them at 0; ``teacher.shared_tokens="consistent"``: only those
-the same characters also extend alike), as student ids, and its span's mean log-prob
+the same characters also extend alike), as student ids, and its span's dimension
 (:mod:`opd_jax.teachers.virtual`, :mod:`opd_jax.objectives.virtual_vocab`). Other recipes that
 need the teacher's distribution over the student's vocabulary are refused at set-up.
 
@@ -113,7 +113,7 @@ def served_vocab(path: str, tokenizer) -> int:
 
 
 class CrossTokenizerTeacher(Teacher):
-    """A frozen local model whose tokenizer differs from the student's (module docstring)."""
+    """A frozen model, local or served, whose tokenizer differs from the student's (module docstring)."""
     sparse = True
     distribution = False
 
@@ -242,25 +242,30 @@ class CrossTokenizerTeacher(Teacher):
                            self.runtime.sampler.pad_id)
         g = rows.to_global
         t_mask = t_span >= 0
-        extras = {}
         if self.client is not None:
-            logp = self.served_logp(p, pm, t_ids, t_mask)
+            logp, extras = self.served_logp(p, pm, t_ids, t_mask), {}
         else:
-            graphdef, params = self.model_pair
-            seq, temperature = join(g(p), g(pm), g(t_ids), g(t_mask)), self.runtime.temperature
-        if self.client is None and self.shared is None:
-            logp = rows.to_local(sequence_logp(graphdef, params, seq, g(t_ids), g(t_mask), batch.group,
-                                               temperature, self.runtime.chunk_size))
-        elif self.client is None:
-            scores = VT.teacher_scores(graphdef, params, seq, g(t_ids), batch.group, temperature,
-                                       self.runtime.chunk_size or 256, self.shared[1], self.k)
-            logp, lse, top, where = (rows.to_local(x) for x in scores)
-            ids, top_logp, extras = VT.virtual_extras(logp, top, where, t_span, s_span, t_ids, comp, self.shared,
-                                                      lse if self.span_logit == "logit" else None)
-            extras = {"teacher_topk_ids": ids, "teacher_topk_logp": top_logp, **extras}
+            logp, extras = self.local_scores(batch, p, pm, t_ids, t_span, s_span, comp)
         mapped = S.spread(logp, t_span, s_span, rows.to_local(batch.behavior_logp))
         extras = {k: g(v) for k, v in {**extras, "teacher_logp": mapped}.items()}
         return batch.replace(extras={**batch.extras, **extras}, loss_mask=batch.loss_mask & g(s_span >= 0))
+
+    def local_scores(self, batch, prompts, prompt_mask, t_ids, t_span, s_span, comp):
+        """The local teacher's log-prob of each of its tokens ``[R, Nt]`` and, for objective=simct,
+        the virtual vocabulary's inputs (local rows)."""
+        rows, g = self.runtime.rows, self.runtime.rows.to_global
+        t_mask = t_span >= 0
+        graphdef, params = self.model_pair
+        seq, temperature = join(g(prompts), g(prompt_mask), g(t_ids), g(t_mask)), self.runtime.temperature
+        if self.shared is None:
+            return rows.to_local(sequence_logp(graphdef, params, seq, g(t_ids), g(t_mask), batch.group,
+                                               temperature, self.runtime.chunk_size)), {}
+        scores = VT.teacher_scores(graphdef, params, seq, g(t_ids), batch.group, temperature,
+                                   self.runtime.chunk_size or 256, self.shared[1], self.k)
+        logp, lse, top, where = (rows.to_local(x) for x in scores)
+        ids, top_logp, extras = VT.virtual_extras(logp, top, where, t_span, s_span, t_ids, comp, self.shared,
+                                                  lse if self.span_logit == "logit" else None)
+        return logp, {"teacher_topk_ids": ids, "teacher_topk_logp": top_logp, **extras}
 
     def served_logp(self, prompts, prompt_mask, t_ids, t_mask) -> np.ndarray:
         """The served teacher's log-prob of each of its completion tokens, ``[R, Nt]`` (local rows)."""
