@@ -13,4 +13,4 @@ def test_smoke_run_times_each_host_step_beside_the_teacher_forward(capsys):
     for r in rows:
         assert float(r[1]) >= 0 and len(r[2].split(", ")) == 2
     assert float(rows[-1][3].strip(" |")) == 1.0
-    assert "tokens shared" in out and "student tokens per span" in out
+    assert "tokens shared" in out and "(text cuts)" in out and "(consistent cuts)" in out

@@ -5,7 +5,7 @@ sampled-token span signal, with a teacher of another "model family" (its own tok
 
 Needs the lab models ``strong`` and ``strong_numbers`` (``opd_jax.lab.zoo``; see
 ``cross_tokenizer.py``). Hardware and wall time (quick: 6 arms x 3 seeds x the baseline's steps):
-see the results' ``experiment.json`` (2 AMD EPYC CPU cores). The set-up, the arms per mode, the
+38 min on 2 AMD EPYC CPU cores (2026-12-07). The set-up, the arms per mode, the
 metrics and the verdict rule (written before any run) are the constants and functions below;
 ``experiments/lab/results/virtual_vocabulary/<mode>/`` holds the results.
 """
