@@ -80,9 +80,9 @@ dasd         DASD's selection: cross-entropy on the sequences      reconstructio
              whose mean sg(log q - log p) is at least the         keep_quantile (the score,
              batch's keep_quantile quantile (teacher samples)     the quantile rule)
 simct        SimCT: reverse KL over a virtual vocabulary (shared     reconstruction: the
-             tokens + one dimension per aligned span, its         teacher's top-K support
-             log-prob the mean of its tokens'), per span start;  (teacher.shared_topk),
-             a teacher with another tokenizer                     span_dims
+             tokens + one dimension per aligned span, its logit   teacher's top-K support
+             the mean of its tokens' own logits), per span        (teacher.shared_topk),
+             start; a teacher with another tokenizer              span_logit, span_dims
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================

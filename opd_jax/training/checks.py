@@ -10,6 +10,8 @@ import opd_jax.objectives as O
 from opd_jax import data as D
 
 # The objectives' extra inputs scored from the records' extra teacher contexts, and their fields.
+# The teacher settings of a teacher with its own tokenizer (teacher.kind="cross_tokenizer").
+ALIGNMENT_FIELDS = ("token_ratio", "span_cuts", "shared_topk", "shared_tokens")
 CONTEXT_FIELDS = {"aux_teacher_logp": "aux_teacher_prompts_ids",
                   "bad_teacher_logp": "bad_teacher_prompt_ids"}
 
@@ -148,7 +150,16 @@ def check_lengths(examples: list[D.Example], max_new: int, limits, path: str) ->
 
 
 def check_alignment(exp) -> None:
-    """An objective that reads a span alignment (``simct``) has a teacher that makes one."""
+    """An objective that reads a span alignment (``simct``) has a teacher that makes one, and the
+    alignment's settings are not set for a teacher that makes none."""
+    spec = exp.teacher
+    if spec.kind != "cross_tokenizer":
+        unread = [f"teacher.{f.name}={getattr(spec, f.name)!r}" for f in dataclasses.fields(spec)
+                  if f.name in ALIGNMENT_FIELDS and getattr(spec, f.name) != f.default]
+        if unread:
+            raise ValueError(f"{', '.join(unread)}: only teacher.kind='cross_tokenizer' reads "
+                             f"{'it' if len(unread) == 1 else 'them'} (this run's teacher.kind is "
+                             f"{spec.kind!r}); remove {'it' if len(unread) == 1 else 'them'} or set the kind")
     if set(O.VIRTUAL_INPUTS) & O.required_inputs(exp.objective) and exp.teacher.kind != "cross_tokenizer":
         raise ValueError(f"objective {O.recipe_name(exp.objective)!r} matches distributions over the "
                          "tokens two tokenizers share, along the spans a teacher with its own "

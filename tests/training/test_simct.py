@@ -103,3 +103,11 @@ def test_consistent_shared_tokens_leave_out_the_digits_a_number_vocabulary_exten
     assert {"7", "+"} <= text_of(digits, s_text)
     assert "+" in text_of(digits, s_cons) and not set("123456789") & text_of(digits, s_cons)  # "05": no token
     assert set(s_cons.tolist()) < set(s_text.tolist())
+
+
+def test_alignment_settings_for_a_teacher_of_the_students_tokenizer_are_refused(tmp_path):
+    exp = xtok_exp(tmp_path, "no/student", "no/teacher", data="no/data.jsonl")
+    model = dataclasses.replace(exp.teacher, kind="model", span_cuts="text", shared_topk=3)
+    with pytest.raises(ValueError, match=r"teacher.span_cuts='text', teacher.shared_topk=3: only "
+                                         r"teacher.kind='cross_tokenizer' reads them"):
+        Trainer(dataclasses.replace(exp, teacher=model))
