@@ -6,8 +6,10 @@
 - ``"ema"``: an exponential moving average of the student (:class:`EMATeacher`);
 - ``"initial"``: the student's initial weights (:class:`InitialTeacher`);
 - ``"served"``: a model behind an inference server (:class:`ServedTeacher`), sparse top-k;
-- ``"cross_tokenizer"``: a local model with its own tokenizer (:class:`CrossTokenizerTeacher`),
-  its log-probs moved onto the student's tokens over the text spans both tokenizations share.
+- ``"cross_tokenizer"``: a model with its own tokenizer, local or served
+  (:class:`CrossTokenizerTeacher`), its log-probs moved onto the student's tokens over the text
+  spans both tokenizations share (or, for ``objective=simct``, its distribution over the tokens
+  both vocabularies share, at each span's start).
 
 Any of them can be built beside a reference policy, the student's initial weights
 (:class:`WithReference`), for objectives that read its log-probs (``stable_opd``).
