@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from opd_jax.objectives import virtual_vocab as VV
-from opd_jax.objectives.divergences import LOG_FLOOR, log_probs
+from opd_jax.objectives.divergences import LOG_FLOOR
 from opd_jax.teachers.spans import REPLACEMENT, Extensions, decode_many
 from opd_jax.training.batch import Sequences, completion_hidden
 
@@ -81,11 +81,12 @@ def _scores(graphdef, params, seq: Sequences, targets, group, temperature, chunk
 
     def block(x):
         hb, yb = x
-        z = jnp.einsum("bcd,dv->bcv", hb, head, preferred_element_type=jnp.float32)
-        lq = log_probs(z, temperature=temperature)
+        z = jnp.einsum("bcd,dv->bcv", hb, head, preferred_element_type=jnp.float32) / temperature
+        lse = jax.nn.logsumexp(z, axis=-1)  # once: the log-probs and the span's logit form read it
+        lq = z - lse[..., None]
         own = jnp.take_along_axis(lq, yb[..., None], axis=-1)[..., 0]
         top, where = jax.lax.top_k(lq[..., shared], k)
-        return own, jax.nn.logsumexp(z / temperature, axis=-1), top, where.astype(jnp.int32)
+        return own, lse, top, where.astype(jnp.int32)
 
     out = jax.lax.map(block, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(y, 1, 0)))
     return tuple(jnp.moveaxis(x, 0, 1).reshape(b, blocks * chunk, *x.shape[3:])[:, :n] for x in out)

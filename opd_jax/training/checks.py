@@ -160,7 +160,7 @@ def check_alignment(exp) -> None:
             raise ValueError(f"{', '.join(unread)}: only teacher.kind='cross_tokenizer' reads "
                              f"{'it' if len(unread) == 1 else 'them'} (this run's teacher.kind is "
                              f"{spec.kind!r}); remove {'it' if len(unread) == 1 else 'them'} or set the kind")
-    if set(O.VIRTUAL_INPUTS) & O.required_inputs(exp.objective) and exp.teacher.kind != "cross_tokenizer":
+    if set(O.VIRTUAL_INPUTS) & O.required_inputs(exp.objective) and spec.kind != "cross_tokenizer":
         raise ValueError(f"objective {O.recipe_name(exp.objective)!r} matches distributions over the "
                          "tokens two tokenizers share, along the spans a teacher with its own "
                          "tokenizer aligns; use teacher.kind='cross_tokenizer' (with a teacher of the "
