@@ -311,16 +311,20 @@ class Transformer(nnx.Module):
         h_BTD, cache = self.hidden(tokens, positions, mask=mask, cache=cache)
         return self.logits(h_BTD), cache
 
-    def hidden(self, tokens, positions, *, mask=None, cache: KVCache | None = None):
+    def hidden(self, tokens, positions, *, mask=None, cache: KVCache | None = None, visible=None):
         """Final hidden states after the last RMSNorm, ``[B, T, D]`` in the compute dtype.
 
         Without a cache: the scanned full-sequence forward, returning ``(h, None)``. With one: the
         T tokens are written at ``cache.index`` and attend to every valid earlier slot; returns
         ``(h, updated cache)`` (through ``self.decoder()``, see ``Decoder`` for use in a loop).
+        ``visible``: bool ``[B, T, T]``, which tokens each token attends to, in place of the
+        causal-and-valid default (no cache; tree attention, see :mod:`opd_jax.models.branches`).
         """
         if cache is not None:
+            if visible is not None:
+                raise ValueError("visible= replaces the causal mask of a forward without a cache")
             return self.decoder().hidden(tokens, positions, mask=mask, cache=cache)
-        h_BTD, _ = self._scan(tokens, positions, mask, return_kv=False)
+        h_BTD, _ = self._scan(tokens, positions, mask, return_kv=False, visible=visible)
         return h_BTD, None
 
     def prefill(self, tokens, positions, *, mask=None, cache_len: int, cache_dtype=None, layer_ids=None):
@@ -347,11 +351,16 @@ class Transformer(nnx.Module):
                         index=jnp.asarray(T, jnp.int32))
         return h_BTD, cache
 
-    def _scan(self, tokens, positions, mask, *, return_kv: bool, layer_ids=None):
+    def _scan(self, tokens, positions, mask, *, return_kv: bool, layer_ids=None, visible=None):
         cfg = self.cfg
         tokens_BT, positions_BT, mask_BT = _check_inputs(tokens, positions, mask)
-        T = tokens_BT.shape[1]
-        visible_BTS = ops.visibility(mask_BT, jnp.arange(T, dtype=jnp.int32), T)
+        B, T = tokens_BT.shape
+        if visible is None:
+            visible_BTS = ops.visibility(mask_BT, jnp.arange(T, dtype=jnp.int32), T)
+        elif jnp.shape(visible) != (B, T, T):
+            raise ValueError(f"visible must be [B, T, T] = {(B, T, T)}, got {jnp.shape(visible)}")
+        else:
+            visible_BTS = jnp.asarray(visible, jnp.bool_)
         cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
         x_BTD = _embed(cfg, self.embed[...], tokens_BT)
         x_BTD, kv = self.layers(x_BTD, cos_BTF, sin_BTF, visible_BTS, return_kv=return_kv, layer_ids=layer_ids)

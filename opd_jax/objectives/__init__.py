@@ -31,7 +31,8 @@ from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_
                                             normalized_entropy, reverse_kl, sampled_kl,
                                             token_entropy, token_logp, total_variation)
 from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDConfig, FiReOPDConfig,
-                                        GKDConfig, HorizonOPDConfig, IWOPDConfig, ObjectiveConfig,
+                                        GKDConfig, HorizonOPDConfig, IWOPDConfig, LGRConfig,
+                                        ObjectiveConfig,
                                         OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,
                                         REOPOLDConfig, ReinforceConfig, SEADConfig,
                                         SFTConfig, SGTopKConfig, SimCTConfig, StableOPDConfig,
@@ -40,6 +41,9 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDCon
                                         VOPDConfig,
                                         build_objective, make_config, recipe_name,
                                         required_inputs, with_diagnostics)
+from opd_jax.objectives.lookahead import (LGR_IDS, LGR_REWARD, LOOKAHEAD_INPUTS, branch_points,
+                                          candidate_loss, confidence, entropy_and_topk,
+                                          group_rewards)
 from opd_jax.objectives.requirements import loop_defaults, needs_behavior_logp, reads_teacher
 from opd_jax.objectives.reductions import (Reduced, masked_mean, seq_mean_token_mean,
                                            seq_mean_token_sum, seq_mean_weighted_mean,

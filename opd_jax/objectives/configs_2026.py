@@ -279,3 +279,39 @@ class SimCTConfig(Recipe):
         if not isinstance(self.span_dims, bool):
             raise ValueError(f"span_dims must be true or false, got {self.span_dims!r}.")
         choice("span_logit", self.span_logit, ("logit", "logprob"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LGRConfig(PGRecipe):
+    """Look-ahead group rewards (LGR): Tinker's OPD plus ``coef`` times a loss on the student's
+    top-``k`` candidates at its ``branch_points`` most uncertain positions per completion (entropy
+    at least ``min_entropy`` nats, at the loss temperature), each rewarded by the teacher's
+    ``confidence`` one step after it, normalised within the position's group
+    (:mod:`opd_jax.objectives.lookahead`; the extras ``lgr_ids``/``lgr_reward``, which the
+    training loop's look-ahead teacher computes with one tree-attention pass of a local teacher).
+
+    Loss per token ``-rho_t sg(log q - log mu) + coef * (-sum_k sg(r_k) f(p(v_k)))`` with ``f`` =
+    log (``form="logprob"``) or the identity (``"prob"``), averaged over the valid tokens. Source:
+    arXiv 2605.30833 (abstract: top-K candidates, next-step teacher confidence, group-normalised
+    reward, entropy-triggered tree attention). Reconstructed [INF]: ``confidence``, ``form``,
+    ``coef``, the trigger as a per-row budget with a floor, and the candidates' rewards as a
+    loss term beside OPD rather than a change of its advantage.
+    """
+    k: int = 4  # candidates per branch point (the student's top-k)
+    branch_points: int = 8  # M: look-ahead positions per completion (static shape)
+    min_entropy: float = 0.5  # nats: positions below it are never branch points
+    confidence: Literal["max_prob", "neg_entropy"] = "max_prob"
+    form: Literal["logprob", "prob"] = "logprob"
+    coef: float = 1.0  # weight of the candidates' loss beside OPD's (0 = OPD exactly)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("k", self.k, minimum=2)
+        check_int("branch_points", self.branch_points, minimum=1)
+        if not (isinstance(self.min_entropy, int | float) and math.isfinite(self.min_entropy)
+                and self.min_entropy >= 0):
+            raise ValueError(f"min_entropy must be a finite number >= 0 (nats), got {self.min_entropy!r}.")
+        choice("confidence", self.confidence, ("max_prob", "neg_entropy"))
+        choice("form", self.form, ("logprob", "prob"))
+        if not (isinstance(self.coef, int | float) and math.isfinite(self.coef) and self.coef >= 0):
+            raise ValueError(f"coef must be a finite number >= 0, got {self.coef!r}.")

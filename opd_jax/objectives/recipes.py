@@ -83,6 +83,10 @@ simct        SimCT: reverse KL over a virtual vocabulary (shared     reconstruct
              tokens + one dimension per aligned span, its logit   teacher's top-K support
              the mean of its tokens' own logits), per span        (teacher.shared_topk),
              start; a teacher with another tokenizer              span_logit, span_dims
+lgr          LGR: OPD plus -coef sum_k sg(r_k) log p(v_k) over the    reconstruction: confidence,
+             student's top-k candidates v_k at its most uncertain  form, coef, min_entropy,
+             positions, r_k the teacher's group-normalised        branch_points (needs
+             confidence one step after v_k                        ``lgr_ids``/``lgr_reward``)
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -113,9 +117,10 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         SGTopKConfig, TIPConfig, TopKOPDConfig, UniSDConfig,
                                         VOPDConfig)
 from opd_jax.objectives.configs_2026 import (REF_LOGP, DASDConfig, FiReOPDConfig, HorizonOPDConfig,
-                                             IWOPDConfig, PowerOPDConfig, PWOPSDConfig,
+                                             IWOPDConfig, LGRConfig, PowerOPDConfig, PWOPSDConfig,
                                              SEADConfig, SimCTConfig, StableOPDConfig,
                                              TAOPDConfig, UniOPDConfig)
+from opd_jax.objectives.lookahead import LOOKAHEAD_INPUTS
 from opd_jax.objectives.virtual_vocab import VIRTUAL_INPUTS
 from opd_jax.objectives.diagnostics import diagnostic_features, diagnostic_metrics
 from opd_jax.objectives.recipe_parts import sampled_features
@@ -125,7 +130,7 @@ ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDCon
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
                         UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
-                        HorizonOPDConfig, StableOPDConfig, DASDConfig, SimCTConfig]
+                        HorizonOPDConfig, StableOPDConfig, DASDConfig, SimCTConfig, LGRConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -134,7 +139,7 @@ RECIPES: dict[str, type] = {
     "reinforce": ReinforceConfig, "iw_opd": IWOPDConfig, "fire_opd": FiReOPDConfig,
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
     "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
-    "stable_opd": StableOPDConfig, "dasd": DASDConfig, "simct": SimCTConfig,
+    "stable_opd": StableOPDConfig, "dasd": DASDConfig, "simct": SimCTConfig, "lgr": LGRConfig,
 }
 
 
@@ -218,6 +223,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RS.dasd(cfg, dense_teacher)
         case SimCTConfig():
             obj = RD.simct(cfg, dense_teacher)
+        case LGRConfig():
+            obj = RP.lgr(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:
@@ -249,7 +256,10 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
     - ``"ref_logp"`` float32 ``[B, T]``: a frozen reference policy's log-probs of the sampled
       tokens (``stable_opd``; the training loop's reference is the student's initial weights);
     - :data:`~opd_jax.objectives.virtual_vocab.VIRTUAL_INPUTS` ``[B, T]``: the span alignment of
-      a teacher with another tokenizer (``simct``; ``teacher.kind="cross_tokenizer"`` sends them).
+      a teacher with another tokenizer (``simct``; ``teacher.kind="cross_tokenizer"`` sends them);
+    - :data:`~opd_jax.objectives.lookahead.LOOKAHEAD_INPUTS` ``[B, T, k]``: the student's top-k
+      candidates at its branch points and their look-ahead rewards (``lgr``; the training loop's
+      look-ahead teacher sends them).
     """
     need = set()
     if isinstance(cfg, ReinforceConfig | UniOPDConfig):
@@ -263,6 +273,8 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
         need.add(REF_LOGP)
     if isinstance(cfg, SimCTConfig):
         need |= set(VIRTUAL_INPUTS)
+    if isinstance(cfg, LGRConfig):
+        need |= set(LOOKAHEAD_INPUTS)
     if isinstance(cfg, TopKOPDConfig) and cfg.surrogate == "ppo":
         need |= {RD.BEHAVIOR_TOPK_IDS, RD.BEHAVIOR_TOPK_LOGP}
     return frozenset(need)

@@ -2,7 +2,7 @@
 a policy-gradient surrogate in the token's importance ratio.
 
 OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, PowerOPD, StableOPD's anchor,
-REINFORCE and SFT. Each builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
+LGR's look-ahead candidates, REINFORCE and SFT. Each builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
 """
 
 import jax.numpy as jnp
@@ -12,12 +12,13 @@ from opd_jax.objectives import divergences as D
 from opd_jax.objectives import selection as S
 from opd_jax.objectives import surrogates as P
 from opd_jax.objectives import topk as K
-from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, feature, stateless,
-                                     token_objective)
+from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, extra, feature,
+                                     stateless, token_objective)
 from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, OPDConfig, ReinforceConfig,
                                         SFTConfig, VOPDConfig)
-from opd_jax.objectives.configs_2026 import (REF_LOGP, IWOPDConfig, PowerOPDConfig, StableOPDConfig,
-                                             UniOPDConfig)
+from opd_jax.objectives.configs_2026 import (REF_LOGP, IWOPDConfig, LGRConfig, PowerOPDConfig,
+                                             StableOPDConfig, UniOPDConfig)
+from opd_jax.objectives import lookahead as LA
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean, seq_mean_token_sum,
                                            token_mean)
@@ -145,6 +146,22 @@ def stable_opd(c: StableOPDConfig, dense: bool) -> Objective:
     feats = sampled_features(c.temperature, dense)
     return token_objective(lambda ctx: pg_loss(ctx, tinker_advantage(ctx), c) + c.ref_coef * anchor(ctx),
                            feats, name="pg", metrics=metrics)
+
+
+def lgr(c: LGRConfig, dense: bool) -> Objective:
+    feats = sampled_features(c.temperature, dense) | {
+        "lgr_candidates": feature(LA.candidate_loss, "logits", extra(LA.LGR_IDS),
+                                  extra(LA.LGR_REWARD), temperature=c.temperature, form=c.form)}
+
+    def branched(ctx):
+        return ctx.mask.astype(bool) & jnp.any(ctx[LA.LGR_REWARD] != 0, axis=-1)
+
+    def metrics(ctx):
+        m = branched(ctx)
+        return {"lgr/branch_frac": masked_mean(m.astype(jnp.float32), ctx.mask),
+                "lgr/candidates": masked_mean(ctx["lgr_candidates"], m)}
+    return token_objective(lambda ctx: pg_loss(ctx, tinker_advantage(ctx), c)
+                           + c.coef * ctx["lgr_candidates"], feats, name="pg", metrics=metrics)
 
 
 def sft(c: SFTConfig, dense: bool) -> Objective:

@@ -130,3 +130,55 @@ class Teacher:
 
     def close(self) -> None:
         """Release connections and threads."""
+
+
+class Wrapping(Teacher):
+    """A teacher that adds to another's scores (a reference policy, look-ahead branches): every
+    method is the wrapped teacher's (``self.inner``) until a subclass overrides it."""
+
+    def __init__(self, inner: Teacher):
+        self.inner = inner
+        self.graphdef, self.sparse, self.overlap = inner.graphdef, inner.sparse, inner.overlap
+        self.distribution = inner.distribution
+
+    def models(self, student_params):
+        return self.inner.models(student_params)
+
+    def position_limits(self, student_params):
+        return self.inner.position_limits(student_params)
+
+    def score(self, batch, prompts, student_params):
+        return self.inner.score(batch, prompts, student_params)
+
+    def start_score(self, batch, prompts, student_params):
+        return self.inner.start_score(batch, prompts, student_params)
+
+    def step_params(self, student_params):
+        return self.inner.step_params(student_params)
+
+    def rollout(self, prompts, mask, key, row_ids, examples, student_params):
+        return self.inner.rollout(prompts, mask, key, row_ids, examples, student_params)
+
+    def mixer(self, student_params):
+        return self.inner.mixer(student_params)
+
+    def context_logp(self, prompts, mask, targets, loss_mask, student_params):
+        return self.inner.context_logp(prompts, mask, targets, loss_mask, student_params)
+
+    def update(self, state):
+        self.inner.update(state)
+
+    def checkpoint_items(self):
+        return self.inner.checkpoint_items()
+
+    def restore_targets(self):
+        return self.inner.restore_targets()
+
+    def load(self, items):
+        self.inner.load(items)
+
+    def metrics(self):
+        return self.inner.metrics()
+
+    def close(self):
+        self.inner.close()

@@ -11,19 +11,18 @@ anchor.
 """
 
 import opd_jax.objectives as O
-from opd_jax.teachers.base import Runtime, Student, Teacher
+from opd_jax.teachers.base import Runtime, Student, Teacher, Wrapping
 from opd_jax.teachers.local import frozen_copy, sequence_logp
 from opd_jax.training.checkpoint import abstract
 
 
-class WithReference(Teacher):
+class WithReference(Wrapping):
     """``inner`` plus the reference's log-probs of the student's completions in every scored
     batch (the reference reads the student's own prompts)."""
 
     def __init__(self, inner: Teacher, student: Student, runtime: Runtime):
-        self.inner, self.runtime = inner, runtime
-        self.graphdef, self.sparse, self.overlap = inner.graphdef, inner.sparse, inner.overlap
-        self.distribution = inner.distribution
+        super().__init__(inner)
+        self.runtime = runtime
         self.ref_graphdef, self.shardings = student.graphdef, student.shardings
         self.ref_params = frozen_copy(student.params, student.shardings)
 
@@ -53,31 +52,3 @@ class WithReference(Teacher):
         items = dict(items)
         self.ref_params = items.pop("reference")
         self.inner.load(items)
-
-    # the rest is the wrapped teacher's
-    def models(self, student_params):
-        return self.inner.models(student_params)
-
-    def position_limits(self, student_params):
-        return self.inner.position_limits(student_params)
-
-    def step_params(self, student_params):
-        return self.inner.step_params(student_params)
-
-    def rollout(self, prompts, mask, key, row_ids, examples, student_params):
-        return self.inner.rollout(prompts, mask, key, row_ids, examples, student_params)
-
-    def mixer(self, student_params):
-        return self.inner.mixer(student_params)
-
-    def context_logp(self, prompts, mask, targets, loss_mask, student_params):
-        return self.inner.context_logp(prompts, mask, targets, loss_mask, student_params)
-
-    def update(self, state):
-        self.inner.update(state)
-
-    def metrics(self):
-        return self.inner.metrics()
-
-    def close(self):
-        self.inner.close()

@@ -12,6 +12,8 @@ from opd_jax import data as D
 # The objectives' extra inputs scored from the records' extra teacher contexts, and their fields.
 # The teacher settings of a teacher with its own tokenizer (teacher.kind="cross_tokenizer").
 ALIGNMENT_FIELDS = ("token_ratio", "span_cuts", "shared_topk", "shared_tokens")
+# teacher kinds that are one local model: the ones look-ahead scoring (objective lgr) can read
+LOOKAHEAD_KINDS = ("model", "self", "initial", "ema")
 CONTEXT_FIELDS = {"aux_teacher_logp": "aux_teacher_prompts_ids",
                   "bad_teacher_logp": "bad_teacher_prompt_ids"}
 
@@ -171,12 +173,18 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
-    unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS, *O.VIRTUAL_INPUTS})
+    unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS, *O.VIRTUAL_INPUTS,
+                                *O.LOOKAHEAD_INPUTS})
     if unsupplied:
         raise ValueError(f"objective {name!r} reads {unsupplied}, which this training loop does not "
                          "supply (the sampler records the sampled token's log-probability, not the "
                          "sampling policy's top-k); choose an option of the recipe that does not "
                          "read them (e.g. objective.surrogate='is').")
+    if set(O.LOOKAHEAD_INPUTS) & need and exp.teacher.kind not in LOOKAHEAD_KINDS:
+        raise ValueError(f"objective {name!r} looks one step ahead of the student's candidate "
+                         "tokens with a second forward of the teacher's own model (tree attention); "
+                         f"teacher.kind={exp.teacher.kind!r} cannot be read that way: use a local "
+                         f"teacher, teacher.kind in {list(LOOKAHEAD_KINDS)}")
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "

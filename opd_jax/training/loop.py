@@ -132,7 +132,8 @@ class Trainer:
                           text)
         self.teacher = build_teacher(spec, Student(self.s_graph, params, self.p_sh,
                                                    exp.student.path, self.tokenizer), self.mesh,
-                                     runtime, reference=O.REF_LOGP in O.required_inputs(exp.objective))
+                                     runtime, reference=O.REF_LOGP in O.required_inputs(exp.objective),
+                                     lookahead=exp.objective if isinstance(exp.objective, O.LGRConfig) else None)
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
         C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path)

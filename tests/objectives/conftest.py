@@ -29,6 +29,10 @@ def make_batch(seed=0, b=3, t=7, d=8, v=40):
         "behavior_topk_logp": top_logp + 0.1 * jax.random.normal(ks[9], top_logp.shape),
         # a reference policy's log-probs of the sampled tokens (StableOPDConfig's anchor)
         "ref_logp": O.token_logp(0.8 * logits, tokens),
+        # LGR's candidates (the student's top-4) and group rewards, at about half the positions
+        "lgr_ids": top_ids,
+        "lgr_reward": O.group_rewards(jax.random.uniform(ks[9], top_ids.shape),
+                                      jax.random.bernoulli(ks[7], 0.5, (b, t))),
     }
     return dict(hidden=hidden, head=head, t_hidden=t_hidden, t_head=t_head, tokens=tokens,
                 mask=mask, extras=extras, key=ks[8])

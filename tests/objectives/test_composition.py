@@ -119,7 +119,9 @@ def test_required_inputs_name_every_extra_a_recipe_reads():
     assert need["reinforce"] == need["uni_opd"] == {"reward"}
     assert need["stable_opd"] == {"ref_logp"}
     assert need["simct"] == set(O.VIRTUAL_INPUTS)
-    assert all(not v for k, v in need.items() if k not in ("reinforce", "uni_opd", "stable_opd", "simct"))
+    assert need["lgr"] == {"lgr_ids", "lgr_reward"} == set(O.LOOKAHEAD_INPUTS)
+    assert all(not v for k, v in need.items()
+               if k not in ("reinforce", "uni_opd", "stable_opd", "simct", "lgr"))
     assert O.required_inputs(O.UniSDConfig(agreement="sequence", contrastive_coef=0.1)) == {
         "aux_teacher_logp", "bad_teacher_logp"}
     assert O.required_inputs(O.TopKOPDConfig(surrogate="ppo")) == {"behavior_topk_ids",

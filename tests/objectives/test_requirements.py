@@ -22,7 +22,7 @@ def _loss_and_grad(cfg, b, teacher_logits, behavior_logp):
 
     def loss(z):
         feats = O.compute_features(obj.features, tokens=b["tokens"], mask=b["mask"], logits=z,
-                                   teacher_logits=teacher_logits)
+                                   teacher_logits=teacher_logits, extras=extras)
         ctx = O.TokenCtx(mask=b["mask"], features=feats, extras=extras, key=b["key"],
                          step=np.int32(3))
         return O.total(obj.apply(ctx, obj.init())[0])
