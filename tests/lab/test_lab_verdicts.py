@@ -182,6 +182,21 @@ def test_reference_anchor_compares_the_anchored_arm_with_opd():
     assert module.verdict(fake(arms, ends(0.01)), "quick")["verdict"] == V.INCONCLUSIVE
 
 
+def test_lookahead_reward_compares_lgr_with_opd():
+    module = RP.load("lookahead_reward")
+    arms = [a.name for a in module.arms("quick")]
+    assert arms == ["opd", "lgr", "lgr_0.1", "lgr_prob"]
+
+    def ends(gain, other=0.0):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * (
+            gain if arm == "lgr" else other if arm in ("lgr_0.1", "lgr_prob") else 0))
+    assert module.verdict(fake(arms, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends(0.01)), "quick")["verdict"] == V.INCONCLUSIVE
+    # the other LGR arms are reported, never judged
+    assert module.verdict(fake(arms, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
+
+
 def test_divergence_aware_sft_needs_dasd_above_both_controls():
     module = RP.load("divergence_aware_sft")
     arms = [a.name for a in module.arms("quick")]
