@@ -1,8 +1,8 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
 margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward, POPD / TOPD's
-horizon, StableOPD's reference anchor, DASD's divergence-aware selection and SimCT's virtual
-vocabulary across tokenizers. Their sources give
-one-line formulas; every choice they leave open is a field here, with the reconstruction's
+horizon, StableOPD's reference anchor, DASD's divergence-aware selection, SimCT's virtual
+vocabulary across tokenizers and LGR's look-ahead group rewards. Their sources give one-line
+formulas; every choice they leave open is a field here, with the reconstruction's
 default (see :mod:`opd_jax.objectives.recipes`)."""
 
 import dataclasses

@@ -12,17 +12,20 @@
   both vocabularies share, at each span's start).
 
 Any of them can be built beside a reference policy, the student's initial weights
-(:class:`WithReference`), for objectives that read its log-probs (``stable_opd``).
+(:class:`WithReference`), for objectives that read its log-probs (``stable_opd``); a local
+one-model teacher can also look one step ahead of the student's candidate tokens
+(:class:`WithLookahead`, for ``lgr``).
 """
 
 from opd_jax.teachers.aligned import CrossTokenizerTeacher
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.build import KINDS, build_teacher, teacher_class
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
+from opd_jax.teachers.lookahead import WithLookahead
 from opd_jax.teachers.reference import WithReference
 from opd_jax.teachers.routed import RoutedTeacher
 from opd_jax.teachers.served import ServedTeacher, TeacherServerError
 
 __all__ = ["CrossTokenizerTeacher", "EMATeacher", "InitialTeacher", "KINDS", "ModelTeacher",
            "RoutedTeacher", "Runtime", "SelfTeacher", "ServedTeacher", "Student", "Teacher",
-           "TeacherServerError", "WithReference", "build_teacher", "teacher_class"]
+           "TeacherServerError", "WithLookahead", "WithReference", "build_teacher", "teacher_class"]
