@@ -2,13 +2,15 @@
 a policy-gradient surrogate in the token's importance ratio.
 
 OPD (Tinker), EOPD, AOPD, vOPD, IW-OPD, Uni-OPD's margin, PowerOPD, StableOPD's anchor,
-LGR's look-ahead candidates, REINFORCE and SFT. Each builder maps its config to an :class:`~opd_jax.objectives.base.Objective`.
+LGR's look-ahead candidates, REINFORCE and SFT. Each builder maps its config to an
+:class:`~opd_jax.objectives.base.Objective`.
 """
 
 import jax.numpy as jnp
 
 from opd_jax.objectives import advantages as A
 from opd_jax.objectives import divergences as D
+from opd_jax.objectives import lookahead as LA
 from opd_jax.objectives import selection as S
 from opd_jax.objectives import surrogates as P
 from opd_jax.objectives import topk as K
@@ -18,7 +20,6 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, OPDConfig, Reinf
                                         SFTConfig, VOPDConfig)
 from opd_jax.objectives.configs_2026 import (REF_LOGP, IWOPDConfig, LGRConfig, PowerOPDConfig,
                                              StableOPDConfig, UniOPDConfig)
-from opd_jax.objectives import lookahead as LA
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean, seq_mean_token_sum,
                                            token_mean)
