@@ -29,7 +29,6 @@ says what fraction of a step's teacher time the alignment adds (the two do not o
 
 import argparse
 import os
-import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +37,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import CONFIGS, alternate, command_line  # noqa: E402
+from benchmarks.common import CONFIGS, alternate, command_line, print_rounds  # noqa: E402
 
 WORDS = ("the", "of", "and", "number", "sum", "product", "answer", "is", "then", "so", "we", "add",
          "multiply", "each", "total", "apples", "boxes", "remaining", "after", "minutes", "value")
@@ -134,7 +133,6 @@ def main(argv=None):
         "teacher forward": forward,
     }
     times = alternate(calls, args.rounds)
-    med = {key: statistics.median(v) for key, v in times.items()}
     print(f"command: {command_line()}")
     print(f"jax {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPUs; {len(rows)} rows x "
           f"{args.tokens} student tokens ({sum(map(len, rows)):,} in all, {int(t_mask.sum()):,} teacher tokens); "
@@ -144,12 +142,7 @@ def main(argv=None):
     per_span = [np.mean([len(a["student_span"]) / a["spans"] for a in al]) for al in (text, aligned)]
     print(f"student tokens per span: {per_span[0]:.2f} (text cuts), {per_span[1]:.2f} (consistent cuts); "
           f"the first consistent-cut alignment (empty continuation caches): {cold:.3f} s")
-    print("\n| what | seconds per batch | rounds | / teacher forward |")
-    print("|---|---|---|---|")
-    for key, v in times.items():
-        print(f"| {key} | {med[key]:.3f} | {', '.join(f'{x:.3f}' for x in v)} | "
-              f"{med[key] / med['teacher forward']:.3f} |")
-
+    print_rounds(times, "teacher forward")
 
 if __name__ == "__main__":
     main()

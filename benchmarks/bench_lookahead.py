@@ -25,7 +25,6 @@ timings do not depend on what the candidates are.
 
 import argparse
 import os
-import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import CONFIGS, alternate, command_line  # noqa: E402
+from benchmarks.common import CONFIGS, alternate, command_line, print_rounds  # noqa: E402
 
 
 def main(argv=None):
@@ -101,17 +100,11 @@ def main(argv=None):
     np.testing.assert_allclose(np.asarray(tree_j(params), np.float32), np.asarray(per_row_j(params), np.float32),
                                atol=2e-3, rtol=2e-3)
     times = alternate({key: (lambda c=c: jax.block_until_ready(c())) for key, c in calls.items()}, args.rounds)
-    med = {key: statistics.median(v) for key, v in times.items()}
     print(f"command: {command_line()}")
     print(f"jax {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPUs; {args.config} model "
           f"(student and teacher), {B} rows x {W} tokens ({n} completion), {M} branch points x {K} "
           f"candidates per row; medians of {args.rounds} alternating rounds")
-    print("\n| what | seconds per batch | rounds | / teacher scoring |")
-    print("|---|---|---|---|")
-    for key, v in times.items():
-        print(f"| {key} | {med[key]:.3f} | {', '.join(f'{x:.3f}' for x in v)} | "
-              f"{med[key] / med['teacher scoring']:.2f} |")
-
+    print_rounds(times, "teacher scoring", digits=2)
 
 if __name__ == "__main__":
     main()

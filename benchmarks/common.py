@@ -8,6 +8,7 @@ shape of Qwen3-0.6B (random weights; nothing is downloaded). Every config sets `
 
 import os
 import shlex
+import statistics
 import sys
 import time
 
@@ -52,6 +53,17 @@ def alternate(calls: dict, rounds: int) -> dict:
         for key, call in calls.items():
             times[key].append(time_call(call))
     return times
+
+
+def print_rounds(times: dict, reference: str, *, digits: int = 3) -> None:
+    """A markdown table of ``alternate``'s rounds: each call's median seconds, its rounds and the
+    median's ratio to ``reference``'s."""
+    med = {key: statistics.median(v) for key, v in times.items()}
+    print(f"\n| what | seconds per batch | rounds | / {reference} |")
+    print("|---|---|---|---|")
+    for key, v in times.items():
+        print(f"| {key} | {med[key]:.3f} | {', '.join(f'{x:.3f}' for x in v)} | "
+              f"{med[key] / med[reference]:.{digits}f} |")
 
 
 def command_line() -> str:
