@@ -9,9 +9,10 @@ states, and where the per-token divergence to the teacher sits.
   ones correctly. A teacher that finishes the student's on-path prefixes as well as its own is
   informed there; the student's off-path prefixes have no correct continuation at all.
 - ``token_table``: on the student's own samples, the exact per-token reverse KL to the teacher,
-  both entropies and the sampled-token advantage ``log q - log p``, averaged by the token's role
-  (operand, operator, result, ...), by the state of the answer before the token (on a solution
-  path or not), and by position.
+  both entropies, the sampled-token advantage ``log q - log p`` and the teacher's confidence (its
+  largest next-token probability: LGR's "supervision fidelity", which that paper finds decays
+  along the student's prefixes), averaged by the token's role (operand, operator, result, ...), by
+  the state of the answer before the token (on a solution path or not), and by position.
 
     python -m opd_jax.lab.diagnose --data runs/lab/data --student S_HF --teacher T_HF [--out f.json]
 """
@@ -36,7 +37,8 @@ from opd_jax.lab.tokenizer import EOS_ID, PAD_ID, SPECIALS
 from opd_jax.sampling import SamplerConfig, sample
 
 KINDS = ("on_path", "solved", "dead_end", "invalid", "unparsable")
-MEASURES = ("reverse_kl", "forward_kl", "teacher_entropy", "student_entropy", "advantage")
+MEASURES = ("reverse_kl", "forward_kl", "teacher_entropy", "student_entropy", "advantage",
+            "teacher_confidence")
 _WORD = {"forward": re.compile(r"^(\d+)([-+*/])(\d+)(=)(\d+)$"),
          "backward": re.compile(r"^(\d+)(=)(\d+)([-+*/])(\d+)$")}
 _ROLES = {"forward": ("operand", "operator", "operand", "equals", "result"),
@@ -196,7 +198,7 @@ def _measures(s_graph, s_params, t_graph, t_params, tokens, mask, temperature):
     take = lambda lp: jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]  # noqa: E731
     return {"reverse_kl": jnp.sum(ps * (ls - lt), -1), "forward_kl": jnp.sum(pt * (lt - ls), -1),
             "teacher_entropy": -jnp.sum(pt * lt, -1), "student_entropy": -jnp.sum(ps * ls, -1),
-            "advantage": take(lt) - take(ls)}
+            "advantage": take(lt) - take(ls), "teacher_confidence": jnp.exp(jnp.max(lt, -1))}
 
 
 def token_table(student, teacher, examples, tokenizer, *, k: int = 4, seed: int = 0,
@@ -283,6 +285,10 @@ def main(argv=None):
         for name, row in result["tokens"][group].items():
             print(f"  {name:<11} " + "  ".join(f"{m} {row[m]:.3f}" for m in MEASURES)
                   + f"  tokens {row['tokens']}")
+    pos = result["tokens"]["position"]
+    print("by completion position (0-based; SFD: the teacher's confidence along the student's prefix):")
+    for m in ("teacher_confidence", "teacher_entropy", "student_entropy"):
+        print(f"  {m:<18} " + " ".join(f"{v:.2f}" for v in pos[m] if np.isfinite(v)))
     for step in (0, 1):
         print(f"results written after the operands of step {step + 1} of the student's samples "
               "(greedy), by the state before that step:")

@@ -160,6 +160,7 @@ def test_token_table_matches_closed_forms(tok, tmp_path):
     np.testing.assert_allclose(out["overall"]["all"]["reverse_kl"], np.mean(-np.log(q)), rtol=1e-5)
     np.testing.assert_allclose(out["overall"]["all"]["advantage"], np.mean(np.log(q)), rtol=1e-5)
     np.testing.assert_allclose(out["overall"]["all"]["teacher_entropy"], h_teacher, rtol=1e-5)
+    np.testing.assert_allclose(out["overall"]["all"]["teacher_confidence"], np.exp(margin) / z, rtol=1e-5)
     assert out["overall"]["all"]["student_entropy"] < 1e-6
     assert out["overall"]["all"]["tokens"] == 2 * len(ids)
     np.testing.assert_allclose(out["position"]["reverse_kl"][:len(ids)], -np.log(q), rtol=1e-5)
