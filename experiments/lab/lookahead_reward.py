@@ -4,7 +4,7 @@ confident the teacher is one step after it, against OPD alone.
 
     python -m opd_jax.lab.reproduce lookahead_reward [--mode smoke|quick|full]
 
-Hardware and wall time (quick: 4 arms x 3 seeds x the baseline's steps): see the experiments
+Hardware and wall time (quick: 5 arms x 3 seeds x the baseline's steps): see the experiments
 README's table (2 AMD EPYC CPU cores).
 The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
 constants and functions below; ``experiments/lab/results/lookahead_reward/<mode>/`` holds the results.
@@ -26,7 +26,9 @@ SETUP = ("4 arms from the baseline regime's student, steps and learning rate, on
          "student's top-4 tokens are tried as one-token branches in one tree-attention forward of the "
          "teacher; each candidate's reward is the teacher's largest next-token probability after it, "
          "standardised within the 4): 'lgr' (loss -sum_k sg(r_k) log p(v_k), weight 1 beside OPD), "
-         "'lgr_0.1' (weight 0.1) and 'lgr_prob' (-sum_k sg(r_k) p(v_k), the expected reward's gradient). "
+         "'lgr_0.1' (weight 0.1) and 'lgr_prob' (-sum_k sg(r_k) p(v_k), the expected reward's gradient); "
+         "added after those runs, beside them: 'lgr_advantage' (the sampled token's reward, where it is a "
+         "candidate, added to its OPD advantage, weight 1). "
          "The confidence measure, the loss form and its weight are reconstructions (the paper's abstract "
          "fixes only top-K, next-step confidence, group normalisation and the entropy trigger). Not "
          "tested: the claim's growth with generation length (the lab's answers are at most 32 tokens). "
@@ -38,7 +40,7 @@ RULE = ("Part 'beats OPD': lgr's pass@1 at the last evaluation exceeds opd's by 
         "otherwise (and with fewer than 3 seeds). lgr_0.1 and lgr_prob are reported beside it, not part of "
         "the verdict.")
 FIGURE = ("pass@1", "greedy_pass@1", "reverse_kl", "entropy")
-VARIANTS = ("lgr", "lgr_0.1", "lgr_prob")
+VARIANTS = ("lgr", "lgr_0.1", "lgr_prob", "lgr_advantage")
 
 
 def schedule(mode: str):
@@ -49,7 +51,8 @@ def arms(mode: str):
     return [BL.arm("opd", O.OPDConfig(), mode),
             BL.arm("lgr", O.LGRConfig(), mode),
             BL.arm("lgr_0.1", O.LGRConfig(coef=0.1), mode),
-            BL.arm("lgr_prob", O.LGRConfig(form="prob"), mode)]
+            BL.arm("lgr_prob", O.LGRConfig(form="prob"), mode),
+            BL.arm("lgr_advantage", O.LGRConfig(form="advantage"), mode)]
 
 
 def verdict(results, mode):

@@ -291,7 +291,9 @@ class LGRConfig(PGRecipe):
     training loop's look-ahead teacher computes with one tree-attention pass of a local teacher).
 
     Loss per token ``-rho_t sg(log q - log mu) + coef * (-sum_k sg(r_k) f(p(v_k)))`` with ``f`` =
-    log (``form="logprob"``) or the identity (``"prob"``), averaged over the valid tokens. Source:
+    log (``form="logprob"``) or the identity (``"prob"``), averaged over the valid tokens; or
+    (``form="advantage"``) ``-rho_t sg(log q - log mu + coef * r(y_t))``, the sampled token's
+    group reward (0 where it is not a candidate) added to its advantage. Source:
     arXiv 2605.30833 (abstract: top-K candidates, next-step teacher confidence, group-normalised
     reward, entropy-triggered tree attention). Reconstructed [INF]: ``confidence``, ``form``,
     ``coef``, the trigger as a per-row budget with a floor, and the candidates' rewards as a
@@ -301,7 +303,7 @@ class LGRConfig(PGRecipe):
     branch_points: int = 8  # M: look-ahead positions per completion (static shape)
     min_entropy: float = 0.5  # nats: positions below it are never branch points
     confidence: Literal["max_prob", "neg_entropy"] = "max_prob"
-    form: Literal["logprob", "prob"] = "logprob"
+    form: Literal["logprob", "prob", "advantage"] = "logprob"
     coef: float = 1.0  # weight of the candidates' loss beside OPD's (0 = OPD exactly)
 
     def __post_init__(self):
@@ -312,6 +314,6 @@ class LGRConfig(PGRecipe):
                 and self.min_entropy >= 0):
             raise ValueError(f"min_entropy must be a finite number >= 0 (nats), got {self.min_entropy!r}.")
         choice("confidence", self.confidence, ("max_prob", "neg_entropy"))
-        choice("form", self.form, ("logprob", "prob"))
+        choice("form", self.form, ("logprob", "prob", "advantage"))
         if not (isinstance(self.coef, int | float) and math.isfinite(self.coef) and self.coef >= 0):
             raise ValueError(f"coef must be a finite number >= 0, got {self.coef!r}.")

@@ -14,7 +14,9 @@ the candidates after which the teacher knows what comes next. The pieces, each p
 - :func:`candidate_loss` (a vocabulary-phase feature): the student's loss on its candidates,
   ``-sum_k sg(r_k) log p(v_k)`` (``"logprob"``: each candidate as a member of a group, GRPO-style)
   or ``-sum_k sg(r_k) p(v_k)`` (``"prob"``: the gradient of the expected reward over the
-  enumerated candidates).
+  enumerated candidates);
+- :func:`sampled_reward`: the reward of the sampled token where it is one of the candidates (0
+  elsewhere), to add to a sampled-token advantage (the recipe's ``form="advantage"``).
 
 The training loop's look-ahead teacher (:mod:`opd_jax.teachers.lookahead`) sends the candidates
 and their rewards as the extras :data:`LGR_IDS` and :data:`LGR_REWARD`. The paper's abstract fixes
@@ -83,3 +85,11 @@ def candidate_loss(logits, ids, reward, *, temperature: float = 1.0, form: str =
     if form == "prob":
         cand = jnp.exp(cand)
     return D.masked(-jnp.sum(sg(reward).astype(jnp.float32) * cand, axis=-1), where)
+
+
+def sampled_reward(tokens, ids, reward):
+    """``sum_k reward_k [ids_k == token]``: the group reward of each sampled token that is one of
+    its position's candidates, 0 elsewhere; ``tokens [...]``, ``ids``/``reward`` ``[..., K]``
+    (the candidates are distinct, so at most one term counts)."""
+    hit = jnp.asarray(ids, jnp.int32) == jnp.asarray(tokens, jnp.int32)[..., None]
+    return jnp.sum(jnp.where(hit, sg(reward).astype(jnp.float32), 0.0), axis=-1)

@@ -150,19 +150,28 @@ def stable_opd(c: StableOPDConfig, dense: bool) -> Objective:
 
 
 def lgr(c: LGRConfig, dense: bool) -> Objective:
-    feats = sampled_features(c.temperature, dense) | {
-        "lgr_candidates": feature(LA.candidate_loss, "logits", extra(LA.LGR_IDS),
-                                  extra(LA.LGR_REWARD), temperature=c.temperature, form=c.form)}
+    feats = sampled_features(c.temperature, dense)
+    ids, reward = extra(LA.LGR_IDS), extra(LA.LGR_REWARD)
+    if c.form == "advantage":
+        feats["lgr_sampled"] = feature(LA.sampled_reward, "tokens", ids, reward)
+    else:
+        feats["lgr_candidates"] = feature(LA.candidate_loss, "logits", ids, reward,
+                                          temperature=c.temperature, form=c.form)
 
     def branched(ctx):
         return ctx.mask.astype(bool) & jnp.any(ctx[LA.LGR_REWARD] != 0, axis=-1)
 
+    def loss(ctx):
+        if c.form == "advantage":
+            return pg_loss(ctx, tinker_advantage(ctx) + c.coef * ctx["lgr_sampled"], c)
+        return pg_loss(ctx, tinker_advantage(ctx), c) + c.coef * ctx["lgr_candidates"]
+
     def metrics(ctx):
         m = branched(ctx)
+        term = "lgr_sampled" if c.form == "advantage" else "lgr_candidates"
         return {"lgr/branch_frac": masked_mean(m.astype(jnp.float32), ctx.mask),
-                "lgr/candidates": masked_mean(ctx["lgr_candidates"], m)}
-    return token_objective(lambda ctx: pg_loss(ctx, tinker_advantage(ctx), c)
-                           + c.coef * ctx["lgr_candidates"], feats, name="pg", metrics=metrics)
+                f"lgr/{term[4:]}": masked_mean(ctx[term], m)}
+    return token_objective(loss, feats, name="pg", metrics=metrics)
 
 
 def sft(c: SFTConfig, dense: bool) -> Objective:

@@ -185,11 +185,11 @@ def test_reference_anchor_compares_the_anchored_arm_with_opd():
 def test_lookahead_reward_compares_lgr_with_opd():
     module = RP.load("lookahead_reward")
     arms = [a.name for a in module.arms("quick")]
-    assert arms == ["opd", "lgr", "lgr_0.1", "lgr_prob"]
+    assert arms == ["opd", "lgr", "lgr_0.1", "lgr_prob", "lgr_advantage"]
 
     def ends(gain, other=0.0):
         return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * (
-            gain if arm == "lgr" else other if arm in ("lgr_0.1", "lgr_prob") else 0))
+            gain if arm == "lgr" else other if arm.startswith("lgr_") else 0))
     assert module.verdict(fake(arms, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(arms, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends(0.01)), "quick")["verdict"] == V.INCONCLUSIVE

@@ -53,7 +53,8 @@ def recipe_configs():
              O.VOPDConfig(baseline="topk", k=10, surrogate="ppo"),
              O.TopKOPDConfig(support="union", weights="teacher"),
              O.TopKOPDConfig(k=4, surrogate="ppo"), O.TIPConfig(normalize="fixed"),
-             O.SEADConfig(student_threshold=2.0, teacher_threshold=2.0)]
+             O.SEADConfig(student_threshold=2.0, teacher_threshold=2.0),
+             O.LGRConfig(form="advantage")]
     cfgs += [O.SGTopKConfig(variant=v, k=6) for v in ("tail", "intersect", "renormalized")]
     return cfgs
 

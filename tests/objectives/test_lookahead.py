@@ -113,6 +113,31 @@ def test_the_recipe_is_opd_plus_coef_times_the_candidates_mean_loss(form):
         np.testing.assert_array_equal(g, opd_grad)
 
 
+def test_sampled_reward_picks_the_sampled_tokens_candidate():
+    ids = np.array([[[3, 1, 4], [2, 7, 5]]])
+    r = np.array([[[0.5, -1.0, 0.25], [1.0, 2.0, 3.0]]])
+    np.testing.assert_allclose(O.sampled_reward(np.array([[1, 9]]), ids, r), [[-1.0, 0.0]])
+
+
+def test_the_advantage_form_adds_the_sampled_tokens_reward_to_opds_advantage():
+    b = make_batch(1, **SHAPE)
+    z, zt, m = b["hidden"] @ b["head"], b["t_hidden"] @ b["t_head"], b["mask"]
+    ex = b["extras"]
+    r = O.sampled_reward(b["tokens"], ex["lgr_ids"], ex["lgr_reward"])
+    assert np.count_nonzero(np.asarray(r)[np.asarray(m)]) > 0  # some sampled tokens are candidates
+
+    def want(a):
+        adv = O.opd_advantage(O.token_logp(zt, b["tokens"]), ex["behavior_logp"], where=m) + 0.4 * r
+        return jnp.sum(O.importance_sampling_loss(O.token_logp(a, b["tokens"]), ex["behavior_logp"],
+                                                  adv, where=m)) / jnp.sum(m)
+    cfg = O.LGRConfig(coef=0.4, form="advantage")
+    got, metrics = recipe_loss(cfg, b, z, zt)
+    np.testing.assert_allclose(got, want(z), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(lambda a: recipe_loss(cfg, b, a, zt)[0])(z), jax.grad(want)(z),
+                               rtol=1e-5, atol=1e-7)
+    assert "lgr/sampled" in metrics
+
+
 @pytest.mark.parametrize("bad, match", [(dict(k=1), "k must be an int >= 2"),
                                         (dict(branch_points=0), "branch_points must be"),
                                         (dict(min_entropy=-1.0), "min_entropy must be"),

@@ -13,7 +13,7 @@ from tests.objectives.conftest import make_batch
 # this batch does not have (test_virtual_vocab.py checks both answers on its own inputs)
 CONFIGS = [cls() for cls in O.RECIPES.values() if cls is not O.SimCTConfig] + [
     O.AOPDConfig(surrogate="ppo"), O.OPSDConfig(loss="sampled"),
-    O.VOPDConfig(baseline="topk", k=10)]
+    O.VOPDConfig(baseline="topk", k=10), O.LGRConfig(form="advantage")]
 
 
 def _loss_and_grad(cfg, b, teacher_logits, behavior_logp):
