@@ -3,7 +3,7 @@ student's initial weights by a KL penalty, against OPD alone.
 
     python -m opd_jax.lab.reproduce reference_anchor [--mode smoke|quick|full]
 
-Hardware and wall time (quick: 3 arms x 3 seeds x the baseline's steps): 20 min on 2 AMD EPYC
+Hardware and wall time (quick: 4 arms x 3 seeds x the baseline's steps): 20 min on 2 AMD EPYC
 CPU cores (2026-12-06).
 The set-up, the arms per mode, the metrics and the verdict rule (written before any run) are the
 constants and functions below; ``experiments/lab/results/reference_anchor/<mode>/`` holds the results.
@@ -23,7 +23,10 @@ SETUP = ("3 arms from the baseline regime's student, steps and learning rate, on
          "Tinker's sampled-token OPD (importance-sampling surrogate): 'opd' (O.OPDConfig), 'anchor' "
          "(O.StableOPDConfig: plus 0.01 x the k2 estimate of KL(student || initial student) per token, whose "
          "gradient is that KL's; the kiln reimplementation's coefficient) and 'anchor_0.1' (coefficient 0.1). "
-         "Not tested: the paper's rollout mixture on golden trajectories, and its mechanism (the lab's "
+         "Added after those runs, beside them: 'anchor_mixture' (the anchor plus the paper's rollout mixture "
+         "as the loop's loop.golden_fraction=0.1: each prompt's last sample replaced, with probability 0.1, "
+         "by its record's reference solution, its behaviour log-prob the student's own). "
+         "Not tested: the paper's mechanism (the lab's "
          "completions are short and always finish, so there is no length inflation to prevent: the "
          "'finished' fraction is reported). Metric: sampled pass@1 on held-out problems at the last "
          "evaluation; greedy pass@1, pass@8, entropy, reverse KL to the teacher and the finished fraction "
@@ -41,11 +44,15 @@ def schedule(mode: str):
 def arms(mode: str):
     return [BL.arm("opd", O.OPDConfig(), mode),
             BL.arm("anchor", O.StableOPDConfig(ref_coef=0.01), mode),
-            BL.arm("anchor_0.1", O.StableOPDConfig(ref_coef=0.1), mode)]
+            BL.arm("anchor_0.1", O.StableOPDConfig(ref_coef=0.1), mode),
+            BL.arm("anchor_mixture", O.StableOPDConfig(ref_coef=0.01), mode,
+                   overrides=("loop.golden_fraction=0.1",))]
 
 
 def verdict(results, mode):
-    notes = {f"{a}_ref_kl": V.train_mean(results, a, "stable_opd/ref_kl") for a in ("anchor", "anchor_0.1")}
-    notes["anchor_0.1_pass@1"] = V.stats(V.final(results, "pass@1", "anchor_0.1"))
-    notes["finished"] = {a: V.stats(V.final(results, "finished", a)) for a in ("opd", "anchor", "anchor_0.1")}
+    anchored = ("anchor", "anchor_0.1", "anchor_mixture")
+    notes = {f"{a}_ref_kl": V.train_mean(results, a, "stable_opd/ref_kl") for a in anchored}
+    notes.update({f"{a}_pass@1": V.stats(V.final(results, "pass@1", a)) for a in anchored[1:]})
+    notes["anchor_mixture_golden_frac"] = V.train_mean(results, "anchor_mixture", "sample/golden_frac")
+    notes["finished"] = {a: V.stats(V.final(results, "finished", a)) for a in ("opd", *anchored)}
     return V.combine([V.better(results, "pass@1", "anchor", "opd", name="beats OPD")], RULE, notes)

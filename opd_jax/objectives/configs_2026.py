@@ -223,10 +223,11 @@ class StableOPDConfig(PGRecipe):
     log p_ref)^2 / 2``) gives the gradient of ``KL(p || p_ref)``, the constraint the paper
     names; ``"k3"`` (GRPO's) gives the gradient of ``KL(p_ref || p)``, the forward direction
     (tests/objectives/test_recipes_stable_dasd.py checks both by enumeration). Source: arXiv
-    2604.08527 (abstract; ``ref_coef`` 0.01 as in the kiln reimplementation). Not here: the
-    paper's second half, rollout-mixture distillation on golden trajectories (a loss on data
-    completions, which a sampled-token policy gradient is not defined on). Reconstructed [INF]:
-    the estimator, and the anchor as a loss term rather than a reward.
+    2604.08527 (abstract; ``ref_coef`` 0.01 as in the kiln reimplementation). The paper's second
+    half, rollout-mixture distillation on golden trajectories, is the training loop's
+    ``loop.golden_fraction`` (some rows' samples replaced by the records' reference completions,
+    their behaviour log-prob the student's own), not a loss. Reconstructed [INF]: the estimator,
+    the anchor as a loss term rather than a reward, and the mixture as replaced rows.
     """
     ref_coef: float = 0.01  # beta: weight of the reference KL term (0 = OPD exactly)
     ref_estimator: Literal["k2", "k3"] = "k2"

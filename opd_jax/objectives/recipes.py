@@ -75,7 +75,7 @@ horizon_opd  POPD / TOPD: OPD on each completion's first H         reconstructio
 stable_opd   StableOPD's anchor: -(pi/mu) A + beta k(log p,          reconstruction: ref_coef,
              log p_ref), A Tinker's, k a sampled KL to the       ref_estimator (k2:
              student's initial weights (needs ``ref_logp``);      KL(p || ref)'s gradient;
-             the paper's rollout mixture is not included          k3: KL(ref || p)'s)
+             the rollout mixture is loop.golden_fraction          k3: KL(ref || p)'s)
 dasd         DASD's selection: cross-entropy on the sequences      reconstruction:
              whose mean sg(log q - log p) is at least the         keep_quantile (the score,
              batch's keep_quantile quantile (teacher samples)     the quantile rule)

@@ -1,9 +1,10 @@
 """The one place that maps ``teacher.kind`` to the class of its teacher."""
 
+import opd_jax.objectives as O
 from opd_jax.teachers.aligned import CrossTokenizerTeacher
 from opd_jax.teachers.base import Runtime, Student, Teacher
-from opd_jax.teachers.lookahead import WithLookahead
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
+from opd_jax.teachers.lookahead import WithLookahead
 from opd_jax.teachers.reference import WithReference
 from opd_jax.teachers.routed import RoutedTeacher
 from opd_jax.teachers.served import ServedTeacher
@@ -21,15 +22,15 @@ def teacher_class(spec) -> type[Teacher]:
     return KINDS[spec.kind]
 
 
-def build_teacher(spec, student: Student, mesh, runtime: Runtime, *, reference: bool = False,
-                  lookahead=None) -> Teacher:
+def build_teacher(spec, student: Student, mesh, runtime: Runtime, objective=None) -> Teacher:
     """The teacher of ``spec`` (a resolved :class:`~opd_jax.training.config.TeacherSpec`): its
     models loaded onto ``mesh`` (or its server reached) and checked against the student's
-    vocabulary and tokenizer; with ``reference``, beside a frozen copy of the student's initial
-    weights that adds its log-probs to every scored batch (:class:`WithReference`); with
-    ``lookahead`` (an :class:`~opd_jax.objectives.LGRConfig`), scored with look-ahead branches
-    (:class:`WithLookahead`)."""
+    vocabulary and tokenizer. For an ``objective`` that reads a reference policy's log-probs,
+    beside a frozen copy of the student's initial weights that adds them to every scored batch
+    (:class:`WithReference`); for ``lgr``, scored with look-ahead branches (:class:`WithLookahead`)."""
     teacher = teacher_class(spec).from_spec(spec, student, mesh, runtime)
-    if lookahead is not None:
-        teacher = WithLookahead(teacher, student, runtime, lookahead)
-    return WithReference(teacher, student, runtime) if reference else teacher
+    if isinstance(objective, O.LGRConfig):
+        teacher = WithLookahead(teacher, student, runtime, objective)
+    if objective is not None and O.REF_LOGP in O.required_inputs(objective):
+        teacher = WithReference(teacher, student, runtime)
+    return teacher

@@ -160,19 +160,46 @@ def mixing_stats(roll) -> dict[str, float]:
 
 
 def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
-                 slices: int = 1) -> TrainBatch:
+                 slices: int = 1, golden: np.ndarray | None = None, pad_id: int = 0) -> TrainBatch:
     """The batch of sampled completions (``num_samples`` per prompt), with each row's prompts;
-    the completion columns cut by :func:`completion_width` (``slices``)."""
+    the completion columns cut by :func:`completion_width` (``slices``). ``golden``: bool ``[b]``
+    over this host's prompts; the last sample of each marked prompt is replaced by its record's
+    reference completion, cut at the rollout's width, behaviour log-prob 0 until the caller sets
+    the student's own (see :func:`golden_rows`)."""
     def rep(x):
         return None if x is None else rows.to_global(np.repeat(x, num_samples, axis=0))
     start = roll.prompt_len
     width = roll.tokens.shape[1] - start
-    end = start + (width if slices == 1 else completion_width(
-        int(_longest(roll.completion_mask[:, start:])), width, slices))
-    return assemble(rep(prompts.tokens), rep(prompts.mask), roll.tokens[:, start:end],
-                    roll.completion_mask[:, start:end], roll.logp[:, start:end],
-                    rep(prompts.teacher_tokens), rep(prompts.teacher_mask)).replace(
+    tokens, cmask, logp = (x[:, start:] for x in (roll.tokens, roll.completion_mask, roll.logp))
+    if golden is not None:
+        tokens, cmask, logp = (np.array(rows.to_local(x)) for x in (tokens, cmask, logp))
+        comp, comp_mask = D.right_pad([e.completion_ids for e in prompts.examples], width, pad_id)
+        r = np.flatnonzero(golden) * num_samples + num_samples - 1
+        tokens[r], cmask[r], logp[r] = comp[golden], comp_mask[golden], 0.0
+        tokens, cmask, logp = (rows.to_global(x) for x in (tokens, cmask, logp))
+    end = width if slices == 1 else completion_width(int(_longest(cmask)), width, slices)
+    return assemble(rep(prompts.tokens), rep(prompts.mask), tokens[:, :end], cmask[:, :end],
+                    logp[:, :end], rep(prompts.teacher_tokens), rep(prompts.teacher_mask)).replace(
                         group=num_samples)
+
+
+def with_own_logp(rows: Rows, batch: TrainBatch, golden: np.ndarray, num_samples: int,
+                  own_logp: Callable[[TrainBatch], jax.Array]) -> TrainBatch:
+    """``batch`` whose golden rows (:func:`from_rollout`'s ``golden``) take the behaviour log-prob
+    ``own_logp(batch)`` (the student's own, so their importance ratio starts at 1)."""
+    row = np.zeros(len(golden) * num_samples, bool)
+    row[np.flatnonzero(golden) * num_samples + num_samples - 1] = True
+    where = rows.to_global(row)[:, None]
+    return batch.replace(behavior_logp=jnp.where(where, own_logp(batch), batch.behavior_logp))
+
+
+def golden_rows(loop, key: jax.Array, prompts: Prompts) -> np.ndarray:
+    """StableOPD's rollout mixture: which of this host's prompts have their last sample replaced
+    by the reference completion (each with probability ``loop.golden_fraction``, drawn from the
+    step's key per global prompt index, so every host and a resumed run draw the same)."""
+    k = jax.random.fold_in(key, 3)
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k, i)))(jnp.asarray(prompts.row_ids))
+    return np.asarray(u) < loop.golden_fraction
 
 
 def from_data(rows: Rows, prompts: Prompts, sampler: SamplerConfig, slices: int = 1) -> TrainBatch:

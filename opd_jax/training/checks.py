@@ -185,6 +185,13 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
                          "tokens with a second forward of the teacher's own model (tree attention); "
                          f"teacher.kind={exp.teacher.kind!r} cannot be read that way: use a local "
                          f"teacher, teacher.kind in {list(LOOKAHEAD_KINDS)}")
+    if exp.loop.golden_fraction:
+        missing = next((e for e in examples if e.completion_ids is None), None)
+        if missing is not None:
+            raise D.DataError(f"{exp.data.path}:{missing.line}: loop.golden_fraction="
+                              f"{exp.loop.golden_fraction} mixes the records' reference completions "
+                              "into the student's samples, but this record has none; add one to "
+                              "every record or set loop.golden_fraction=0.")
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "

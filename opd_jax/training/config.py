@@ -274,6 +274,10 @@ class LoopConfig:
     # holds its longest completion: the train step and the teacher's scoring skip padding, at the
     # cost of up to this many compiled shapes of each (1 = always the whole buffer)
     completion_slices: int = 8
+    # StableOPD's rollout mixture: on an on-policy step each prompt's last sample is replaced, with
+    # this probability, by its record's reference completion (cut at the sampler's buffer), whose
+    # behaviour log-prob is the student's own (0 = student samples only)
+    golden_fraction: float = 0.0
 
     def __post_init__(self):
         _check(self.lmbda is None or 0.0 <= self.lmbda <= 1.0,
@@ -286,6 +290,8 @@ class LoopConfig:
         _check(isinstance(self.completion_slices, int) and self.completion_slices >= 1,
                f"loop.completion_slices must be an int >= 1 (1 = never cut the completion "
                f"buffer), got {self.completion_slices!r}")
+        _check(0.0 <= self.golden_fraction <= 1.0,
+               f"loop.golden_fraction must lie in [0, 1], got {self.golden_fraction}")
 
     def teacher_mix_at(self, step: int) -> float:
         """``teacher_mix`` at optimizer step ``step`` (its linear decay over ``teacher_mix_steps``)."""

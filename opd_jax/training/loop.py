@@ -7,7 +7,8 @@ data from the state's cursor, so a resumed run repeats an uninterrupted one exac
 1. choose the batch's source (:func:`~opd_jax.training.batches.choose_source`): teacher
    rollouts during the cold start; else fresh student samples with probability ``loop.lmbda``
    (GKD's lambda), otherwise teacher samples (``seq_kd``) or the data's reference completions;
-2. build the batch from it (the student samples, optionally mixing teacher tokens);
+2. build the batch from it (the student samples, optionally mixing teacher tokens, or some
+   rows replaced by the data's reference completions: ``loop.golden_fraction``);
 3. score it with the teacher (:mod:`opd_jax.teachers`), only if the objective reads a teacher;
    compute rewards and the extra teacher contexts only if the objective takes them;
 4. one jitted train step with the objective (the SFT objective during the cold start);
@@ -36,6 +37,7 @@ from opd_jax.sampling import sample
 from opd_jax.sampling.sampler import model_config
 from opd_jax.sharding import make_mesh
 from opd_jax.teachers import Runtime, Student, build_teacher, teacher_class
+from opd_jax.teachers.local import sequence_logp
 from opd_jax.training import batches as B
 from opd_jax.training import checks as C
 from opd_jax.training import flops as F
@@ -128,12 +130,9 @@ class Trainer:
         self.contexts = sorted(set(C.CONTEXT_FIELDS) & O.required_inputs(exp.objective))
 
         self.s_graph, params, self.p_sh = build_model(exp.student, self.mesh)
-        runtime = Runtime(self.rows, exp.sampler, exp.objective.temperature, exp.step.chunk_size,
-                          text)
-        self.teacher = build_teacher(spec, Student(self.s_graph, params, self.p_sh,
-                                                   exp.student.path, self.tokenizer), self.mesh,
-                                     runtime, reference=O.REF_LOGP in O.required_inputs(exp.objective),
-                                     lookahead=exp.objective if isinstance(exp.objective, O.LGRConfig) else None)
+        runtime = Runtime(self.rows, exp.sampler, exp.objective.temperature, exp.step.chunk_size, text)
+        self.teacher = build_teacher(spec, Student(self.s_graph, params, self.p_sh, exp.student.path,
+                                                   self.tokenizer), self.mesh, runtime, exp.objective)
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
         C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path)
@@ -223,7 +222,7 @@ class Trainer:
     def _batch(self, source: str, prompts: B.Prompts, key, step: int) -> tuple[TrainBatch, dict]:
         """The batch of step ``source`` (data completions, teacher rollouts or student samples) and
         its sampling's metrics (teacher-mixed: the step's ``teacher_mix`` and the teacher's share)."""
-        stats = {}
+        stats, golden = {}, None
         if source == "data":
             return B.from_data(self.rows, prompts, self.exp.sampler,
                                self.exp.loop.completion_slices), stats
@@ -239,8 +238,17 @@ class Trainer:
                           teacher_mix=mix)
             if self.exp.loop.teacher_mix > 0:
                 stats.update({"sample/teacher_mix": mix, **B.mixing_stats(roll)})
-        return B.from_rollout(self.rows, prompts, roll, self.exp.sampler.num_samples,
-                              self.exp.loop.completion_slices), stats
+            if self.exp.loop.golden_fraction:  # StableOPD's rollout mixture
+                golden = B.golden_rows(self.exp.loop, key, prompts)
+                stats["sample/golden_frac"] = float(np.mean(golden))
+        n, t = self.exp.sampler.num_samples, self.exp.objective.temperature
+        batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
+                               golden=golden, pad_id=self.exp.sampler.pad_id)
+        if golden is None:
+            return batch, stats
+        return B.with_own_logp(self.rows, batch, golden, n, lambda b: sequence_logp(
+            self.s_graph, params, b.student, b.targets, b.loss_mask, b.group, t,
+            self.exp.step.chunk_size)), stats
 
     def _with_contexts(self, batch: TrainBatch, prompts: B.Prompts, params) -> TrainBatch:
         """``batch`` with the teacher's log-probs of its completions under the records' other

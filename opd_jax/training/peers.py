@@ -229,6 +229,8 @@ def for_run(exp, text) -> PeerContexts | None:
         problems.append(f"peers: sampler.num_samples >= 2 (got {exp.sampler.num_samples})")
     if exp.loop.lmbda < 1 or exp.loop.cold_start_steps:
         problems.append("on-policy steps only: loop.lmbda=1 and loop.cold_start_steps=0")
+    if exp.loop.golden_fraction:
+        problems.append("the student's own samples as peers: loop.golden_fraction=0")
     if tokenizer is None and teacher_tokenizer is None:
         problems.append("a tokenizer to read the peers' text (a student checkpoint's, or data.tokenizer)")
     if spec.max_len and spec.max_len < exp.data.max_prompt_len:
