@@ -224,8 +224,7 @@ class Trainer:
         its sampling's metrics (teacher-mixed: the step's ``teacher_mix`` and the teacher's share)."""
         stats, golden = {}, None
         if source == "data":
-            return B.from_data(self.rows, prompts, self.exp.sampler,
-                               self.exp.loop.completion_slices), stats
+            return B.from_data(self.rows, prompts, self.exp.sampler, self.exp.loop.completion_slices), stats
         sp, sm = B.sampling_prompts(self.rows, prompts, source)
         key, row_ids = jax.random.fold_in(key, 2), self.rows.to_global(prompts.row_ids)
         params = self.state.params
@@ -244,11 +243,10 @@ class Trainer:
         n, t = self.exp.sampler.num_samples, self.exp.objective.temperature
         batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
                                golden=golden, pad_id=self.exp.sampler.pad_id)
-        if golden is None:
-            return batch, stats
-        return B.with_own_logp(self.rows, batch, golden, n, lambda b: sequence_logp(
-            self.s_graph, params, b.student, b.targets, b.loss_mask, b.group, t,
-            self.exp.step.chunk_size)), stats
+        if golden is not None:  # the golden rows' behaviour log-prob: the student's own
+            batch = B.with_own_logp(self.rows, batch, golden, n, lambda b: sequence_logp(
+                self.s_graph, params, b.student, b.targets, b.loss_mask, b.group, t, self.exp.step.chunk_size))
+        return batch, stats
 
     def _with_contexts(self, batch: TrainBatch, prompts: B.Prompts, params) -> TrainBatch:
         """``batch`` with the teacher's log-probs of its completions under the records' other
