@@ -36,7 +36,7 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDCon
                                         OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,
                                         REOPOLDConfig, ReinforceConfig, SEADConfig,
                                         SFTConfig, SGTopKConfig, SimCTConfig, StableOPDConfig,
-                                        TAOPDConfig,
+                                        TAOPDConfig, TCODConfig,
                                         TIPConfig, TopKOPDConfig, UniOPDConfig, UniSDConfig,
                                         VOPDConfig,
                                         build_objective, make_config, recipe_name,
@@ -53,8 +53,8 @@ from opd_jax.objectives.selection import (confidence_weights, cosine_anneal, ent
                                           masked_quantile, minmax_normalize, quadrant_select,
                                           quantile_select, reopold_select,
                                           sampled_fraction_select, sequence_quantile_keep,
-                                          soft_or, tip_sampling_weights, top_fraction_select,
-                                          two_stage)
+                                          separator_indicator, soft_or, tip_sampling_weights,
+                                          top_fraction_select, turn_mask, two_stage)
 from opd_jax.objectives.self_distillation import (clip_divergence, contrastive_hinge,
                                                   hidden_state_matching,
                                                   quantile_clip_divergence,

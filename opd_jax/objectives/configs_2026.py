@@ -1,6 +1,6 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
 margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward, POPD / TOPD's
-horizon, StableOPD's reference anchor, DASD's divergence-aware selection, SimCT's virtual
+horizon, TCOD's turn curriculum, StableOPD's reference anchor, DASD's divergence-aware selection, SimCT's virtual
 vocabulary across tokenizers and LGR's look-ahead group rewards. Their sources give one-line
 formulas; every choice they leave open is a field here, with the reconstruction's
 default (see :mod:`opd_jax.objectives.recipes`)."""
@@ -204,6 +204,34 @@ class HorizonOPDConfig(PGRecipe):
         check_int("grow_steps", self.grow_steps, minimum=1)
         if self.max_length is not None:
             check_int("max_length", self.max_length, minimum=1)
+        choice("normalize", self.normalize, ("kept", "all"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TCODConfig(PGRecipe):
+    """TCOD: OPD on a curriculum over trajectory depth, the loss on each completion's first
+    (``direction="forward"``) or last (``"backward"``) ``d_k`` turns, ``d_k`` growing from one turn
+    to the whole completion over ``grow_steps`` optimizer steps
+    (:func:`~opd_jax.objectives.selection.turn_mask`).
+
+    A turn ends at any of the ``separators`` token ids (an agent episode's end-of-turn tokens; a
+    reasoning trace's step separator); none (the default) makes the whole completion one turn:
+    OPD exactly. Loss ``-rho_t sg(log q - log mu)`` on the kept tokens, normalised as
+    :class:`HorizonOPDConfig`'s ``normalize``. Source: arXiv 2604.24005 (abstract and README).
+    Reconstructed [INF]: the schedule (per row, linear in the step), what a turn is here.
+    """
+    separators: tuple[int, ...] = ()
+    direction: Literal["forward", "backward"] = "forward"
+    grow_steps: int = 1000
+    normalize: Literal["kept", "all"] = "kept"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.separators, tuple) and all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.separators)):
+            raise ValueError(f"separators must be a tuple of token ids (ints >= 0), got {self.separators!r}.")
+        choice("direction", self.direction, ("forward", "backward"))
+        check_int("grow_steps", self.grow_steps, minimum=1)
         choice("normalize", self.normalize, ("kept", "all"))
 
 

@@ -72,6 +72,9 @@ horizon_opd  POPD / TOPD: OPD on each completion's first H         reconstructio
              tokens; TOPD H = max(floor(fraction L), 1), POPD     fraction, grow_steps,
              grows H linearly to L over grow_steps (loss only;    max_length (what L is),
              the paper also stops sampling at H)                  normalize
+tcod         TCOD: OPD on the tokens of each completion's first     reconstruction: the
+             (or last) d_k turns, d_k growing from 1 to all over  schedule, separators (what
+             grow_steps; a turn ends at a separator token         ends a turn), normalize
 stable_opd   StableOPD's anchor: -(pi/mu) A + beta k(log p,          reconstruction: ref_coef,
              log p_ref), A Tinker's, k a sampled KL to the       ref_estimator (k2:
              student's initial weights (needs ``ref_logp``);      KL(p || ref)'s gradient;
@@ -119,7 +122,7 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
 from opd_jax.objectives.configs_2026 import (REF_LOGP, DASDConfig, FiReOPDConfig, HorizonOPDConfig,
                                              IWOPDConfig, LGRConfig, PowerOPDConfig, PWOPSDConfig,
                                              SEADConfig, SimCTConfig, StableOPDConfig,
-                                             TAOPDConfig, UniOPDConfig)
+                                             TAOPDConfig, TCODConfig, UniOPDConfig)
 from opd_jax.objectives.lookahead import LOOKAHEAD_INPUTS
 from opd_jax.objectives.virtual_vocab import VIRTUAL_INPUTS
 from opd_jax.objectives.diagnostics import diagnostic_features, diagnostic_metrics
@@ -130,7 +133,8 @@ ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDCon
                         OPSDConfig, UniSDConfig, SGTopKConfig, VOPDConfig, TopKOPDConfig,
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
                         UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
-                        HorizonOPDConfig, StableOPDConfig, DASDConfig, SimCTConfig, LGRConfig]
+                        HorizonOPDConfig, StableOPDConfig, DASDConfig, SimCTConfig, LGRConfig,
+                        TCODConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -140,6 +144,7 @@ RECIPES: dict[str, type] = {
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
     "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
     "stable_opd": StableOPDConfig, "dasd": DASDConfig, "simct": SimCTConfig, "lgr": LGRConfig,
+    "tcod": TCODConfig,
 }
 
 
@@ -225,6 +230,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RD.simct(cfg, dense_teacher)
         case LGRConfig():
             obj = RP.lgr(cfg, dense_teacher)
+        case TCODConfig():
+            obj = RS.tcod(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:

@@ -1,7 +1,7 @@
 """Builders of the recipes that choose *where* the loss acts: token masks, sequence filters,
 per-token weights and per-zone divergences computed from batch statistics or the step.
 
-REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD, POPD / TOPD and DASD's sequence selection. Their
+REOPOLD, TIP, TA-OPD, FiRe-OPD, SEAD, POPD / TOPD, TCOD and DASD's sequence selection. Their
 selections are stop-gradient and most use statistics of the whole batch (quantiles, min/max,
 medians) or of a whole sequence (the POPD / TOPD horizon), so they are not token-local and take
 the two-pass path of the train step; SEAD with fixed thresholds is token-local.
@@ -20,7 +20,7 @@ from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, Objective, feature
                                      token_objective)
 from opd_jax.objectives.configs import REOPOLDConfig, TIPConfig
 from opd_jax.objectives.configs_2026 import (DASDConfig, FiReOPDConfig, HorizonOPDConfig, SEADConfig,
-                                             TAOPDConfig)
+                                             TAOPDConfig, TCODConfig)
 from opd_jax.objectives.recipe_parts import pg_loss, sampled_features, tinker_advantage
 from opd_jax.objectives.reductions import masked_mean, token_mean, weighted_mean
 
@@ -174,6 +174,20 @@ def horizon_opd(c: HorizonOPDConfig, dense: bool) -> Objective:
                 else token_mean(jnp.where(keep > 0, loss, 0.0), m))
         return {"pg": term}, {"horizon_opd/kept_frac": masked_mean(keep, m)}
     return stateless(apply, sampled_features(c.temperature, dense))
+
+
+def tcod(c: TCODConfig, dense: bool) -> Objective:
+    feats = sampled_features(c.temperature, dense) | {
+        "turn_end": feature(S.separator_indicator, "tokens", ids=c.separators)}
+
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        keep = S.turn_mask(ctx["turn_end"], m, ctx.step, direction=c.direction, grow_steps=c.grow_steps)
+        loss = pg_loss(ctx, tinker_advantage(ctx), c)
+        term = (weighted_mean(loss, keep) if c.normalize == "kept"
+                else token_mean(jnp.where(keep > 0, loss, 0.0), m))
+        return {"pg": term}, {"tcod/kept_frac": masked_mean(keep, m)}
+    return stateless(apply, feats)
 
 
 def dasd(c: DASDConfig, dense: bool) -> Objective:

@@ -23,7 +23,7 @@ from opd_jax.objectives.base import TEACHER, TEACHER_LOGITS, TEACHER_TOPK
 # table against the losses themselves (tests/objectives/test_requirements.py).
 _BEHAVIOR = (R.OPDConfig, R.EOPDConfig, R.AOPDConfig, R.REOPOLDConfig, R.VOPDConfig,
              R.ReinforceConfig, R.IWOPDConfig, R.FiReOPDConfig, R.TAOPDConfig, R.UniOPDConfig,
-             R.PowerOPDConfig, R.HorizonOPDConfig, R.StableOPDConfig, R.LGRConfig)
+             R.PowerOPDConfig, R.HorizonOPDConfig, R.StableOPDConfig, R.LGRConfig, R.TCODConfig)
 
 
 def loop_defaults(cfg: R.ObjectiveConfig) -> dict[str, Any]:

@@ -281,3 +281,38 @@ def horizon_mask(mask: Array, step=0, *, mode: str = "fixed_fraction", fraction=
         u = jnp.minimum(jnp.asarray(step, jnp.float32), float(grow_steps)) / grow_steps
         h = h + jnp.floor(jnp.maximum(length.astype(jnp.float32) - h, 0.0) * u + 1e-4)
     return (m & (before.astype(jnp.float32) < h)).astype(jnp.float32)
+
+
+def separator_indicator(tokens: Array, *, ids: tuple[int, ...] = ()) -> Array:
+    """float32 ``[...]``: 1 where ``tokens`` is one of ``ids`` (the tokens that end a turn)."""
+    if not ids:
+        return jnp.zeros(jnp.shape(tokens), jnp.float32)
+    return jnp.isin(tokens, jnp.asarray(ids, jnp.int32)).astype(jnp.float32)
+
+
+def turn_mask(separator: Array, mask: Array, step=0, *, direction: str = "forward",
+              grow_steps: int = 1000) -> Array:
+    r"""TCOD's curriculum on trajectory depth: keep the tokens of each completion's first ``d_k``
+    turns (``"forward"``: ``turn(t) <= d_k``) or of its last ``d_k`` (``"backward"``: ``turn(t) >
+    n - d_k``).
+
+    ``turn(t) = 1 +`` the separators among the valid tokens before t (a separator belongs to the
+    turn it ends), ``n`` the row's turns (the last valid token's), and ``d_k = max(1, ceil(n
+    min(k, K) / K))`` at optimizer step ``k`` (``step``) with ``K = grow_steps``: one turn at step
+    0, the whole completion from step K on. Returns float32 ``[B, T]`` in {0, 1}, 0 off the mask;
+    each row depends on itself only. Source: TCOD, arXiv 2604.24005 (abstract and README: turn
+    masks growing to the full episode, both directions); the per-row linear schedule is this
+    library's reading [INF].
+    """
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}.")
+    if not isinstance(grow_steps, int) or grow_steps < 1:
+        raise ValueError(f"grow_steps must be an int >= 1, got {grow_steps!r}.")
+    m = mask.astype(bool)
+    sep = jnp.where(m, separator > 0, False).astype(jnp.int32)
+    turn = 1 + jnp.cumsum(sep, axis=-1) - sep
+    n = jnp.max(jnp.where(m, turn, 0), axis=-1, keepdims=True)
+    frac = jnp.minimum(jnp.asarray(step, jnp.float32), grow_steps) / grow_steps
+    d = jnp.maximum(1, jnp.ceil(n * frac - 1e-4)).astype(jnp.int32)
+    keep = turn <= d if direction == "forward" else turn > n - d
+    return (m & keep).astype(jnp.float32)

@@ -197,6 +197,19 @@ def test_lookahead_reward_compares_lgr_with_opd():
     assert module.verdict(fake(arms, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
 
 
+def test_turn_curriculum_compares_tcod_with_opd():
+    module = RP.load("turn_curriculum")
+    arms = [a.name for a in module.arms("quick")]
+    assert arms == ["opd", "tcod", "tcod_backward"]
+
+    def ends(gain, other=0.0):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * (
+            gain if arm == "tcod" else other if arm == "tcod_backward" else 0))
+    assert module.verdict(fake(arms, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(arms, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
+
+
 def test_divergence_aware_sft_needs_dasd_above_both_controls():
     module = RP.load("divergence_aware_sft")
     arms = [a.name for a in module.arms("quick")]
