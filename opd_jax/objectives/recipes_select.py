@@ -164,15 +164,21 @@ def sead(c: SEADConfig, dense: bool) -> Objective:
     return stateless(apply, feats)
 
 
+def _kept_opd(ctx, keep, c):
+    """Tinker's OPD loss on the ``keep`` tokens: their mean (``c.normalize="kept"``) or their sum
+    over all valid tokens (``"all"``)."""
+    loss = pg_loss(ctx, tinker_advantage(ctx), c)
+    if c.normalize == "kept":
+        return weighted_mean(loss, keep)
+    return token_mean(jnp.where(keep > 0, loss, 0.0), ctx.mask.astype(bool))
+
+
 def horizon_opd(c: HorizonOPDConfig, dense: bool) -> Objective:
     def apply(ctx):
         m = ctx.mask.astype(bool)
         keep = S.horizon_mask(m, ctx.step, mode=c.mode, fraction=c.fraction,
                               grow_steps=c.grow_steps, max_length=c.max_length)
-        loss = pg_loss(ctx, tinker_advantage(ctx), c)
-        term = (weighted_mean(loss, keep) if c.normalize == "kept"
-                else token_mean(jnp.where(keep > 0, loss, 0.0), m))
-        return {"pg": term}, {"horizon_opd/kept_frac": masked_mean(keep, m)}
+        return {"pg": _kept_opd(ctx, keep, c)}, {"horizon_opd/kept_frac": masked_mean(keep, m)}
     return stateless(apply, sampled_features(c.temperature, dense))
 
 
@@ -183,10 +189,7 @@ def tcod(c: TCODConfig, dense: bool) -> Objective:
     def apply(ctx):
         m = ctx.mask.astype(bool)
         keep = S.turn_mask(ctx["turn_end"], m, ctx.step, direction=c.direction, grow_steps=c.grow_steps)
-        loss = pg_loss(ctx, tinker_advantage(ctx), c)
-        term = (weighted_mean(loss, keep) if c.normalize == "kept"
-                else token_mean(jnp.where(keep > 0, loss, 0.0), m))
-        return {"pg": term}, {"tcod/kept_frac": masked_mean(keep, m)}
+        return {"pg": _kept_opd(ctx, keep, c)}, {"tcod/kept_frac": masked_mean(keep, m)}
     return stateless(apply, feats)
 
 
