@@ -150,16 +150,15 @@ def stable_opd(c: StableOPDConfig, dense: bool) -> Objective:
 
 
 def lgr(c: LGRConfig, dense: bool) -> Objective:
-    feats = sampled_features(c.temperature, dense)
     ids, reward = extra(LA.LGR_IDS), extra(LA.LGR_REWARD)
-    if c.form == "advantage":
-        feats["lgr_sampled"] = feature(LA.sampled_reward, "tokens", ids, reward)
-    else:
-        feats["lgr_candidates"] = feature(LA.candidate_loss, "logits", ids, reward,
-                                          temperature=c.temperature, form=c.form)
-
-    def branched(ctx):
-        return ctx.mask.astype(bool) & jnp.any(ctx[LA.LGR_REWARD] != 0, axis=-1)
+    if c.form == "advantage":  # the sampled token's reward, added to its advantage
+        term = "sampled"
+        lgr_feature = feature(LA.sampled_reward, "tokens", ids, reward)
+    else:  # a loss on the candidates
+        term = "candidates"
+        lgr_feature = feature(LA.candidate_loss, "logits", ids, reward, temperature=c.temperature,
+                              form=c.form)
+    feats = sampled_features(c.temperature, dense) | {f"lgr_{term}": lgr_feature}
 
     def loss(ctx):
         if c.form == "advantage":
@@ -167,10 +166,9 @@ def lgr(c: LGRConfig, dense: bool) -> Objective:
         return pg_loss(ctx, tinker_advantage(ctx), c) + c.coef * ctx["lgr_candidates"]
 
     def metrics(ctx):
-        m = branched(ctx)
-        term = "lgr_sampled" if c.form == "advantage" else "lgr_candidates"
-        return {"lgr/branch_frac": masked_mean(m.astype(jnp.float32), ctx.mask),
-                f"lgr/{term[4:]}": masked_mean(ctx[term], m)}
+        branched = ctx.mask.astype(bool) & jnp.any(ctx[LA.LGR_REWARD] != 0, axis=-1)
+        return {"lgr/branch_frac": masked_mean(branched.astype(jnp.float32), ctx.mask),
+                f"lgr/{term}": masked_mean(ctx[f"lgr_{term}"], branched)}
     return token_objective(loss, feats, name="pg", metrics=metrics)
 
 

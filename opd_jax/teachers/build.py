@@ -30,7 +30,7 @@ def build_teacher(spec, student: Student, mesh, runtime: Runtime, objective=None
     (:class:`WithReference`); for ``lgr``, scored with look-ahead branches (:class:`WithLookahead`)."""
     teacher = teacher_class(spec).from_spec(spec, student, mesh, runtime)
     if isinstance(objective, O.LGRConfig):
-        teacher = WithLookahead(teacher, student, runtime, objective)
+        teacher = WithLookahead(teacher, student, objective)
     if objective is not None and O.REF_LOGP in O.required_inputs(objective):
         teacher = WithReference(teacher, student, runtime)
     return teacher

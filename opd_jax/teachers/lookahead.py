@@ -23,7 +23,7 @@ from flax import nnx
 
 import opd_jax.objectives as O
 from opd_jax.models.branches import branch_hidden
-from opd_jax.teachers.base import Runtime, Student, Teacher, Wrapping
+from opd_jax.teachers.base import Student, Teacher, Wrapping
 from opd_jax.training.batch import Sequences, completion_hidden
 from opd_jax.training.checks import LOOKAHEAD_KINDS
 
@@ -72,13 +72,12 @@ class WithLookahead(Wrapping):
     """``inner`` (one local model) scored with look-ahead branches: its usual dense scores plus
     LGR's candidates and rewards (:data:`opd_jax.objectives.LOOKAHEAD_INPUTS`)."""
 
-    def __init__(self, inner: Teacher, student: Student, runtime: Runtime, cfg: O.LGRConfig):
+    def __init__(self, inner: Teacher, student: Student, cfg: O.LGRConfig):
         if not hasattr(inner, "model"):
             raise ValueError(f"look-ahead scoring needs a teacher that is one local model "
                              f"(teacher.kind in {LOOKAHEAD_KINDS}), not {type(inner).__name__}")
         super().__init__(inner)
-        self.runtime, self.cfg = runtime, cfg
-        self.student_graphdef = student.graphdef
+        self.cfg, self.student_graphdef = cfg, student.graphdef
 
     def score(self, batch, prompts, student_params):
         g, p = self.inner.model(student_params)

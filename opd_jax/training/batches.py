@@ -174,7 +174,7 @@ def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
     if golden is not None:
         tokens, cmask, logp = (np.array(rows.to_local(x)) for x in (tokens, cmask, logp))
         comp, comp_mask = D.right_pad([e.completion_ids for e in prompts.examples], width, pad_id)
-        r = np.flatnonzero(golden) * num_samples + num_samples - 1
+        r = _last_samples(golden, num_samples)
         tokens[r], cmask[r], logp[r] = comp[golden], comp_mask[golden], 0.0
         tokens, cmask, logp = (rows.to_global(x) for x in (tokens, cmask, logp))
     end = width if slices == 1 else completion_width(int(_longest(cmask)), width, slices)
@@ -183,12 +183,17 @@ def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
                         group=num_samples)
 
 
+def _last_samples(golden: np.ndarray, num_samples: int) -> np.ndarray:
+    """The rows of the marked prompts' last samples (rows come ``num_samples`` per prompt)."""
+    return np.flatnonzero(golden) * num_samples + num_samples - 1
+
+
 def with_own_logp(rows: Rows, batch: TrainBatch, golden: np.ndarray, num_samples: int,
                   own_logp: Callable[[TrainBatch], jax.Array]) -> TrainBatch:
     """``batch`` whose golden rows (:func:`from_rollout`'s ``golden``) take the behaviour log-prob
     ``own_logp(batch)`` (the student's own, so their importance ratio starts at 1)."""
     row = np.zeros(len(golden) * num_samples, bool)
-    row[np.flatnonzero(golden) * num_samples + num_samples - 1] = True
+    row[_last_samples(golden, num_samples)] = True
     where = rows.to_global(row)[:, None]
     return batch.replace(behavior_logp=jnp.where(where, own_logp(batch), batch.behavior_logp))
 
