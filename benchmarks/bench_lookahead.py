@@ -14,6 +14,12 @@ Timed per batch, alternating (A B A B, medians over rounds), all compiled before
   pays, ``opd_jax.teachers.local.score_hidden``), the reference of the ratios;
 - ``look-ahead scoring``: the whole of ``lookahead_scores`` (student forward, tree-attention
   teacher forward, confidences, rewards);
+- ``look-ahead scoring, recorded top-k``: the same when the sampler recorded the student's
+  entropy and top-k (``SamplerConfig.record_topk``, what the trainer asks for under lgr): no
+  student forward;
+- ``sampling`` and ``sampling, recording top-k``: the student sampling the batch's completions
+  (the prompt columns, then ``tokens - prompt`` new tokens, temperature 1, no EOS) without and
+  with that recording: what the recording costs where it is paid.
 - ``branches, tree attention``: the teacher's branch forward alone (``branch_hidden``);
 - ``branches, a row per branch``: the same branch states without tree attention, each candidate
   written into its own copy of the row (``B x M x K`` rows; causal attention ignores the columns
@@ -57,6 +63,7 @@ def main(argv=None):
     from opd_jax.models import Transformer
     from opd_jax.models.branches import branch_hidden
     from opd_jax.models.config import ModelConfig
+    from opd_jax.sampling import SamplerConfig, sample
     from opd_jax.teachers.local import score_hidden
     from opd_jax.teachers.lookahead import lookahead_scores
     from opd_jax.training.batch import Sequences
@@ -88,10 +95,19 @@ def main(argv=None):
         return h[jnp.arange(B * M * K), col].reshape(B, M, K, -1)
 
     tree_j, per_row_j = jax.jit(tree), jax.jit(per_row)
+    recorded = (jnp.asarray(rng.random((B, n)), jnp.float32),
+                jnp.asarray(rng.integers(1, hf["vocab_size"], (B, n, K)), jnp.int32))
+    sampler = SamplerConfig(max_new_tokens=n, pad_id=0)
+    prompts, prompt_mask, key = tokens[:, :args.prompt], mask[:, :args.prompt], jax.random.key(0)
     calls = {
         "teacher scoring": lambda: score_hidden(graphdef, params, seq, n, 1),
         "look-ahead scoring": lambda: lookahead_scores(graphdef, params, graphdef, params, seq, seq,
                                                        loss_mask, 1, cfg),
+        "look-ahead scoring, recorded top-k": lambda: lookahead_scores(
+            graphdef, params, graphdef, params, seq, seq, loss_mask, 1, cfg, recorded),
+        "sampling": lambda: sample(graphdef, params, prompts, prompt_mask, key, cfg=sampler),
+        "sampling, recording top-k": lambda: sample(graphdef, params, prompts, prompt_mask, key,
+                                                    cfg=sampler.replace(record_topk=K)),
         "branches, tree attention": lambda: tree_j(params),
         "branches, a row per branch": lambda: per_row_j(params),
     }

@@ -8,10 +8,12 @@ answers the requests of a served teacher (``teacher.kind="served"``, see
 SGLang do:
 
 - ``GET /v1/models``, ``GET /health``;
-- ``POST /v1/completions`` with token-id prompts and ``prompt_logprobs`` (vLLM's extension);
-  this server only scores prompts: it generates nothing and needs ``prompt_logprobs``;
+- ``POST /v1/completions`` with token-id prompts and ``prompt_logprobs`` (vLLM's extension), or
+  with ``max_tokens: 1`` and ``logprobs: 1`` (a look-ahead: the most likely next token after each
+  prompt and its log-prob; this server generates nothing else, and that one token greedily);
 - ``POST /generate`` with ``input_ids``, ``return_logprob``, ``logprob_start_len: 0``,
-  ``top_logprobs_num`` and ``max_new_tokens: 0`` (SGLang's native API);
+  ``top_logprobs_num`` and ``max_new_tokens: 0`` (SGLang's native API), or ``max_new_tokens: 1``
+  with ``top_logprobs_num: 1`` (the look-ahead);
 - ``POST /tokenize`` (and ``/v1/tokenize``) when the checkpoint has a tokenizer.
 
 Log-probs are at temperature 1 over the full vocabulary, in float32. Rows are sharded over the
@@ -84,6 +86,15 @@ class Scorer:
         for i in range(0, len(sequences), MAX_ROWS):
             out += self._batch(sequences[i:i + MAX_ROWS], top_k)
         return out
+
+    def next_top(self, sequences: list[list[int]]) -> list[tuple[int, float]]:
+        """The most likely next token after each sequence and its log-prob."""
+        for i, s in enumerate(sequences):
+            if len(s) >= self.max_len:
+                raise BadRequest(f"prompt {i} has {len(s)} tokens: no position is left after it "
+                                 f"in the model's {self.max_len}")
+        scores = self([s + [0] for s in sequences], 1)  # the appended token's position: what follows s
+        return [(int(ids[-1, 0]), float(top[-1, 0])) for _, _, ids, top in scores]
 
     def _batch(self, sequences, top_k):
         import jax
@@ -197,8 +208,18 @@ class Handler(BaseHTTPRequestHandler):
     def _completions(self, body) -> dict:
         from opd_jax.teachers import wire
         self._model(body)
+        if body.get("prompt_logprobs") is None and body.get("max_tokens") == 1 and body.get("logprobs"):
+            seqs = self.server.scorer.check(body.get("prompt"), 1)
+            n = sum(len(s) for s in seqs)
+            return {"id": f"cmpl-{time.time_ns()}", "object": "text_completion",
+                    "created": int(time.time()), "model": self.server.name,
+                    "choices": [wire.openai_next_choice(i, t, lp) for i, (t, lp)
+                                in enumerate(self.server.scorer.next_top(seqs))],
+                    "usage": {"prompt_tokens": n, "completion_tokens": len(seqs),
+                              "total_tokens": n + len(seqs)}}
         if body.get("prompt_logprobs") is None:
-            raise BadRequest("this server only scores prompts: set prompt_logprobs")
+            raise BadRequest("this server scores prompts (set prompt_logprobs) or gives the next "
+                             "token's log-prob (set max_tokens=1 and logprobs=1)")
         k = body["prompt_logprobs"]
         seqs = self.server.scorer.check(body.get("prompt"), k)
         scores = self.server.scorer(seqs, k)
@@ -211,12 +232,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _generate(self, body):
         from opd_jax.teachers import wire
-        if (body.get("sampling_params") or {}).get("max_new_tokens") != 0:
-            raise BadRequest("this server only scores inputs: set sampling_params.max_new_tokens=0")
-        if not body.get("return_logprob") or body.get("logprob_start_len") != 0:
-            raise BadRequest("set return_logprob=true and logprob_start_len=0")
         single = isinstance(body.get("input_ids"), list) and all(
             isinstance(t, int) for t in body["input_ids"])
+        new = (body.get("sampling_params") or {}).get("max_new_tokens")
+        if new == 1 and body.get("return_logprob"):
+            seqs = self.server.scorer.check(body.get("input_ids"), 1)
+            items = [wire.sglang_next_item(len(s), t, lp)
+                     for s, (t, lp) in zip(seqs, self.server.scorer.next_top(seqs))]
+            return items[0] if single else items
+        if new != 0:
+            raise BadRequest("this server scores inputs (set sampling_params.max_new_tokens=0) or "
+                             "gives the next token's log-prob (max_new_tokens=1, return_logprob)")
+        if not body.get("return_logprob") or body.get("logprob_start_len") != 0:
+            raise BadRequest("set return_logprob=true and logprob_start_len=0")
         seqs = self.server.scorer.check(body.get("input_ids"), body.get("top_logprobs_num", 0))
         items = [wire.sglang_item(s, sc[0], sc[2], sc[3])
                  for s, sc in zip(seqs, self.server.scorer(seqs, body.get("top_logprobs_num", 0)))]

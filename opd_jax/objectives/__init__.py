@@ -44,6 +44,7 @@ from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDCon
 from opd_jax.objectives.lookahead import (LGR_IDS, LGR_REWARD, LOOKAHEAD_INPUTS, branch_points,
                                           candidate_loss, confidence, entropy_and_topk,
                                           group_rewards, sampled_reward)
+from opd_jax.objectives.recipes_dist import BEHAVIOR_TOPK_IDS, BEHAVIOR_TOPK_LOGP
 from opd_jax.objectives.requirements import loop_defaults, needs_behavior_logp, reads_teacher
 from opd_jax.objectives.reductions import (Reduced, masked_mean, seq_mean_token_mean,
                                            seq_mean_token_sum, seq_mean_weighted_mean,

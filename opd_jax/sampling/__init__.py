@@ -15,7 +15,8 @@ for sampling once, ``graphdef, params = freeze(graphdef, params)``: no weight co
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.sampling.distribution import sample_token, token_distribution
 from opd_jax.sampling.frozen import FrozenDef, freeze
-from opd_jax.sampling.sampler import Rollout, SamplingState, sample, trace_count
+from opd_jax.sampling.rollout import Rollout, SamplingState
+from opd_jax.sampling.sampler import sample, trace_count
 
 __all__ = ["FrozenDef", "Rollout", "SamplerConfig", "SamplingState", "freeze", "sample", "sample_token",
            "token_distribution", "trace_count"]

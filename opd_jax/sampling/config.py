@@ -63,6 +63,13 @@ class SamplerConfig:
     probability ``teacher_mix``; ``"geometric"`` (TRB, arXiv 2605.31159) draws from the blend
     ``(1 - beta) z_student + beta z_teacher`` of the logits with the largest ``beta`` in [0, 1] whose
     distribution is within ``teacher_mix`` nats of KL from the student's (``distribution.choose``).
+
+    ``record_topk``: at every completion step also record the student's ``record_topk`` most
+    probable tokens, their log-probabilities and the distribution's entropy, all of
+    ``softmax(logits / record_temperature)`` (the student's own distribution, unfiltered, also
+    when a teacher joins the draw): ``Rollout.topk_ids``, ``topk_logp``, ``entropy``. What a
+    policy-gradient objective over the behaviour policy's top tokens reads without a second
+    forward (0 = off: the program records nothing).
     """
 
     max_new_tokens: int
@@ -79,6 +86,8 @@ class SamplerConfig:
     cache_dtype: str | None = None  # None: the compute dtype (float32 on CPU: sampler.cache_dtype_for)
     cache_phases: Literal["auto"] | int = "auto"
     teacher_blend: Literal["coin", "geometric"] = "coin"
+    record_topk: int = 0
+    record_temperature: float = 1.0
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
@@ -117,6 +126,11 @@ class SamplerConfig:
         if self.teacher_blend not in ("coin", "geometric"):
             raise ValueError(f"teacher_blend must be 'coin' (MiniLLM) or 'geometric' (TRB), "
                              f"got {self.teacher_blend!r}")
+        if not _is_int(self.record_topk) or self.record_topk < 0:
+            raise ValueError(f"record_topk must be an int >= 0 (0 = record nothing), got {self.record_topk!r}")
+        if not isinstance(self.record_temperature, (int, float)) or not math.isfinite(self.record_temperature) \
+                or self.record_temperature <= 0:
+            raise ValueError(f"record_temperature must be a finite number > 0, got {self.record_temperature!r}")
         if self.cache_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"cache_dtype must be None, 'float32', 'bfloat16' or 'float16', "
                              f"got {self.cache_dtype!r}")

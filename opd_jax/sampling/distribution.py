@@ -149,6 +149,17 @@ def log_weights(logits, cfg: SamplerConfig):
     return shifted, jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
 
 
+def top_tokens(logits, k: int, temperature: float = 1.0):
+    """``(ids int32 [..., k], logp float32 [..., k], entropy float32 [...])`` of the distribution
+    ``softmax(logits / temperature)``: its ``k`` most probable tokens (most probable first), their
+    log-probabilities, and its entropy in nats (what ``SamplerConfig.record_topk`` records)."""
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32) / jnp.float32(temperature), axis=-1)
+    top_logp, ids = jax.lax.top_k(logp, k)
+    p = jnp.exp(logp)
+    entropy = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+    return ids.astype(jnp.int32), top_logp, entropy
+
+
 def take(logp, tokens):
     """``logp[r, tokens[r]]`` for every row."""
     return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

@@ -79,6 +79,9 @@ def check_ids(cfg: SamplerConfig, vocab_size: int) -> None:
         if any(i >= vocab_size for i in ids):
             raise ValueError(f"SamplerConfig.{name}={getattr(cfg, name)} is outside the model's "
                              f"vocabulary [0, {vocab_size})")
+    if cfg.record_topk > vocab_size:
+        raise ValueError(f"SamplerConfig.record_topk={cfg.record_topk} exceeds the model's vocabulary "
+                         f"({vocab_size} tokens); record at most that many")
 
 
 def check_key(key):

@@ -30,72 +30,16 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import nnx
 
 from opd_jax.models import ops
 from opd_jax.models.cache import KVCache, init_cache
 from opd_jax.sampling import distribution as D
 from opd_jax.sampling import inputs
 from opd_jax.sampling.frozen import is_frozen
+from opd_jax.sampling.rollout import Rollout, SamplingState
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.sharding import shard
-
-
-@struct.dataclass
-class Rollout:
-    """Sampled sequences ``[R = B * num_samples, P + N]``: the left-padded prompt, then the completion.
-
-    Row ``b * num_samples + j`` is sample ``j`` of prompt ``b``. Columns ``[0, prompt_len)`` hold the
-    (re-padded) prompt; the completion starts at column ``prompt_len``. Scoring with one full
-    forward: the logits at column ``t - 1`` predict ``tokens[:, t]``, to compare with ``logp[:, t]``.
-
-    tokens:          int32, ``pad_id`` on padding and after the end of a completion.
-    mask:            bool, real prompt tokens and completion tokens up to and including the first EOS.
-    completion_mask: bool, the completion part of ``mask`` (the tokens a loss counts).
-    logp:            float32, log-probability of each completion token under the distribution it
-                     was drawn from (tempered, filtered; with teacher mixing, the mixture); 0 elsewhere.
-    positions:       int32, RoPE positions ``cumsum(mask) - 1`` (clipped at 0).
-    finished:        bool ``[R]``, the completion ended with an EOS token (else it was cut off).
-    student_logp, teacher_logp: float32, each model's log-probability of the token under the same
-                     temperature and filters (teacher mixing only; ``-inf`` where a filter dropped
-                     the token the other model drew). The student's importance weight against the
-                     behaviour mixture is ``exp(student_logp - logp)`` (MiniLLM).
-    from_teacher:    bool, the token was drawn from the teacher (``teacher_blend="coin"`` only).
-    teacher_weight:  float32, the teacher's weight beta in the token's geometric blend
-                     (``teacher_blend="geometric"`` only, TRB).
-    """
-
-    tokens: jax.Array
-    mask: jax.Array
-    completion_mask: jax.Array
-    logp: jax.Array
-    positions: jax.Array
-    finished: jax.Array
-    student_logp: jax.Array | None = None
-    teacher_logp: jax.Array | None = None
-    from_teacher: jax.Array | None = None
-    teacher_weight: jax.Array | None = None
-    prompt_len: int = struct.field(pytree_node=False, default=0)
-
-
-@struct.dataclass
-class SamplingState:
-    """The ``while_loop`` carry: buffers ``[R, P + N]`` filled one column per step, the caches, and
-    the logits of the next token."""
-
-    step: jax.Array  # int32 []: completion tokens sampled so far
-    tokens: jax.Array
-    mask: jax.Array
-    logp: jax.Array
-    done: jax.Array  # bool [R]: the row has sampled an EOS token
-    logits: jax.Array  # float32 [R, V]
-    cache: KVCache
-    teacher_logits: jax.Array | None = None
-    teacher_cache: KVCache | None = None
-    student_logp: jax.Array | None = None
-    teacher_logp: jax.Array | None = None
-    from_teacher: jax.Array | None = None
-    teacher_weight: jax.Array | None = None
 
 
 _TRACES = [0]
@@ -169,6 +113,8 @@ def _write(buf, col, values):
     return ops.write_slots(buf, values[:, None], col, axis=1)
 
 
+_RECORDED = ("topk_ids", "topk_logp", "entropy")  # SamplerConfig.record_topk's records
+
 # Traced once per program, not once per cache phase (the phases' loops call it with the same shapes).
 _choose_once = jax.jit(D.choose, static_argnums=0)
 
@@ -178,6 +124,9 @@ def _emit(cfg: SamplerConfig, state: SamplingState, col, keys_R, mix):
     state, and the column's tokens and mask (what the next forward takes; reading them back out of
     the updated buffers would make XLA copy the buffers on every step)."""
     tokens, logp, extras = _choose_once(cfg, keys_R, state.logits, state.teacher_logits, mix)
+    if cfg.record_topk:
+        extras = dict(extras, **dict(zip(_RECORDED, D.top_tokens(state.logits, cfg.record_topk,
+                                                                 cfg.record_temperature))))
     live = ~state.done
     written = jnp.where(live, tokens, cfg.pad_id).astype(state.tokens.dtype)
     updates = dict(
@@ -187,7 +136,8 @@ def _emit(cfg: SamplerConfig, state: SamplingState, col, keys_R, mix):
         done=state.done | (live & _is_eos(tokens, cfg.eos_ids)),
     )
     for name, value in extras.items():
-        updates[name] = _write(getattr(state, name), col, jnp.where(live, value, jnp.zeros_like(value)))
+        alive = live.reshape(live.shape + (1,) * (value.ndim - 1))
+        updates[name] = _write(getattr(state, name), col, jnp.where(alive, value, jnp.zeros_like(value)))
     return state.replace(**updates), written, live
 
 
@@ -259,6 +209,9 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
         from_teacher=buffer(jnp.zeros((B, P), jnp.bool_)) if mixed and coin else None,
         teacher_weight=buffer(zeros_BP) if mixed and not coin else None,
     )
+    if cfg.record_topk:
+        top = lambda dtype: shard(jnp.zeros((R, P + N, cfg.record_topk), dtype), "batch", None, None)  # noqa: E731
+        state = state.replace(topk_ids=top(jnp.int32), topk_logp=top(jnp.float32), entropy=buffer(zeros_BP))
 
     # The body samples a token, then feeds it to the model unless no token will follow: the
     # random-bit code exists once per phase (XLA compiles each copy of it slowly).
@@ -296,7 +249,8 @@ def _program(graphdef, params, prompts_BP, mask_BP, key, row_ids_B, max_new, mix
                    positions=_run_positions(P - next_pos_R, state.mask.sum(axis=1, dtype=jnp.int32), P + N),
                    finished=state.done, student_logp=state.student_logp,
                    teacher_logp=state.teacher_logp, from_teacher=state.from_teacher,
-                   teacher_weight=state.teacher_weight, prompt_len=P)
+                   teacher_weight=state.teacher_weight, topk_ids=state.topk_ids,
+                   topk_logp=state.topk_logp, entropy=state.entropy, prompt_len=P)
 
 
 _STATIC = ("graphdef", "teacher_graphdef", "cfg")

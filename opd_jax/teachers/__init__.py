@@ -14,18 +14,19 @@
 Any of them can be built beside a reference policy, the student's initial weights
 (:class:`WithReference`), for objectives that read its log-probs (``stable_opd``); a local
 one-model teacher can also look one step ahead of the student's candidate tokens
-(:class:`WithLookahead`, for ``lgr``).
+(:class:`WithLookahead`, for ``lgr``), and so can a served one (:class:`ServedLookahead`).
 """
 
 from opd_jax.teachers.aligned import CrossTokenizerTeacher
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.build import KINDS, build_teacher, teacher_class
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
-from opd_jax.teachers.lookahead import WithLookahead
+from opd_jax.teachers.lookahead import ServedLookahead, WithLookahead
 from opd_jax.teachers.reference import WithReference
 from opd_jax.teachers.routed import RoutedTeacher
 from opd_jax.teachers.served import ServedTeacher, TeacherServerError
 
 __all__ = ["CrossTokenizerTeacher", "EMATeacher", "InitialTeacher", "KINDS", "ModelTeacher",
-           "RoutedTeacher", "Runtime", "SelfTeacher", "ServedTeacher", "Student", "Teacher",
-           "TeacherServerError", "WithLookahead", "WithReference", "build_teacher", "teacher_class"]
+           "RoutedTeacher", "Runtime", "SelfTeacher", "ServedLookahead", "ServedTeacher", "Student",
+           "Teacher", "TeacherServerError", "WithLookahead", "WithReference", "build_teacher",
+           "teacher_class"]

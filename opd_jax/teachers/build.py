@@ -4,7 +4,7 @@ import opd_jax.objectives as O
 from opd_jax.teachers.aligned import CrossTokenizerTeacher
 from opd_jax.teachers.base import Runtime, Student, Teacher
 from opd_jax.teachers.local import EMATeacher, InitialTeacher, ModelTeacher, SelfTeacher
-from opd_jax.teachers.lookahead import WithLookahead
+from opd_jax.teachers.lookahead import ServedLookahead, WithLookahead
 from opd_jax.teachers.reference import WithReference
 from opd_jax.teachers.routed import RoutedTeacher
 from opd_jax.teachers.served import ServedTeacher
@@ -27,10 +27,12 @@ def build_teacher(spec, student: Student, mesh, runtime: Runtime, objective=None
     models loaded onto ``mesh`` (or its server reached) and checked against the student's
     vocabulary and tokenizer. For an ``objective`` that reads a reference policy's log-probs,
     beside a frozen copy of the student's initial weights that adds them to every scored batch
-    (:class:`WithReference`); for ``lgr``, scored with look-ahead branches (:class:`WithLookahead`)."""
+    (:class:`WithReference`); for ``lgr``, scored with look-ahead branches (:class:`WithLookahead`;
+    a served teacher: :class:`ServedLookahead`)."""
     teacher = teacher_class(spec).from_spec(spec, student, mesh, runtime)
     if isinstance(objective, O.LGRConfig):
-        teacher = WithLookahead(teacher, student, objective)
+        teacher = ServedLookahead(teacher, student, objective, runtime) if spec.kind == "served" \
+            else WithLookahead(teacher, student, objective)
     if objective is not None and O.REF_LOGP in O.required_inputs(objective):
         teacher = WithReference(teacher, student, runtime)
     return teacher

@@ -13,19 +13,27 @@ the teacher's usual scores, the extras ``lgr_ids``/``lgr_reward`` ``[B, N, k]``:
    the candidate's reward.
 
 The extra cost per step is a student forward without gradients and ``branch_points * k`` more
-tokens per row in the teacher's forward (not in the iteration's FLOP metrics). Only a teacher
-that is one local model (``teacher.kind`` model, self, initial or ema) can be read this way.
+tokens per row in the teacher's forward (not in the iteration's FLOP metrics). The student forward
+is skipped when the sampler recorded the student's top-``k`` and entropy while sampling the batch
+(the trainer asks for that for this objective: ``batches.student_sampler``; the extras
+:data:`~opd_jax.training.batch.RECORDED_EXTRAS`, absent on off-policy batches and with golden rows). Only a teacher
+that is one local model (``teacher.kind`` model, self, initial or ema) can be read this way;
+a served teacher (:class:`ServedLookahead`) is asked instead for its top next-token log-prob after
+each candidate appended to its prefix (``branch_points * k`` short requests per row, beside its
+usual scoring; the ``max_prob`` confidence only).
 """
+
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import opd_jax.objectives as O
 from opd_jax.models.branches import branch_hidden
 from opd_jax.teachers.base import Student, Teacher, Wrapping
-from opd_jax.training.batch import Sequences, completion_hidden
-from opd_jax.training.checks import LOOKAHEAD_KINDS
+from opd_jax.training.batch import BEHAVIOR_ENTROPY, RECORDED_EXTRAS, Sequences, completion_hidden
 
 sg = jax.lax.stop_gradient
 _BLOCK = 1 << 22  # logits per block when reading many positions' distributions (16 MiB)
@@ -42,17 +50,37 @@ def _blocked(model, h_PD, fn):
     return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:])[:P], out)
 
 
-def _lookahead(s_graph, s_params, t_graph, t_params, student: Sequences, teacher: Sequences,
-               loss_mask, group, cfg: O.LGRConfig):
-    s_model, t_model = nnx.merge(s_graph, sg(s_params)), nnx.merge(t_graph, sg(t_params))
-    B, N = loss_mask.shape
+def _student_topk(s_graph, s_params, student: Sequences, B: int, N: int, group: int, k: int,
+                  temperature: float):
+    """The student's entropy ``[B, N]`` and top-``k`` ids ``[B, N, k]`` at the completion positions."""
+    s_model = nnx.merge(s_graph, sg(s_params))
     h_s = completion_hidden(s_model, student, N, group)
     entropy, top = _blocked(s_model, h_s.reshape(B * N, -1), lambda z: O.entropy_and_topk(
-        z, cfg.k, temperature=cfg.temperature))
-    entropy, top = entropy.reshape(B, N), top.reshape(B, N, cfg.k)
+        z, k, temperature=temperature))
+    return entropy.reshape(B, N), top.reshape(B, N, k)
+
+
+def _choose(s_graph, s_params, student: Sequences, loss_mask, group, cfg: O.LGRConfig,
+            recorded=None):
+    """Each row's branch points ``index [B, M]`` (``active``: real ones) and their candidates
+    ``[B, M, k]``; ``recorded``: the sampler's ``(entropy, top-k ids)`` of the batch, else None (a
+    student forward computes them)."""
+    B, N = loss_mask.shape
+    entropy, top = recorded if recorded is not None else _student_topk(
+        s_graph, s_params, student, B, N, group, cfg.k, cfg.temperature)
     index, active = O.branch_points(entropy, loss_mask, min(cfg.branch_points, N),
                                     min_entropy=cfg.min_entropy)
-    candidates = jnp.take_along_axis(top, index[..., None], axis=1)  # [B, M, k]
+    return index, active, jnp.take_along_axis(top, index[..., None], axis=1)
+
+
+choose_candidates = jax.jit(_choose, static_argnums=(0, 4, 5))
+
+
+def _lookahead(s_graph, s_params, t_graph, t_params, student: Sequences, teacher: Sequences,
+               loss_mask, group, cfg: O.LGRConfig, recorded=None):
+    t_model = nnx.merge(t_graph, sg(t_params))
+    B, N = loss_mask.shape
+    index, active, candidates = _choose(s_graph, s_params, student, loss_mask, group, cfg, recorded)
     width = teacher.tokens.shape[1]
     h_rows, h_branch = branch_hidden(t_model, teacher.tokens, teacher.positions, teacher.mask,
                                      width - N + index, candidates)
@@ -68,14 +96,25 @@ def _lookahead(s_graph, s_params, t_graph, t_params, student: Sequences, teacher
 lookahead_scores = jax.jit(_lookahead, static_argnums=(0, 2, 7, 8))
 
 
+def _recorded(batch, k: int):
+    """The sampler's ``(entropy, top-k ids)`` of ``batch`` when it recorded ``k`` tokens, else None."""
+    ids, entropy = batch.extras.get(RECORDED_EXTRAS["topk_ids"]), batch.extras.get(BEHAVIOR_ENTROPY)
+    return None if ids is None or ids.shape[-1] != k else (entropy, ids)
+
+
+def _without_records(extras: dict) -> dict:
+    """``extras`` less the sampler's records (read here; the train step does not need them)."""
+    return {name: x for name, x in extras.items() if name not in RECORDED_EXTRAS.values()}
+
+
 class WithLookahead(Wrapping):
     """``inner`` (one local model) scored with look-ahead branches: its usual dense scores plus
     LGR's candidates and rewards (:data:`opd_jax.objectives.LOOKAHEAD_INPUTS`)."""
 
     def __init__(self, inner: Teacher, student: Student, cfg: O.LGRConfig):
         if not hasattr(inner, "model"):
-            raise ValueError(f"look-ahead scoring needs a teacher that is one local model "
-                             f"(teacher.kind in {LOOKAHEAD_KINDS}), not {type(inner).__name__}")
+            raise ValueError(f"look-ahead branches need a teacher that is one local model (a served "
+                             f"one: ServedLookahead), not {type(inner).__name__}")
         super().__init__(inner)
         self.cfg, self.student_graphdef = cfg, student.graphdef
 
@@ -83,8 +122,78 @@ class WithLookahead(Wrapping):
         g, p = self.inner.model(student_params)
         hidden, extras = lookahead_scores(self.student_graphdef, student_params, g, p,
                                           batch.student, batch.teacher_sequences, batch.loss_mask,
-                                          batch.group, self.cfg)
-        return batch.replace(teacher_hidden=hidden, extras={**batch.extras, **extras})
+                                          batch.group, self.cfg, _recorded(batch, self.cfg.k))
+        return batch.replace(teacher_hidden=hidden, extras={**_without_records(batch.extras), **extras})
 
     def start_score(self, batch, prompts, student_params):
         return lambda: self.score(batch, prompts, student_params)
+
+
+def branch_prompts(tokens, mask, n: int, index, active, candidates) -> list[list[int]]:
+    """Host side of a served look-ahead: for every active branch point ``index[r, m]`` (a
+    completion position, of ``n``) of every row, each candidate appended to the row's real tokens
+    before that position (``tokens``/``mask`` ``[R, W]``, the completion in the last ``n``
+    columns), row by row, branch point by branch point."""
+    width, out = tokens.shape[1], []
+    for r, m in zip(*np.nonzero(active)):
+        col = width - n + int(index[r, m])
+        prefix = tokens[r, :col][mask[r, :col]].tolist()
+        out += [prefix + [int(v)] for v in candidates[r, m]]
+    return out
+
+
+class ServedLookahead(Wrapping):
+    """``inner`` (a served teacher) with LGR's candidates and rewards: each candidate, appended to
+    its prefix, goes to the server as a prompt whose next token's top log-prob is asked for
+    (``confidence="max_prob"`` only: the server sends no whole distribution). The requests run
+    beside the inner teacher's scoring; the student's choice of candidates runs here (from the
+    sampler's records, or a student forward)."""
+
+    def __init__(self, inner: Teacher, student: Student, cfg: O.LGRConfig, runtime):
+        if not hasattr(inner, "next_logp") or cfg.confidence != "max_prob":
+            raise ValueError("a served look-ahead reads the teacher's top next-token log-prob: it "
+                             "needs teacher.kind='served' and objective.confidence='max_prob'")
+        super().__init__(inner)
+        self.cfg, self.student_graphdef, self.rows = cfg, student.graphdef, runtime.rows
+        self._pool: ThreadPoolExecutor | None = None
+        self._counts: dict[str, float] = {}
+
+    def start_score(self, batch, prompts, student_params):
+        index, active, cands = (self.rows.to_local(x) for x in choose_candidates(
+            self.student_graphdef, student_params, batch.student, batch.loss_mask, batch.group,
+            self.cfg, _recorded(batch, self.cfg.k)))
+        seq = batch.teacher_sequences
+        n = batch.completion_len
+        branches = branch_prompts(self.rows.to_local(seq.tokens), self.rows.to_local(seq.mask), n,
+                                  index, active, cands)
+        pending = self.inner.start_score(batch, prompts, student_params)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1)
+        future = self._pool.submit(self.inner.next_logp, branches)
+
+        def finish():
+            scored = pending()
+            logp, counts, error = future.result()
+            self.inner.agree(error)
+            self._counts = {name.replace("teacher/", "teacher/lookahead_"): x for name, x in counts.items()}
+            conf = np.zeros(cands.shape, np.float32)
+            conf[active] = np.exp(logp).reshape(-1, cands.shape[-1])
+            b, rows = len(index), np.arange(len(index))[:, None]
+            ids, rewards = np.zeros((b, n, self.cfg.k), np.int32), np.zeros((b, n, self.cfg.k), np.float32)
+            ids[rows, index], rewards[rows, index] = cands, np.asarray(O.group_rewards(conf, active))
+            g = self.rows.to_global
+            return scored.replace(extras={**_without_records(scored.extras), O.LGR_IDS: g(ids),
+                                          O.LGR_REWARD: g(rewards)})
+        return finish
+
+    def score(self, batch, prompts, student_params):
+        return self.start_score(batch, prompts, student_params)()
+
+    def metrics(self):
+        return {**self.inner.metrics(), **self._counts}
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self.inner.close()

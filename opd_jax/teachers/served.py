@@ -189,15 +189,41 @@ class ServedTeacher(Teacher):
                 time.sleep(wait)
                 wait *= 2
 
-    def _request(self, sequences, starts, counts: "_Counts") -> list[wire.Scores]:
+    def _exchange(self, body: dict, parse, counts: "_Counts"):
+        """``parse(answer)`` of one request, counted; a malformed answer stops the step."""
         try:
-            body, sent, received = self._post(wire.request(self.spec.api, self.model, sequences,
-                                                           self.spec.top_k), counts)
+            answer, sent, received = self._post(body, counts)
             counts.add(bytes_sent=sent, bytes_received=received, requests=1)
-            return wire.parse(self.spec.api, body, sequences, starts, self.spec.top_k, self.vocab)
+            return parse(answer)
         except wire.MalformedResponse as e:
             raise TeacherServerError(f"the teacher server at {self.url} sent a malformed answer: "
                                      f"{e}") from None
+
+    def _request(self, sequences, starts, counts: "_Counts") -> list[wire.Scores]:
+        api = self.spec.api
+        return self._exchange(wire.request(api, self.model, sequences, self.spec.top_k),
+                              lambda a: wire.parse(api, a, sequences, starts, self.spec.top_k,
+                                                   self.vocab), counts)
+
+    def next_logp(self, sequences: list[list[int]]):
+        """The log-prob of the most likely next token after each of this host's ``sequences``
+        (token ids): ``(float32 [len(sequences)], counters, error)``; the counters are what the
+        requests cost (as :meth:`metrics` names them), ``error`` the failure that stopped them
+        (None if none). Safe in a background thread; every host then calls :meth:`agree` with its
+        ``error`` together."""
+        api, size, counts = self.spec.api, self.spec.rows_per_request, _Counts()
+        groups = [sequences[i:i + size] for i in range(0, len(sequences), size)]
+        error, out = None, np.zeros(len(sequences), np.float32)
+        try:
+            with ThreadPoolExecutor(max_workers=self.spec.max_in_flight) as pool:
+                answers = list(pool.map(lambda g: self._exchange(
+                    wire.next_request(api, self.model, g),
+                    lambda a: wire.parse_next(api, a, len(g)), counts), groups))
+            out = np.concatenate(answers) if answers else out
+        except TrainingError as e:
+            error = e
+        counts.add(tokens=float(sum(len(s) for s in sequences)))
+        return out, dict(counts.values), error
 
     def _fetch(self, tokens, mask, lengths, counts: "_Counts") -> dict[int, wire.Scores]:
         """Scores of the completion (the last ``lengths[r]`` real tokens) of every row."""
@@ -235,7 +261,7 @@ class ServedTeacher(Teacher):
                 scores = future.result()
             except TrainingError as e:
                 error = e
-            self._agree(error)
+            self.agree(error)
             self._counts = dict(counts.values)
             return self._scored(batch, scores, len(tokens))
         return finish
@@ -253,7 +279,7 @@ class ServedTeacher(Teacher):
             scores = self._fetch(tokens, mask, lengths, counts)
         except TrainingError as e:
             error = e
-        self._agree(error)
+        self.agree(error)
         self._counts = dict(counts.values)
         return scores
 
@@ -272,7 +298,7 @@ class ServedTeacher(Teacher):
                                      "teacher_topk_logp": g(top), "teacher_logp": g(logp)})
 
     @staticmethod
-    def _agree(error: Exception | None) -> None:
+    def agree(error: Exception | None) -> None:
         """Every host learns whether every host's rows were scored; all stop if one failed."""
         failed = error is not None
         if jax.process_count() > 1:

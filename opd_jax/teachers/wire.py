@@ -13,6 +13,11 @@ Two protocols, as the engines document them:
   ``meta_info`` holds ``input_token_logprobs`` (``[logprob, token id, text]`` per prompt token,
   the first logprob ``null``) and ``input_top_logprobs`` (a list of such triples per position).
 
+A look-ahead (LGR's rewards, :mod:`opd_jax.teachers.lookahead`) asks instead for the most likely
+next token's log-prob after each sequence (:func:`next_request`, :func:`parse_next`): one
+generated token with its top log-prob (``logprobs: 1``; SGLang: ``top_logprobs_num: 1`` on one new
+token), which the engines return without scoring the prompt's own positions.
+
 The functions here are pure (dicts in, arrays out) and shared by the client
 (:mod:`opd_jax.teachers.served`) and our own server (:mod:`opd_jax.serve`). A malformed answer
 raises :class:`MalformedResponse` naming the field at fault.
@@ -179,6 +184,60 @@ def parse(api: str, body, sequences: list[list[int]], starts: list[int], top_k: 
     return _parse_sglang(body, sequences, starts, top_k, vocab)
 
 
+def next_request(api: str, model: str, sequences: list[list[int]]) -> dict:
+    """The request body that asks, after each of ``sequences``, for the log-prob of the most
+    likely next token (one generated token and its top log-prob, at temperature 1)."""
+    if api == "openai":
+        return {"model": model, "prompt": sequences, "max_tokens": 1, "temperature": 1.0,
+                "logprobs": 1}
+    return {"input_ids": sequences, "return_logprob": True, "top_logprobs_num": 1,
+            "return_text_in_logprobs": False,
+            "sampling_params": {"max_new_tokens": 1, "temperature": 1.0}}
+
+
+def parse_next(api: str, body, count: int) -> np.ndarray:
+    """float32 ``[count]``: the top next-token log-prob after each sequence, from the answer
+    ``body`` to :func:`next_request` (the largest of the first generated token's top log-probs:
+    an answer may add the sampled token's own)."""
+    if api == "openai":
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not isinstance(choices, list) or len(choices) != count:
+            got = len(choices) if isinstance(choices, list) else type(choices).__name__
+            raise MalformedResponse(f"choices: expected a list of {count} (one per prompt), got {got}")
+        if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
+            choices = sorted(choices, key=lambda c: c["index"])
+        out = []
+        for i, c in enumerate(choices):
+            field = f"choices[{i}].logprobs.top_logprobs"
+            top = ((c.get("logprobs") or {}) if isinstance(c, dict) else {}).get("top_logprobs")
+            if not isinstance(top, list) or not top or not isinstance(top[0], dict) or not top[0]:
+                raise MalformedResponse(f"{field}: expected a list whose first entry maps tokens "
+                                        f"to log-probs, got {repr(top)[:80]}")
+            out.append(max(_number(v, f"{field}[0][{k!r}]") for k, v in top[0].items()))
+        return np.array(out, np.float32)
+    items = [body] if isinstance(body, dict) else body
+    if not isinstance(items, list) or len(items) != count:
+        got = len(items) if isinstance(items, list) else type(items).__name__
+        raise MalformedResponse(f"the answer: expected a list of {count} results (one per input), "
+                                f"got {got}")
+    out = []
+    for i, item in enumerate(items):
+        field = f"[{i}].meta_info.output_top_logprobs"
+        top = ((item.get("meta_info") or {}) if isinstance(item, dict) else {}).get(
+            "output_top_logprobs")
+        if not isinstance(top, list) or not top or not isinstance(top[0], list) or not top[0]:
+            raise MalformedResponse(f"{field}: expected a list of the generated tokens' top "
+                                    f"log-probs, got {repr(top)[:80]}")
+        out.append(max(_triple_logprob(x, f"{field}[0][{n}]") for n, x in enumerate(top[0])))
+    return np.array(out, np.float32)
+
+
+def _triple_logprob(x, field: str) -> float:
+    if not isinstance(x, (list, tuple)) or not x:
+        raise MalformedResponse(f"{field}: expected [logprob, token id, text], got {x!r}"[:200])
+    return _number(x[0], f"{field}[0]")
+
+
 # ------------------------------------------------------------------ the server's side
 
 
@@ -206,3 +265,21 @@ def sglang_item(tokens, token_logp, topk_ids, topk_logp) -> dict:
                     for ids, lps in zip(topk_ids, topk_logp)]
     return {"text": "", "meta_info": {"prompt_tokens": len(tokens), "completion_tokens": 0,
                                       "input_token_logprobs": tok, "input_top_logprobs": top}}
+
+
+def openai_next_choice(index: int, token: int, logp: float) -> dict:
+    """One ``choices`` entry of a completions answer that generated ``token`` with ``logprobs: 1``:
+    its log-prob, which is also the top one (vLLM's ``token_id:<id>`` token names)."""
+    name = f"token_id:{int(token)}"
+    return {"index": index, "text": "", "finish_reason": "length",
+            "logprobs": {"tokens": [name], "token_logprobs": [float(logp)],
+                         "top_logprobs": [{name: float(logp)}], "text_offset": [0]}}
+
+
+def sglang_next_item(length: int, token: int, logp: float) -> dict:
+    """One result of SGLang's ``/generate`` that generated ``token`` after ``length`` input tokens,
+    with its top log-prob."""
+    entry = [float(logp), int(token), None]
+    return {"text": "", "meta_info": {"prompt_tokens": length, "completion_tokens": 1,
+                                      "output_token_logprobs": [entry],
+                                      "output_top_logprobs": [[entry]]}}

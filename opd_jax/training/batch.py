@@ -16,6 +16,13 @@ from opd_jax.models import KVCache, init_cache
 
 Array = jax.Array
 
+# What a sampler records beside each completion token (``SamplerConfig.record_topk``), as the
+# batch extras that carry it: the sampling policy's top-k ids and log-probs (what topk_opd's PPO
+# form reads) and its entropy.
+BEHAVIOR_ENTROPY = "behavior_entropy"
+RECORDED_EXTRAS = {"topk_ids": "behavior_topk_ids", "topk_logp": "behavior_topk_logp",
+                   "entropy": BEHAVIOR_ENTROPY}
+
 
 @struct.dataclass
 class Sequences:

@@ -21,10 +21,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import opd_jax.objectives as O
 from opd_jax import data as D
 from opd_jax.objectives import masked_mean
 from opd_jax.sampling.config import SamplerConfig
-from opd_jax.training.batch import Sequences, TrainBatch
+from opd_jax.training.batch import RECORDED_EXTRAS, Sequences, TrainBatch
 from opd_jax.training.errors import TrainingError
 
 SOURCES = ("cold_start", "on_policy", "seq_kd", "data")
@@ -106,6 +107,17 @@ def choose_source(loop, key: jax.Array, step: int) -> str:
     return "seq_kd" if loop.seq_kd else "data"
 
 
+def student_sampler(exp) -> SamplerConfig:
+    """The config the student samples with: ``exp.sampler``, recording its top-``k`` tokens and
+    entropy at the objective's temperature (``SamplerConfig.record_topk``) when the objective reads
+    the sampling policy's top-k (topk_opd's PPO form) or looks ahead of the student's top-k
+    candidates (lgr, whose look-ahead then needs no student forward)."""
+    if {O.BEHAVIOR_TOPK_IDS, O.LGR_IDS} & O.required_inputs(exp.objective):
+        return exp.sampler.replace(record_topk=exp.objective.k,
+                                   record_temperature=exp.objective.temperature)
+    return exp.sampler
+
+
 def sampling_prompts(rows: Rows, prompts: Prompts, source: str):
     """The global prompts a sampler starts from (a teacher rollout: the teacher's own prompt)."""
     if source in TEACHER_ROLLOUTS and prompts.teacher_tokens is not None:
@@ -165,7 +177,9 @@ def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
     the completion columns cut by :func:`completion_width` (``slices``). ``golden``: bool ``[b]``
     over this host's prompts; the last sample of each marked prompt is replaced by its record's
     reference completion, cut at the rollout's width, behaviour log-prob 0 until the caller sets
-    the student's own (see :func:`golden_rows`)."""
+    the student's own (see :func:`golden_rows`). What the sampler recorded beside each token
+    (``SamplerConfig.record_topk``) becomes the extras :data:`RECORDED_EXTRAS` names, unless
+    golden rows replaced some samples (their records would be the replaced samples')."""
     def rep(x):
         return None if x is None else rows.to_global(np.repeat(x, num_samples, axis=0))
     start = roll.prompt_len
@@ -178,9 +192,11 @@ def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
         tokens[r], cmask[r], logp[r] = comp[golden], comp_mask[golden], 0.0
         tokens, cmask, logp = (rows.to_global(x) for x in (tokens, cmask, logp))
     end = width if slices == 1 else completion_width(int(_longest(cmask)), width, slices)
+    recorded = {} if golden is not None or roll.entropy is None else {
+        name: getattr(roll, field)[:, start:start + end] for field, name in RECORDED_EXTRAS.items()}
     return assemble(rep(prompts.tokens), rep(prompts.mask), tokens[:, :end], cmask[:, :end],
                     logp[:, :end], rep(prompts.teacher_tokens), rep(prompts.teacher_mask)).replace(
-                        group=num_samples)
+                        group=num_samples, extras=recorded)
 
 
 def _last_samples(golden: np.ndarray, num_samples: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from opd_jax import data as D
 # The teacher settings of a teacher with its own tokenizer (teacher.kind="cross_tokenizer").
 ALIGNMENT_FIELDS = ("token_ratio", "span_cuts", "shared_topk", "shared_tokens")
 # teacher kinds that are one local model: the ones look-ahead scoring (objective lgr) can read
-LOOKAHEAD_KINDS = ("model", "self", "initial", "ema")
+LOOKAHEAD_KINDS = ("model", "self", "initial", "ema", "served")
 CONTEXT_FIELDS = {"aux_teacher_logp": "aux_teacher_prompts_ids",
                   "bad_teacher_logp": "bad_teacher_prompt_ids"}
 
@@ -173,18 +173,33 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
+    behavior_topk = {O.BEHAVIOR_TOPK_IDS, O.BEHAVIOR_TOPK_LOGP}
     unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS, *O.VIRTUAL_INPUTS,
-                                *O.LOOKAHEAD_INPUTS})
+                                *O.LOOKAHEAD_INPUTS, *behavior_topk})
     if unsupplied:
         raise ValueError(f"objective {name!r} reads {unsupplied}, which this training loop does not "
-                         "supply (the sampler records the sampled token's log-probability, not the "
-                         "sampling policy's top-k); choose an option of the recipe that does not "
-                         "read them (e.g. objective.surrogate='is').")
+                         "supply; choose an option of the recipe that does not read them.")
+    if exp.sampler.record_topk:
+        raise ValueError(f"sampler.record_topk={exp.sampler.record_topk}: the trainer sets what "
+                         "the sampler records from the objective (the sampling policy's top-k for "
+                         "topk_opd's surrogate='ppo' and for lgr); leave it 0.")
+    other = (f"loop.lmbda={exp.loop.lmbda} < 1 also trains on other completions (set it to 1)"
+             if exp.loop.lmbda < 1.0 else f"loop.golden_fraction={exp.loop.golden_fraction} mixes "
+             "in reference completions (set it to 0)" if exp.loop.golden_fraction else None)
+    if behavior_topk & need and other:
+        raise ValueError(f"objective {name!r} reads the sampling policy's top-k, which the sampler "
+                         f"records for the student's own samples only, but {other}; or use "
+                         "objective.surrogate='is'.")
     if set(O.LOOKAHEAD_INPUTS) & need and exp.teacher.kind not in LOOKAHEAD_KINDS:
         raise ValueError(f"objective {name!r} looks one step ahead of the student's candidate "
-                         "tokens with a second forward of the teacher's own model (tree attention); "
-                         f"teacher.kind={exp.teacher.kind!r} cannot be read that way: use a local "
-                         f"teacher, teacher.kind in {list(LOOKAHEAD_KINDS)}")
+                         "tokens with a forward of the teacher's own model (tree attention) or "
+                         f"requests to its server; teacher.kind={exp.teacher.kind!r} cannot be read "
+                         f"that way: use teacher.kind in {list(LOOKAHEAD_KINDS)}")
+    if set(O.LOOKAHEAD_INPUTS) & need and exp.teacher.kind == "served" \
+            and exp.objective.confidence != "max_prob":
+        raise ValueError(f"objective.confidence={exp.objective.confidence!r} needs the teacher's "
+                         "whole next-token distribution, but a served teacher sends its top "
+                         "log-probs only; set objective.confidence=max_prob.")
     if exp.loop.golden_fraction:
         missing = next((e for e in examples if e.completion_ids is None), None)
         if missing is not None:

@@ -232,7 +232,7 @@ class Trainer:
             roll = self.teacher.rollout(sp, sm, key, row_ids, prompts.examples, params)
         else:
             mix = self.exp.loop.teacher_mix_at(step)
-            roll = sample(self.s_graph, params, sp, sm, key, cfg=self.exp.sampler,
+            roll = sample(self.s_graph, params, sp, sm, key, cfg=B.student_sampler(self.exp),
                           row_ids=row_ids, teacher=self.teacher.mixer(params) if mix > 0 else None,
                           teacher_mix=mix)
             if self.exp.loop.teacher_mix > 0:

@@ -82,15 +82,18 @@ def test_a_run_trains_with_lookahead_rewards(tmp_path):
     assert metrics[0]["lgr/candidates"] != 0
 
 
-@pytest.mark.parametrize("kind", ["served", "models"])
-def test_a_teacher_that_is_not_one_local_model_is_refused(tmp_path, kind):
-    if kind == "served":
-        teacher = TeacherSpec(kind="served", served=ServedSpec(url="http://127.0.0.1:9"))
-    else:
-        spec = experiment(tmp_path, CFG, steps=1, lr=1e-3).teacher.model
-        teacher = TeacherSpec(kind="models", models=(spec, dataclasses.replace(spec, seed=2)),
-                              combine="mix")
+def test_a_teacher_that_is_not_one_model_is_refused(tmp_path):
+    spec = experiment(tmp_path, CFG, steps=1, lr=1e-3).teacher.model
+    teacher = TeacherSpec(kind="models", models=(spec, dataclasses.replace(spec, seed=2)), combine="mix")
     exp = experiment(tmp_path, dataclasses.replace(CFG, temperature=1.0), steps=1, lr=1e-3,
                      teacher=teacher)
-    with pytest.raises(ValueError, match=r"teacher.kind in \['model', 'self', 'initial', 'ema'\]"):
+    with pytest.raises(ValueError, match=r"teacher.kind in \['model', 'self', 'initial', 'ema', 'served'\]"):
+        Trainer(exp)
+
+
+def test_a_served_teacher_is_refused_a_confidence_it_cannot_send(tmp_path):
+    teacher = TeacherSpec(kind="served", served=ServedSpec(url="http://127.0.0.1:9"))
+    exp = experiment(tmp_path, dataclasses.replace(CFG, temperature=1.0, confidence="neg_entropy"),
+                     steps=1, lr=1e-3, teacher=teacher)
+    with pytest.raises(ValueError, match=r"objective.confidence='neg_entropy' needs the teacher's whole"):
         Trainer(exp)

@@ -159,13 +159,15 @@ def test_reward_objective_without_a_reward_function(tmp_path):
         Trainer(_exp(tmp_path / "run", "objective=reinforce", data=data))
 
 
-def test_objective_reading_inputs_the_loop_does_not_supply(tmp_path):
+def test_topk_policy_gradient_on_completions_the_student_did_not_sample(tmp_path):
     """The PPO form of the top-k objective reads the sampling policy's top-k, which the sampler
-    does not record: refused before any model is built (it used to fail inside the first step)."""
+    records for the student's own samples only: refused before any model is built when some steps
+    train on the data's completions."""
     data = _prompts(tmp_path / "p.jsonl", [GOOD] * 8)
-    with pytest.raises(ValueError, match=r"objective 'topk_opd' reads \['behavior_topk_ids', "
-                                         r"'behavior_topk_logp'\], which this training loop does not"):
-        Trainer(_exp(tmp_path / "run", "objective=topk_opd", "objective.surrogate=ppo", data=data))
+    with pytest.raises(ValueError, match=r"objective 'topk_opd' reads the sampling policy's top-k, "
+                                         r"which the sampler records for the student's own samples"):
+        Trainer(_exp(tmp_path / "run", "objective=topk_opd", "objective.surrogate=ppo",
+                     "loop.lmbda=0.5", data=data))
 
 
 def test_missing_data_file(tmp_path):
