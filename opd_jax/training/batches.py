@@ -13,6 +13,7 @@ Every host builds its own rows (its contiguous slice of the global batch) as Num
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -26,6 +27,7 @@ from opd_jax import data as D
 from opd_jax.objectives import masked_mean
 from opd_jax.sampling.config import SamplerConfig
 from opd_jax.training.batch import RECORDED_EXTRAS, Sequences, TrainBatch
+from opd_jax.training.checks import CONTEXT_FIELDS
 from opd_jax.training.errors import TrainingError
 
 SOURCES = ("cold_start", "on_policy", "seq_kd", "data")
@@ -252,3 +254,44 @@ def with_rewards(rows: Rows, batch: TrainBatch, prompts: Prompts,
                   for i in range(len(comp))], np.float32)
     reward = rows.to_global(np.broadcast_to(r[:, None], comp.shape).copy())
     return batch.replace(extras={**batch.extras, "reward": reward})
+
+
+def with_contexts(rows: Rows, batch: TrainBatch, prompts: Prompts, teacher, params,
+                  contexts: list[str], sampler: SamplerConfig) -> TrainBatch:
+    """``batch`` with the teacher's log-probs of its completions under the records' other
+    contexts (UniSD's auxiliary and bad teachers: ``contexts``, the extras the objective reads)."""
+    extras, k = dict(batch.extras), sampler.num_samples
+
+    def logp(prompt_lists):
+        p, m = D.left_pad(prompt_lists, max(len(x) for x in prompt_lists), sampler.pad_id)
+        rep = lambda x: rows.to_global(np.repeat(x, k, axis=0))  # noqa: E731
+        return teacher.context_logp(rep(p), rep(m), batch.targets, batch.loss_mask, params)
+    records = [e.record for e in prompts.examples]
+    if "aux_teacher_logp" in contexts:
+        aux = [r[CONTEXT_FIELDS["aux_teacher_logp"]] for r in records]
+        if any(len(a) != len(aux[0]) for a in aux):
+            raise TrainingError("every record needs the same number of aux_teacher_prompts_ids "
+                                "contexts")
+        extras["aux_teacher_logp"] = jnp.stack(
+            [logp([tuple(a[j]) for a in aux]) for j in range(len(aux[0]))], axis=-1)
+    if "bad_teacher_logp" in contexts:
+        extras["bad_teacher_logp"] = logp(
+            [tuple(r[CONTEXT_FIELDS["bad_teacher_logp"]]) for r in records])
+    return batch.replace(extras=extras)
+
+
+@functools.lru_cache(maxsize=None)
+def _slicer(sharding):
+    """A jitted ``rows [start, start + size)`` of every array of a batch, sharded like a batch."""
+    def cut(batch, start: int, size: int):
+        return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, start, start + size, axis=0), batch)
+    return jax.jit(cut, static_argnums=(1, 2), out_shardings=sharding)
+
+
+def minibatch(rows: Rows, batch: TrainBatch, index: int, count: int) -> TrainBatch:
+    """Slice ``index`` of ``count`` equal slices of ``batch``'s rows (whole prompts with all their
+    samples, in order: ``loop.minibatches``), sharded over the data axes as a batch is."""
+    if count == 1:
+        return batch
+    size = batch.targets.shape[0] // count
+    return _slicer(rows.sharding)(batch, index * size, size)

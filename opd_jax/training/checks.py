@@ -19,16 +19,29 @@ CONTEXT_FIELDS = {"aux_teacher_logp": "aux_teacher_prompts_ids",
 
 
 def check_layout(exp, mesh_shape, process_count: int) -> None:
-    """The batch divides over the data-parallel devices, the micro-batches and the hosts."""
+    """The batch divides over the data-parallel devices, the mini-batches (``loop.minibatches``),
+    the micro-batches and the hosts; the run ends after a whole batch's optimizer steps."""
     rows = exp.data.batch_size * exp.sampler.num_samples
     shards = mesh_shape["data"] * mesh_shape["fsdp"]
     if exp.data.batch_size % shards:  # prompts are sharded before num_samples repeats them
         raise ValueError(f"data.batch_size={exp.data.batch_size} prompts do not divide over "
                          f"the {shards} data-parallel devices (mesh data={mesh_shape['data']} x "
                          f"fsdp={mesh_shape['fsdp']}); change the batch size or the mesh.")
+    m = exp.loop.minibatches
+    if exp.data.batch_size % m or (exp.data.batch_size // m) % shards:
+        raise ValueError(f"data.batch_size={exp.data.batch_size} prompts cannot be split into "
+                         f"loop.minibatches={m} equal slices that each divide over the {shards} "
+                         "data-parallel devices; change the batch size or loop.minibatches.")
+    rows //= m  # one optimizer step's
     if rows % exp.step.grad_accum or (rows // exp.step.grad_accum) % shards:
-        raise ValueError(f"{rows} rows cannot be split into step.grad_accum={exp.step.grad_accum} "
-                         f"micro-batches that each divide over {shards} devices.")
+        raise ValueError(f"{rows} rows (per optimizer step) cannot be split into "
+                         f"step.grad_accum={exp.step.grad_accum} micro-batches that each divide "
+                         f"over {shards} devices.")
+    if exp.run.steps % exp.loop.updates:
+        raise ValueError(f"run.steps={exp.run.steps} is not a multiple of the "
+                         f"{exp.loop.updates} optimizer steps each sampled batch trains in "
+                         f"(loop.minibatches={m} x loop.epochs={exp.loop.epochs}); a run ends "
+                         "after a whole batch.")
     if exp.data.batch_size % process_count:
         raise ValueError(f"data.batch_size={exp.data.batch_size} must divide over "
                          f"{process_count} hosts.")

@@ -278,6 +278,18 @@ class LoopConfig:
     # this probability, by its record's reference completion (cut at the sampler's buffer), whose
     # behaviour log-prob is the student's own (0 = student samples only)
     golden_fraction: float = 0.0
+    # optimizer steps per sampled batch (verl's ppo_mini_batch_size = batch / minibatches, and
+    # ppo_epochs): the batch, scored once, trains in `minibatches` steps, each on an equal slice of
+    # its prompts with all their samples, in order, repeated `epochs` times. After the first step
+    # the student has moved from the policy that sampled the batch, so clipped surrogates' ratios
+    # (eopd, reopold, topk_opd's ppo, ...) leave 1. run.steps counts optimizer steps.
+    minibatches: int = 1
+    epochs: int = 1
+
+    @property
+    def updates(self) -> int:
+        """Optimizer steps per sampled batch."""
+        return self.minibatches * self.epochs
 
     def __post_init__(self):
         _check(self.lmbda is None or 0.0 <= self.lmbda <= 1.0,
@@ -292,6 +304,10 @@ class LoopConfig:
                f"buffer), got {self.completion_slices!r}")
         _check(0.0 <= self.golden_fraction <= 1.0,
                f"loop.golden_fraction must lie in [0, 1], got {self.golden_fraction}")
+        for name in ("minibatches", "epochs"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"loop.{name} must be an int >= 1, got {value!r}")
 
     def teacher_mix_at(self, step: int) -> float:
         """``teacher_mix`` at optimizer step ``step`` (its linear decay over ``teacher_mix_steps``)."""

@@ -8,6 +8,18 @@ import sys
 import time
 
 
+def combine_updates(metrics: list[dict]) -> dict:
+    """One batch's metrics from its optimizer steps' (``loop.minibatches`` x ``loop.epochs``): the
+    mean of each, but the tokens trained on (``loss/tokens``: their sum) and the longest
+    completion (``loss/max_len``: the largest)."""
+    if len(metrics) == 1:
+        return metrics[0]
+    out = {k: sum(float(m[k]) for m in metrics) / len(metrics) for k in metrics[0]}
+    out["loss/tokens"] = sum(float(m["loss/tokens"]) for m in metrics)
+    out["loss/max_len"] = max(float(m["loss/max_len"]) for m in metrics)
+    return out
+
+
 def _drop_partial_record(path: str) -> None:
     """Cut a last line left unfinished by a killed run, so that appended records stay JSONL."""
     if not os.path.exists(path):

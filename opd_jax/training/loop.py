@@ -11,7 +11,8 @@ data from the state's cursor, so a resumed run repeats an uninterrupted one exac
    rows replaced by the data's reference completions: ``loop.golden_fraction``);
 3. score it with the teacher (:mod:`opd_jax.teachers`), only if the objective reads a teacher;
    compute rewards and the extra teacher contexts only if the objective takes them;
-4. one jitted train step with the objective (the SFT objective during the cold start);
+4. jitted train steps with the objective (the SFT objective during the cold start): one, or one
+   per slice of the batch's prompts (``loop.minibatches``), ``loop.epochs`` times;
 5. let the teacher follow the student (EMA); evaluate on the held-out data and export the
    student when due (:mod:`~opd_jax.training.outputs`); run the step callbacks, log, save.
 
@@ -49,15 +50,16 @@ from opd_jax.training.checkpoint import Checkpointer, abstract
 from opd_jax.training.config import Experiment, resolve
 from opd_jax.training.errors import TrainingError
 from opd_jax.training.evaluation import evaluate
-from opd_jax.training.logging import MetricsWriter, Progress
+from opd_jax.training.logging import MetricsWriter, Progress, combine_updates
 from opd_jax.training.optim import make_optimizer
 from opd_jax.training.peers import for_run as peer_contexts
 from opd_jax.training.step import make_train_step, sharded_init_state
 
 __all__ = ["StepCallback", "Trainer", "TrainingError", "evaluate"]
 
-# Called after every optimizer step of ``Trainer.run`` (after the finiteness check and the step's
-# held-out evaluation and export, before the metrics are logged and the checkpoint is saved) as
+# Called after every iteration of ``Trainer.run`` (one batch: one optimizer step unless
+# loop.minibatches or loop.epochs say more; after the finiteness check and the step's held-out
+# evaluation and export, before the metrics are logged and the checkpoint is saved) as
 # ``fn(trainer, step, metrics)``; the metrics it returns (or None) are logged with the step's.
 # ``step == trainer.exp.run.steps`` is the last.
 StepCallback = Callable[["Trainer", int, dict[str, float]], dict[str, float] | None]
@@ -151,7 +153,8 @@ class Trainer:
         step_key = (tx_key, exp.step, self.s_graph, jax.tree.structure(self.state_sh),
                     tuple(jax.tree.leaves(self.state_sh)))
         self.step_fn = shared.cached(("train step", obj_key, t_graph, *step_key), lambda: make_train_step(
-            objective=self.objective, teacher_graphdef=t_graph, **common))
+            objective=self.objective, teacher_graphdef=t_graph, drift=O.needs_behavior_logp(exp.objective),
+            **common))
         self.sft_fn = shared.cached(("train step", sft, None, *step_key), lambda: make_train_step(
             objective=self.sft, teacher_graphdef=None, **common))
         self.ckpt = Checkpointer(os.path.join(exp.run.workdir, "checkpoints"),
@@ -170,7 +173,8 @@ class Trainer:
                             shuffle_seed=d.shuffle_seed, pad_id=self.exp.sampler.pad_id)
 
     def iteration(self) -> dict[str, float]:
-        """One optimizer step (see the module docstring); returns its metrics."""
+        """One batch's optimizer steps (see the module docstring; one unless ``loop.minibatches``
+        or ``loop.epochs`` say more); returns their metrics."""
         state = self.state
         step = int(state.step)
         timings = {}
@@ -179,9 +183,10 @@ class Trainer:
             ahead, self._ahead = self._ahead, None
             now = ahead if ahead is not None and ahead.step == step else self._prepare(
                 step, int(state.cursor))
-            if self.teacher.overlap and step + 1 < self.exp.run.steps:
+            span = self.exp.loop.updates  # optimizer steps of this batch
+            if self.teacher.overlap and step + span < self.exp.run.steps:
                 # the next batch, from the weights before this update, scored during the update
-                self._ahead = self._prepare(step + 1, now.prompts.next_cursor)
+                self._ahead = self._prepare(step + span, now.prompts.next_cursor)
             timings["time/sample"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             batch = jax.block_until_ready(now.finish())
@@ -190,14 +195,23 @@ class Trainer:
                 batch = B.with_rewards(self.rows, batch, now.prompts, self.reward_fn)
             t2 = time.perf_counter()
             fn = self.step_fn if now.source != "cold_start" else self.sft_fn
-            teacher_params = self.teacher.step_params(state.params) if now.scored else None
-            new_state, metrics = fn(state, batch, teacher_params)
+            new_state, metrics = self._updates(fn, state, batch, now.scored)
             new_state = new_state.replace(cursor=jnp.asarray(now.prompts.next_cursor, jnp.int32))
-            metrics = jax.device_get(metrics)
             timings["time/update"] = time.perf_counter() - t2
         self.state = new_state
-        self.teacher.update(self.state)
         return self._metrics(metrics, timings, batch, now)
+
+    def _updates(self, fn, state, batch: TrainBatch, scored: bool):
+        """The optimizer steps of one batch (``loop.minibatches`` slices of it, ``loop.epochs``
+        times), the teacher following the student after each; their combined metrics."""
+        loop, metrics = self.exp.loop, []
+        for _ in range(loop.epochs):
+            for i in range(loop.minibatches):
+                teacher_params = self.teacher.step_params(state.params) if scored else None
+                state, m = fn(state, B.minibatch(self.rows, batch, i, loop.minibatches), teacher_params)
+                self.teacher.update(state)
+                metrics.append(jax.device_get(m))
+        return state, combine_updates(metrics)
 
     def _prepare(self, step: int, cursor: int) -> "_Prepared":
         """Step ``step``'s batch (from the data at ``cursor``, sampled with the current weights),
@@ -215,8 +229,8 @@ class Trainer:
             return _Prepared(step, source, prompts, lambda: batch, False, stats)
         params = self.state.params
         pending = self.teacher.start_score(batch, prompts, params)
-        finish = (lambda: self._with_contexts(pending(), prompts, params)) if self.contexts \
-            else pending
+        finish = (lambda: B.with_contexts(self.rows, pending(), prompts, self.teacher, params,
+                                          self.contexts, self.exp.sampler)) if self.contexts else pending
         return _Prepared(step, source, prompts, finish, True, stats)
 
     def _batch(self, source: str, prompts: B.Prompts, key, step: int) -> tuple[TrainBatch, dict]:
@@ -248,31 +262,6 @@ class Trainer:
                 self.s_graph, params, b.student, b.targets, b.loss_mask, b.group, t, self.exp.step.chunk_size))
         return batch, stats
 
-    def _with_contexts(self, batch: TrainBatch, prompts: B.Prompts, params) -> TrainBatch:
-        """``batch`` with the teacher's log-probs of its completions under the records' other
-        contexts (UniSD's auxiliary and bad teachers), for the objectives that read them."""
-        extras = dict(batch.extras)
-        k = self.exp.sampler.num_samples
-
-        def logp(prompt_lists):
-            p, m = D.left_pad(prompt_lists, max(len(x) for x in prompt_lists),
-                              self.exp.sampler.pad_id)
-            rep = lambda x: self.rows.to_global(np.repeat(x, k, axis=0))  # noqa: E731
-            return self.teacher.context_logp(rep(p), rep(m), batch.targets, batch.loss_mask,
-                                             params)
-        records = [e.record for e in prompts.examples]
-        if "aux_teacher_logp" in self.contexts:
-            aux = [r[C.CONTEXT_FIELDS["aux_teacher_logp"]] for r in records]
-            if any(len(a) != len(aux[0]) for a in aux):
-                raise TrainingError("every record needs the same number of "
-                                    "aux_teacher_prompts_ids contexts")
-            extras["aux_teacher_logp"] = jnp.stack(
-                [logp([tuple(a[j]) for a in aux]) for j in range(len(aux[0]))], axis=-1)
-        if "bad_teacher_logp" in self.contexts:
-            extras["bad_teacher_logp"] = logp(
-                [tuple(r[C.CONTEXT_FIELDS["bad_teacher_logp"]]) for r in records])
-        return batch.replace(extras=extras)
-
     def _metrics(self, metrics, timings, batch: TrainBatch, now: "_Prepared") -> dict[str, float]:
         prompts, source, scored = now.prompts, now.source, now.scored
         out = {k: float(v) for k, v in metrics.items()}
@@ -288,6 +277,7 @@ class Trainer:
             prompt_len=prompts.tokens.shape[1], decode_steps=int(metrics["loss/max_len"]),
             teacher_mix=now.stats.get("sample/teacher_mix", 0.0) > 0, scored=scored,
             group=batch.group, teacher_group=batch.teacher_rows_group))
+        out["flops/update"] *= self.exp.loop.epochs  # each epoch trains on the whole batch
         for phase in ("sample", "score", "update"):
             out[f"throughput/{phase}_gflops_per_s"] = (out[f"flops/{phase}"] / 1e9
                                                        / max(timings[f"time/{phase}"], 1e-9))
@@ -380,10 +370,10 @@ class Trainer:
                 ran_last = step == exp.run.steps
                 for callback in self.callbacks:
                     metrics.update(callback(self, step, metrics) or {})
-                if step % exp.run.log_every == 0 or step == last or evaluated:
+                if outputs.due(exp.run.log_every, step, last, exp.loop.updates) or evaluated:
                     writer.write(step, metrics)
                 progress.update(step, metrics["loss/total"], metrics["throughput/tokens_per_s"])
-                if exp.ckpt.every and step % exp.ckpt.every == 0:
+                if exp.ckpt.every and outputs.due(exp.ckpt.every, step, -1, exp.loop.updates):
                     self.save()
             if self.ckpt.latest_step() != int(self.state.step):
                 self.save()

@@ -28,9 +28,11 @@ from opd_jax.evaluate import evaluate, write_result
 from opd_jax.sampling import SamplerConfig
 
 
-def due(every: int, step: int, last: int) -> bool:
-    """Whether something done every ``every`` steps (0: only at the end) is due at ``step``."""
-    return step == last or (every > 0 and step % every == 0)
+def due(every: int, step: int, last: int, span: int = 1) -> bool:
+    """Whether something done every ``every`` steps (0: only at the end) is due at ``step``,
+    reached from ``step - span`` (one sampled batch's optimizer steps: a multiple of ``every`` in
+    between counts)."""
+    return step == last or (every > 0 and step % every < span)
 
 
 def eval_file(workdir: str, step: int) -> str:
@@ -93,11 +95,12 @@ def at_step(trainer, step: int, *, missing_only: bool = False) -> dict[str, floa
     whose files are not there yet); returns the evaluation's metrics."""
     exp, last, work = trainer.exp, trainer.exp.run.steps, trainer.exp.run.workdir
     metrics = {}
-    if trainer.eval_examples and due(exp.eval.every, step, last) and not (
+    span = exp.loop.updates
+    if trainer.eval_examples and due(exp.eval.every, step, last, span) and not (
             missing_only and on_lead(os.path.exists(eval_file(work, step)))):
         metrics = record(trainer, step, trainer.evaluate_heldout())
     c = exp.ckpt
-    if ((c.export and step == last) or (c.export_every and step % c.export_every == 0)) and not (
+    if ((c.export and step == last) or (c.export_every and due(c.export_every, step, -1, span))) and not (
             missing_only and on_lead(os.path.isdir(export_dir(work, step)))):
         trainer.export()
     return metrics

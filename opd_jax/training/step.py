@@ -117,9 +117,21 @@ def _sparse_teacher(extras):
     return None
 
 
+def policy_drift(logp, behavior_logp, mask) -> dict[str, Array]:
+    """How far the student has moved from the policy that sampled its tokens, over ``mask``:
+    ``policy/ratio_dev``, the mean ``|pi / mu - 1|`` of the sampled tokens, and
+    ``policy/approx_kl``, the mean ``log mu - log pi`` (an estimate of ``KL(mu || pi)``). Both are 0
+    on the first step on fresh samples (untruncated, at the sampler's temperature) and grow over
+    the later steps on the same batch (``loop.minibatches``, ``loop.epochs``)."""
+    log_ratio = jnp.where(mask, sg(logp) - behavior_logp, 0.0)
+    return {"policy/ratio_dev": O.masked_mean(jnp.abs(jnp.expm1(log_ratio)), mask),
+            "policy/approx_kl": O.masked_mean(-log_ratio, mask)}
+
+
 def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales, den_tokens, *,
-           graphdef, teacher_graphdef, objective: O.Objective, cfg: StepConfig):
-    """Loss (already divided by the global counts) of one micro-batch, and its aux outputs."""
+           graphdef, teacher_graphdef, objective: O.Objective, cfg: StepConfig, drift: bool = False):
+    """Loss (already divided by the global counts) of one micro-batch, and its aux outputs
+    (``drift``: also :func:`policy_drift`, for objectives whose loss reads the behaviour log-prob)."""
     n = mb.completion_len
     t_hidden, t_head = teacher_view(mb, teacher_graphdef, teacher_params, n)
     model = nnx.merge(graphdef, params)
@@ -149,6 +161,8 @@ def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales,
             loss = O.total(terms)
         else:
             loss = sum(t.num * scales[k] for k, t in terms.items())
+    if drift and "logp" in feats:
+        metrics = {**metrics, **policy_drift(feats["logp"], mb.behavior_logp, mb.loss_mask.astype(bool))}
     return loss, (obj_state, terms, metrics)
 
 
@@ -162,7 +176,7 @@ def _split(batch: TrainBatch, m: int) -> TrainBatch:
 
 def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef,
                teacher_graphdef, tx: optax.GradientTransformation, objective: O.Objective,
-               cfg: StepConfig) -> tuple[TrainState, dict[str, Array]]:
+               cfg: StepConfig, drift: bool = False) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step on ``batch``; returns the new state and scalar metrics.
 
     ``teacher_params=None`` makes the student its own teacher (stop-gradient), for
@@ -174,7 +188,7 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     m = cfg.grad_accum
     micro = partial(_micro, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
-                    objective=objective, cfg=cfg)
+                    objective=objective, cfg=cfg, drift=drift)
     den_tokens = jnp.sum(batch.loss_mask.astype(jnp.float32))
     mbs = _split(batch, m)
     scales = None
@@ -219,14 +233,15 @@ def _global_scales(micro, state, mbs, teacher_params, key, den_tokens):
 
 
 def make_train_step(*, graphdef, teacher_graphdef, tx, objective, cfg: StepConfig,
-                    state_shardings=None, batch_shardings=None, teacher_shardings=None):
+                    state_shardings=None, batch_shardings=None, teacher_shardings=None,
+                    drift: bool = False):
     """``jax.jit`` of :func:`train_step` with the static pieces bound; the state is donated.
 
     ``state_shardings``: the new state's (and with ``batch_shardings``, the inputs'). Left to XLA,
     the new state's are equivalent but not equal (``P()`` for a replicated leaf): not those that
     checkpoints restore into, and a second entry in jit's cache for the second step."""
     fn = partial(train_step, graphdef=graphdef, teacher_graphdef=teacher_graphdef, tx=tx,
-                 objective=objective, cfg=cfg)
+                 objective=objective, cfg=cfg, drift=drift)
     kwargs = {}
     if state_shardings is not None:
         kwargs["out_shardings"] = (state_shardings, None)
