@@ -15,7 +15,10 @@ Optional fields: a privileged context for the teacher (self-distillation),
 ``"teacher_prompt_ids"`` / ``"teacher_messages"`` / ``"teacher_prompt"``, read the same way
 through the *teacher's* tokenizer and template; a reference completion (off-policy data for GKD
 and SFT), ``"completion_ids"`` or ``"completion"`` (text, tokenized without special tokens and
-ended with the EOS token); ``"answer"`` (for a verifier's reward); the extra teacher contexts of
+ended with the EOS token); ``"answer"`` (for a verifier's reward); the environment's turns of a
+multi-turn episode, ``"env_turns_ids"`` (a list of non-empty id lists: what follows the student's
+first, second, ... turn, e.g. the next user message rendered by the chat template; read by
+``loop.turns``); the extra teacher contexts of
 UniSD, ``"aux_teacher_prompts_ids"`` (a list of id lists) and ``"bad_teacher_prompt_ids"``,
 checked like prompts; and anything else, kept as-is in ``Example.record``.
 
@@ -47,6 +50,7 @@ class Example:
     answer: Any = None
     line: int = 0  # 1-based line (JSONL) or row (Parquet) in the source file
     record: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    env_turns_ids: tuple[tuple[int, ...], ...] = ()  # the environment's turns (multi-turn episodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +218,17 @@ def _contexts(record, where: str, max_len: int, vocab_size) -> None:
         _check_prompt(ids, where, "bad_teacher_prompt_ids", max_len)
 
 
+def _env_turns(record, where: str, vocab_size) -> tuple[tuple[int, ...], ...]:
+    turns = record.get("env_turns_ids", [])
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: env_turns_ids must be a list of token-id lists (one per "
+                        "environment turn)")
+    out = tuple(check_ids(t, where, f"env_turns_ids[{j}]", vocab_size) for j, t in enumerate(turns))
+    if any(not t for t in out):
+        raise DataError(f"{where}: env_turns_ids holds an empty turn")
+    return out
+
+
 def _check_prompt(ids, where: str, name: str, max_len: int):
     if not ids:
         raise DataError(f"{where}: the {name} is empty")
@@ -254,7 +269,8 @@ def load_examples(path: str, *, tokenizer=None, max_prompt_len: int, vocab_size:
                           ("completion", completion)):
             if ids and vocab_size is not None and max(ids) >= vocab_size:
                 raise DataError(f"{where}: {name} has token id {max(ids)} >= vocab_size {vocab_size}")
-        out.append(Example(prompt, teacher, completion, record.get("answer"), line, record))
+        out.append(Example(prompt, teacher, completion, record.get("answer"), line, record,
+                           _env_turns(record, where, vocab_size)))
     if not out:
         raise DataError(f"{path}: the file holds no records")
     return out

@@ -249,7 +249,7 @@ class ServedTeacher(Teacher):
         to_local = self.runtime.rows.to_local
         seq = batch.teacher_sequences
         tokens, mask = to_local(seq.tokens), to_local(seq.mask)
-        lengths = to_local(batch.loss_mask).sum(axis=1)
+        lengths = mask[:, -batch.completion_len:].sum(axis=1)  # the completion's real tokens
         counts = _Counts()
         if self._background is None:
             self._background = ThreadPoolExecutor(max_workers=1)

@@ -134,11 +134,13 @@ def join(prompts, prompt_mask, completion, completion_mask) -> Sequences:
 
 
 def assemble(prompts, prompt_mask, completion, completion_mask, behavior_logp, t_prompts=None,
-             t_mask=None) -> TrainBatch:
+             t_mask=None, loss_mask=None) -> TrainBatch:
     """Sequences = left-padded prompt ++ completion, for the student and (own prompt) the
-    teacher."""
+    teacher; ``loss_mask``: the completion tokens the loss counts (default: all of them; a
+    multi-turn episode's student tokens, not its environment's)."""
+    loss_mask = completion_mask if loss_mask is None else loss_mask
     return TrainBatch(student=join(prompts, prompt_mask, completion, completion_mask),
-                      targets=completion, loss_mask=completion_mask, behavior_logp=behavior_logp,
+                      targets=completion, loss_mask=loss_mask, behavior_logp=behavior_logp,
                       teacher=None if t_prompts is None else join(t_prompts, t_mask, completion,
                                                                   completion_mask))
 

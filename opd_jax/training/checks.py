@@ -148,20 +148,52 @@ def check_routes(spec, examples: list[D.Example], path: str) -> None:
                 f"{known} (a name of teacher.names or an index), got {e.record.get('teacher')!r}.")
 
 
-def check_lengths(examples: list[D.Example], max_new: int, limits, path: str) -> None:
-    """Every prompt plus ``max_new`` generated tokens fits each model's position range.
+def check_lengths(examples: list[D.Example], max_new: int, limits, path: str, turns: int = 1) -> None:
+    """Every prompt plus ``max_new`` generated tokens fits each model's position range; for
+    episodes of ``turns`` turns (``loop.turns``), the prompt, ``turns`` times ``max_new`` and the
+    environment's turns between them.
 
     ``limits``: ``[(name, max positions, reads the teacher prompt)]``.
     """
+    def rest(e):
+        return turns * max_new + sum(len(t) for t in e.env_turns_ids[:turns - 1])
+    def what(e):
+        if turns == 1:
+            return f"plus sampler.max_new_tokens={max_new}"
+        return (f"plus loop.turns={turns} x sampler.max_new_tokens={max_new} and its environment "
+                f"turns ({rest(e)} tokens)")
     for who, max_positions, teacher_prompt in limits:
         def ids(e):
             return (e.teacher_prompt_ids or e.prompt_ids) if teacher_prompt else e.prompt_ids
-        e = max(examples, key=lambda e: len(ids(e)))
-        if len(ids(e)) + max_new > max_positions:
+        e = max(examples, key=lambda e: len(ids(e)) + rest(e))
+        if len(ids(e)) + rest(e) > max_positions:
             raise D.DataError(
-                f"{path}:{e.line}: a prompt of {len(ids(e))} tokens plus sampler.max_new_tokens="
-                f"{max_new} exceeds the {who}'s max_position_embeddings={max_positions}; shorten "
-                "the prompts (data.max_prompt_len) or lower sampler.max_new_tokens.")
+                f"{path}:{e.line}: a prompt of {len(ids(e))} tokens {what(e)} exceeds the {who}'s "
+                f"max_position_embeddings={max_positions}; shorten the prompts "
+                "(data.max_prompt_len) or lower sampler.max_new_tokens.")
+
+
+def check_turns(exp, examples: list[D.Example]) -> None:
+    """Multi-turn episodes (``loop.turns > 1``) are built from the student's own samples with a
+    teacher of its tokenizer, and some record has environment turns."""
+    if exp.loop.turns == 1:
+        return
+    clash = {"loop.teacher_mix > 0": exp.loop.teacher_mix > 0,
+             "loop.golden_fraction > 0": exp.loop.golden_fraction > 0,
+             "teacher.kind='cross_tokenizer'": exp.teacher.kind == "cross_tokenizer",
+             "teacher.peers": exp.teacher.peers.on,
+             f"objective {O.recipe_name(exp.objective)!r} (it reads the sampler's top-k)":
+                 bool({O.BEHAVIOR_TOPK_IDS} & O.required_inputs(exp.objective)),
+             "the records' other teacher contexts (UniSD's agreement, contrastive term)":
+                 bool(set(CONTEXT_FIELDS) & O.required_inputs(exp.objective))}
+    named = [k for k, v in clash.items() if v]
+    if named:
+        raise ValueError(f"loop.turns={exp.loop.turns} (multi-turn episodes) cannot be combined "
+                         f"with {', '.join(named)}; set loop.turns=1 or turn them off.")
+    if not any(e.env_turns_ids for e in examples):
+        raise D.DataError(f"{exp.data.path}: loop.turns={exp.loop.turns}, but no record has "
+                          "env_turns_ids (the environment's turns between the student's); add them "
+                          "or set loop.turns=1.")
 
 
 def check_alignment(exp) -> None:
@@ -220,6 +252,7 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
                               f"{exp.loop.golden_fraction} mixes the records' reference completions "
                               "into the student's samples, but this record has none; add one to "
                               "every record or set loop.golden_fraction=0.")
+    check_turns(exp, examples)
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "

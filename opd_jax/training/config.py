@@ -285,6 +285,11 @@ class LoopConfig:
     # (eopd, reopold, topk_opd's ppo, ...) leave 1. run.steps counts optimizer steps.
     minibatches: int = 1
     epochs: int = 1
+    # assistant turns per episode (multi-turn on-policy distillation): after each of the student's
+    # turns that ends with an EOS token, its record's next environment turn (env_turns_ids: a user
+    # message, a tool's output, rendered as token ids) is appended and the student answers again;
+    # the teacher scores the whole episode and the loss counts the student's tokens only
+    turns: int = 1
 
     @property
     def updates(self) -> int:
@@ -304,7 +309,7 @@ class LoopConfig:
                f"buffer), got {self.completion_slices!r}")
         _check(0.0 <= self.golden_fraction <= 1.0,
                f"loop.golden_fraction must lie in [0, 1], got {self.golden_fraction}")
-        for name in ("minibatches", "epochs"):
+        for name in ("minibatches", "epochs", "turns"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                    f"loop.{name} must be an int >= 1, got {value!r}")

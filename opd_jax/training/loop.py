@@ -8,7 +8,8 @@ data from the state's cursor, so a resumed run repeats an uninterrupted one exac
    rollouts during the cold start; else fresh student samples with probability ``loop.lmbda``
    (GKD's lambda), otherwise teacher samples (``seq_kd``) or the data's reference completions;
 2. build the batch from it (the student samples, optionally mixing teacher tokens, or some
-   rows replaced by the data's reference completions: ``loop.golden_fraction``);
+   rows replaced by the data's reference completions: ``loop.golden_fraction``; or multi-turn
+   episodes with the records' environment turns: ``loop.turns``, :mod:`.episodes`);
 3. score it with the teacher (:mod:`opd_jax.teachers`), only if the objective reads a teacher;
    compute rewards and the extra teacher contexts only if the objective takes them;
 4. jitted train steps with the objective (the SFT objective during the cold start): one, or one
@@ -41,6 +42,7 @@ from opd_jax.teachers import Runtime, Student, build_teacher, teacher_class
 from opd_jax.teachers.local import sequence_logp
 from opd_jax.training import batches as B
 from opd_jax.training import checks as C
+from opd_jax.training import episodes as E
 from opd_jax.training import flops as F
 from opd_jax.training import outputs, safety, shared
 from opd_jax.training import text as T
@@ -137,7 +139,7 @@ class Trainer:
                                                    self.tokenizer), self.mesh, runtime, exp.objective)
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
-        C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path)
+        C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path, exp.loop.turns)
         if self.peers is not None:
             self.peers.check_positions(limits, exp.sampler.max_new_tokens)
         if self.eval_examples:
@@ -255,6 +257,10 @@ class Trainer:
                 golden = B.golden_rows(self.exp.loop, key, prompts)
                 stats["sample/golden_frac"] = float(np.mean(golden))
         n, t = self.exp.sampler.num_samples, self.exp.objective.temperature
+        if source == "on_policy" and self.exp.loop.turns > 1:  # multi-turn episodes
+            more = E.student_turns(self.s_graph, params, B.student_sampler(self.exp), self.rows, prompts, key)
+            return E.episodes(self.rows, prompts, roll, num_samples=n, turns=self.exp.loop.turns,
+                              pad_id=self.exp.sampler.pad_id, next_turn=more), stats
         batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
                                golden=golden, pad_id=self.exp.sampler.pad_id)
         if golden is not None:  # the golden rows' behaviour log-prob: the student's own
