@@ -17,8 +17,10 @@ through the *teacher's* tokenizer and template; a reference completion (off-poli
 and SFT), ``"completion_ids"`` or ``"completion"`` (text, tokenized without special tokens and
 ended with the EOS token); ``"answer"`` (for a verifier's reward); the environment's turns of a
 multi-turn episode, ``"env_turns_ids"`` (a list of non-empty id lists: what follows the student's
-first, second, ... turn, e.g. the next user message rendered by the chat template; read by
-``loop.turns``); the extra teacher contexts of
+first, second, ... turn; read by ``loop.turns``) or ``"env_turns"`` (text user messages, or
+``{"role": "user" | "tool", "content": text}`` turns, of a chat-template prompt: each rendered as
+what the template writes between an assistant turn's end-of-turn token, which the student
+samples, and the next assistant turn's first token); the extra teacher contexts of
 UniSD, ``"aux_teacher_prompts_ids"`` (a list of id lists) and ``"bad_teacher_prompt_ids"``,
 checked like prompts; and anything else, kept as-is in ``Example.record``.
 
@@ -218,8 +220,39 @@ def _contexts(record, where: str, max_len: int, vocab_size) -> None:
         _check_prompt(ids, where, "bad_teacher_prompt_ids", max_len)
 
 
-def _env_turns(record, where: str, vocab_size) -> tuple[tuple[int, ...], ...]:
-    turns = record.get("env_turns_ids", [])
+def _env_text(record, where: str, opts: TextOptions) -> list[list[int]]:
+    """``env_turns`` rendered through the chat template, each relative to the record's prompt
+    chat: the tokens after the end-of-turn token that closes an (empty) assistant turn."""
+    turns = record["env_turns"]
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: env_turns must be a list of messages (text or role/content turns)")
+    if "messages" in record:
+        base = _check_messages(record["messages"], where, "messages")
+        base = base[:-1] if base[-1]["role"] == "assistant" else base
+    elif opts.chat_template and isinstance(record.get("prompt"), str):
+        base = [{"role": "user", "content": record["prompt"]}]
+    else:
+        raise DataError(f"{where}: env_turns are rendered by the chat template: give the prompt as "
+                        "messages (or a text prompt with the chat template on), or store env_turns_ids")
+    tok = _need(opts.tokenizer, where, "env_turns")
+    eos = opts.eos_id if opts.eos_id is not None else tok.eos_token_id
+    head = len(_chat(tok, base, where, opts))
+    out = []
+    for j, turn in enumerate(turns):
+        msg = {"role": "user", "content": turn} if isinstance(turn, str) else turn
+        _check_messages([msg], where, f"env_turns[{j}]")
+        full = list(_chat(tok, base + [{"role": "assistant", "content": ""}, msg], where, opts))
+        if eos not in full[head:]:
+            raise DataError(f"{where}: the chat template closes no assistant turn with the EOS token "
+                            f"({eos}) before env_turns[{j}]; store env_turns_ids instead")
+        out.append(full[full.index(eos, head) + 1:])
+    return out
+
+
+def _env_turns(record, where: str, vocab_size, opts: TextOptions) -> tuple[tuple[int, ...], ...]:
+    if "env_turns" in record and "env_turns_ids" in record:
+        raise DataError(f"{where}: both env_turns and env_turns_ids; keep one")
+    turns = _env_text(record, where, opts) if "env_turns" in record else record.get("env_turns_ids", [])
     if not isinstance(turns, list):
         raise DataError(f"{where}: env_turns_ids must be a list of token-id lists (one per "
                         "environment turn)")
@@ -270,7 +303,7 @@ def load_examples(path: str, *, tokenizer=None, max_prompt_len: int, vocab_size:
             if ids and vocab_size is not None and max(ids) >= vocab_size:
                 raise DataError(f"{where}: {name} has token id {max(ids)} >= vocab_size {vocab_size}")
         out.append(Example(prompt, teacher, completion, record.get("answer"), line, record,
-                           _env_turns(record, where, vocab_size)))
+                           _env_turns(record, where, vocab_size, opts)))
     if not out:
         raise DataError(f"{path}: the file holds no records")
     return out

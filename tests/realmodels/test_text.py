@@ -177,3 +177,31 @@ def test_a_different_tokenizer_is_refused_naming_the_first_differing_token(tok):
                              teacher_name="teacher (t)")
     with pytest.raises(TokenizerMismatch, match=r"id 4 is no token for the student"):
         check_same_tokenizer(word_tok(words), word_tok(words + ["d"]))
+
+
+def test_env_turns_render_as_the_chat_template_continues_a_conversation(tmp_path, tok):
+    """prompt + an assistant turn (its tokens and the end-of-turn token) + env_turns[j] is what the
+    template renders for the conversation with that assistant turn and the next message."""
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+    turns = ["Are you sure?", {"role": "tool", "content": "4"}]
+    (e,) = _load(tmp_path, [{"messages": user, "env_turns": turns}], tok)
+    (same,) = _load(tmp_path, [{"prompt": user[0]["content"], "env_turns": turns}], tok,
+                    chat_template=True)
+    assert same.env_turns_ids == e.env_turns_ids and len(e.env_turns_ids) == 2
+    answer = tok("4", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    for j, turn in enumerate(turns):
+        msg = {"role": "user", "content": turn} if isinstance(turn, str) else turn
+        whole = _apply(tok, user + [{"role": "assistant", "content": "4"}, msg])
+        assert list(e.prompt_ids) + answer + list(e.env_turns_ids[j]) == whole
+
+
+@pytest.mark.parametrize("record, match", [
+    ({"prompt": "hi", "env_turns": ["more"]}, r"env_turns are rendered by the chat template"),
+    ({"messages": [{"role": "user", "content": "hi"}], "env_turns": ["a"], "env_turns_ids": [[3]]},
+     r"both env_turns and env_turns_ids"),
+    ({"messages": [{"role": "user", "content": "hi"}], "env_turns": [{"role": "robot", "content": "a"}]},
+     r"env_turns\[0\]\[0\] must be"),
+])
+def test_bad_env_turns_name_the_line(tmp_path, tok, record, match):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: " + match):
+        _load(tmp_path, [record], tok)
