@@ -58,14 +58,16 @@ def _completions(rows: B.Rows, roll):
 
 
 def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns: int, pad_id: int,
-             next_turn: Callable[[jax.Array, jax.Array, int], object]) -> TrainBatch:
+             next_turn: Callable[[jax.Array, jax.Array, int], object]) -> tuple[TrainBatch, float]:
     """The batch of episodes that start with the rollout ``first`` (turn 1) and go on for up to
-    ``turns`` turns; ``next_turn(tokens, mask, t)`` samples turn ``t`` (from 2) of every row from
-    the left-padded episodes so far (global arrays, one sample per row)."""
+    ``turns`` turns, and the mean number of student turns in this host's episodes;
+    ``next_turn(tokens, mask, t)`` samples turn ``t`` (from 2) of every row from the left-padded
+    episodes so far (global arrays, one sample per row)."""
     n = num_samples
     examples = [e for e in prompts.examples for _ in range(n)]
     comp, logp, alive = _completions(rows, first)
     student = [[True] * len(c) for c in comp]  # which completion tokens are the student's
+    taken = np.ones(len(comp))  # student turns per episode
     for t in range(2, turns + 1):
         env = [e.env_turns_ids[t - 2] if t - 2 < len(e.env_turns_ids) else None for e in examples]
         go = alive & np.array([x is not None for x in env])
@@ -81,7 +83,7 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
         for r in np.flatnonzero(go):
             comp[r], logp[r], student[r] = (comp[r] + more[r], logp[r] + more_logp[r],
                                             student[r] + [True] * len(more[r]))
-        alive = go & ended
+        alive, taken = go & ended, taken + go
     longest = max(len(c) for c in comp)
     if jax.process_count() > 1:
         longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
@@ -95,6 +97,6 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
 
     def rep(x):
         return None if x is None else g(np.repeat(x, n, axis=0))
-    return B.assemble(rep(prompts.tokens), rep(prompts.mask), g(tokens), g(real), g(behavior),
-                      rep(prompts.teacher_tokens), rep(prompts.teacher_mask),
-                      loss_mask=g(loss)).replace(group=n)
+    batch = B.assemble(rep(prompts.tokens), rep(prompts.mask), g(tokens), g(real), g(behavior),
+                       rep(prompts.teacher_tokens), rep(prompts.teacher_mask), loss_mask=g(loss))
+    return batch.replace(group=n), float(taken.mean())

@@ -259,8 +259,10 @@ class Trainer:
         n, t = self.exp.sampler.num_samples, self.exp.objective.temperature
         if source == "on_policy" and self.exp.loop.turns > 1:  # multi-turn episodes
             more = E.student_turns(self.s_graph, params, B.student_sampler(self.exp), self.rows, prompts, key)
-            return E.episodes(self.rows, prompts, roll, num_samples=n, turns=self.exp.loop.turns,
-                              pad_id=self.exp.sampler.pad_id, next_turn=more), stats
+            batch, stats["sample/turns"] = E.episodes(
+                self.rows, prompts, roll, num_samples=n, turns=self.exp.loop.turns,
+                pad_id=self.exp.sampler.pad_id, next_turn=more)
+            return batch, stats
         batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
                                golden=golden, pad_id=self.exp.sampler.pad_id)
         if golden is not None:  # the golden rows' behaviour log-prob: the student's own

@@ -142,3 +142,20 @@ def test_qwen3_opsd_smoke_with_the_student_from_the_local_hf_cache(tmp_path):
     assert exported.keys() == expected.keys()
     for name, value in expected.items():
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
+def test_qwen3_multiturn_opd_smoke_trains_on_two_turn_episodes(tmp_path):
+    """The multi-turn experiment through the command line: the follow-up rendered by the chat
+    template joins each episode whose first turn ended with an end-of-turn token."""
+    from opd_jax.config import load_module
+    work = tmp_path / "run"
+    C.check_ok(C.run_cli(work, config="experiments/qwen3_multiturn_opd.py:smoke"))
+    cfg = json.loads((work / "config.json").read_text())
+    assert cfg["loop"]["turns"] == 2 and cfg["data"]["chat_template"]
+    follow_up = load_module("experiments/qwen3_multiturn_opd.py").FOLLOW_UP
+    records = [json.loads(line) for line in open(work / "data" / "train.jsonl")]
+    assert all(r["env_turns"] == [follow_up] for r in records)
+    rows = [m for m in C.metrics(work) if "sample/turns" in m]
+    assert [m["step"] for m in rows] == [1, 2] and C.steps(work) == [2]
+    assert all(1.0 < m["sample/turns"] <= 2.0 for m in rows)  # some episodes took the second turn
+    assert os.listdir(work / "hf") == ["step_2"]

@@ -59,7 +59,7 @@ def segments(tokens, student):
 def test_episodes_follow_the_records_and_keep_the_students_logprobs(tmp_path):
     trainer = Trainer(_exp(tmp_path, turns=3))
     prompts = trainer.prompts(0)
-    batch, _ = trainer._batch("on_policy", prompts, jax.random.key(7), 0)
+    batch, stats = trainer._batch("on_policy", prompts, jax.random.key(7), 0)
     tokens, real, loss = (local(x) for x in (batch.targets, batch.student.mask[:, -batch.completion_len:],
                                              batch.loss_mask))
     assert (loss <= real).all()
@@ -77,6 +77,7 @@ def test_episodes_follow_the_records_and_keep_the_students_logprobs(tmp_path):
             assert last[-1] not in EOS or len(last) == 0  # it went on whenever it could
         turns_seen.append(len(student))
     assert max(turns_seen) == 3 and min(turns_seen) == 1
+    assert stats["sample/turns"] == pytest.approx(np.mean(turns_seen))
     # every student token's behaviour log-prob is the student's, given the whole episode so far
     own = local(independent_logp(trainer.s_graph, trainer.state.params, batch))
     got = local(batch.behavior_logp)

@@ -1,0 +1,72 @@
+"""Multi-turn on-policy distillation of Qwen3-1.7B from Qwen3-8B: the student solves a math
+problem, the user asks it to check its work, and it answers again; the teacher scores both turns
+and the student learns from its own tokens only (``loop.turns=2``).
+
+    python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:1gpu --workdir runs/q3_mt \\
+        --set data.path=data/math/train_multiturn.jsonl
+    python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:tcod ...   # TCOD's order
+    python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:smoke --workdir /tmp/mt  # CPU
+
+Arguments: ``1gpu`` (the default; sampled-token OPD over both turns), ``tcod`` (the same, with
+TCOD's turn curriculum: the first turn alone, then both, over the first 100 steps; a turn ends at
+Qwen3's ``<|im_end|>``, id 151645), ``smoke``.
+
+Each record holds the problem as a chat and the follow-up as an environment turn, e.g.
+``{"messages": [{"role": "user", "content": "<problem> ... \\boxed{}."}], "env_turns": ["Check
+your work step by step; if you find a mistake, fix it, and give the final answer in \\boxed{}."],
+"answer": "<reference answer>"}``; the follow-up is rendered by the student's chat template as it
+continues the conversation after the student's ``<|im_end|>`` (``opd_jax.data``). An episode ends
+after a turn that stops without an end-of-turn token (the token budget ran out) or after the
+second turn; the run logs ``sample/turns``, the mean number of student turns per episode. The
+evaluation (held-out pass@k, math-verify) reads single-turn answers: the problem alone.
+
+Sizes and memory as in ``qwen3_math_opd.py`` ``1gpu`` (8 prompts x 4 samples, remat), with two
+turns of up to 512 new tokens each instead of one of 1024: the same sequence length for the
+teacher and the update, and two sampler calls (the second over the episodes so far) instead of
+one; estimates, not measured.
+"""
+
+import dataclasses
+import json
+import os
+
+from opd_jax import smoke
+from opd_jax.config import load_module
+from opd_jax.objectives.recipes import OPDConfig, TCODConfig
+from opd_jax.training.config import Experiment, LoopConfig
+
+FOLLOW_UP = ("Check your work step by step; if you find a mistake, fix it, and give the final "
+             "answer in \\boxed{}.")
+IM_END = 151645  # Qwen3's end of turn
+# the single-turn recipe this one extends (models, sampler, optimizer, evaluation, smoke set-up)
+single = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "qwen3_math_opd.py"))
+
+
+def get_config(arg: str = "") -> Experiment:
+    arg = arg or "1gpu"
+    if arg not in ("1gpu", "tcod", "smoke"):
+        raise ValueError(f"qwen3_multiturn_opd.py: unknown argument {arg!r}; use 1gpu, tcod or smoke")
+    base = single.smoke_config() if arg == "smoke" else single.get_config("1gpu")
+    loop = LoopConfig(lmbda=1.0, turns=2)
+    if arg == "smoke":
+        return dataclasses.replace(base, loop=loop, run=dataclasses.replace(
+            base.run, workdir="runs/qwen3_multiturn_opd_smoke"))
+    objective = TCODConfig(separators=(IM_END,), grow_steps=100) if arg == "tcod" else OPDConfig()
+    sampler = dataclasses.replace(base.sampler, max_new_tokens=512, new_token_buckets=(512,))
+    return dataclasses.replace(
+        base, objective=objective, sampler=sampler, loop=loop,
+        data=dataclasses.replace(base.data, path="data/math/train_multiturn.jsonl"),
+        run=dataclasses.replace(base.run, workdir="runs/qwen3_multiturn_opd"))
+
+
+def prepare(exp: Experiment) -> Experiment:
+    """Smoke runs (no data path): the tiny models and problems of ``qwen3_math_opd``'s smoke run,
+    each training record given the follow-up as its environment turn."""
+    if exp.data.path:
+        return exp
+    exp = smoke.prepare_run(exp, privileged=False)
+    with open(exp.data.path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    if any("env_turns" not in r for r in records):
+        smoke.write_jsonl(exp.data.path, [{**r, "env_turns": [FOLLOW_UP]} for r in records])
+    return exp
