@@ -11,31 +11,15 @@ import pytest
 from flax import nnx
 
 import opd_jax.objectives as O
-from opd_jax.models import Transformer, save_pretrained, tiny_config
 from opd_jax.teachers import wire
 from opd_jax.teachers.lookahead import ServedLookahead, WithLookahead
 from opd_jax.training.config import ModelSpec, ServedSpec, TeacherSpec
 from opd_jax.training.loop import Trainer
 from test_loop import V, experiment
-from test_served import start_server, stop
+from test_served import server, teacher_dir  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 CFG = O.LGRConfig(k=3, branch_points=2, min_entropy=0.0)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lookahead_served") / "teacher"
-    save_pretrained(Transformer(tiny_config(vocab_size=V, hidden_size=48, num_layers=2),
-                                rngs=nnx.Rngs(1)), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(teacher_dir):
-    proc, url = start_server(teacher_dir)
-    yield url
-    stop(proc)
 
 
 def _trainer(path, teacher, **kw):
