@@ -210,6 +210,21 @@ def test_turn_curriculum_compares_tcod_with_opd():
     assert module.verdict(fake(arms, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
 
 
+def test_rollout_reuse_compares_reuse_with_one_step_per_batch_at_the_same_samples():
+    module = RP.load("rollout_reuse")
+    arms = [a.name for a in module.arms("quick")]
+    assert arms == ["opd_ppo", "reuse_2", "reuse_2_is", "reuse_mb2"]
+
+    def ends(gains):  # pass@1 rises linearly by gains[arm] over the run (40 steps here)
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * gains.get(arm, 0.0))
+    # opd_ppo at step 20 (the same batches as reuse_2's 40 steps): 0.3 + 0.1
+    assert module.verdict(fake(arms, ends({"opd_ppo": 0.2, "reuse_2": 0.2})), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(arms, ends({"opd_ppo": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
+    got = module.verdict(fake(arms, ends({"opd_ppo": 0.2, "reuse_2": 0.1, "reuse_mb2": 0.4})), "quick")
+    assert got["verdict"] == V.INCONCLUSIVE  # the other reuse arms are reported, never judged
+    assert got["notes"]["reuse_mb2_same_samples"]["outcome"] == "holds"
+
+
 def test_divergence_aware_sft_needs_dasd_above_both_controls():
     module = RP.load("divergence_aware_sft")
     arms = [a.name for a in module.arms("quick")]
