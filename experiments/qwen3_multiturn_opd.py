@@ -21,9 +21,10 @@ second turn; the run logs ``sample/turns``, the mean number of student turns per
 evaluation (held-out pass@k, math-verify) reads single-turn answers: the problem alone.
 
 Sizes and memory as in ``qwen3_math_opd.py`` ``1gpu`` (8 prompts x 4 samples, remat), with two
-turns of up to 512 new tokens each instead of one of 1024: the same sequence length for the
-teacher and the update, and two sampler calls (the second over the episodes so far) instead of
-one; estimates, not measured.
+turns of up to 512 new tokens each and the follow-up (~30 tokens) instead of one turn of 1024:
+completions of up to ~1,100 tokens for the teacher and the update (the batch's width rounded up to
+a multiple of 128 or 256), and two sampler calls (the second from the episodes so far, prompts of
+up to ~1,100 tokens) instead of one; estimates, not measured.
 """
 
 import dataclasses
@@ -52,7 +53,9 @@ def get_config(arg: str = "") -> Experiment:
         return dataclasses.replace(base, loop=loop, run=dataclasses.replace(
             base.run, workdir="runs/qwen3_multiturn_opd_smoke"))
     objective = TCODConfig(separators=(IM_END,), grow_steps=100) if arg == "tcod" else OPDConfig()
-    sampler = dataclasses.replace(base.sampler, max_new_tokens=512, new_token_buckets=(512,))
+    # a second turn's prompt is the episode so far: the prompt, the first turn and the follow-up
+    sampler = dataclasses.replace(base.sampler, max_new_tokens=512, new_token_buckets=(512,),
+                                  prompt_buckets=(256, 512, 1024, 1536))
     return dataclasses.replace(
         base, objective=objective, sampler=sampler, loop=loop,
         data=dataclasses.replace(base.data, path="data/math/train_multiturn.jsonl"),

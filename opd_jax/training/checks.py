@@ -190,6 +190,18 @@ def check_turns(exp, examples: list[D.Example]) -> None:
     if named:
         raise ValueError(f"loop.turns={exp.loop.turns} (multi-turn episodes) cannot be combined "
                          f"with {', '.join(named)}; set loop.turns=1 or turn them off.")
+    turns, new, sampler = exp.loop.turns, exp.sampler.max_new_tokens, exp.sampler
+    longest = max(len(e.prompt_ids) + (turns - 1) * new + sum(len(t) for t in e.env_turns_ids[:turns - 1])
+                  for e in examples)  # the longest prompt a later turn's sampler call can get
+    if sampler.prompt_buckets and longest > sampler.prompt_buckets[-1]:
+        raise ValueError(f"loop.turns={turns}: a later turn starts from the episode so far, up to "
+                         f"{longest} tokens (the prompt, {turns - 1} x sampler.max_new_tokens={new} "
+                         "and the environment's turns), more than the largest of "
+                         f"sampler.prompt_buckets={sampler.prompt_buckets}; add a bucket of at least "
+                         f"{longest} (or leave the buckets empty: powers of two).")
+    if sampler.cache_len is not None and longest >= sampler.cache_len:
+        raise ValueError(f"loop.turns={turns}: a later turn starts from up to {longest} tokens, "
+                         f"which leaves no room in sampler.cache_len={sampler.cache_len}; raise it.")
     if not any(e.env_turns_ids for e in examples):
         raise D.DataError(f"{exp.data.path}: loop.turns={exp.loop.turns}, but no record has "
                           "env_turns_ids (the environment's turns between the student's); add them "

@@ -87,7 +87,10 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
     longest = max(len(c) for c in comp)
     if jax.process_count() > 1:
         longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
-    width = max(16, 1 << max(longest - 1, 0).bit_length())  # few distinct shapes
+    # a multiple of an eighth of the next power of two: at most 8 widths (compiled shapes) per
+    # octave, at most ~1/8 of padding
+    unit = max(16, (1 << max(longest - 1, 0).bit_length()) // 8)
+    width = -(-max(longest, 1) // unit) * unit
     tokens, real = D.right_pad([tuple(c) for c in comp], width, pad_id)
     loss = np.zeros_like(real)
     behavior = np.zeros(real.shape, np.float32)

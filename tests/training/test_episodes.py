@@ -118,6 +118,15 @@ def test_what_episodes_cannot_do_is_refused(tmp_path, changes, match):
         Trainer(_exp(tmp_path, turns=2, **changes))
 
 
+def test_prompt_buckets_too_small_for_a_later_turn_are_refused(tmp_path):
+    exp = _exp(tmp_path, turns=3)
+    exp = dataclasses.replace(exp, sampler=exp.sampler.replace(prompt_buckets=(8, 16)))
+    with pytest.raises(ValueError, match=r"loop.turns=3: a later turn starts from the episode so far, "
+                                         r"up to \d+ tokens .* more than the largest of "
+                                         r"sampler.prompt_buckets=\(8, 16\)"):
+        Trainer(exp)
+
+
 def test_an_episode_longer_than_the_model_is_refused(tmp_path):
     exp = _exp(tmp_path, turns=3)
     exp = dataclasses.replace(exp, sampler=exp.sampler.replace(max_new_tokens=60))
