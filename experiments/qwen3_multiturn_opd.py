@@ -18,7 +18,9 @@ your work step by step; if you find a mistake, fix it, and give the final answer
 continues the conversation after the student's ``<|im_end|>`` (``opd_jax.data``). An episode ends
 after a turn that stops without an end-of-turn token (the token budget ran out) or after the
 second turn; the run logs ``sample/turns``, the mean number of student turns per episode. The
-evaluation (held-out pass@k, math-verify) reads single-turn answers: the problem alone.
+evaluation (held-out pass@k, math-verify) asks the same follow-up (``eval.turns=2``: the held-out
+records need it as ``env_turns`` too) and scores the student's tokens of both turns (the last
+``\boxed{}`` answer counts); ``--set eval.turns=1`` scores first answers alone.
 
 Sizes and memory as in ``qwen3_math_opd.py`` ``1gpu`` (8 prompts x 4 samples, remat), with two
 turns of up to 512 new tokens each and the follow-up (~30 tokens) instead of one turn of 1024:
@@ -48,28 +50,30 @@ def get_config(arg: str = "") -> Experiment:
     if arg not in ("1gpu", "tcod", "smoke"):
         raise ValueError(f"qwen3_multiturn_opd.py: unknown argument {arg!r}; use 1gpu, tcod or smoke")
     base = single.smoke_config() if arg == "smoke" else single.get_config("1gpu")
-    loop = LoopConfig(lmbda=1.0, turns=2)
+    base = dataclasses.replace(base, loop=LoopConfig(lmbda=1.0, turns=2),
+                               eval=dataclasses.replace(base.eval, turns=2))
     if arg == "smoke":
-        return dataclasses.replace(base, loop=loop, run=dataclasses.replace(
+        return dataclasses.replace(base, run=dataclasses.replace(
             base.run, workdir="runs/qwen3_multiturn_opd_smoke"))
     objective = TCODConfig(separators=(IM_END,), grow_steps=100) if arg == "tcod" else OPDConfig()
     # a second turn's prompt is the episode so far: the prompt, the first turn and the follow-up
     sampler = dataclasses.replace(base.sampler, max_new_tokens=512, new_token_buckets=(512,),
                                   prompt_buckets=(256, 512, 1024, 1536))
     return dataclasses.replace(
-        base, objective=objective, sampler=sampler, loop=loop,
+        base, objective=objective, sampler=sampler,
         data=dataclasses.replace(base.data, path="data/math/train_multiturn.jsonl"),
         run=dataclasses.replace(base.run, workdir="runs/qwen3_multiturn_opd"))
 
 
 def prepare(exp: Experiment) -> Experiment:
     """Smoke runs (no data path): the tiny models and problems of ``qwen3_math_opd``'s smoke run,
-    each training record given the follow-up as its environment turn."""
+    each training and held-out record given the follow-up as its environment turn."""
     if exp.data.path:
         return exp
     exp = smoke.prepare_run(exp, privileged=False)
-    with open(exp.data.path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
-    if any("env_turns" not in r for r in records):
-        smoke.write_jsonl(exp.data.path, [{**r, "env_turns": [FOLLOW_UP]} for r in records])
+    for path in (exp.data.path, exp.eval.path):
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        if any("env_turns" not in r for r in records):
+            smoke.write_jsonl(path, [{**r, "env_turns": [FOLLOW_UP]} for r in records])
     return exp

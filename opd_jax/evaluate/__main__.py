@@ -46,9 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--details", action="store_true", help="add per-problem results")
+    p.add_argument("--turns", type=int, default=1,
+                   help="model turns per episode, the records' env_turns between them (default 1)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     a = p.parse_args(argv)
-    for name in ("k", "max_new_tokens", "batch_size", "max_prompt_len", "limit", "diagnostics_k"):
+    for name in ("k", "max_new_tokens", "batch_size", "max_prompt_len", "limit", "diagnostics_k",
+                 "turns"):
         value = getattr(a, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -94,9 +97,9 @@ def run(a) -> dict:
     graphdef, params = nnx.split(model, nnx.Param)
     result = evaluate(graphdef, params, examples, reward_fn=reward_fn, cfg=cfg, k=a.k, seed=a.seed,
                       batch_size=batch, mesh=mesh, teacher=teacher, details=a.details,
-                      tokenizer=tok, diagnostics_k=a.diagnostics_k)
+                      tokenizer=tok, diagnostics_k=a.diagnostics_k, turns=a.turns)
     result.update(model=a.model, data=a.data, teacher=a.teacher, reward_fn=a.reward,
-                  max_new_tokens=a.max_new_tokens, temperature=a.temperature)
+                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, turns=a.turns)
     if a.out:
         write_result(result, a.out)
     return result

@@ -20,6 +20,11 @@ Reported (means over problems unless said otherwise):
 - each ``per_problem`` hook's values, averaged over problems (e.g. the lab's distinct correct
   solutions).
 
+With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampling.turns`, the
+records' ``env_turns_ids``): the rewards, lengths, truncation and entropy read the model's own
+tokens of all its turns (the environment's are left out), ``turns`` reports the mean number of
+model turns of the samples, and the teacher diagnostics read the first turns.
+
 Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
 which are dropped); every prompt keeps its own PRNG stream (its index in ``examples``), so the
 results do not depend on the batch size. The model does not change during an evaluation, so it
@@ -42,6 +47,7 @@ from opd_jax.data import Example, left_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.frozen import freeze_if_possible
+from opd_jax.sampling.turns import continue_turns, student_tokens
 from opd_jax.training.batch import Sequences
 from opd_jax.training.batches import completion_width
 
@@ -92,7 +98,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
              k: int = 8, seed: int = 0, batch_size: int | None = None, mesh=None, teacher=None,
              temperature: float = 1.0, diagnostics_k: int = 16, chunk_size: int = 64,
              threshold: float = 1.0, per_problem: Mapping[str, Hook] | None = None,
-             details: bool = False, tokenizer=None) -> dict:
+             details: bool = False, tokenizer=None, turns: int = 1) -> dict:
     """Metrics of the model ``(graphdef, params)`` on ``examples`` (see the module docstring).
 
     ``cfg`` gives ``max_new_tokens``, ``eos_ids``, ``pad_id`` and the sampling distribution of the
@@ -101,18 +107,20 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     spread over its data-parallel devices, fastest when they divide evenly). ``temperature`` is
     the one the teacher diagnostics compare the two models at. ``details=True`` adds
     ``"problems"``, one entry per example (with ``tokenizer``, the greedy completion's text).
+    ``turns``: model turns per episode at most (see the module docstring).
     """
     bs = _check(examples, k, batch_size, cfg)
     n = len(examples)
     width = max(len(e.prompt_ids) for e in examples)
     t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
+    later = cfg.prompt_buckets  # a later turn's prompts: the episodes so far
     if not cfg.prompt_buckets:  # one prompt width for every batch: one compiled program
         cfg = cfg.replace(prompt_buckets=(width,))
     greedy_cfg, draw_cfg = cfg.replace(temperature=0.0, num_samples=1), cfg.replace(num_samples=k)
     key = jax.random.key(seed)
     per = {"greedy_reward": [], "greedy_len": [], "greedy_trunc": [], "rewards": [], "lens": [],
            "truncs": [], "nll": [], "tokens": 0, "hooks": {name: [] for name in per_problem or {}},
-           "greedy_text": []}
+           "greedy_text": [], "turns": []}
     sums, count = {}, 0.0
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         frozen = freeze_if_possible(graphdef, params)
@@ -125,7 +133,15 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
             row_ids = np.asarray(idx, np.int32)
             greedy = sample(*frozen, prompts, mask, key, cfg=greedy_cfg, row_ids=row_ids)
             drawn = sample(*frozen, prompts, mask, key, cfg=draw_cfg, row_ids=row_ids)
-            _score(per, exs[:real], greedy, drawn, reward_fn, k, per_problem, tokenizer)
+            g, d = _completions(greedy), _completions(drawn)
+            if turns > 1:
+                more = dict(frozen=frozen, key=key, turns=turns, pad_id=cfg.pad_id)
+                g = _episodes(g, exs, greedy_cfg.replace(prompt_buckets=later), row_ids, **more)
+                d = _episodes(d, [e for e in exs for _ in range(k)],
+                              draw_cfg.replace(num_samples=1, prompt_buckets=later),
+                              np.repeat(row_ids * k, k) + np.tile(np.arange(k), bs), **more)
+                per["turns"] += d[4][:real * k].tolist()
+            _score(per, exs[:real], g[:4], d[:4], reward_fn, k, per_problem, tokenizer)
             if teacher is not None:
                 t_prompts, t_mask = left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs],
                                              t_width, cfg.pad_id)
@@ -136,10 +152,36 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     return _summary(per, examples, k, threshold, sums, count, details)
 
 
+def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: int, pad_id: int):
+    """The model's own tokens of multi-turn episodes that start with ``first`` (turn 1's
+    :func:`_completions`), as ``(tokens, mask, logp, finished, turns)`` of the same shapes."""
+    tok, mask, logp, fin = first
+
+    def rows(t, m, lp, f):
+        return [a[b].tolist() for a, b in zip(t, m)], [a[b].tolist() for a, b in zip(lp, m)], f
+
+    def sample_turn(seqs, t):
+        p, pm = left_pad(seqs, max(len(x) for x in seqs), pad_id)
+        return rows(*_completions(sample(*frozen, p, pm, jax.random.fold_in(key, t), cfg=cfg,
+                                         row_ids=np.asarray(row_ids, np.int32))))
+    comp, lps, student, ended, taken = continue_turns(
+        [e.prompt_ids for e in exs], *rows(tok, mask, logp, fin), [e.env_turns_ids for e in exs],
+        turns, sample_turn)
+    own = student_tokens(comp, student)
+    own_logp = [[x for x, s in zip(lp, m) if s] for lp, m in zip(lps, student)]
+    width = max(1, max(len(o) for o in own))
+    out_tok, out_mask = np.full((len(own), width), pad_id, np.int32), np.zeros((len(own), width), bool)
+    out_logp = np.zeros((len(own), width), np.float32)
+    for r, (o, lp) in enumerate(zip(own, own_logp)):
+        out_tok[r, :len(o)], out_mask[r, :len(o)], out_logp[r, :len(lp)] = o, True, lp
+    return out_tok, out_mask, out_logp, ended, taken
+
+
 def _score(per, exs, greedy, drawn, reward_fn, k, hooks, tokenizer):
-    """Rewards, lengths and truncation of this batch's real rows (host side)."""
-    g_tok, g_mask, _, g_fin = _completions(greedy)
-    d_tok, d_mask, d_logp, d_fin = _completions(drawn)
+    """Rewards, lengths and truncation of this batch's real rows (host side), from the greedy
+    and the drawn completions' ``(tokens, mask, logp, finished)``."""
+    g_tok, g_mask, _, g_fin = greedy
+    d_tok, d_mask, d_logp, d_fin = drawn
     for b, e in enumerate(exs):
         ids = g_tok[b][g_mask[b]]
         per["greedy_reward"].append(float(reward_fn(e, ids)))
@@ -198,6 +240,8 @@ def _summary(per, examples, k, threshold, sums, count, details) -> dict:
         "greedy_truncated": float(np.mean(per["greedy_trunc"])),
         "entropy": float(sum(per["nll"]) / max(per["tokens"], 1)),
     }
+    if per["turns"]:
+        out["turns"] = float(np.mean(per["turns"]))
     if count:
         out.update(TD.means(sums, count))
     for name, rows in per["hooks"].items():

@@ -111,9 +111,14 @@ class EvalConfig:
     max_new_tokens: int = 0  # 0 = sampler.max_new_tokens
     temperature: float | None = None  # of the k samples (None = sampler.temperature)
     limit: int = 0  # evaluate the first N records only (0 = all)
+    # model turns per answer, the records' env_turns between them (multi-turn episodes, as
+    # loop.turns trains on; 1 = single-turn answers)
+    turns: int = 1
 
     def __post_init__(self):
         _check(self.every >= 0, f"eval.every must be >= 0, got {self.every}")
+        _check(isinstance(self.turns, int) and not isinstance(self.turns, bool) and self.turns >= 1,
+               f"eval.turns must be an int >= 1, got {self.turns!r}")
         _check(self.k >= 1, f"eval.k must be >= 1, got {self.k}")
         for name in ("batch_size", "max_new_tokens", "limit"):
             _check(getattr(self, name) >= 0, f"eval.{name} must be >= 0, got {getattr(self, name)}")

@@ -4,12 +4,10 @@ answers again, and so on. One batch row is one episode: its prompt, then the stu
 the environment's in their order. The teacher reads the whole episode; the loss counts the
 student's tokens only (``loss_mask``), each with the log-prob the sampler drew it with.
 
-Turn 1 is the ordinary rollout (``num_samples`` per prompt). For every later turn, each row whose
-last turn ended with an EOS token and whose record has an environment turn left gets that turn
-appended, and the student samples the next turn of every row in one sampler call whose prompts
-are the episodes so far (rows already over are sampled too and their draw ignored, so each call
-has the same rows; the prompt widths fall into the sampler's buckets). Row ``r``'s draw in turn
-``t`` uses the PRNG stream of its global row id under the step's key folded with ``t``.
+Turn 1 is the ordinary rollout (``num_samples`` per prompt); the later turns are
+:func:`opd_jax.sampling.turns.continue_turns`'s, one sampler call per turn over all the rows
+(their prompt widths fall into the sampler's buckets). Row ``r``'s draw in turn ``t`` uses the
+PRNG stream of its global row id under the step's key folded with ``t``.
 """
 
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from opd_jax import data as D
 from opd_jax.sampling import SamplerConfig, sample
+from opd_jax.sampling.turns import continue_turns
 from opd_jax.training import batches as B
 from opd_jax.training.batch import TrainBatch
 
@@ -60,30 +59,19 @@ def _completions(rows: B.Rows, roll):
 def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns: int, pad_id: int,
              next_turn: Callable[[jax.Array, jax.Array, int], object]) -> tuple[TrainBatch, float]:
     """The batch of episodes that start with the rollout ``first`` (turn 1) and go on for up to
-    ``turns`` turns, and the mean number of student turns in this host's episodes;
-    ``next_turn(tokens, mask, t)`` samples turn ``t`` (from 2) of every row from the left-padded
-    episodes so far (global arrays, one sample per row)."""
+    ``turns`` turns (:func:`opd_jax.sampling.turns.continue_turns`), and the mean number of
+    student turns in this host's episodes; ``next_turn(tokens, mask, t)`` samples turn ``t`` (from
+    2) of every row from the left-padded episodes so far (global arrays, one sample per row)."""
     n = num_samples
     examples = [e for e in prompts.examples for _ in range(n)]
-    comp, logp, alive = _completions(rows, first)
-    student = [[True] * len(c) for c in comp]  # which completion tokens are the student's
-    taken = np.ones(len(comp))  # student turns per episode
-    for t in range(2, turns + 1):
-        env = [e.env_turns_ids[t - 2] if t - 2 < len(e.env_turns_ids) else None for e in examples]
-        go = alive & np.array([x is not None for x in env])
-        if not _anywhere(bool(go.any())):
-            break
-        for r in np.flatnonzero(go):
-            comp[r], logp[r], student[r] = (comp[r] + list(env[r]), logp[r] + [0.0] * len(env[r]),
-                                            student[r] + [False] * len(env[r]))
-        seqs = [tuple(e.prompt_ids) + tuple(c) for e, c in zip(examples, comp)]
+
+    def sample_turn(seqs, t):
         tokens, mask = D.left_pad(seqs, max(len(s) for s in seqs), pad_id)
-        more, more_logp, ended = _completions(rows, next_turn(rows.to_global(tokens),
-                                                              rows.to_global(mask), t))
-        for r in np.flatnonzero(go):
-            comp[r], logp[r], student[r] = (comp[r] + more[r], logp[r] + more_logp[r],
-                                            student[r] + [True] * len(more[r]))
-        alive, taken = go & ended, taken + go
+        return _completions(rows, next_turn(rows.to_global(tokens), rows.to_global(mask), t))
+    comp, logp, ended = _completions(rows, first)
+    comp, logp, student, _, taken = continue_turns(
+        [e.prompt_ids for e in examples], comp, logp, ended, [e.env_turns_ids for e in examples],
+        turns, sample_turn, anywhere=_anywhere)
     longest = max(len(c) for c in comp)
     if jax.process_count() > 1:
         longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
@@ -94,8 +82,8 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
     tokens, real = D.right_pad([tuple(c) for c in comp], width, pad_id)
     loss = np.zeros_like(real)
     behavior = np.zeros(real.shape, np.float32)
-    for r, (s, lp) in enumerate(zip(student, logp)):
-        loss[r, :len(s)], behavior[r, :len(lp)] = s, lp
+    for r, (m, lp) in enumerate(zip(student, logp)):
+        loss[r, :len(m)], behavior[r, :len(lp)] = m, lp
     g = rows.to_global
 
     def rep(x):

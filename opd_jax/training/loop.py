@@ -143,7 +143,7 @@ class Trainer:
         if self.peers is not None:
             self.peers.check_positions(limits, exp.sampler.max_new_tokens)
         if self.eval_examples:
-            C.check_lengths(self.eval_examples, self.eval_cfg.max_new_tokens, limits, exp.eval.path)
+            C.check_lengths(self.eval_examples, self.eval_cfg.max_new_tokens, limits, exp.eval.path, exp.eval.turns)
 
         tx_key = (exp.optim, exp.run.steps)
         self.tx = shared.cached(("optimizer", *tx_key), lambda: make_optimizer(*tx_key))

@@ -179,3 +179,43 @@ def test_write_result_is_atomic_json(tmp_path):
     write_result({"pass@1": 0.75}, str(path))
     assert json.loads(path.read_text()) == {"pass@1": 0.75}
     assert [p.name for p in path.parent.iterdir()] == ["12.json"]
+
+
+def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn():
+    """With turns=2 the reward reads the greedy turn 1 and, where it ended with an EOS and the
+    record has an environment turn, the greedy turn 2 sampled after it: rebuilt here call by call
+    with the sampler."""
+    model = hf_reference.random_model(tiny_config("qwen3", vocab_size=VOCAB, hidden_size=32,
+                                                  intermediate_size=48, num_heads=4,
+                                                  num_kv_heads=2, head_dim=8), seed=1)
+    rng = np.random.default_rng(0)
+    ids = lambda n: tuple(rng.integers(60, VOCAB, n).tolist())  # noqa: E731
+    examples = [Example(ids(n), answer="1", env_turns_ids=(ids(2),) if n != 4 else ())
+                for n in (3, 5, 4, 6)]
+    eos = tuple(range(3, 60))  # about half the vocabulary ends a turn
+    cfg = SamplerConfig(max_new_tokens=6, eos_ids=eos, new_token_buckets=(8,))
+    graphdef, params = nnx.split(model, nnx.Param)
+    seen = {}
+
+    def reward(e, completion):
+        seen.setdefault(e.prompt_ids, []).append(tuple(int(t) for t in completion))
+        return 0.0
+    r = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, batch_size=4, turns=2,
+                 seed=3)
+    greedy = cfg.replace(temperature=0.0)
+
+    def turn(prompt):
+        p, m = left_pad([prompt], len(prompt), cfg.pad_id)
+        out = sample(graphdef, params, p, m, jax.random.key(0), cfg=greedy)
+        toks = np.asarray(out.tokens)[0, out.prompt_len:][np.asarray(out.completion_mask)[0, out.prompt_len:]]
+        return tuple(int(t) for t in toks), bool(np.asarray(out.finished)[0])
+    went_on = 0
+    for e in examples:
+        first, ended = turn(e.prompt_ids)
+        want = first
+        if ended and e.env_turns_ids:
+            second, _ = turn(e.prompt_ids + first + e.env_turns_ids[0])
+            want, went_on = first + second, went_on + 1
+        assert seen[e.prompt_ids][0] == want  # the greedy episode is scored first
+        assert len(seen[e.prompt_ids]) == 3  # then the k = 2 sampled episodes
+    assert went_on >= 1 and 1.0 <= r["turns"] <= 2.0

@@ -153,8 +153,11 @@ def test_qwen3_multiturn_opd_smoke_trains_on_two_turn_episodes(tmp_path):
     cfg = json.loads((work / "config.json").read_text())
     assert cfg["loop"]["turns"] == 2 and cfg["data"]["chat_template"]
     follow_up = load_module("experiments/qwen3_multiturn_opd.py").FOLLOW_UP
-    records = [json.loads(line) for line in open(work / "data" / "train.jsonl")]
-    assert all(r["env_turns"] == [follow_up] for r in records)
+    for name in ("train", "eval"):
+        records = [json.loads(line) for line in open(work / "data" / f"{name}.jsonl")]
+        assert all(r["env_turns"] == [follow_up] for r in records)
+    assert cfg["eval"]["turns"] == 2
+    assert all(1.0 <= r["turns"] <= 2.0 for r in _results(work).values())  # evaluated as episodes
     rows = [m for m in C.metrics(work) if "sample/turns" in m]
     assert [m["step"] for m in rows] == [1, 2] and C.steps(work) == [2]
     assert all(1.0 < m["sample/turns"] <= 2.0 for m in rows)  # some episodes took the second turn

@@ -1,0 +1,62 @@
+"""Multi-turn episodes on the host: the student's turn, the environment's next turn, the student's
+next turn, and so on (the training loop's ``loop.turns``, the evaluation's ``eval.turns``).
+
+After turn 1 (an ordinary rollout), each row whose last turn ended with an EOS token and that has
+an environment turn left gets that turn appended, and ``next_turn`` samples the next turn of every
+row from the episodes so far (rows already over are sampled too and their draw ignored, so every
+call has the same rows). What is returned keeps, per row, every completion token in order and
+which of them are the student's.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Tokens = list[int]
+
+
+def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: list[list[float]],
+                   ended: np.ndarray, env_turns: Sequence[Sequence[Sequence[int]]], turns: int,
+                   next_turn: Callable[[list[tuple[int, ...]], int], tuple[list[Tokens], list[list[float]],
+                                                                            np.ndarray]],
+                   anywhere: Callable[[bool], bool] = bool):
+    """Episodes of up to ``turns`` student turns from turn 1's completions.
+
+    ``prompts[r]``, ``comp[r]``, ``logp[r]``: row ``r``'s prompt, its first turn's tokens and their
+    log-probs; ``ended[r]``: that turn ended with an EOS token; ``env_turns[r]``: the environment's
+    turns of its record. ``next_turn(sequences, t)`` samples turn ``t`` (from 2) of every row from
+    the given sequences (prompt and episode so far) and returns each row's new tokens, their
+    log-probs and whether each ended with an EOS token. ``anywhere(flag)``: whether ``flag`` holds
+    on some host (every host makes the same calls).
+
+    Returns ``(comp, logp, student, ended, taken)``: each row's completion tokens (the student's and
+    the environment's), their log-probs (0 for the environment's), which are the student's (lists
+    of bools), whether its last turn ended with an EOS token, and its number of student turns.
+    """
+    comp, logp = [list(c) for c in comp], [list(x) for x in logp]
+    student = [[True] * len(c) for c in comp]
+    alive, taken = np.asarray(ended, bool).copy(), np.ones(len(comp), np.int32)
+    last_ended = alive.copy()
+    for t in range(2, turns + 1):
+        env = [e[t - 2] if t - 2 < len(e) else None for e in env_turns]
+        go = alive & np.array([x is not None for x in env], bool)
+        if not anywhere(bool(go.any())):
+            break
+        for r in np.flatnonzero(go):
+            comp[r] += list(env[r])
+            logp[r] += [0.0] * len(env[r])
+            student[r] += [False] * len(env[r])
+        more, more_logp, more_ended = next_turn([tuple(p) + tuple(c) for p, c in zip(prompts, comp)], t)
+        for r in np.flatnonzero(go):
+            comp[r] += list(more[r])
+            logp[r] += list(more_logp[r])
+            student[r] += [True] * len(more[r])
+        more_ended = np.asarray(more_ended, bool)
+        last_ended = np.where(go, more_ended, last_ended)
+        alive, taken = go & more_ended, taken + go
+    return comp, logp, student, last_ended, taken
+
+
+def student_tokens(comp: list[Tokens], student: list[list[bool]]) -> list[Tokens]:
+    """Each row's own tokens, its turns one after the other (what a reward reads)."""
+    return [[t for t, s in zip(c, m) if s] for c, m in zip(comp, student)]
