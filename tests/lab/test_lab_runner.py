@@ -70,6 +70,13 @@ def test_the_evaluation_before_training_is_computed_once_per_start(lab, tmp_path
     assert run(weak, 1, "c")[0] == a1[0] and len(calls) == 7
 
 
+def test_an_arm_whose_batch_steps_skip_the_evaluations_is_refused(lab, tmp_path):
+    arm = R.Arm("reuse3", O.OPDConfig(surrogate="ppo"), steps=6, prompts=2, samples=2,
+                overrides=("loop.epochs=3",))  # steps 3, 6: never a multiple of every=2
+    with pytest.raises(ValueError, match=r"arm 'reuse3': its batches train 3 optimizer steps each"):
+        R.run_all([arm], lab, [0], out=str(tmp_path / "out"), schedule=SCHEDULE, log=None)
+
+
 def test_policy_gradient_arms_must_train_on_the_students_own_samples():
     with pytest.raises(ValueError, match="policy gradient"):
         R.Arm("bad", O.OPDConfig(), source="teacher")
