@@ -180,10 +180,12 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
     test = load_examples(os.path.join(lab.data, schedule.test), tokenizer=tok,
                          max_prompt_len=LT.MAX_PROMPT_LEN)[:schedule.problems]
     exp = experiment(arm, lab, seed, workdir)
-    if schedule.every % exp.loop.updates:
-        raise ValueError(f"arm {arm.name!r}: its batches train {exp.loop.updates} optimizer steps "
-                         f"each (loop.minibatches x loop.epochs), which does not divide the "
-                         f"evaluation interval of {schedule.every} steps; change either")
+    updates = exp.loop.updates  # the run's steps advance by this much at a time
+    if schedule.every % updates and updates % schedule.every:
+        raise ValueError(f"arm {arm.name!r}: its batches train {updates} optimizer steps each "
+                         f"(loop.minibatches x loop.epochs), which neither divides the evaluation "
+                         f"interval of {schedule.every} steps nor is a multiple of it (evaluations "
+                         "would be skipped); change either")
     reference = _model(lab.path(schedule.reference)) if schedule.reference else None
     against = reference  # what the measures compare with: the arm's own teacher model if it has one
     if schedule.measures and arm.teacher not in ("self", "initial", "ema", schedule.reference):

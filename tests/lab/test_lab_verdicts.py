@@ -216,7 +216,8 @@ def test_rollout_reuse_compares_reuse_with_one_step_per_batch_at_the_same_sample
     assert arms == ["opd_ppo", "reuse_2", "reuse_2_is", "reuse_mb2"]
 
     def ends(gains):  # pass@1 rises linearly by gains[arm] over the run (40 steps here)
-        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * gains.get(arm, 0.0))
+        return lambda arm, seed, step, m: (None if m == "flops"
+                                           else 0.3 + NOISE[seed] + step / 40 * gains.get(arm, 0.0))
     # opd_ppo at step 20 (the same batches as reuse_2's 40 steps): 0.3 + 0.1
     assert module.verdict(fake(arms, ends({"opd_ppo": 0.2, "reuse_2": 0.2})), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(arms, ends({"opd_ppo": 0.2})), "quick")["verdict"] == V.NOT_REPRODUCED
