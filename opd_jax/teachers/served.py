@@ -205,21 +205,27 @@ class ServedTeacher(Teacher):
                               lambda a: wire.parse(api, a, sequences, starts, self.spec.top_k,
                                                    self.vocab), counts)
 
+    def _batched(self, items: list, ask) -> list:
+        """``ask(group)`` (one answer per item of ``group``) over consecutive groups of
+        ``teacher.served.rows_per_request`` items, at most ``max_in_flight`` requests open at
+        once: every item's answer, in order."""
+        size = self.spec.rows_per_request
+        groups = [items[i:i + size] for i in range(0, len(items), size)]
+        with ThreadPoolExecutor(max_workers=self.spec.max_in_flight) as pool:
+            return [answer for answers in pool.map(ask, groups) for answer in answers]
+
     def next_logp(self, sequences: list[list[int]]):
         """The log-prob of the most likely next token after each of this host's ``sequences``
         (token ids): ``(float32 [len(sequences)], counters, error)``; the counters are what the
         requests cost (as :meth:`metrics` names them), ``error`` the failure that stopped them
         (None if none). Safe in a background thread; every host then calls :meth:`agree` with its
         ``error`` together."""
-        api, size, counts = self.spec.api, self.spec.rows_per_request, _Counts()
-        groups = [sequences[i:i + size] for i in range(0, len(sequences), size)]
+        api, counts = self.spec.api, _Counts()
         error, out = None, np.zeros(len(sequences), np.float32)
         try:
-            with ThreadPoolExecutor(max_workers=self.spec.max_in_flight) as pool:
-                answers = list(pool.map(lambda g: self._exchange(
-                    wire.next_request(api, self.model, g),
-                    lambda a: wire.parse_next(api, a, len(g)), counts), groups))
-            out = np.concatenate(answers) if answers else out
+            out = np.array(self._batched(sequences, lambda g: self._exchange(
+                wire.next_request(api, self.model, g), lambda a: wire.parse_next(api, a, len(g)),
+                counts)), np.float32).reshape(len(sequences))
         except TrainingError as e:
             error = e
         counts.add(tokens=float(sum(len(s) for s in sequences)))
@@ -230,15 +236,10 @@ class ServedTeacher(Teacher):
         t0 = time.perf_counter()
         rows = [r for r in range(len(tokens)) if lengths[r] > 0]
         seqs = [tokens[r][mask[r]].tolist() for r in rows]
-        starts = [len(s) - int(lengths[r]) for s, r in zip(seqs, rows)]
-        size = self.spec.rows_per_request
-        groups = [range(i, min(i + size, len(rows))) for i in range(0, len(rows), size)]
+        asked = [(s, len(s) - int(lengths[r])) for s, r in zip(seqs, rows)]  # (sequence, start)
         try:
-            with ThreadPoolExecutor(max_workers=self.spec.max_in_flight) as pool:
-                answers = pool.map(lambda g: self._request([seqs[i] for i in g],
-                                                           [starts[i] for i in g], counts), groups)
-                return {rows[i]: s for g, scores in zip(groups, answers)
-                        for i, s in zip(g, scores)}
+            return dict(zip(rows, self._batched(asked, lambda g: self._request(
+                [s for s, _ in g], [start for _, start in g], counts))))
         finally:
             counts.add(tokens=float(sum(lengths)))
             counts.values["time/teacher_requests"] = time.perf_counter() - t0

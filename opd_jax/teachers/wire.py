@@ -107,16 +107,30 @@ def _openai_position(entry, token: int, top_k: int, vocab: int, field: str):
     return own[0], _top(parsed, top_k, field)
 
 
-def _parse_openai(body, sequences, starts, top_k, vocab) -> list[Scores]:
+def _choices(body, count: int) -> list:
+    """An OpenAI-style answer's ``choices``, one per prompt, in prompt order (by ``index``)."""
     choices = body.get("choices") if isinstance(body, dict) else None
-    if not isinstance(choices, list) or len(choices) != len(sequences):
+    if not isinstance(choices, list) or len(choices) != count:
         got = len(choices) if isinstance(choices, list) else type(choices).__name__
-        raise MalformedResponse(f"choices: expected a list of {len(sequences)} (one per prompt), "
-                                f"got {got}")
+        raise MalformedResponse(f"choices: expected a list of {count} (one per prompt), got {got}")
     if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
         choices = sorted(choices, key=lambda c: c["index"])
+    return choices
+
+
+def _results(body, count: int) -> list:
+    """An SGLang answer's results, one per input (a single input's answer is the object itself)."""
+    items = [body] if isinstance(body, dict) else body
+    if not isinstance(items, list) or len(items) != count:
+        got = len(items) if isinstance(items, list) else type(items).__name__
+        raise MalformedResponse(f"the answer: expected a list of {count} results (one per input), "
+                                f"got {got}")
+    return items
+
+
+def _parse_openai(body, sequences, starts, top_k, vocab) -> list[Scores]:
     out = []
-    for i, (choice, seq, start) in enumerate(zip(choices, sequences, starts)):
+    for i, (choice, seq, start) in enumerate(zip(_choices(body, len(sequences)), sequences, starts)):
         field = f"choices[{i}].prompt_logprobs"
         plp = choice.get("prompt_logprobs") if isinstance(choice, dict) else None
         if not isinstance(plp, list) or len(plp) != len(seq):
@@ -136,13 +150,8 @@ def _triple(x, field: str, vocab: int):
 
 
 def _parse_sglang(body, sequences, starts, top_k, vocab) -> list[Scores]:
-    items = [body] if isinstance(body, dict) else body
-    if not isinstance(items, list) or len(items) != len(sequences):
-        got = len(items) if isinstance(items, list) else type(items).__name__
-        raise MalformedResponse(f"the answer: expected a list of {len(sequences)} results (one "
-                                f"per input), got {got}")
     out = []
-    for i, (item, seq, start) in enumerate(zip(items, sequences, starts)):
+    for i, (item, seq, start) in enumerate(zip(_results(body, len(sequences)), sequences, starts)):
         meta = item.get("meta_info") if isinstance(item, dict) else None
         if not isinstance(meta, dict):
             raise MalformedResponse(f"[{i}].meta_info: missing")
@@ -200,14 +209,8 @@ def parse_next(api: str, body, count: int) -> np.ndarray:
     ``body`` to :func:`next_request` (the largest of the first generated token's top log-probs:
     an answer may add the sampled token's own)."""
     if api == "openai":
-        choices = body.get("choices") if isinstance(body, dict) else None
-        if not isinstance(choices, list) or len(choices) != count:
-            got = len(choices) if isinstance(choices, list) else type(choices).__name__
-            raise MalformedResponse(f"choices: expected a list of {count} (one per prompt), got {got}")
-        if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
-            choices = sorted(choices, key=lambda c: c["index"])
         out = []
-        for i, c in enumerate(choices):
+        for i, c in enumerate(_choices(body, count)):
             field = f"choices[{i}].logprobs.top_logprobs"
             top = ((c.get("logprobs") or {}) if isinstance(c, dict) else {}).get("top_logprobs")
             if not isinstance(top, list) or not top or not isinstance(top[0], dict) or not top[0]:
@@ -215,13 +218,8 @@ def parse_next(api: str, body, count: int) -> np.ndarray:
                                         f"to log-probs, got {repr(top)[:80]}")
             out.append(max(_number(v, f"{field}[0][{k!r}]") for k, v in top[0].items()))
         return np.array(out, np.float32)
-    items = [body] if isinstance(body, dict) else body
-    if not isinstance(items, list) or len(items) != count:
-        got = len(items) if isinstance(items, list) else type(items).__name__
-        raise MalformedResponse(f"the answer: expected a list of {count} results (one per input), "
-                                f"got {got}")
     out = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(_results(body, count)):
         field = f"[{i}].meta_info.output_top_logprobs"
         top = ((item.get("meta_info") or {}) if isinstance(item, dict) else {}).get(
             "output_top_logprobs")
