@@ -43,11 +43,11 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from opd_jax.data import Example, left_pad
+from opd_jax.data import Example, left_pad, right_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.frozen import freeze_if_possible
-from opd_jax.sampling.turns import continue_turns, student_tokens
+from opd_jax.sampling.turns import continue_turns, sample_row_ids, student_tokens
 from opd_jax.training.batch import Sequences
 from opd_jax.training.batches import completion_width
 
@@ -139,7 +139,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
                 g = _episodes(g, exs, greedy_cfg.replace(prompt_buckets=later), row_ids, **more)
                 d = _episodes(d, [e for e in exs for _ in range(k)],
                               draw_cfg.replace(num_samples=1, prompt_buckets=later),
-                              np.repeat(row_ids * k, k) + np.tile(np.arange(k), bs), **more)
+                              sample_row_ids(row_ids, k), **more)
                 per["turns"] += d[4][:real * k].tolist()
             _score(per, exs[:real], g[:4], d[:4], reward_fn, k, per_problem, tokenizer)
             if teacher is not None:
@@ -163,17 +163,16 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
     def sample_turn(seqs, t):
         p, pm = left_pad(seqs, max(len(x) for x in seqs), pad_id)
         return rows(*_completions(sample(*frozen, p, pm, jax.random.fold_in(key, t), cfg=cfg,
-                                         row_ids=np.asarray(row_ids, np.int32))))
+                                         row_ids=row_ids)))
     comp, lps, student, ended, taken = continue_turns(
         [e.prompt_ids for e in exs], *rows(tok, mask, logp, fin), [e.env_turns_ids for e in exs],
         turns, sample_turn)
     own = student_tokens(comp, student)
     own_logp = [[x for x, s in zip(lp, m) if s] for lp, m in zip(lps, student)]
-    width = max(1, max(len(o) for o in own))
-    out_tok, out_mask = np.full((len(own), width), pad_id, np.int32), np.zeros((len(own), width), bool)
-    out_logp = np.zeros((len(own), width), np.float32)
-    for r, (o, lp) in enumerate(zip(own, own_logp)):
-        out_tok[r, :len(o)], out_mask[r, :len(o)], out_logp[r, :len(lp)] = o, True, lp
+    out_tok, out_mask = right_pad(own, max(1, max(len(o) for o in own)), pad_id)
+    out_logp = np.zeros(out_tok.shape, np.float32)
+    for r, lp in enumerate(own_logp):
+        out_logp[r, :len(lp)] = lp
     return out_tok, out_mask, out_logp, ended, taken
 
 

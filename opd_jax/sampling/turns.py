@@ -15,6 +15,13 @@ import numpy as np
 Tokens = list[int]
 
 
+def sample_row_ids(row_ids, num_samples: int) -> np.ndarray:
+    """int32 ``[B * n]``: the global id ``row_ids[b] * n + j`` of sample ``j`` of prompt ``b``,
+    whose PRNG stream the sampler gives it (a later turn samples each row once on that id)."""
+    n, ids = num_samples, np.asarray(row_ids, np.int64)
+    return (np.repeat(ids * n, n) + np.tile(np.arange(n), len(ids))).astype(np.int32)
+
+
 def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: list[list[float]],
                    ended: np.ndarray, env_turns: Sequence[Sequence[Sequence[int]]], turns: int,
                    next_turn: Callable[[list[tuple[int, ...]], int], tuple[list[Tokens], list[list[float]],

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from opd_jax import data as D
 from opd_jax.sampling import SamplerConfig, sample
-from opd_jax.sampling.turns import continue_turns
+from opd_jax.sampling.turns import continue_turns, sample_row_ids
 from opd_jax.training import batches as B
 from opd_jax.training.batch import TrainBatch
 
@@ -30,18 +30,11 @@ def _anywhere(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def row_ids(prompts: B.Prompts, num_samples: int) -> np.ndarray:
-    """The global row id of each of this host's rows (sample ``j`` of prompt ``b``: ``b * n + j``)."""
-    n = num_samples
-    return (np.repeat(prompts.row_ids.astype(np.int64) * n, n)
-            + np.tile(np.arange(n), len(prompts.row_ids))).astype(np.int32)
-
-
 def student_turns(graphdef, params, cfg: SamplerConfig, rows: B.Rows, prompts: B.Prompts, key):
     """The ``next_turn`` of :func:`episodes` for the student ``(graphdef, params)``: one sample
     per row with ``cfg``, turn ``t`` under ``fold_in(key, t)``, each row on its global row id's
     stream."""
-    ids, one = rows.to_global(row_ids(prompts, cfg.num_samples)), cfg.replace(num_samples=1)
+    ids, one = rows.to_global(sample_row_ids(prompts.row_ids, cfg.num_samples)), cfg.replace(num_samples=1)
     return lambda tokens, mask, t: sample(graphdef, params, tokens, mask, jax.random.fold_in(key, t),
                                           cfg=one, row_ids=ids)
 

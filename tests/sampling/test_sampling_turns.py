@@ -3,7 +3,7 @@ appends, the student mask, the log-probs, the turn counts, and the calls made.""
 
 import numpy as np
 
-from opd_jax.sampling.turns import continue_turns, student_tokens
+from opd_jax.sampling.turns import continue_turns, sample_row_ids, student_tokens
 
 
 def test_rows_go_on_while_their_turns_end_and_the_environment_has_turns_left():
@@ -45,3 +45,8 @@ def test_no_call_when_no_row_can_go_on():
                    lambda s, t: calls.append(t) or ([[6]], [[-1.0]], np.array([True])),
                    anywhere=lambda flag: True)
     assert calls == [2]
+
+
+def test_sample_row_ids_are_the_samplers_per_sample_streams():
+    assert sample_row_ids([5, 9], 3).tolist() == [15, 16, 17, 27, 28, 29]  # row_ids[b] * n + j
+    assert sample_row_ids(np.array([4]), 1).dtype == np.int32
