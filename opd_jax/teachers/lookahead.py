@@ -76,10 +76,19 @@ def _choose(s_graph, s_params, student: Sequences, loss_mask, group, cfg: O.LGRC
 choose_candidates = jax.jit(_choose, static_argnums=(0, 4, 5))
 
 
+def _extras(index, candidates, reward, n: int) -> dict:
+    """LGR's extras ``[B, n, k]``: each branch point's candidates and rewards at its position
+    (``index [B, M]``), zeros elsewhere."""
+    B, _, k = candidates.shape
+    rows = jnp.arange(B)[:, None]
+    return {O.LGR_IDS: jnp.zeros((B, n, k), jnp.int32).at[rows, index].set(candidates),
+            O.LGR_REWARD: jnp.zeros((B, n, k), jnp.float32).at[rows, index].set(reward)}
+
+
 def _lookahead(s_graph, s_params, t_graph, t_params, student: Sequences, teacher: Sequences,
                loss_mask, group, cfg: O.LGRConfig, recorded=None):
     t_model = nnx.merge(t_graph, sg(t_params))
-    B, N = loss_mask.shape
+    N = loss_mask.shape[1]
     index, active, candidates = _choose(s_graph, s_params, student, loss_mask, group, cfg, recorded)
     width = teacher.tokens.shape[1]
     h_rows, h_branch = branch_hidden(t_model, teacher.tokens, teacher.positions, teacher.mask,
@@ -87,10 +96,7 @@ def _lookahead(s_graph, s_params, t_graph, t_params, student: Sequences, teacher
     conf = _blocked(t_model, h_branch.reshape(-1, h_branch.shape[-1]), lambda z: O.confidence(
         z, cfg.confidence, temperature=cfg.temperature)).reshape(candidates.shape)
     reward = O.group_rewards(conf, active)
-    rows = jnp.arange(B)[:, None]
-    ids = jnp.zeros((B, N, cfg.k), jnp.int32).at[rows, index].set(candidates)
-    rewards = jnp.zeros((B, N, cfg.k), jnp.float32).at[rows, index].set(reward)
-    return h_rows[:, width - N - 1:width - 1], {O.LGR_IDS: ids, O.LGR_REWARD: rewards}
+    return h_rows[:, width - N - 1:width - 1], _extras(index, candidates, reward, N)
 
 
 lookahead_scores = jax.jit(_lookahead, static_argnums=(0, 2, 7, 8))
@@ -178,12 +184,9 @@ class ServedLookahead(Wrapping):
             self._counts = {name.replace("teacher/", "teacher/lookahead_"): x for name, x in counts.items()}
             conf = np.zeros(cands.shape, np.float32)
             conf[active] = np.exp(logp).reshape(-1, cands.shape[-1])
-            b, rows = len(index), np.arange(len(index))[:, None]
-            ids, rewards = np.zeros((b, n, self.cfg.k), np.int32), np.zeros((b, n, self.cfg.k), np.float32)
-            ids[rows, index], rewards[rows, index] = cands, np.asarray(O.group_rewards(conf, active))
-            g = self.rows.to_global
-            return scored.replace(extras={**_without_records(scored.extras), O.LGR_IDS: g(ids),
-                                          O.LGR_REWARD: g(rewards)})
+            extras = _extras(index, cands, O.group_rewards(conf, active), n)
+            return scored.replace(extras={**_without_records(scored.extras),
+                                          **{k: self.rows.to_global(np.asarray(x)) for k, x in extras.items()}})
         return finish
 
     def score(self, batch, prompts, student_params):
