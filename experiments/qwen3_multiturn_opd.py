@@ -5,11 +5,16 @@ and the student learns from its own tokens only (``loop.turns=2``).
     python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:1gpu --workdir runs/q3_mt \\
         --set data.path=data/math/train_multiturn.jsonl
     python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:tcod ...   # TCOD's order
+    python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:retry --workdir runs/q3_retry \\
+        --set data.path=data/math/train.jsonl   # self-correction episodes
     python -m opd_jax.main --config experiments/qwen3_multiturn_opd.py:smoke --workdir /tmp/mt  # CPU
 
 Arguments: ``1gpu`` (the default; sampled-token OPD over both turns), ``tcod`` (the same, with
 TCOD's turn curriculum: the first turn alone, then both, over the first 100 steps; a turn ends at
-Qwen3's ``<|im_end|>``, id 151645), ``smoke``.
+Qwen3's ``<|im_end|>``, id 151645), ``retry`` (self-correction: up to three turns, the retry
+environment of :mod:`opd_jax.environments` saying "That is not correct. Try again." after each
+answer math-verify finds wrong, so an episode goes on only while the student is wrong; plain
+single-turn records), ``smoke`` and ``retry_smoke`` (CPU, tiny models).
 
 Each record holds the problem as a chat and the follow-up as an environment turn, e.g.
 ``{"messages": [{"role": "user", "content": "<problem> ... \\boxed{}."}], "env_turns": ["Check
@@ -26,7 +31,8 @@ Sizes and memory as in ``qwen3_math_opd.py`` ``1gpu`` (8 prompts x 4 samples, re
 turns of up to 512 new tokens each and the follow-up (~30 tokens) instead of one turn of 1024:
 completions of up to ~1,100 tokens for the teacher and the update (the batch's width rounded up to
 a multiple of 128 or 256), and two sampler calls (the second from the episodes so far, prompts of
-up to ~1,100 tokens) instead of one; estimates, not measured.
+up to ~1,100 tokens) instead of one; estimates, not measured. ``retry``: up to three turns of 512
+(prompt buckets up to 2,048), and a third sampler call for the rows still wrong.
 """
 
 import dataclasses
@@ -47,30 +53,37 @@ single = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "q
 
 def get_config(arg: str = "") -> Experiment:
     arg = arg or "1gpu"
-    if arg not in ("1gpu", "tcod", "smoke"):
-        raise ValueError(f"qwen3_multiturn_opd.py: unknown argument {arg!r}; use 1gpu, tcod or smoke")
-    base = single.smoke_config() if arg == "smoke" else single.get_config("1gpu")
-    base = dataclasses.replace(base, loop=LoopConfig(lmbda=1.0, turns=2),
-                               eval=dataclasses.replace(base.eval, turns=2))
-    if arg == "smoke":
+    presets = ("1gpu", "tcod", "retry", "smoke", "retry_smoke")
+    if arg not in presets:
+        raise ValueError(f"qwen3_multiturn_opd.py: unknown argument {arg!r}; use one of {presets}")
+    smoke_run, retry = arg.endswith("smoke"), arg.startswith("retry")
+    base = single.smoke_config() if smoke_run else single.get_config("1gpu")
+    turns = 3 if retry else 2
+    base = dataclasses.replace(base, loop=LoopConfig(lmbda=1.0, turns=turns),
+                               eval=dataclasses.replace(base.eval, turns=turns),
+                               environment="retry" if retry else "")
+    if smoke_run:
         return dataclasses.replace(base, run=dataclasses.replace(
-            base.run, workdir="runs/qwen3_multiturn_opd_smoke"))
+            base.run, workdir=f"runs/qwen3_multiturn_opd_{arg}"))
     objective = TCODConfig(separators=(IM_END,), grow_steps=100) if arg == "tcod" else OPDConfig()
     # a second turn's prompt is the episode so far: the prompt, the first turn and the follow-up
     sampler = dataclasses.replace(base.sampler, max_new_tokens=512, new_token_buckets=(512,),
-                                  prompt_buckets=(256, 512, 1024, 1536))
+                                  prompt_buckets=(256, 512, 1024, 2048 if retry else 1536))
+    data = "data/math/train.jsonl" if retry else "data/math/train_multiturn.jsonl"
     return dataclasses.replace(
-        base, objective=objective, sampler=sampler,
-        data=dataclasses.replace(base.data, path="data/math/train_multiturn.jsonl"),
-        run=dataclasses.replace(base.run, workdir="runs/qwen3_multiturn_opd"))
+        base, objective=objective, sampler=sampler, data=dataclasses.replace(base.data, path=data),
+        run=dataclasses.replace(base.run, workdir=f"runs/qwen3_multiturn_opd{'_retry' if retry else ''}"))
 
 
 def prepare(exp: Experiment) -> Experiment:
     """Smoke runs (no data path): the tiny models and problems of ``qwen3_math_opd``'s smoke run,
-    each training and held-out record given the follow-up as its environment turn."""
+    each training and held-out record given the follow-up as its environment turn (the retry
+    environment needs none)."""
     if exp.data.path:
         return exp
     exp = smoke.prepare_run(exp, privileged=False)
+    if exp.environment:
+        return exp
     for path in (exp.data.path, exp.eval.path):
         with open(path, encoding="utf-8") as f:
             records = [json.loads(line) for line in f]

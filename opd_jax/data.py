@@ -220,33 +220,43 @@ def _contexts(record, where: str, max_len: int, vocab_size) -> None:
         _check_prompt(ids, where, "bad_teacher_prompt_ids", max_len)
 
 
+def _chat_base(record, where: str, opts: TextOptions) -> list[dict]:
+    """The record's prompt as chat messages, what environment turns continue."""
+    if "messages" in record:
+        base = _check_messages(record["messages"], where, "messages")
+        return base[:-1] if base[-1]["role"] == "assistant" else base
+    if opts.chat_template and isinstance(record.get("prompt"), str):
+        return [{"role": "user", "content": record["prompt"]}]
+    raise DataError(f"{where}: environment turns in text are rendered by the chat template: give the "
+                    "prompt as messages (or a text prompt with the chat template on), or give the "
+                    "environment's turns as token ids")
+
+
+def render_turn(record: dict, message, opts: TextOptions, where: str = "a record",
+                name: str = "the environment's turn") -> tuple[int, ...]:
+    """An environment's turn as token ids: ``message`` (text, a user message; or a role/content
+    turn) as the chat template writes it after the student's end-of-turn token when the record's
+    conversation goes on with it (the tokens after the EOS that closes an empty assistant turn,
+    through the template's next generation prompt)."""
+    base = _chat_base(record, where, opts)
+    tok = _need(opts.tokenizer, where, "an environment turn")
+    eos = opts.eos_id if opts.eos_id is not None else tok.eos_token_id
+    msg = {"role": "user", "content": message} if isinstance(message, str) else message
+    _check_messages([msg], where, name)
+    head = len(_chat(tok, base, where, opts))
+    full = list(_chat(tok, base + [{"role": "assistant", "content": ""}, msg], where, opts))
+    if eos not in full[head:]:
+        raise DataError(f"{where}: the chat template closes no assistant turn with the EOS token "
+                        f"({eos}) before {name}; give the environment's turns as token ids")
+    return tuple(full[full.index(eos, head) + 1:])
+
+
 def _env_text(record, where: str, opts: TextOptions) -> list[list[int]]:
-    """``env_turns`` rendered through the chat template, each relative to the record's prompt
-    chat: the tokens after the end-of-turn token that closes an (empty) assistant turn."""
+    """``env_turns`` rendered through the chat template (:func:`render_turn`)."""
     turns = record["env_turns"]
     if not isinstance(turns, list):
         raise DataError(f"{where}: env_turns must be a list of messages (text or role/content turns)")
-    if "messages" in record:
-        base = _check_messages(record["messages"], where, "messages")
-        base = base[:-1] if base[-1]["role"] == "assistant" else base
-    elif opts.chat_template and isinstance(record.get("prompt"), str):
-        base = [{"role": "user", "content": record["prompt"]}]
-    else:
-        raise DataError(f"{where}: env_turns are rendered by the chat template: give the prompt as "
-                        "messages (or a text prompt with the chat template on), or store env_turns_ids")
-    tok = _need(opts.tokenizer, where, "env_turns")
-    eos = opts.eos_id if opts.eos_id is not None else tok.eos_token_id
-    head = len(_chat(tok, base, where, opts))
-    out = []
-    for j, turn in enumerate(turns):
-        msg = {"role": "user", "content": turn} if isinstance(turn, str) else turn
-        _check_messages([msg], where, f"env_turns[{j}]")
-        full = list(_chat(tok, base + [{"role": "assistant", "content": ""}, msg], where, opts))
-        if eos not in full[head:]:
-            raise DataError(f"{where}: the chat template closes no assistant turn with the EOS token "
-                            f"({eos}) before env_turns[{j}]; store env_turns_ids instead")
-        out.append(full[full.index(eos, head) + 1:])
-    return out
+    return [list(render_turn(record, turn, opts, where, f"env_turns[{j}]")) for j, turn in enumerate(turns)]
 
 
 def _env_turns(record, where: str, vocab_size, opts: TextOptions) -> tuple[tuple[int, ...], ...]:

@@ -4,6 +4,7 @@
         [--reward math] [--max-new-tokens 1024] [--temperature 1.0] [--top-p 1.0]
         [--batch-size 8] [--limit N] [--chat-template] [--template-kwargs JSON]
         [--diagnostics-k 16] [--dtype bfloat16] [--seed 0] [--out results.json] [--details]
+        [--turns 2 [--environment retry]]
 
 ``PATH`` is a local checkpoint directory or a repo id in the local HF cache (nothing is
 downloaded); the tokenizer comes with the model (``--tokenizer`` names another), the
@@ -13,13 +14,16 @@ token diagnostics of the model's samples against that teacher are added (it must
 tokenizer; ``--diagnostics-k`` is the top-k of its overlap ratio); evaluating the teacher itself
 as ``--model`` gives the ceiling to compare a student with. A training run's own evaluation
 (``eval.path``) is this one with the run's settings (``--seed`` = ``run.seed``). The metrics
-are printed as JSON and, with ``--out``, written there atomically. Bad arguments exit with
+are printed as JSON and, with ``--out``, written there atomically. ``--turns N`` plays each
+problem as an episode of up to N model turns, the environment (``--environment``, see
+:mod:`opd_jax.environments`; default: the records' ``env_turns``) replying between them. Bad arguments exit with
 status 2, errors found while running with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -47,7 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--details", action="store_true", help="add per-problem results")
     p.add_argument("--turns", type=int, default=1,
-                   help="model turns per episode, the records' env_turns between them (default 1)")
+                   help="model turns per episode, the environment's replies between them (default 1)")
+    p.add_argument("--environment", default="",
+                   help="with --turns > 1: 'retry', 'package.module:factory', or '' (default): the "
+                        "records' env_turns (opd_jax.environments)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     a = p.parse_args(argv)
     for name in ("k", "max_new_tokens", "batch_size", "max_prompt_len", "limit", "diagnostics_k",
@@ -55,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(a, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if a.environment and a.turns == 1:
+        p.error(f"--environment {a.environment} replies between the turns of episodes: give --turns > 1")
     return a
 
 
@@ -63,6 +72,7 @@ def run(a) -> dict:
     from flax import nnx
 
     from opd_jax import data as D
+    from opd_jax import environments as EN
     from opd_jax import rewards
     from opd_jax.evaluate import evaluate, write_result
     from opd_jax.models import from_pretrained, load_tokenizer
@@ -86,6 +96,10 @@ def run(a) -> dict:
                                chat_template=a.chat_template,
                                template_kwargs=D.template_kwargs(a.template_kwargs))
     examples = examples[:a.limit] if a.limit else examples
+    vocab = int(read_hf_config(a.model)["vocab_size"])
+    opts = D.TextOptions(tok, chat_template=a.chat_template, template_kwargs=D.template_kwargs(a.template_kwargs))
+    responder = functools.partial(EN.responder, EN.get(a.environment, tokenizer=tok, eos_ids=eos, reward_fn=reward_fn),
+                                  render=functools.partial(D.render_turn, opts=opts), vocab_size=vocab)
     mesh = make_mesh(data=-1)  # the records are checked before any weight is read
     model = from_pretrained(a.model, param_dtype=a.dtype, mesh=mesh)
     teacher = None
@@ -97,9 +111,10 @@ def run(a) -> dict:
     graphdef, params = nnx.split(model, nnx.Param)
     result = evaluate(graphdef, params, examples, reward_fn=reward_fn, cfg=cfg, k=a.k, seed=a.seed,
                       batch_size=batch, mesh=mesh, teacher=teacher, details=a.details,
-                      tokenizer=tok, diagnostics_k=a.diagnostics_k, turns=a.turns)
+                      tokenizer=tok, diagnostics_k=a.diagnostics_k, turns=a.turns, responder=responder)
     result.update(model=a.model, data=a.data, teacher=a.teacher, reward_fn=a.reward,
-                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, turns=a.turns)
+                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, max_turns=a.turns,
+                  environment=a.environment)
     if a.out:
         write_result(result, a.out)
     return result

@@ -20,10 +20,11 @@ Reported (means over problems unless said otherwise):
 - each ``per_problem`` hook's values, averaged over problems (e.g. the lab's distinct correct
   solutions).
 
-With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampling.turns`, the
-records' ``env_turns_ids``): the rewards, lengths, truncation and entropy read the model's own
-tokens of all its turns (the environment's are left out), ``turns`` reports the mean number of
-model turns of the samples, and the teacher diagnostics read the first turns.
+With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampling.turns`; the
+environment's replies, :mod:`opd_jax.environments`, by default the records' ``env_turns_ids``):
+the rewards, lengths, truncation and entropy read the model's own tokens of all its turns (the
+environment's are left out), ``turns`` reports the mean number of model turns of the samples,
+and the teacher diagnostics read the first turns.
 
 Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
 which are dropped); every prompt keeps its own PRNG stream (its index in ``examples``), so the
@@ -35,6 +36,7 @@ held for the evaluation, instead of one made inside every sampler call).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -43,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from opd_jax import environments as EN
 from opd_jax.data import Example, left_pad, right_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
@@ -98,7 +101,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
              k: int = 8, seed: int = 0, batch_size: int | None = None, mesh=None, teacher=None,
              temperature: float = 1.0, diagnostics_k: int = 16, chunk_size: int = 64,
              threshold: float = 1.0, per_problem: Mapping[str, Hook] | None = None,
-             details: bool = False, tokenizer=None, turns: int = 1) -> dict:
+             details: bool = False, tokenizer=None, turns: int = 1, responder=None) -> dict:
     """Metrics of the model ``(graphdef, params)`` on ``examples`` (see the module docstring).
 
     ``cfg`` gives ``max_new_tokens``, ``eos_ids``, ``pad_id`` and the sampling distribution of the
@@ -107,7 +110,9 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     spread over its data-parallel devices, fastest when they divide evenly). ``temperature`` is
     the one the teacher diagnostics compare the two models at. ``details=True`` adds
     ``"problems"``, one entry per example (with ``tokenizer``, the greedy completion's text).
-    ``turns``: model turns per episode at most (see the module docstring).
+    ``turns``: model turns per episode at most (see the module docstring); ``responder(examples)``
+    gives the environment's replies (:func:`opd_jax.environments.responder`; default: the
+    records' ``env_turns_ids``).
     """
     bs = _check(examples, k, batch_size, cfg)
     n = len(examples)
@@ -135,7 +140,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
             drawn = sample(*frozen, prompts, mask, key, cfg=draw_cfg, row_ids=row_ids)
             g, d = _completions(greedy), _completions(drawn)
             if turns > 1:
-                more = dict(frozen=frozen, key=key, turns=turns, pad_id=cfg.pad_id)
+                more = dict(frozen=frozen, key=key, turns=turns, pad_id=cfg.pad_id, responder=responder
+                            or functools.partial(EN.responder, EN.RecordTurns(), render=None))
                 g = _episodes(g, exs, greedy_cfg.replace(prompt_buckets=later), row_ids, **more)
                 d = _episodes(d, [e for e in exs for _ in range(k)],
                               draw_cfg.replace(num_samples=1, prompt_buckets=later),
@@ -152,7 +158,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     return _summary(per, examples, k, threshold, sums, count, details)
 
 
-def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: int, pad_id: int):
+def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: int, pad_id: int,
+              responder):
     """The model's own tokens of multi-turn episodes that start with ``first`` (turn 1's
     :func:`_completions`), as ``(tokens, mask, logp, finished, turns)`` of the same shapes."""
     tok, mask, logp, fin = first
@@ -165,8 +172,7 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
         return rows(*_completions(sample(*frozen, p, pm, jax.random.fold_in(key, t), cfg=cfg,
                                          row_ids=row_ids)))
     comp, lps, student, ended, taken = continue_turns(
-        [e.prompt_ids for e in exs], *rows(tok, mask, logp, fin), [e.env_turns_ids for e in exs],
-        turns, sample_turn)
+        [e.prompt_ids for e in exs], *rows(tok, mask, logp, fin), responder(exs), turns, sample_turn)
     own = student_tokens(comp, student)
     own_logp = [[x for x, s in zip(lp, m) if s] for lp, m in zip(lps, student)]
     out_tok, out_mask = right_pad(own, max(1, max(len(o) for o in own)), pad_id)

@@ -1,10 +1,10 @@
 """Multi-turn episodes on the host: the student's turn, the environment's next turn, the student's
 next turn, and so on (the training loop's ``loop.turns``, the evaluation's ``eval.turns``).
 
-After turn 1 (an ordinary rollout), each row whose last turn ended with an EOS token and that has
-an environment turn left gets that turn appended, and ``next_turn`` samples the next turn of every
-row from the episodes so far (rows already over are sampled too and their draw ignored, so every
-call has the same rows). What is returned keeps, per row, every completion token in order and
+After turn 1 (an ordinary rollout), each row whose last turn ended with an EOS token and whose
+environment replies (:mod:`opd_jax.environments`) gets the reply appended, and ``next_turn``
+samples the next turn of every row from the episodes so far (rows already over are sampled too
+and their draw ignored, so every call has the same rows). What is returned keeps, per row, every completion token in order and
 which of them are the student's.
 """
 
@@ -23,7 +23,7 @@ def sample_row_ids(row_ids, num_samples: int) -> np.ndarray:
 
 
 def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: list[list[float]],
-                   ended: np.ndarray, env_turns: Sequence[Sequence[Sequence[int]]], turns: int,
+                   ended: np.ndarray, respond: Callable[[int, list[Tokens]], Sequence[int] | None], turns: int,
                    next_turn: Callable[[list[tuple[int, ...]], int], tuple[list[Tokens], list[list[float]],
                                                                             np.ndarray]],
                    anywhere: Callable[[bool], bool] = bool):
@@ -42,10 +42,11 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
     """
     comp, logp = [list(c) for c in comp], [list(x) for x in logp]
     student = [[True] * len(c) for c in comp]
+    own = [[list(c)] for c in comp]  # each row's student turns
     alive, taken = np.asarray(ended, bool).copy(), np.ones(len(comp), np.int32)
     last_ended = alive.copy()
     for t in range(2, turns + 1):
-        env = [e[t - 2] if t - 2 < len(e) else None for e in env_turns]
+        env = [respond(r, own[r]) if alive[r] else None for r in range(len(comp))]
         go = alive & np.array([x is not None for x in env], bool)
         if not anywhere(bool(go.any())):
             break
@@ -56,6 +57,7 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
         more, more_logp, more_ended = next_turn([tuple(p) + tuple(c) for p, c in zip(prompts, comp)], t)
         for r in np.flatnonzero(go):
             comp[r] += list(more[r])
+            own[r].append(list(more[r]))
             logp[r] += list(more_logp[r])
             student[r] += [True] * len(more[r])
         more_ended = np.asarray(more_ended, bool)

@@ -8,6 +8,7 @@ import dataclasses
 
 import opd_jax.objectives as O
 from opd_jax import data as D
+from opd_jax import environments as EN
 
 # The objectives' extra inputs scored from the records' extra teacher contexts, and their fields.
 # The teacher settings of a teacher with its own tokenizer (teacher.kind="cross_tokenizer").
@@ -148,15 +149,20 @@ def check_routes(spec, examples: list[D.Example], path: str) -> None:
                 f"{known} (a name of teacher.names or an index), got {e.record.get('teacher')!r}.")
 
 
-def check_lengths(examples: list[D.Example], max_new: int, limits, path: str, turns: int = 1) -> None:
+def check_lengths(examples: list[D.Example], max_new: int, limits, path: str, turns: int = 1,
+                  env: EN.Environment | None = None) -> None:
     """Every prompt plus ``max_new`` generated tokens fits each model's position range; for
     episodes of ``turns`` turns (``loop.turns``), the prompt, ``turns`` times ``max_new`` and the
-    environment's turns between them.
+    environment's turns between them (the bounds of ``env``'s replies, by default the records').
 
-    ``limits``: ``[(name, max positions, reads the teacher prompt)]``.
+    ``limits``: ``[(name, max positions, reads the teacher prompt)]``. No ``examples``: nothing to check.
     """
+    if not examples:
+        return
+    env = env or EN.RecordTurns()
+
     def rest(e):
-        return turns * max_new + sum(len(t) for t in e.env_turns_ids[:turns - 1])
+        return turns * max_new + EN.reply_tokens(env, e, turns)
     def what(e):
         if turns == 1:
             return f"plus sampler.max_new_tokens={max_new}"
@@ -173,9 +179,9 @@ def check_lengths(examples: list[D.Example], max_new: int, limits, path: str, tu
                 "(data.max_prompt_len) or lower sampler.max_new_tokens.")
 
 
-def check_turns(exp, examples: list[D.Example]) -> None:
+def check_turns(exp, examples: list[D.Example], env: EN.Environment) -> None:
     """Multi-turn episodes (``loop.turns > 1``) are built from the student's own samples with a
-    teacher of its tokenizer, and some record has environment turns."""
+    teacher of its tokenizer, and the environment can reply to some record."""
     if exp.loop.turns == 1:
         return
     clash = {"loop.teacher_mix > 0": exp.loop.teacher_mix > 0,
@@ -191,7 +197,7 @@ def check_turns(exp, examples: list[D.Example]) -> None:
         raise ValueError(f"loop.turns={exp.loop.turns} (multi-turn episodes) cannot be combined "
                          f"with {', '.join(named)}; set loop.turns=1 or turn them off.")
     turns, new, sampler = exp.loop.turns, exp.sampler.max_new_tokens, exp.sampler
-    longest = max(len(e.prompt_ids) + (turns - 1) * new + sum(len(t) for t in e.env_turns_ids[:turns - 1])
+    longest = max(len(e.prompt_ids) + (turns - 1) * new + EN.reply_tokens(env, e, turns)
                   for e in examples)  # the longest prompt a later turn's sampler call can get
     if sampler.prompt_buckets and longest > sampler.prompt_buckets[-1]:
         raise ValueError(f"loop.turns={turns}: a later turn starts from the episode so far, up to "
@@ -202,10 +208,14 @@ def check_turns(exp, examples: list[D.Example]) -> None:
     if sampler.cache_len is not None and longest >= sampler.cache_len:
         raise ValueError(f"loop.turns={turns}: a later turn starts from up to {longest} tokens, "
                          f"which leaves no room in sampler.cache_len={sampler.cache_len}; raise it.")
-    if not any(e.env_turns_ids for e in examples):
-        raise D.DataError(f"{exp.data.path}: loop.turns={exp.loop.turns}, but no record has "
-                          "env_turns_ids (the environment's turns between the student's); add them "
-                          "or set loop.turns=1.")
+    if not any(EN.reply_tokens(env, e, turns) for e in examples):
+        if isinstance(env, EN.RecordTurns):
+            raise D.DataError(f"{exp.data.path}: loop.turns={exp.loop.turns}, but no record has "
+                              "env_turns_ids (the environment's turns between the student's); add "
+                              "them, name an environment, or set loop.turns=1.")
+        raise ValueError(f"loop.turns={exp.loop.turns}, but the environment {type(env).__name__} "
+                         "bounds every reply at 0 tokens (reply_bound / max_reply_tokens): it can "
+                         "never reply; raise its bound or set loop.turns=1.")
 
 
 def check_alignment(exp) -> None:
@@ -226,7 +236,7 @@ def check_alignment(exp) -> None:
                          "student's tokenizer, objective=gkd with beta=1 is the exact reverse KL)")
 
 
-def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
+def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.Environment | None = None) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
@@ -264,7 +274,7 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool) -> None:
                               f"{exp.loop.golden_fraction} mixes the records' reference completions "
                               "into the student's samples, but this record has none; add one to "
                               "every record or set loop.golden_fraction=0.")
-    check_turns(exp, examples)
+    check_turns(exp, examples, env or EN.RecordTurns())
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "

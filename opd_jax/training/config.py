@@ -253,8 +253,16 @@ class Experiment:
     # The reward function by name (opd_jax.rewards.get: "math", or "package.module:factory"),
     # for reward objectives and evaluation; "" = none, or the one given to the Trainer.
     reward: str = ""
+    # What answers the student between the turns of multi-turn episodes (loop.turns, eval.turns;
+    # opd_jax.environments.get): "" = the records' env_turns, "retry" (try again after a wrong
+    # answer, by the reward function), or "package.module:factory"; or the one given to the Trainer.
+    environment: str = ""
 
     def __post_init__(self):
+        _check(not self.environment or self.loop.turns > 1 or self.eval.turns > 1,
+               f"environment={self.environment!r} answers the student between the turns of "
+               "multi-turn episodes, and this experiment has none: set loop.turns > 1 (and/or "
+               "eval.turns > 1), or unset environment")
         _check(self.sampler.teacher_blend != "coin" or self.loop.teacher_mix <= 1.0,
                f"loop.teacher_mix={self.loop.teacher_mix} is a probability with "
                "sampler.teacher_blend='coin' and must lie in [0, 1] (with 'geometric' it is a KL "

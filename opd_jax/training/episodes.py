@@ -1,8 +1,9 @@
-"""Multi-turn episodes (``loop.turns``): the student answers, the environment replies with its
-record's next turn (``env_turns_ids``: a user message, a tool's output, as token ids), the student
-answers again, and so on. One batch row is one episode: its prompt, then the student's turns and
-the environment's in their order. The teacher reads the whole episode; the loss counts the
-student's tokens only (``loss_mask``), each with the log-prob the sampler drew it with.
+"""Multi-turn episodes (``loop.turns``): the student answers, the environment replies
+(:mod:`opd_jax.environments`: by default the record's next ``env_turns_ids``; a user message, a
+tool's output, as token ids), the student answers again, and so on. One batch row is one
+episode: its prompt, then the student's turns and the environment's in their order. The teacher
+reads the whole episode; the loss counts the student's tokens only (``loss_mask``), each with the
+log-prob the sampler drew it with.
 
 Turn 1 is the ordinary rollout (``num_samples`` per prompt); the later turns are
 :func:`opd_jax.sampling.turns.continue_turns`'s, one sampler call per turn over all the rows
@@ -50,11 +51,14 @@ def _completions(rows: B.Rows, roll):
 
 
 def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns: int, pad_id: int,
-             next_turn: Callable[[jax.Array, jax.Array, int], object]) -> tuple[TrainBatch, float]:
+             next_turn: Callable[[jax.Array, jax.Array, int], object], responder: Callable
+             ) -> tuple[TrainBatch, float]:
     """The batch of episodes that start with the rollout ``first`` (turn 1) and go on for up to
     ``turns`` turns (:func:`opd_jax.sampling.turns.continue_turns`), and the mean number of
     student turns in this host's episodes; ``next_turn(tokens, mask, t)`` samples turn ``t`` (from
-    2) of every row from the left-padded episodes so far (global arrays, one sample per row)."""
+    2) of every row from the left-padded episodes so far (global arrays, one sample per row);
+    ``responder(examples)`` is the environment's ``respond`` for this host's rows
+    (:func:`opd_jax.environments.responder`)."""
     n = num_samples
     examples = [e for e in prompts.examples for _ in range(n)]
 
@@ -63,8 +67,8 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
         return _completions(rows, next_turn(rows.to_global(tokens), rows.to_global(mask), t))
     comp, logp, ended = _completions(rows, first)
     comp, logp, student, _, taken = continue_turns(
-        [e.prompt_ids for e in examples], comp, logp, ended, [e.env_turns_ids for e in examples],
-        turns, sample_turn, anywhere=_anywhere)
+        [e.prompt_ids for e in examples], comp, logp, ended, responder(examples), turns, sample_turn,
+        anywhere=_anywhere)
     longest = max(len(c) for c in comp)
     if jax.process_count() > 1:
         longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))

@@ -9,7 +9,7 @@ data from the state's cursor, so a resumed run repeats an uninterrupted one exac
    (GKD's lambda), otherwise teacher samples (``seq_kd``) or the data's reference completions;
 2. build the batch from it (the student samples, optionally mixing teacher tokens, or some
    rows replaced by the data's reference completions: ``loop.golden_fraction``; or multi-turn
-   episodes with the records' environment turns: ``loop.turns``, :mod:`.episodes`);
+   episodes with the environment's replies: ``loop.turns``, :mod:`.episodes`);
 3. score it with the teacher (:mod:`opd_jax.teachers`), only if the objective reads a teacher;
    compute rewards and the extra teacher contexts only if the objective takes them;
 4. jitted train steps with the objective (the SFT objective during the cold start): one, or one
@@ -34,6 +34,7 @@ import numpy as np
 
 import opd_jax.objectives as O
 from opd_jax import data as D
+from opd_jax import environments as EN
 from opd_jax.config import to_dict, write_json
 from opd_jax.sampling import sample
 from opd_jax.sampling.sampler import model_config
@@ -85,19 +86,19 @@ class Trainer:
     :meth:`save`, :meth:`restore`, :meth:`prompts`; and what they act on: ``exp`` (the resolved
     experiment), ``state`` (the :class:`~opd_jax.training.step.TrainState`), ``s_graph`` (the
     student's graph definition: ``nnx.merge(s_graph, state.params)`` is the student),
-    ``teacher``, ``tokenizer``, ``examples``, ``eval_examples``, ``reward_fn``, ``mesh``,
+    ``teacher``, ``tokenizer``, ``examples``, ``eval_examples``, ``reward_fn``, ``environment``, ``mesh``,
     ``rows``, ``ckpt`` and ``callbacks`` (a list of :data:`StepCallback`).
 
     The text set-up is the command line's (:mod:`~opd_jax.training.text`): without
     ``examples``, ``data.path`` is read with the student checkpoint's tokenizer (or
     ``tokenizer``, or ``data.tokenizer``) and chat template, ``sampler.eos_ids`` default to the
-    checkpoint's generation config, and ``reward`` names the reward function unless
-    ``reward_fn`` is given.
+    checkpoint's generation config, ``reward`` names the reward function unless ``reward_fn``
+    is given, and ``environment`` (multi-turn episodes' replies) the one the config names.
     """
 
     def __init__(self, exp: Experiment, *, examples: list[D.Example] | None = None, tokenizer=None,
                  reward_fn: Callable[[D.Example, np.ndarray], float] | None = None, mesh=None,
-                 callbacks: tuple[StepCallback, ...] = ()):
+                 environment: EN.Environment | None = None, callbacks: tuple[StepCallback, ...] = ()):
         exp = resolve(exp)
         self.mesh = mesh if mesh is not None else make_mesh(**dataclasses.asdict(exp.mesh))
         self.rows = B.Rows(self.mesh)
@@ -112,14 +113,15 @@ class Trainer:
         C.check_policy_gradient(exp)
         sparse = kind.sparse
         # Text: tokenizers, EOS ids, records, reward function (still no model built).
-        text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn)
+        text = T.prepare(exp, tokenizer=tokenizer, examples=examples, reward_fn=reward_fn, env=environment)
         self.exp = exp = text.exp
-        self.tokenizer, self.reward_fn = text.tokenizer, text.reward_fn
+        self.tokenizer, self.reward_fn, self.environment = text.tokenizer, text.reward_fn, text.environment
+        self.responder = T.responder(exp, text)
         self.peers = peer_contexts(exp, text)
         self.examples, self.eval_examples = text.examples, text.eval_examples
         self.eval_cfg = outputs.heldout_sampler(exp)
         C.check_routes(spec, self.examples, exp.data.path)
-        C.check_inputs(exp, self.examples, self.reward_fn is not None)
+        C.check_inputs(exp, self.examples, self.reward_fn is not None, self.environment)
         self.rewarded = "reward" in O.required_inputs(exp.objective)
         self.reads_teacher = O.reads_teacher(exp.objective)
         # token diagnostics compare distributions: none for a teacher of sampled tokens only
@@ -139,11 +141,12 @@ class Trainer:
                                                    self.tokenizer), self.mesh, runtime, exp.objective)
         limits = [("student", model_config(self.s_graph, params).max_position_embeddings, False)]
         limits += [(who, n, True) for who, n in self.teacher.position_limits(params)]
-        C.check_lengths(self.examples, exp.sampler.max_new_tokens, limits, exp.data.path, exp.loop.turns)
+        for exs, new, path, turns in ((self.examples, exp.sampler.max_new_tokens, exp.data.path, exp.loop.turns),
+                                      (self.eval_examples, self.eval_cfg.max_new_tokens, exp.eval.path,
+                                       exp.eval.turns)):
+            C.check_lengths(exs, new, limits, path, turns, self.environment)
         if self.peers is not None:
             self.peers.check_positions(limits, exp.sampler.max_new_tokens)
-        if self.eval_examples:
-            C.check_lengths(self.eval_examples, self.eval_cfg.max_new_tokens, limits, exp.eval.path, exp.eval.turns)
 
         tx_key = (exp.optim, exp.run.steps)
         self.tx = shared.cached(("optimizer", *tx_key), lambda: make_optimizer(*tx_key))
@@ -260,8 +263,8 @@ class Trainer:
         if source == "on_policy" and self.exp.loop.turns > 1:  # multi-turn episodes
             more = E.student_turns(self.s_graph, params, B.student_sampler(self.exp), self.rows, prompts, key)
             batch, stats["sample/turns"] = E.episodes(
-                self.rows, prompts, roll, num_samples=n, turns=self.exp.loop.turns,
-                pad_id=self.exp.sampler.pad_id, next_turn=more)
+                self.rows, prompts, roll, num_samples=n, turns=self.exp.loop.turns, pad_id=self.exp.sampler.pad_id,
+                next_turn=more, responder=self.responder)
             return batch, stats
         batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
                                golden=golden, pad_id=self.exp.sampler.pad_id)

@@ -76,7 +76,8 @@ def evaluate_heldout(trainer, cfg: SamplerConfig) -> dict:
                     k=exp.eval.k, seed=exp.run.seed,
                     batch_size=min(exp.eval.batch_size or exp.data.batch_size, len(examples)),
                     mesh=trainer.mesh, temperature=exp.objective.temperature,
-                    chunk_size=exp.step.chunk_size, turns=exp.eval.turns, **diagnostics)
+                    chunk_size=exp.step.chunk_size, turns=exp.eval.turns, responder=trainer.responder,
+                    **diagnostics)
 
 
 def record(trainer, step: int, result: dict) -> dict[str, float]:

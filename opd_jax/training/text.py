@@ -13,15 +13,20 @@ ids, the records of the training and held-out data, and the reward function.
   (``data.chat_template``, ``data.chat_template_kwargs``, ``data.max_prompt_len``).
 - The reward function: the one given, or the one ``reward`` names (:func:`opd_jax.rewards.get`),
   built from the tokenizer and the EOS ids. A held-out evaluation needs one.
+- The environment of multi-turn episodes: the one given, or the one ``environment`` names
+  (:func:`opd_jax.environments.get`); its text replies are rendered with the data's chat
+  template options (:func:`responder`).
 
 The ``Trainer`` calls :func:`prepare` itself, so a Python user building one directly gets what the
 command line does.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from opd_jax import data as D
+from opd_jax import environments as EN
 from opd_jax.training.config import Experiment, ModelSpec
 
 
@@ -32,6 +37,7 @@ class Text(NamedTuple):
     examples: list[D.Example]
     eval_examples: list[D.Example] | None  # eval.path's records (None without eval.path)
     reward_fn: Callable[[D.Example, Any], float] | None
+    environment: EN.Environment  # what replies between the turns of multi-turn episodes
 
 
 def teacher_paths(exp: Experiment) -> list[str]:
@@ -90,8 +96,26 @@ def reward(exp: Experiment, reward_fn, tokenizer) -> Callable | None:
     return rewards.get(exp.reward, tokenizer, exp.sampler.eos_ids)
 
 
+def environment(exp: Experiment, given: EN.Environment | None, tokenizer, reward_fn) -> EN.Environment:
+    """The run's environment: ``given``, or the one ``exp.environment`` names (not both)."""
+    if given is not None and exp.environment:
+        raise ValueError(f"both an environment and environment={exp.environment!r} were given; give one")
+    if given is not None:
+        return given
+    return EN.get(exp.environment, tokenizer=tokenizer, eos_ids=exp.sampler.eos_ids, reward_fn=reward_fn)
+
+
+def responder(exp: Experiment, text: Text) -> Callable:
+    """``f(examples)``: the environment's checked replies to those rows
+    (:func:`opd_jax.environments.responder`), text rendered as the records were read."""
+    opts = D.TextOptions(text.tokenizer, chat_template=exp.data.chat_template,
+                         template_kwargs=exp.data.chat_template_kwargs)
+    render = None if text.tokenizer is None else functools.partial(D.render_turn, opts=opts)
+    return functools.partial(EN.responder, text.environment, render=render, vocab_size=vocab_size(exp.student))
+
+
 def prepare(exp: Experiment, *, tokenizer=None, examples: list[D.Example] | None = None,
-            reward_fn=None) -> Text:
+            reward_fn=None, env: EN.Environment | None = None) -> Text:
     """Everything of the module docstring; ``examples`` given are used instead of reading
     ``data.path``."""
     import dataclasses
@@ -112,4 +136,4 @@ def prepare(exp: Experiment, *, tokenizer=None, examples: list[D.Example] | None
     if exp.eval.path:
         held_out = read(exp, exp.eval.path, tok, t_tok)
         held_out = held_out[:exp.eval.limit] if exp.eval.limit else held_out
-    return Text(exp, tok, t_tok, examples, held_out, fn)
+    return Text(exp, tok, t_tok, examples, held_out, fn, environment(exp, env, tok, fn))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from realmodels_helpers import Scripted, hf_reference, script_model, write_records
 
-from opd_jax import rewards, smoke
+from opd_jax import environments, rewards, smoke
 from opd_jax.data import Example, left_pad, load_examples
 from opd_jax.evaluate import evaluate, pass_at_k, write_result
 from opd_jax.models import tiny_config
@@ -181,13 +181,24 @@ def test_write_result_is_atomic_json(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["12.json"]
 
 
+def _episode_model():
+    return hf_reference.random_model(tiny_config("qwen3", vocab_size=VOCAB, hidden_size=32,
+                                                 intermediate_size=48, num_heads=4,
+                                                 num_kv_heads=2, head_dim=8), seed=1)
+
+
+def _greedy_turn(graphdef, params, cfg, prompt):
+    p, m = left_pad([prompt], len(prompt), cfg.pad_id)
+    out = sample(graphdef, params, p, m, jax.random.key(0), cfg=cfg.replace(temperature=0.0))
+    toks = np.asarray(out.tokens)[0, out.prompt_len:][np.asarray(out.completion_mask)[0, out.prompt_len:]]
+    return tuple(int(t) for t in toks), bool(np.asarray(out.finished)[0])
+
+
 def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn():
     """With turns=2 the reward reads the greedy turn 1 and, where it ended with an EOS and the
     record has an environment turn, the greedy turn 2 sampled after it: rebuilt here call by call
     with the sampler."""
-    model = hf_reference.random_model(tiny_config("qwen3", vocab_size=VOCAB, hidden_size=32,
-                                                  intermediate_size=48, num_heads=4,
-                                                  num_kv_heads=2, head_dim=8), seed=1)
+    model = _episode_model()
     rng = np.random.default_rng(0)
     ids = lambda n: tuple(rng.integers(60, VOCAB, n).tolist())  # noqa: E731
     examples = [Example(ids(n), answer="1", env_turns_ids=(ids(2),) if n != 4 else ())
@@ -202,13 +213,9 @@ def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn()
         return 0.0
     r = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, batch_size=4, turns=2,
                  seed=3)
-    greedy = cfg.replace(temperature=0.0)
 
     def turn(prompt):
-        p, m = left_pad([prompt], len(prompt), cfg.pad_id)
-        out = sample(graphdef, params, p, m, jax.random.key(0), cfg=greedy)
-        toks = np.asarray(out.tokens)[0, out.prompt_len:][np.asarray(out.completion_mask)[0, out.prompt_len:]]
-        return tuple(int(t) for t in toks), bool(np.asarray(out.finished)[0])
+        return _greedy_turn(graphdef, params, cfg, prompt)
     went_on = 0
     for e in examples:
         first, ended = turn(e.prompt_ids)
@@ -219,3 +226,39 @@ def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn()
         assert seen[e.prompt_ids][0] == want  # the greedy episode is scored first
         assert len(seen[e.prompt_ids]) == 3  # then the k = 2 sampled episodes
     assert went_on >= 1 and 1.0 <= r["turns"] <= 2.0
+
+
+def test_a_retry_environment_asks_again_after_a_wrong_first_answer():
+    """turns=3 with the retry environment: a greedy episode goes on (after the retry message)
+    exactly when its last turn ended with an EOS and the reward of that turn alone was 0; rebuilt
+    here call by call."""
+    model = _episode_model()
+    rng = np.random.default_rng(1)
+    examples = [Example(tuple(rng.integers(60, VOCAB, n).tolist()), answer="1") for n in (3, 5, 4, 6, 2, 7)]
+    eos = tuple(range(3, 60))
+    cfg = SamplerConfig(max_new_tokens=6, eos_ids=eos, new_token_buckets=(8,))
+    graphdef, params = nnx.split(model, nnx.Param)
+    message = (40, 41)
+
+    def right(e, ids):  # a "verifier" of one turn: its first token is even
+        return float(len(ids) > 0 and int(ids[0]) % 2 == 0)
+    seen = {}
+
+    def reward(e, completion):
+        seen.setdefault(e.prompt_ids, []).append(tuple(int(t) for t in completion))
+        return 0.0
+    env = environments.Retry(right, message=message)
+    responder = lambda exs: environments.responder(env, exs, None, VOCAB)  # noqa: E731
+    r = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, batch_size=3, turns=3,
+                 seed=2, responder=responder)
+    retried = 0
+    for e in examples:
+        episode, own = e.prompt_ids, ()
+        for t in range(3):
+            turn, ended = _greedy_turn(graphdef, params, cfg, episode)
+            own += turn
+            if t == 2 or not ended or right(e, turn):
+                break
+            episode, retried = episode + turn + message, retried + 1
+        assert seen[e.prompt_ids][0] == own
+    assert retried >= 1 and 1.0 <= r["turns"] <= 3.0

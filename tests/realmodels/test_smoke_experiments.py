@@ -162,3 +162,30 @@ def test_qwen3_multiturn_opd_smoke_trains_on_two_turn_episodes(tmp_path):
     assert [m["step"] for m in rows] == [1, 2] and C.steps(work) == [2]
     assert all(1.0 < m["sample/turns"] <= 2.0 for m in rows)  # some episodes took the second turn
     assert os.listdir(work / "hf") == ["step_2"]
+
+
+def test_qwen3_multiturn_retry_smoke_asks_again_after_wrong_answers(tmp_path, capsys):
+    """The retry preset through the command line: single-turn records, the retry environment's
+    message rendered by the chat template after every answer math-verify finds wrong (the tiny
+    random student's answers are mostly wrong: episodes go on)."""
+    work = tmp_path / "run"
+    C.check_ok(C.run_cli(work, config="experiments/qwen3_multiturn_opd.py:retry_smoke"))
+    cfg = json.loads((work / "config.json").read_text())
+    assert cfg["environment"] == "retry" and cfg["loop"]["turns"] == 3 and cfg["eval"]["turns"] == 3
+    records = [json.loads(line) for line in open(work / "data" / "train.jsonl")]
+    assert not any("env_turns" in r for r in records)
+    rows = [m for m in C.metrics(work) if "sample/turns" in m]
+    assert [m["step"] for m in rows] == [1, 2] and all(1.0 < m["sample/turns"] <= 3.0 for m in rows)
+    results = _results(work)
+    assert all(1.0 < r["turns"] <= 3.0 for r in results.values())
+    # the standalone evaluation of the export, as episodes with the same environment, is the run's last
+    out = tmp_path / "standalone.json"
+    assert evaluate_cli.main(
+        ["--model", str(work / "hf" / "step_2"), "--data", str(work / "data" / "eval.jsonl"), "--k", "2",
+         "--max-new-tokens", "16", "--max-prompt-len", "192", "--dtype", "float32", "--batch-size", "8",
+         "--seed", "0", "--turns", "3", "--environment", "retry", "--out", str(out)]) == 0
+    capsys.readouterr()
+    standalone = json.loads(out.read_text())
+    assert standalone["environment"] == "retry"
+    for name in ("greedy_pass@1", "pass@1", "pass@2", "mean_length", "truncated", "entropy", "turns"):
+        assert standalone[name] == pytest.approx(results[2][name], rel=1e-5, abs=1e-6), name

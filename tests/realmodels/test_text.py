@@ -196,7 +196,7 @@ def test_env_turns_render_as_the_chat_template_continues_a_conversation(tmp_path
 
 
 @pytest.mark.parametrize("record, match", [
-    ({"prompt": "hi", "env_turns": ["more"]}, r"env_turns are rendered by the chat template"),
+    ({"prompt": "hi", "env_turns": ["more"]}, r"environment turns in text are rendered by the chat template"),
     ({"messages": [{"role": "user", "content": "hi"}], "env_turns": ["a"], "env_turns_ids": [[3]]},
      r"both env_turns and env_turns_ids"),
     ({"messages": [{"role": "user", "content": "hi"}], "env_turns": [{"role": "robot", "content": "a"}]},

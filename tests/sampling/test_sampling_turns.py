@@ -12,14 +12,18 @@ def test_rows_go_on_while_their_turns_end_and_the_environment_has_turns_left():
     logp = [[-1.0, -2.0], [-1.0], [-1.0, -2.0], [-1.0, -2.0]]
     ended = np.array([True, False, True, True])
     env = [((50,), (51, 52)), ((50,),), (), ((50,),)]  # row 2 has no environment turns
-    calls = []
+    calls, asked = [], []
+
+    def respond(r, own):  # the records' turns, one per student turn so far
+        asked.append((r, [list(t) for t in own]))
+        return env[r][len(own) - 1] if len(own) <= len(env[r]) else None
 
     def next_turn(seqs, t):
         calls.append((t, [tuple(s) for s in seqs]))
         # row 0 ends both later turns; row 3 is cut off in turn 2
         new = [[20 + t, 99], [70], [71], [30 + t]]
         return new, [[-0.5] * len(x) for x in new], np.array([True, True, True, False])
-    comp, logp, student, last, taken = continue_turns(prompts, comp, logp, ended, env, 3, next_turn)
+    comp, logp, student, last, taken = continue_turns(prompts, comp, logp, ended, respond, 3, next_turn)
     assert comp[0] == [10, 99, 50, 22, 99, 51, 52, 23, 99]
     assert comp[1] == [11] and comp[2] == [12, 99]  # cut off / no environment turn: over
     assert comp[3] == [13, 99, 50, 32]  # cut off in turn 2: no third turn
@@ -31,17 +35,21 @@ def test_rows_go_on_while_their_turns_end_and_the_environment_has_turns_left():
     assert [t for t, _ in calls] == [2, 3]
     assert calls[0][1][0] == (1, 10, 99, 50) and calls[0][1][1] == (2, 11)
     assert calls[1][1][0] == (1, 10, 99, 50, 22, 99, 51, 52)
+    # the environment is asked about rows whose last turn ended, with that row's own turns
+    assert asked == [(0, [[10, 99]]), (2, [[12, 99]]), (3, [[13, 99]]), (0, [[10, 99], [22, 99]])]
 
 
 def test_no_call_when_no_row_can_go_on():
     def never(seqs, t):
         raise AssertionError("no row goes on, so nothing is sampled")
+    def always(r, own):
+        return (7,)
     comp, logp, student, last, taken = continue_turns([(1,)], [[5]], [[-1.0]], np.array([False]),
-                                                      [((7,),)], 4, never)
+                                                      always, 4, never)
     assert comp == [[5]] and taken.tolist() == [1] and student == [[True]]
     # another host's rows may go on: every host then makes the call
     calls = []
-    continue_turns([(1,)], [[5]], [[-1.0]], np.array([False]), [((7,),)], 2,
+    continue_turns([(1,)], [[5]], [[-1.0]], np.array([False]), always, 2,
                    lambda s, t: calls.append(t) or ([[6]], [[-1.0]], np.array([True])),
                    anywhere=lambda flag: True)
     assert calls == [2]
