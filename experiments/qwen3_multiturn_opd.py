@@ -24,8 +24,8 @@ continues the conversation after the student's ``<|im_end|>`` (``opd_jax.data``)
 after a turn that stops without an end-of-turn token (the token budget ran out) or after the
 second turn; the run logs ``sample/turns``, the mean number of student turns per episode. The
 evaluation (held-out pass@k, math-verify) asks the same follow-up (``eval.turns=2``: the held-out
-records need it as ``env_turns`` too) and scores the student's tokens of both turns (the last
-``\boxed{}`` answer counts); ``--set eval.turns=1`` scores first answers alone.
+records need it as ``env_turns`` too) and scores the student's last turn, its final answer;
+``--set eval.turns=1`` scores first answers alone.
 
 Sizes and memory as in ``qwen3_math_opd.py`` ``1gpu`` (8 prompts x 4 samples, remat), with two
 turns of up to 512 new tokens each and the follow-up (~30 tokens) instead of one turn of 1024:

@@ -22,9 +22,10 @@ Reported (means over problems unless said otherwise):
 
 With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampling.turns`; the
 environment's replies, :mod:`opd_jax.environments`, by default the records' ``env_turns_ids``):
-the rewards, lengths, truncation and entropy read the model's own tokens of all its turns (the
-environment's are left out), ``turns`` reports the mean number of model turns of the samples,
-and the teacher diagnostics read the first turns.
+the rewards (and ``per_problem`` hooks) read the model's last turn, its final answer; lengths,
+truncation and entropy read its own tokens of all its turns (the environment's are left out);
+``turns`` reports the mean number of model turns of the samples, and the teacher diagnostics
+read the first turns.
 
 Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
 which are dropped); every prompt keeps its own PRNG stream (its index in ``examples``), so the
@@ -50,7 +51,7 @@ from opd_jax.data import Example, left_pad, right_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.frozen import freeze_if_possible
-from opd_jax.sampling.turns import continue_turns, sample_row_ids, student_tokens
+from opd_jax.sampling.turns import continue_turns, last_turn, sample_row_ids, student_tokens
 from opd_jax.training.batch import Sequences
 from opd_jax.training.batches import completion_width
 
@@ -139,6 +140,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
             greedy = sample(*frozen, prompts, mask, key, cfg=greedy_cfg, row_ids=row_ids)
             drawn = sample(*frozen, prompts, mask, key, cfg=draw_cfg, row_ids=row_ids)
             g, d = _completions(greedy), _completions(drawn)
+            answers = (None, None)
             if turns > 1:
                 more = dict(frozen=frozen, key=key, turns=turns, pad_id=cfg.pad_id, responder=responder
                             or functools.partial(EN.responder, EN.RecordTurns(), render=None))
@@ -147,7 +149,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
                               draw_cfg.replace(num_samples=1, prompt_buckets=later),
                               sample_row_ids(row_ids, k), **more)
                 per["turns"] += d[4][:real * k].tolist()
-            _score(per, exs[:real], g[:4], d[:4], reward_fn, k, per_problem, tokenizer)
+                answers = (g[5], d[5])
+            _score(per, exs[:real], g[:4], d[:4], reward_fn, k, per_problem, tokenizer, answers)
             if teacher is not None:
                 t_prompts, t_mask = left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs],
                                              t_width, cfg.pad_id)
@@ -161,7 +164,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
 def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: int, pad_id: int,
               responder):
     """The model's own tokens of multi-turn episodes that start with ``first`` (turn 1's
-    :func:`_completions`), as ``(tokens, mask, logp, finished, turns)`` of the same shapes."""
+    :func:`_completions`), as ``(tokens, mask, logp, finished, turns)`` of the same shapes, and
+    each row's last turn (token ids)."""
     tok, mask, logp, fin = first
 
     def rows(t, m, lp, f):
@@ -174,31 +178,35 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
     comp, lps, student, ended, taken = continue_turns(
         [e.prompt_ids for e in exs], *rows(tok, mask, logp, fin), responder(exs), turns, sample_turn)
     own = student_tokens(comp, student)
+    answers = [np.asarray(last_turn(c, m), np.int32) for c, m in zip(comp, student)]
     own_logp = [[x for x, s in zip(lp, m) if s] for lp, m in zip(lps, student)]
     out_tok, out_mask = right_pad(own, max(1, max(len(o) for o in own)), pad_id)
     out_logp = np.zeros(out_tok.shape, np.float32)
     for r, lp in enumerate(own_logp):
         out_logp[r, :len(lp)] = lp
-    return out_tok, out_mask, out_logp, ended, taken
+    return out_tok, out_mask, out_logp, ended, taken, answers
 
 
-def _score(per, exs, greedy, drawn, reward_fn, k, hooks, tokenizer):
+def _score(per, exs, greedy, drawn, reward_fn, k, hooks, tokenizer, answers=(None, None)):
     """Rewards, lengths and truncation of this batch's real rows (host side), from the greedy
-    and the drawn completions' ``(tokens, mask, logp, finished)``."""
+    and the drawn completions' ``(tokens, mask, logp, finished)``; ``answers``: the greedy and the
+    drawn rows' last turns, which the rewards and hooks read instead (multi-turn episodes)."""
     g_tok, g_mask, _, g_fin = greedy
     d_tok, d_mask, d_logp, d_fin = drawn
+    g_ans, d_ans = answers
     for b, e in enumerate(exs):
         ids = g_tok[b][g_mask[b]]
-        per["greedy_reward"].append(float(reward_fn(e, ids)))
+        per["greedy_reward"].append(float(reward_fn(e, ids if g_ans is None else g_ans[b])))
         per["greedy_len"].append(len(ids))
         per["greedy_trunc"].append(not g_fin[b])
         if tokenizer is not None:
             per["greedy_text"].append(tokenizer.decode(ids.tolist()))
         rows = range(b * k, (b + 1) * k)
         comps = [d_tok[r][d_mask[r]] for r in rows]
+        comps = comps if d_ans is None else [d_ans[r] for r in rows]
         rewards = [float(reward_fn(e, c)) for c in comps]
         per["rewards"].append(rewards)
-        per["lens"].append([len(c) for c in comps])
+        per["lens"].append([int(d_mask[r].sum()) for r in rows])
         per["truncs"].append([not d_fin[r] for r in rows])
         per["nll"].append(float(-d_logp[b * k:(b + 1) * k][d_mask[b * k:(b + 1) * k]].sum()))
         per["tokens"] += int(d_mask[b * k:(b + 1) * k].sum())

@@ -4,8 +4,9 @@ next turn, and so on (the training loop's ``loop.turns``, the evaluation's ``eva
 After turn 1 (an ordinary rollout), each row whose last turn ended with an EOS token and whose
 environment replies (:mod:`opd_jax.environments`) gets the reply appended, and ``next_turn``
 samples the next turn of every row from the episodes so far (rows already over are sampled too
-and their draw ignored, so every call has the same rows). What is returned keeps, per row, every completion token in order and
-which of them are the student's.
+and their draw ignored, so every call has the same rows). What is returned keeps, per row, every
+completion token in order and which of them are the student's. An episode's reward reads its
+last student turn, its final answer (:func:`last_turn`).
 """
 
 from collections.abc import Callable, Sequence
@@ -69,3 +70,13 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
 def student_tokens(comp: list[Tokens], student: list[list[bool]]) -> list[Tokens]:
     """Each row's own tokens, its turns one after the other (what a reward reads)."""
     return [[t for t, s in zip(c, m) if s] for c, m in zip(comp, student)]
+
+
+def last_turn(tokens: Sequence[int], student: Sequence[bool]) -> list[int]:
+    """A row's last student turn (what an episode's reward reads: its final answer): the last run
+    of ``tokens`` where ``student`` holds (padding after it, False, is skipped)."""
+    end = max((i + 1 for i, s in enumerate(student) if s), default=0)
+    start = end
+    while start > 0 and student[start - 1]:
+        start -= 1
+    return [int(t) for t in tokens[start:end]]

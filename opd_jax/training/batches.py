@@ -26,6 +26,7 @@ import opd_jax.objectives as O
 from opd_jax import data as D
 from opd_jax.objectives import masked_mean
 from opd_jax.sampling.config import SamplerConfig
+from opd_jax.sampling.turns import last_turn
 from opd_jax.training.batch import RECORDED_EXTRAS, Sequences, TrainBatch
 from opd_jax.training.checks import CONTEXT_FIELDS
 from opd_jax.training.errors import TrainingError
@@ -247,12 +248,14 @@ def from_data(rows: Rows, prompts: Prompts, sampler: SamplerConfig, slices: int 
 
 
 def with_rewards(rows: Rows, batch: TrainBatch, prompts: Prompts,
-                 reward_fn: Callable[[D.Example, np.ndarray], float]) -> TrainBatch:
+                 reward_fn: Callable[[D.Example, np.ndarray], float], episodes: bool = False) -> TrainBatch:
     """``batch`` with the ``reward`` extra: ``reward_fn(example, completion)`` of each of this
-    host's rows, broadcast over the row's tokens."""
+    host's rows, broadcast over the row's tokens; of multi-turn ``episodes``, the student's last
+    turn (its final answer)."""
     comp, mask = rows.to_local(batch.targets), rows.to_local(batch.loss_mask)
     per = len(comp) // len(prompts.examples)  # rows per prompt (samples, or 1 for data)
-    r = np.array([reward_fn(prompts.examples[i // per], comp[i][mask[i]])
+    answer = (lambda c, m: np.asarray(last_turn(c, m), c.dtype)) if episodes else (lambda c, m: c[m])
+    r = np.array([reward_fn(prompts.examples[i // per], answer(comp[i], mask[i]))
                   for i in range(len(comp))], np.float32)
     reward = rows.to_global(np.broadcast_to(r[:, None], comp.shape).copy())
     return batch.replace(extras={**batch.extras, "reward": reward})

@@ -60,11 +60,10 @@ from opd_jax.training.step import make_train_step, sharded_init_state
 
 __all__ = ["StepCallback", "Trainer", "TrainingError", "evaluate"]
 
-# Called after every iteration of ``Trainer.run`` (one batch: one optimizer step unless
-# loop.minibatches or loop.epochs say more; after the finiteness check and the step's held-out
-# evaluation and export, before the metrics are logged and the checkpoint is saved) as
-# ``fn(trainer, step, metrics)``; the metrics it returns (or None) are logged with the step's.
-# ``step == trainer.exp.run.steps`` is the last.
+# Called after every iteration of ``Trainer.run`` (one batch: one optimizer step unless loop.minibatches
+# or loop.epochs say more; after the finiteness check and the step's held-out evaluation and export,
+# before the metrics are logged and the checkpoint is saved) as ``fn(trainer, step, metrics)``; the
+# metrics it returns (or None) are logged with the step's. ``step == trainer.exp.run.steps`` is the last.
 StepCallback = Callable[["Trainer", int, dict[str, float]], dict[str, float] | None]
 
 
@@ -197,7 +196,8 @@ class Trainer:
             batch = jax.block_until_ready(now.finish())
             timings["time/score"] = time.perf_counter() - t1
             if self.rewarded and now.source != "cold_start" and "reward" not in batch.extras:
-                batch = B.with_rewards(self.rows, batch, now.prompts, self.reward_fn)
+                batch = B.with_rewards(self.rows, batch, now.prompts, self.reward_fn,
+                                       episodes=now.source == "on_policy" and self.exp.loop.turns > 1)
             t2 = time.perf_counter()
             fn = self.step_fn if now.source != "cold_start" else self.sft_fn
             new_state, metrics = self._updates(fn, state, batch, now.scored)

@@ -195,9 +195,9 @@ def _greedy_turn(graphdef, params, cfg, prompt):
 
 
 def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn():
-    """With turns=2 the reward reads the greedy turn 1 and, where it ended with an EOS and the
-    record has an environment turn, the greedy turn 2 sampled after it: rebuilt here call by call
-    with the sampler."""
+    """With turns=2 the reward reads the greedy episode's last turn: the greedy turn 2 sampled
+    after the environment's turn where turn 1 ended with an EOS and the record has one, else turn
+    1; the lengths count both turns. Rebuilt here call by call with the sampler."""
     model = _episode_model()
     rng = np.random.default_rng(0)
     ids = lambda n: tuple(rng.integers(60, VOCAB, n).tolist())  # noqa: E731
@@ -216,22 +216,24 @@ def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn()
 
     def turn(prompt):
         return _greedy_turn(graphdef, params, cfg, prompt)
-    went_on = 0
+    went_on, lengths = 0, []
     for e in examples:
         first, ended = turn(e.prompt_ids)
-        want = first
+        want, length = first, len(first)
         if ended and e.env_turns_ids:
             second, _ = turn(e.prompt_ids + first + e.env_turns_ids[0])
-            want, went_on = first + second, went_on + 1
+            want, length, went_on = second, length + len(second), went_on + 1
         assert seen[e.prompt_ids][0] == want  # the greedy episode is scored first
+        lengths.append(length)
         assert len(seen[e.prompt_ids]) == 3  # then the k = 2 sampled episodes
     assert went_on >= 1 and 1.0 <= r["turns"] <= 2.0
+    assert r["greedy_mean_length"] == pytest.approx(np.mean(lengths))
 
 
 def test_a_retry_environment_asks_again_after_a_wrong_first_answer():
     """turns=3 with the retry environment: a greedy episode goes on (after the retry message)
-    exactly when its last turn ended with an EOS and the reward of that turn alone was 0; rebuilt
-    here call by call."""
+    exactly when its last turn ended with an EOS and the reward of that turn alone was 0, and the
+    evaluation's reward reads its last turn; rebuilt here call by call."""
     model = _episode_model()
     rng = np.random.default_rng(1)
     examples = [Example(tuple(rng.integers(60, VOCAB, n).tolist()), answer="1") for n in (3, 5, 4, 6, 2, 7)]
@@ -253,12 +255,11 @@ def test_a_retry_environment_asks_again_after_a_wrong_first_answer():
                  seed=2, responder=responder)
     retried = 0
     for e in examples:
-        episode, own = e.prompt_ids, ()
+        episode = e.prompt_ids
         for t in range(3):
             turn, ended = _greedy_turn(graphdef, params, cfg, episode)
-            own += turn
             if t == 2 or not ended or right(e, turn):
                 break
             episode, retried = episode + turn + message, retried + 1
-        assert seen[e.prompt_ids][0] == own
+        assert seen[e.prompt_ids][0] == turn
     assert retried >= 1 and 1.0 <= r["turns"] <= 3.0

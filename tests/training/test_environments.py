@@ -11,6 +11,7 @@ import pytest
 
 import opd_jax.environments as EN
 from opd_jax.data import Example
+from opd_jax.training import batches as B
 from opd_jax.training.loop import Trainer
 from test_episodes import EOS, _exp, local, segments
 from test_loop import V
@@ -162,3 +163,16 @@ def test_record_turns_follow_the_record():
     assert [env.reply(ex, [[3]] * t) for t in (1, 2, 3)] == [(14,), (15, 16), None]
     assert [env.reply_bound(ex, t) for t in (1, 2, 3)] == [1, 2, 0]
     assert EN.reply_tokens(env, ex, 3) == 3 and EN.reply_tokens(EN.Retry(odd_first, (1, 2)), ex, 4) == 6
+
+
+def test_an_episodes_reward_reads_its_last_student_turn(tmp_path):
+    trainer = Trainer(_exp(tmp_path, turns=3), environment=Tool())
+    prompts = trainer.prompts(0)
+    batch, _ = trainer._batch("on_policy", prompts, jax.random.key(7), 0)
+    seen = []
+    batch = B.with_rewards(trainer.rows, batch, prompts, lambda e, ids: seen.append(list(ids)) or len(ids),
+                           episodes=True)
+    examples, rows, _ = episodes_of(trainer)
+    last = [[t for s, t in runs if s][-1] for runs in rows]
+    assert seen == last and any(len(runs) > 1 for runs in rows)
+    assert local(batch.extras["reward"])[:, 0].tolist() == [float(len(t)) for t in last]
