@@ -7,6 +7,10 @@ A student sees ``"11 8 7 4 -> 25:"`` and answers ``"11-8=3 7*4=28 28-3=25"`` the
 - a *rule*: a constraint shared by every problem that changes which solutions are preferred
   (``RULES``: never subtract; multiply in the first step).
 
+Multi-turn episodes: after a wrong answer the lab's environment (:func:`retry_environment`) says
+``RETRY`` (``"no:"``) and the student answers again: ``"11 8 7 4 -> 25:11-8=3 3*7=21<eos>no:11-8=3
+7*4=28 28-3=25<eos>"``.
+
 Records are what ``opd_jax.data.load_examples`` reads (JSONL): the texts and their token ids
 (``*_ids`` take precedence there), and ``answer`` = the problem and format the verifier needs.
 An answer's format may also be ``"either"`` (:data:`EITHER`): the verifier then accepts a
@@ -33,6 +37,7 @@ class Rule:
 
 
 EITHER = "either"  # an answer format: forward or backward, whichever parses
+RETRY = "no:"  # what the lab's environment says after a wrong answer
 ANSWER_FORMATS = C.FORMATS + (EITHER,)
 
 RULES = {
@@ -133,3 +138,14 @@ def reward_fn(tokenizer) -> Callable:
         problem, fmt = answer_problem(example.answer)
         return float(verify_answer(problem, completion_text(tokenizer, completion_ids), fmt))
     return reward
+
+
+def retry_environment(tokenizer=None, eos_ids=(), reward_fn=None):
+    """The lab's multi-turn environment (``environment="opd_jax.lab.data:retry_environment"``):
+    :class:`opd_jax.environments.Retry` saying :data:`RETRY` after each answer the verifier
+    (``reward_fn``, default :func:`reward_fn`) finds wrong."""
+    from opd_jax.environments import Retry
+    if tokenizer is None:
+        raise ValueError("the lab's retry environment encodes its message with the lab's tokenizer; give it")
+    ids = tokenizer(RETRY, add_special_tokens=False)["input_ids"]
+    return Retry(reward_fn or globals()["reward_fn"](tokenizer), message=ids)

@@ -19,6 +19,11 @@ experiments need beyond ``train.jsonl`` and ``test.jsonl``, written next to them
   (:mod:`opd_jax.lab.coverage`: a student-like first step, legal or with a wrong result, as the
   prompt, continued with correct arithmetic): a teacher fine-tuned on it is informed in the
   states a weak student visits, not only on the solutions' paths;
+- ``train_retry.jsonl``: every training record, plus one retry record per training problem: a
+  wrong answer (a first step drawn as the coverage records' are, continued with legal steps that
+  miss the target), the end of the turn, the lab environment's ``RETRY`` and then, as the
+  completion, a correct solution: a model trained on it answers again after being told it was
+  wrong (the lab's multi-turn episodes, :func:`opd_jax.lab.data.retry_environment`);
 - ``test_either.jsonl``: the held-out records, answers accepted in either format;
 - ``train_text.jsonl``, ``test_text.jsonl``: the records as text only (no token ids), for a
   model with another tokenizer (the numbers tokenizer of :mod:`opd_jax.lab.tokenizer`).
@@ -43,6 +48,7 @@ CONTEXTS = "train_contexts.jsonl"
 HINT = "train_hint.jsonl"
 UNISD = "train_unisd.jsonl"
 COVERAGE = "train_coverage.jsonl"
+RETRY = "train_retry.jsonl"
 TEST_EITHER = "test_either.jsonl"
 TRAIN_TEXT, TEST_TEXT = "train_text.jsonl", "test_text.jsonl"
 RULE_PREFIX = "train_rule_"
@@ -52,7 +58,7 @@ AUX_CONTEXTS = 2
 
 def names() -> list[str]:
     """Every derived file name this module builds."""
-    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, TEST_EITHER, TRAIN_TEXT, TEST_TEXT] + \
+    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, RETRY, TEST_EITHER, TRAIN_TEXT, TEST_TEXT] + \
         [f"{RULE_PREFIX}{r}.jsonl" for r in sorted(L.RULES)]
 
 
@@ -163,6 +169,35 @@ def with_coverage(train: list[dict], tokenizer, rng) -> list[dict]:
     return train + records(rng, problems, tokenizer, len(problems))
 
 
+def wrong_answer(rng, problem: C.Problem) -> list[C.Step] | None:
+    """A wrong answer to ``problem`` (see ``train_retry.jsonl``), or None if the draws found none."""
+    from opd_jax.lab import coverage
+    first = coverage.first_steps(problem)
+    for _ in range(20):
+        step = first[rng.integers(len(first))]
+        step = coverage.wrong_result(rng, step) if rng.random() < 0.5 else step
+        rest = coverage.continuation(rng, problem, step)
+        if rest is not None and C.check(problem, [step] + rest) is not None:
+            return [step] + rest
+    return None
+
+
+def with_retries(train: list[dict], tokenizer, rng) -> list[dict]:
+    from opd_jax.lab.tokenizer import EOS_ID
+    out = list(train)
+    for p in _problems(train):
+        wrong = wrong_answer(rng, p)
+        if wrong is None:
+            continue
+        sols = _distinct(rng, p)
+        r = L.record(p, tokenizer, steps=list(sols[0]))
+        r["prompt"] = f"{r['prompt']}{C.write(wrong, 'forward')}{tokenizer.eos_token}{L.RETRY}"
+        r["prompt_ids"] = (_encode(tokenizer, L.prompt(p) + C.write(wrong, "forward")) + [EOS_ID]
+                           + _encode(tokenizer, L.RETRY))
+        out.append(r)
+    return out
+
+
 def test_either(test: list[dict], tokenizer, rng) -> list[dict]:
     return [{**r, "answer": {**r["answer"], "format": L.EITHER}} for r in test]
 
@@ -175,7 +210,8 @@ def text_only(records: list[dict], tokenizer, rng) -> list[dict]:
 def _builder(name: str):
     if name.startswith(RULE_PREFIX) and name.endswith(".jsonl"):
         return "train.jsonl", rule(name[len(RULE_PREFIX):-len(".jsonl")])
-    table = {BACKWARD: backward, CONTEXTS: contexts, HINT: hint, UNISD: unisd, COVERAGE: with_coverage}
+    table = {BACKWARD: backward, CONTEXTS: contexts, HINT: hint, UNISD: unisd, COVERAGE: with_coverage,
+             RETRY: with_retries}
     if name in table:
         return "train.jsonl", table[name]
     if name == TEST_EITHER:

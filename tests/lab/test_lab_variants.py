@@ -200,3 +200,44 @@ def test_text_records_read_by_the_numbers_tokenizer_give_the_same_text(data_dir)
         r = setting.recipes["strong_numbers"]
         assert r.tokenizer == "numbers" and r.records == variants.TRAIN_TEXT
         assert zoo.model_spec(r).config.vocab_size == T.vocab_size("numbers")
+
+
+def test_retry_records_are_a_wrong_answer_the_retry_and_a_solution(data_dir):
+    """Every training record, then one retry record per problem: its prompt is the problem, an
+    answer the verifier rejects, EOS and the environment's RETRY (what an episode's second turn
+    reads); its completion a correct solution."""
+    from opd_jax.lab.tokenizer import EOS_ID
+    tok, examples = _load(data_dir, variants.RETRY)
+    train = _read(os.path.join(data_dir, "train.jsonl"))
+    records = _read(variants.ensure(data_dir, variants.RETRY))
+    assert records[:len(train)] == train and len(examples) == len(records)
+    problems = {L.answer_problem(r["answer"])[0].key for r in train}
+    retry = examples[len(train):]
+    assert len(retry) == len(problems) and {L.answer_problem(e.answer)[0].key for e in retry} == problems
+    message = tok(L.RETRY, add_special_tokens=False)["input_ids"]
+    for e in retry:
+        problem, fmt = L.answer_problem(e.answer)
+        ids = list(e.prompt_ids)
+        cut = ids.index(EOS_ID)
+        assert ids[cut + 1:] == message  # the turn ends, then the environment's message
+        head = tok.decode(ids[:cut])
+        assert head.startswith(L.prompt(problem))
+        assert not L.verify_answer(problem, head[len(L.prompt(problem)):], fmt)  # a wrong first answer
+        assert L.verify_answer(problem, L.completion_text(tok, e.completion_ids), fmt)
+        assert e.completion_ids[-1] == EOS_ID
+
+
+def test_the_lab_retry_environment_asks_again_after_a_wrong_answer(data_dir):
+    import opd_jax.environments as EN
+    tok = load_tokenizer(os.path.join(data_dir, "tokenizer"))
+    env = L.retry_environment(tokenizer=tok)
+    assert isinstance(env, EN.Retry)
+    ex = load_examples(os.path.join(data_dir, "test.jsonl"), tokenizer=tok, max_prompt_len=24)[0]
+    problem, _ = L.answer_problem(ex.answer)
+    right = tok(C.write(C.solutions(problem)[0], "forward"), add_special_tokens=False)["input_ids"] + [2]
+    assert env.reply(ex, [right]) is None
+    assert tok.decode(env.reply(ex, [right[:1] + [2]])) == L.RETRY
+    assert EN.get("opd_jax.lab.data:retry_environment", tokenizer=tok).message == env.message
+    for setting in zoo.SETTINGS.values():
+        t, w = setting.recipes["teacher_retry"], setting.recipes["weak_retry"]
+        assert (t.init, w.init, t.records, w.records) == ("teacher", "weak", variants.RETRY, variants.RETRY)
