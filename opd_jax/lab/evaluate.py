@@ -5,10 +5,18 @@
 problem (unbiased pass@1 and pass@k, distinct correct solutions per problem, and the mean
 per-token entropy estimated by the sampled tokens' ``-log p``, whose expectation under the
 model's own samples is its entropy).
+
+With ``turns > 1`` every answer is a multi-turn episode: after each wrong answer the lab's retry
+environment (:func:`opd_jax.lab.data.retry_environment`) says ``"no:"`` and the model answers
+again, up to ``turns`` answers; the metrics read the last answer (the episode's), and ``turns``
+reports the mean number of answers per sample.
 """
 
 from __future__ import annotations
 
+import functools
+
+from opd_jax import environments as EN
 from opd_jax import evaluate as E
 from opd_jax.lab import countdown as C
 from opd_jax.lab import data as L
@@ -32,18 +40,22 @@ TEACHER_METRICS = ("reverse_kl", "student_entropy", "teacher_entropy", "entropy_
 
 
 def evaluate(graphdef, params, examples, tokenizer, *, k: int = 8, max_new_tokens: int = 32,
-             seed: int = 0, mesh=None, teacher=None) -> dict[str, float]:
+             seed: int = 0, mesh=None, teacher=None, turns: int = 1) -> dict[str, float]:
     """Metrics of the model ``(graphdef, params)`` on ``examples`` (records with ``answer``);
     with ``teacher=(graphdef, params)`` also the exact token diagnostics against it on the
-    samples (``TEACHER_METRICS``)."""
+    samples (``TEACHER_METRICS``); ``turns``: answers per episode (see the module docstring)."""
     width = max(len(e.prompt_ids) for e in examples) if examples else 1
+    # a later turn's prompt is the episode so far: (up to 3 turns in the models' 128 positions)
+    later = tuple(b for b in (64, 96) if b > width) if turns > 1 else ()
     cfg = SamplerConfig(max_new_tokens=max_new_tokens, eos_ids=(EOS_ID,), pad_id=PAD_ID,
-                        temperature=1.0, prompt_buckets=(width,),
+                        temperature=1.0, prompt_buckets=(width,) + later,
                         new_token_buckets=(max_new_tokens,))
+    responder = functools.partial(EN.responder, L.retry_environment(tokenizer), render=None) if turns > 1 else None
     r = E.evaluate(graphdef, params, examples, reward_fn=L.reward_fn(tokenizer), cfg=cfg, k=k,
                    seed=seed, mesh=mesh, per_problem={"distinct": distinct_correct(tokenizer)},
-                   teacher=teacher)
+                   teacher=teacher, turns=turns, responder=responder)
     extra = {m: r[m] for m in TEACHER_METRICS if teacher is not None}
+    extra |= {"turns": r["turns"]} if turns > 1 else {}
     return extra | {"greedy_pass@1": r["greedy_pass@1"], "pass@1": r["pass@1"], f"pass@{k}": r[f"pass@{k}"],
             "distinct_correct": r["distinct_correct"], "entropy": r["entropy"],
             "finished": 1.0 - r["truncated"]}

@@ -90,10 +90,16 @@ class Schedule:
     # the arm's own teacher when it is a model of the lab, else against ``reference``
     measures: tuple[str, ...] = ()
     test: str = "test.jsonl"  # the held-out records in the lab's data directory
+    # answers per held-out episode: > 1 evaluates multi-turn episodes, the lab's retry environment
+    # saying "no:" after each wrong answer (opd_jax.lab.evaluate; the metrics read the last answer)
+    turns: int = 1
 
     def __post_init__(self):
         from opd_jax.lab import measures
         measures.check(self.measures)
+        if not 1 <= self.turns <= 3:
+            raise ValueError(f"schedule.turns must be 1, 2 or 3 (episodes fit the lab models' 128 "
+                             f"positions), got {self.turns}")
 
 
 def experiment(arm: Arm, lab: Lab, seed: int, workdir: str):
@@ -196,11 +202,12 @@ def run(arm: Arm, lab: Lab, seed: int, *, workdir: str, schedule: Schedule = Sch
     def evaluate_now(trainer, step):
         from opd_jax.lab.evaluate import evaluate
         call = lambda: evaluate(trainer.s_graph, trainer.state.params, test, tok, k=schedule.k,  # noqa: E731
-                                mesh=trainer.mesh, teacher=reference)
+                                mesh=trainer.mesh, teacher=reference, turns=schedule.turns)
         # Before training, every arm and seed from the same start gets the same evaluation (its
         # seed is fixed): computed once per process.
         e = _evaluated_once((trainer.s_graph, _digest(trainer.state.params), lab.data, schedule.test,
-                             schedule.problems, schedule.k, reference and (reference[0], _digest(reference[1])),
+                             schedule.problems, schedule.k, schedule.turns,
+                             reference and (reference[0], _digest(reference[1])),
                              tuple(trainer.mesh.shape.items())), call) if step == 0 else call()
         if schedule.measures:
             from opd_jax.lab import measures
@@ -271,7 +278,7 @@ def schedule_record(schedule: Schedule) -> dict:
     runs are left out at their defaults, so those runs still count as the same schedule)."""
     import json
     d = dataclasses.asdict(schedule)
-    for name, default in (("measures", ()), ("test", "test.jsonl")):
+    for name, default in (("measures", ()), ("test", "test.jsonl"), ("turns", 1)):
         if d[name] == default:
             del d[name]
     return json.loads(json.dumps(d))

@@ -12,7 +12,7 @@ from opd_jax.lab import verdicts as V
 NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread, so that differences have a standard error
 METRICS = ("pass@1", "greedy_pass@1", "pass@8", "reverse_kl", "entropy", "distinct_correct", "finished",
            "high_entropy/student", "tail_mass/student_topk", "overlap/ratio", "rule/adherence",
-           "grad_variance/log_ratio", "grad_variance/mean_gap")
+           "grad_variance/log_ratio", "grad_variance/mean_gap", "turns")
 STEPS = (0, 10, 20, 30, 40)
 
 
@@ -208,6 +208,23 @@ def test_turn_curriculum_compares_tcod_with_opd():
     assert module.verdict(fake(arms, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(arms, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(arms, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
+
+
+def test_turn_curriculum_episodes_compares_tcod_with_opd_on_retry_episodes():
+    module = RP.load("turn_curriculum_episodes")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["opd", "tcod", "tcod_backward", "opd_single"]
+    assert all(a.student == "weak_retry" and a.teacher == "teacher_retry" for a in arms)
+    assert [("loop.turns=2" in a.overrides) for a in arms] == [True, True, True, False]
+    assert module.schedule("quick").turns == 2
+    names = [a.name for a in arms]
+
+    def ends(gain, other=0.0):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * (
+            gain if arm == "tcod" else other if arm in ("tcod_backward", "opd_single") else 0))
+    assert module.verdict(fake(names, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(names, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(names, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
 
 
 def test_rollout_reuse_compares_reuse_with_one_step_per_batch_at_the_same_samples():
