@@ -11,6 +11,7 @@ with ``fn(name)`` (used to switch the objective recipe: ``objective=eopd``).
 """
 
 import dataclasses
+import importlib
 import importlib.util
 import json
 import os
@@ -34,6 +35,21 @@ def load_module(path: str) -> types.ModuleType:
     if not hasattr(module, "get_config"):
         raise AttributeError(f"{path} defines no get_config(arg) function")
     return module
+
+
+def named_factory(kind: str, name: str, builtin: dict, signature: str):
+    """The factory ``name`` names: a key of ``builtin``, or ``"package.module:factory"`` (imported);
+    errors name the ``kind`` (e.g. "reward") and the factory's expected ``signature``."""
+    if name in builtin:
+        return builtin[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"{kind} {name!r}: cannot import {attr} from {module} ({e})") from e
+    raise ValueError(f"unknown {kind} {name!r}; built-in: {sorted(builtin)}, or give "
+                     f"'package.module:factory' ({signature})")
 
 
 def load_experiment(spec: str):

@@ -31,7 +31,6 @@ should be a pure function of its arguments (every process asks it about its own 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 
 Tokens = Sequence[int]
@@ -96,17 +95,10 @@ def get(name: str, *, tokenizer=None, eos_ids: Sequence[int] = (), reward_fn=Non
     """The environment ``name`` names (see the module docstring)."""
     if not name:
         return RecordTurns()
-    if name in ENVIRONMENTS:
-        factory = ENVIRONMENTS[name]
-    elif ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"environment {name!r}: cannot import {attr} from {module} ({e})") from e
-    else:
-        raise ValueError(f"unknown environment {name!r}; built-in: {sorted(ENVIRONMENTS)}, '' (the "
-                         "records' env_turns), or 'package.module:factory'")
+    from opd_jax.config import named_factory
+    factory = named_factory("environment", name, ENVIRONMENTS,
+                            "factory(tokenizer=, eos_ids=, reward_fn=) -> Environment; or '' for the "
+                            "records' env_turns")
     env = factory(tokenizer=tokenizer, eos_ids=tuple(eos_ids), reward_fn=reward_fn)
     if not isinstance(env, Environment):
         raise ValueError(f"environment {name!r}: the factory returned {type(env).__name__}, not an "

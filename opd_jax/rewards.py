@@ -19,7 +19,6 @@ unfinished answer is not an answer: math-verify would otherwise read ``3 + 4 =``
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import threading
 from collections.abc import Callable, Sequence
@@ -116,17 +115,8 @@ def get(name: str, tokenizer, eos_ids: Sequence[int] = ()) -> RewardFn:
     """The reward function called ``name``: a key of :data:`REWARDS`, or ``"module:factory"``;
     either is called as ``factory(tokenizer, eos_ids)`` (a factory that takes only the tokenizer,
     such as the lab's, is called with it alone)."""
-    if name in REWARDS:
-        factory = REWARDS[name]
-    elif ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"reward {name!r}: cannot import {attr} from {module} ({e})") from e
-    else:
-        raise ValueError(f"unknown reward {name!r}; built-in: {sorted(REWARDS)}, or give "
-                         "'package.module:factory' (factory(tokenizer, eos_ids) -> f)")
+    from opd_jax.config import named_factory
+    factory = named_factory("reward", name, REWARDS, "factory(tokenizer, eos_ids) -> f")
     if tokenizer is None:
         raise ValueError(f"reward {name!r} reads the completion's text: it needs a tokenizer "
                          "(a student checkpoint with tokenizer files)")
