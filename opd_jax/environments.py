@@ -22,6 +22,9 @@ Built in (``environment=`` in the experiment, ``--environment`` in ``opd_jax.eva
 - ``""`` (default): :class:`RecordTurns`, each record's own ``env_turns`` / ``env_turns_ids``, in order;
 - ``"retry"``: :class:`Retry`, "try again" after a wrong answer (the run's reward function reads the
   student's last turn), until it is right;
+- ``"calculator"``: :class:`Calculator`, a tool: a turn that calls it (``<tool_call>{"name":
+  "calculator", "arguments": {"expression": "..."}}</tool_call>``, Qwen3's and Hermes' format) gets
+  the expression's value back as a ``"tool"`` turn; a turn without a call is the final answer;
 - ``"package.module:factory"``: ``factory(tokenizer=..., eos_ids=..., reward_fn=...)`` returns an
   :class:`Environment` (a tool executor, a grader, a simulated user, ...).
 
@@ -83,12 +86,86 @@ class Retry(Environment):
         return None if self.reward_fn(example, list(turns[-1])) >= self.threshold else self.message
 
 
+class Calculator(Environment):
+    """A calculator tool (see the module docstring). The student's turn is decoded (up to its EOS
+    token); its last ``<tool_call>...</tool_call>`` is read as JSON ``{"name": "calculator",
+    "arguments": {"expression": text}}`` and the reply is the value of the expression (numbers,
+    ``+ - * / // % **`` and parentheses; at most ``max_chars`` characters of text) or ``"error:
+    ..."`` for a call it cannot carry out, as a ``"tool"`` turn. ``max_reply_tokens``: the rendered
+    turn's bound (the chat template's wrapping included)."""
+
+    OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+    def __init__(self, tokenizer, eos_ids=(), max_chars: int = 24, max_reply_tokens: int = 96):
+        if tokenizer is None:
+            raise ValueError("environment 'calculator' reads the student's text: it needs a tokenizer")
+        self.tokenizer, self.eos_ids = tokenizer, tuple(int(i) for i in eos_ids)
+        self.max_chars, self.max_reply_tokens = max_chars, max_reply_tokens
+
+    def reply(self, example, turns):
+        from opd_jax.rewards import completion_text
+        text, _ = completion_text(self.tokenizer, turns[-1], self.eos_ids)
+        start = text.rfind(self.OPEN)
+        end = text.find(self.CLOSE, start)
+        if start < 0 or end < 0:
+            return None  # no (complete) tool call: the final answer
+        return {"role": "tool", "content": self.call(text[start + len(self.OPEN):end])[:self.max_chars]}
+
+    @staticmethod
+    def call(payload: str) -> str:
+        """The tool's answer to one call's JSON text."""
+        import json
+        try:
+            call = json.loads(payload)
+            expression = call["arguments"]["expression"]
+            if call.get("name") != "calculator" or not isinstance(expression, str):
+                raise KeyError
+        except (ValueError, KeyError, TypeError):
+            return 'error: call {"name": "calculator", "arguments": {"expression": "..."}}'
+        try:
+            value = arithmetic(expression)
+        except (ValueError, ZeroDivisionError, OverflowError, SyntaxError) as e:
+            return f"error: {e}"
+        return str(value) if isinstance(value, int) else f"{value:.10g}"
+
+
+def arithmetic(expression: str) -> int | float:
+    """The value of an arithmetic expression (numbers, ``+ - * / // % **``, unary signs and
+    parentheses), computed without ``eval``; ValueError for anything else, or for a power whose
+    result would be huge."""
+    import ast
+    import operator
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+            x = value(node.operand)
+            return x if isinstance(node.op, ast.UAdd) else -x
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            a, b = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(b) > 64 or abs(a) > 1e6):
+                raise ValueError("power too large")
+            return ops[type(node.op)](a, b)
+        raise ValueError(f"not arithmetic: {type(node).__name__}")
+    if len(expression) > 200:
+        raise ValueError("expression too long")
+    return value(ast.parse(expression, mode="eval").body)
+
+
 def retry(tokenizer=None, eos_ids=(), reward_fn=None) -> Retry:
     """The built-in ``"retry"`` environment: :class:`Retry` with its default message."""
     return Retry(reward_fn)
 
 
-ENVIRONMENTS: dict[str, Callable[..., Environment]] = {"retry": retry}
+def calculator(tokenizer=None, eos_ids=(), reward_fn=None) -> Calculator:
+    """The built-in ``"calculator"`` environment: :class:`Calculator` with its defaults."""
+    return Calculator(tokenizer, eos_ids)
+
+
+ENVIRONMENTS: dict[str, Callable[..., Environment]] = {"retry": retry, "calculator": calculator}
 
 
 def get(name: str, *, tokenizer=None, eos_ids: Sequence[int] = (), reward_fn=None) -> Environment:

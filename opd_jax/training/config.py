@@ -255,7 +255,8 @@ class Experiment:
     reward: str = ""
     # What answers the student between the turns of multi-turn episodes (loop.turns, eval.turns;
     # opd_jax.environments.get): "" = the records' env_turns, "retry" (try again after a wrong
-    # answer, by the reward function), or "package.module:factory"; or the one given to the Trainer.
+    # answer, by the reward function), "calculator" (a tool), or "package.module:factory"; or the
+    # one given to the Trainer.
     environment: str = ""
 
     def __post_init__(self):

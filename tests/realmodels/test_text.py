@@ -205,3 +205,42 @@ def test_env_turns_render_as_the_chat_template_continues_a_conversation(tmp_path
 def test_bad_env_turns_name_the_line(tmp_path, tok, record, match):
     with pytest.raises(DataError, match=r"d\.jsonl:1: " + match):
         _load(tmp_path, [record], tok)
+
+
+def test_the_calculator_answers_a_tool_call_as_the_chat_template_writes_a_tool_turn(tmp_path, tok):
+    """A turn with a tool call gets the expression's value back as a "tool" turn: the episode's
+    tokens (prompt, the student's turn with its end-of-turn token, the reply) are what the chat
+    template writes for the whole conversation; a turn without a call ends the episode."""
+    import functools
+
+    from opd_jax import environments as EN
+    from opd_jax.data import TextOptions, render_turn
+    user = [{"role": "user", "content": "What is 12 * (3 + 4)?"}]
+    (e,) = _load(tmp_path, [{"messages": user}], tok)
+    env = EN.get("calculator", tokenizer=tok, eos_ids=[tok.eos_token_id])
+    respond = EN.responder(env, [e], functools.partial(render_turn, opts=TextOptions(tok)), len(tok))
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "12 * (3 + 4)"}}</tool_call>'
+    turn = tok(call, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    reply = respond(0, [turn])
+    whole = _apply(tok, user + [{"role": "assistant", "content": call}, {"role": "tool", "content": "84"}])
+    assert list(e.prompt_ids) + turn + list(reply) == whole
+    assert respond(0, [turn, tok("84", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]) is None
+
+
+@pytest.mark.parametrize("expression", ["1+2*3", "-(4-10)/4", "7//2 + 7%3", "2**10 - 3**-1", "((1.5))*+2"])
+def test_the_calculator_computes_what_python_does(expression):
+    from opd_jax.environments import arithmetic
+    assert arithmetic(expression) == eval(expression)  # the oracle: Python's own arithmetic
+
+
+@pytest.mark.parametrize("payload, answer", [
+    ('{"name": "calculator", "arguments": {"expression": "1/0"}}', "error: division by zero"),
+    ('{"name": "calculator", "arguments": {"expression": "__import__(1)"}}', "error: not arithmetic: Call"),
+    ('{"name": "calculator", "arguments": {"expression": "2**1000"}}', "error: power too large"),
+    ('{"name": "calculator", "arguments": {"expression": "True + 1"}}', "error: not arithmetic: Constant"),
+    ('{"name": "search", "arguments": {"query": "x"}}', 'error: call {"name": "calculator"'),
+    ("not json", 'error: call {"name": "calculator"'),
+])
+def test_the_calculator_answers_a_bad_call_with_an_error(payload, answer):
+    from opd_jax.environments import Calculator
+    assert Calculator.call(payload).startswith(answer)

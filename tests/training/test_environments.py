@@ -104,7 +104,7 @@ class Mute(EN.Environment):
 
 
 @pytest.mark.parametrize("name, match", [
-    ("nope", r"unknown environment 'nope'; built-in: \['retry'\]"),
+    ("nope", r"unknown environment 'nope'; built-in: \['calculator', 'retry'\]"),
     ("no_such_module:f", r"environment 'no_such_module:f': cannot import f"),
     ("test_environments:make_nothing", r"the factory returned function, not an opd_jax.environments.Environment"),
 ])
