@@ -96,7 +96,7 @@ class Calculator(Environment):
 
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
-    def __init__(self, tokenizer, eos_ids=(), max_chars: int = 24, max_reply_tokens: int = 96):
+    def __init__(self, tokenizer, eos_ids=(), max_chars: int = 32, max_reply_tokens: int = 96):
         if tokenizer is None:
             raise ValueError("environment 'calculator' reads the student's text: it needs a tokenizer")
         self.tokenizer, self.eos_ids = tokenizer, tuple(int(i) for i in eos_ids)
@@ -121,7 +121,7 @@ class Calculator(Environment):
             if call.get("name") != "calculator" or not isinstance(expression, str):
                 raise KeyError
         except (ValueError, KeyError, TypeError):
-            return 'error: call {"name": "calculator", "arguments": {"expression": "..."}}'
+            return "error: not a calculator call"
         try:
             value = arithmetic(expression)
         except (ValueError, ZeroDivisionError, OverflowError, SyntaxError) as e:
