@@ -24,7 +24,8 @@ With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampl
 environment's replies, :mod:`opd_jax.environments`, by default the records' ``env_turns_ids``):
 the rewards (and ``per_problem`` hooks) read the model's last turn, its final answer; lengths,
 truncation and entropy read its own tokens of all its turns (the environment's are left out);
-``turns`` reports the mean number of model turns of the samples, and the teacher diagnostics
+``turns`` reports the mean number of model turns of the samples, ``turn1_greedy_pass@1`` and
+``turn1_pass@1`` the first answers' (before any environment turn), and the teacher diagnostics
 read the first turns.
 
 Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
@@ -126,7 +127,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     key = jax.random.key(seed)
     per = {"greedy_reward": [], "greedy_len": [], "greedy_trunc": [], "rewards": [], "lens": [],
            "truncs": [], "nll": [], "tokens": 0, "hooks": {name: [] for name in per_problem or {}},
-           "greedy_text": [], "turns": []}
+           "greedy_text": [], "turns": [], "turn1_greedy": [], "turn1_rewards": []}
     sums, count = {}, 0.0
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         frozen = freeze_if_possible(graphdef, params)
@@ -142,6 +143,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
             g, d = _completions(greedy), _completions(drawn)
             answers = (None, None)
             if turns > 1:
+                _first_turns(per, exs[:real], g, d, reward_fn, k)
                 more = dict(frozen=frozen, key=key, turns=turns, pad_id=cfg.pad_id, responder=responder
                             or functools.partial(EN.responder, EN.RecordTurns(), render=None))
                 g = _episodes(g, exs, greedy_cfg.replace(prompt_buckets=later), row_ids, **more)
@@ -185,6 +187,15 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
     for r, lp in enumerate(own_logp):
         out_logp[r, :len(lp)] = lp
     return out_tok, out_mask, out_logp, ended, taken, answers
+
+
+def _first_turns(per, exs, greedy, drawn, reward_fn, k):
+    """The rewards of multi-turn episodes' first turns alone, before any environment turn (from
+    turn 1's ``(tokens, mask, logp, finished)``)."""
+    (g_tok, g_mask, *_), (d_tok, d_mask, *_) = greedy, drawn
+    for b, e in enumerate(exs):
+        per["turn1_greedy"].append(float(reward_fn(e, g_tok[b][g_mask[b]])))
+        per["turn1_rewards"].append([float(reward_fn(e, d_tok[r][d_mask[r]])) for r in range(b * k, (b + 1) * k)])
 
 
 def _score(per, exs, greedy, drawn, reward_fn, k, hooks, tokenizer, answers=(None, None)):
@@ -255,6 +266,8 @@ def _summary(per, examples, k, threshold, sums, count, details) -> dict:
     }
     if per["turns"]:
         out["turns"] = float(np.mean(per["turns"]))
+        out["turn1_greedy_pass@1"] = float(np.mean([r >= threshold for r in per["turn1_greedy"]]))
+        out["turn1_pass@1"] = float(np.mean([sum(r >= threshold for r in rs) / k for rs in per["turn1_rewards"]]))
     if count:
         out.update(TD.means(sums, count))
     for name, rows in per["hooks"].items():

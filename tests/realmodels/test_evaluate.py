@@ -223,9 +223,10 @@ def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn()
         if ended and e.env_turns_ids:
             second, _ = turn(e.prompt_ids + first + e.env_turns_ids[0])
             want, length, went_on = second, length + len(second), went_on + 1
-        assert seen[e.prompt_ids][0] == want  # the greedy episode is scored first
+        # first the first turns alone (greedy, then the k = 2 draws), then the episodes likewise
+        assert seen[e.prompt_ids][0] == first and seen[e.prompt_ids][3] == want
+        assert len(seen[e.prompt_ids]) == 6
         lengths.append(length)
-        assert len(seen[e.prompt_ids]) == 3  # then the k = 2 sampled episodes
     assert went_on >= 1 and 1.0 <= r["turns"] <= 2.0
     assert r["greedy_mean_length"] == pytest.approx(np.mean(lengths))
 
@@ -248,18 +249,23 @@ def test_a_retry_environment_asks_again_after_a_wrong_first_answer():
 
     def reward(e, completion):
         seen.setdefault(e.prompt_ids, []).append(tuple(int(t) for t in completion))
-        return 0.0
+        return right(e, completion)
     env = environments.Retry(right, message=message)
     responder = lambda exs: environments.responder(env, exs, None, VOCAB)  # noqa: E731
     r = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, batch_size=3, turns=3,
                  seed=2, responder=responder)
-    retried = 0
+    retried, firsts, lasts = 0, [], []
     for e in examples:
         episode = e.prompt_ids
         for t in range(3):
             turn, ended = _greedy_turn(graphdef, params, cfg, episode)
+            if t == 0:
+                firsts.append(right(e, turn))
             if t == 2 or not ended or right(e, turn):
                 break
             episode, retried = episode + turn + message, retried + 1
-        assert seen[e.prompt_ids][0] == turn
+        assert seen[e.prompt_ids][3] == turn  # the greedy episode's score reads its last turn
+        lasts.append(right(e, turn))
     assert retried >= 1 and 1.0 <= r["turns"] <= 3.0
+    assert r["greedy_pass@1"] == np.mean(lasts) and r["turn1_greedy_pass@1"] == np.mean(firsts)
+    assert r["greedy_pass@1"] >= r["turn1_greedy_pass@1"] and r["pass@1"] >= r["turn1_pass@1"]
