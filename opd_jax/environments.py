@@ -28,8 +28,11 @@ Built in (``environment=`` in the experiment, ``--environment`` in ``opd_jax.eva
 - ``"package.module:factory"``: ``factory(tokenizer=..., eos_ids=..., reward_fn=...)`` returns an
   :class:`Environment` (a tool executor, a grader, a simulated user, ...).
 
-The replies are computed on the host, row by row, between the sampler's calls; an environment
-should be a pure function of its arguments (every process asks it about its own rows).
+The replies are computed on the host between the sampler's calls, all the rows of a turn at
+once through ``env.replies(examples, turns)``: by default :meth:`Environment.reply` row by row,
+``concurrency`` of them at a time in threads (tools that wait on a subprocess, a sandbox or a
+server); an environment that can batch overrides ``replies``. An environment should be a pure
+function of its arguments (every process asks it about its own rows).
 """
 
 from __future__ import annotations
@@ -41,13 +44,23 @@ RETRY_MESSAGE = "That is not correct. Try again."
 
 
 class Environment:
-    """Base class: override :meth:`reply`; set ``max_reply_tokens`` or override
-    :meth:`reply_bound`."""
+    """Base class: override :meth:`reply` (or :meth:`replies`); set ``max_reply_tokens`` or
+    override :meth:`reply_bound`; ``concurrency``: the replies :meth:`replies` computes at once."""
 
     max_reply_tokens: int = 0
+    concurrency: int = 1
 
     def reply(self, example, turns: list[Tokens]):
         raise NotImplementedError
+
+    def replies(self, examples: Sequence, turns: Sequence[list[Tokens]]) -> list:
+        """The replies to several rows (``examples[i]`` after its student turns ``turns[i]``):
+        :meth:`reply` for each, up to ``concurrency`` at a time in threads."""
+        if self.concurrency <= 1 or len(examples) <= 1:
+            return [self.reply(e, t) for e, t in zip(examples, turns)]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(min(self.concurrency, len(examples))) as pool:
+            return list(pool.map(self.reply, examples, turns))
 
     def reply_bound(self, example, turn: int) -> int:
         """The most tokens the reply after student turn ``turn`` (from 1) can hold (0: none)."""
@@ -189,15 +202,15 @@ def reply_tokens(env: Environment, example, turns: int) -> int:
 
 
 def responder(env: Environment, examples: Sequence, render: Callable[..., Tokens] | None,
-              vocab_size: int | None = None) -> Callable[[int, list[Tokens]], tuple[int, ...] | None]:
-    """``f(row, turns)``: the environment's reply to row ``row`` (whose record is
-    ``examples[row]``) as token ids, checked; ``render(record, message, where=...)`` renders a
-    text or dict reply (:func:`opd_jax.data.render_turn` with the run's chat template options)."""
+              vocab_size: int | None = None) -> Callable[[list[int], list[list[Tokens]]], list]:
+    """``f(rows, turns)``: the environment's replies to ``rows`` (row ``r``'s record is
+    ``examples[r]``; ``turns``: each one's student turns so far) as token ids or None, checked;
+    ``render(record, message, where=...)`` renders a text or dict reply
+    (:func:`opd_jax.data.render_turn` with the run's chat template options)."""
     name = type(env).__name__
 
-    def respond(row: int, turns: list[Tokens]):
+    def check(row: int, turns: list[Tokens], out):
         ex = examples[row]
-        out = env.reply(ex, turns)
         if out is None:
             return None
         where = f"environment {name}, record at line {ex.line}, after student turn {len(turns)}"
@@ -218,4 +231,12 @@ def responder(env: Environment, examples: Sequence, render: Callable[..., Tokens
                              f"reply_bound={bound} (max_reply_tokens), which the length checks "
                              "assumed; raise the bound")
         return ids
+
+    def respond(rows: list[int], turns: list[list[Tokens]]) -> list:
+        if not rows:
+            return []
+        out = list(env.replies([examples[r] for r in rows], turns))
+        if len(out) != len(rows):
+            raise ValueError(f"environment {name}: replies() gave {len(out)} replies to {len(rows)} rows")
+        return [check(r, t, x) for r, t, x in zip(rows, turns, out)]
     return respond

@@ -24,15 +24,17 @@ def sample_row_ids(row_ids, num_samples: int) -> np.ndarray:
 
 
 def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: list[list[float]],
-                   ended: np.ndarray, respond: Callable[[int, list[Tokens]], Sequence[int] | None], turns: int,
+                   ended: np.ndarray, respond: Callable[[list[int], list[list[Tokens]]], list], turns: int,
                    next_turn: Callable[[list[tuple[int, ...]], int], tuple[list[Tokens], list[list[float]],
                                                                             np.ndarray]],
                    anywhere: Callable[[bool], bool] = bool):
     """Episodes of up to ``turns`` student turns from turn 1's completions.
 
     ``prompts[r]``, ``comp[r]``, ``logp[r]``: row ``r``'s prompt, its first turn's tokens and their
-    log-probs; ``ended[r]``: that turn ended with an EOS token; ``env_turns[r]``: the environment's
-    turns of its record. ``next_turn(sequences, t)`` samples turn ``t`` (from 2) of every row from
+    log-probs; ``ended[r]``: that turn ended with an EOS token. ``respond(rows, owns)``: the
+    environment's replies to ``rows`` after their student turns ``owns`` (token ids; None ends an
+    episode; asked once per turn, of the rows whose last turn ended with an EOS token).
+    ``next_turn(sequences, t)`` samples turn ``t`` (from 2) of every row from
     the given sequences (prompt and episode so far) and returns each row's new tokens, their
     log-probs and whether each ended with an EOS token. ``anywhere(flag)``: whether ``flag`` holds
     on some host (every host makes the same calls).
@@ -47,7 +49,10 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
     alive, taken = np.asarray(ended, bool).copy(), np.ones(len(comp), np.int32)
     last_ended = alive.copy()
     for t in range(2, turns + 1):
-        env = [respond(r, own[r]) if alive[r] else None for r in range(len(comp))]
+        asked = [int(r) for r in np.flatnonzero(alive)]
+        env = [None] * len(comp)
+        for r, x in zip(asked, respond(asked, [own[r] for r in asked])):
+            env[r] = x
         go = alive & np.array([x is not None for x in env], bool)
         if not anywhere(bool(go.any())):
             break

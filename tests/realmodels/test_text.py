@@ -221,10 +221,10 @@ def test_the_calculator_answers_a_tool_call_as_the_chat_template_writes_a_tool_t
     respond = EN.responder(env, [e], functools.partial(render_turn, opts=TextOptions(tok)), len(tok))
     call = '<tool_call>{"name": "calculator", "arguments": {"expression": "12 * (3 + 4)"}}</tool_call>'
     turn = tok(call, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    reply = respond(0, [turn])
+    (reply,) = respond([0], [[turn]])
     whole = _apply(tok, user + [{"role": "assistant", "content": call}, {"role": "tool", "content": "84"}])
     assert list(e.prompt_ids) + turn + list(reply) == whole
-    assert respond(0, [turn, tok("84", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]) is None
+    assert respond([0], [[turn, tok("84", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]]) == [None]
 
 
 @pytest.mark.parametrize("expression", ["1+2*3", "-(4-10)/4", "7//2 + 7%3", "2**10 - 3**-1", "((1.5))*+2"])

@@ -14,9 +14,9 @@ def test_rows_go_on_while_their_turns_end_and_the_environment_has_turns_left():
     env = [((50,), (51, 52)), ((50,),), (), ((50,),)]  # row 2 has no environment turns
     calls, asked = [], []
 
-    def respond(r, own):  # the records' turns, one per student turn so far
-        asked.append((r, [list(t) for t in own]))
-        return env[r][len(own) - 1] if len(own) <= len(env[r]) else None
+    def respond(rows, owns):  # the records' turns, one per student turn so far
+        asked.extend((r, [list(t) for t in own]) for r, own in zip(rows, owns))
+        return [env[r][len(own) - 1] if len(own) <= len(env[r]) else None for r, own in zip(rows, owns)]
 
     def next_turn(seqs, t):
         calls.append((t, [tuple(s) for s in seqs]))
@@ -42,8 +42,8 @@ def test_rows_go_on_while_their_turns_end_and_the_environment_has_turns_left():
 def test_no_call_when_no_row_can_go_on():
     def never(seqs, t):
         raise AssertionError("no row goes on, so nothing is sampled")
-    def always(r, own):
-        return (7,)
+    def always(rows, owns):
+        return [(7,)] * len(rows)
     comp, logp, student, last, taken = continue_turns([(1,)], [[5]], [[-1.0]], np.array([False]),
                                                       always, 4, never)
     assert comp == [[5]] and taken.tolist() == [1] and student == [[True]]

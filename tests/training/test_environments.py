@@ -149,11 +149,11 @@ def test_replies_are_checked():
                        ((12, 13, 14), r"a reply of 3 tokens, more than its bound reply_bound=2"),
                        ("hello", "a reply in text, but this run has no tokenizer")]:
         with pytest.raises(ValueError, match=where + match):
-            EN.responder(Says(out), [ex], None, V)(0, [[3]])
-    assert EN.responder(Says([12, 13]), [ex], None, V)(0, [[3]]) == (12, 13)
+            EN.responder(Says(out), [ex], None, V)([0], [[[3]]])
+    assert EN.responder(Says([12, 13]), [ex], None, V)([0], [[[3]]]) == [(12, 13)]
     seen = []
     render = lambda record, msg, where: seen.append((msg, where)) or (20, 21)  # noqa: E731
-    assert EN.responder(Says({"role": "tool", "content": "4"}), [ex], render, V)(0, [[3]]) == (20, 21)
+    assert EN.responder(Says({"role": "tool", "content": "4"}), [ex], render, V)([0], [[[3]]]) == [(20, 21)]
     assert seen == [({"role": "tool", "content": "4"}, where[:-2])]
 
 
@@ -176,3 +176,30 @@ def test_an_episodes_reward_reads_its_last_student_turn(tmp_path):
     last = [[t for s, t in runs if s][-1] for runs in rows]
     assert seen == last and any(len(runs) > 1 for runs in rows)
     assert local(batch.extras["reward"])[:, 0].tolist() == [float(len(t)) for t in last]
+
+
+def test_replies_run_concurrently_up_to_the_environments_concurrency(tmp_path):
+    """``concurrency=4``: four replies wait on one barrier, which only opens when four threads
+    reach it at once (with one thread at a time the barrier times out and the run fails)."""
+    import threading
+
+    class Slow(Tool):
+        concurrency = 4
+
+        def __init__(self):
+            self.barrier, self.threads = threading.Barrier(4, timeout=20), set()
+
+        def reply(self, example, turns):
+            self.threads.add(threading.get_ident())
+            if len(turns) == 1:
+                self.barrier.wait()  # the first turn's replies: at least 4 rows ask at once
+            return super().reply(example, turns)
+    env = Slow()
+    examples, rows, _ = episodes_of(Trainer(_exp(tmp_path, turns=2), environment=env))
+    assert len(env.threads) >= 2 and any(len(runs) > 1 for runs in rows)
+    # the same episodes as one thread at a time gives (the replies do not depend on the threads)
+    serial = Tool()
+    for ex, runs in zip(examples, rows):
+        student = [t for s, t in runs if s]
+        replies = [tuple(t) for s, t in runs if not s]
+        assert replies == ([tuple(serial.reply(ex, student[:1]))] if len(student) > 1 else [])
