@@ -62,13 +62,23 @@ class TextOptions:
     ``tokenizer`` reads the student's fields, ``teacher_tokenizer`` (default: ``tokenizer``) the
     teacher's context; ``chat_template`` wraps text prompts as a user turn of the template;
     ``template_kwargs`` go to the template; ``eos_id`` ends text completions (default: the
-    tokenizer's ``eos_token_id``).
+    tokenizer's ``eos_token_id``); ``system``: a system message put first in every chat that has
+    none (prompts, teacher contexts, environment turns); a prompt that is not a chat (token ids,
+    plain text) is then an error.
     """
     tokenizer: Any = None
     teacher_tokenizer: Any = None
     chat_template: bool = False
     template_kwargs: Mapping | None = None
     eos_id: int | None = None
+    system: str = ""
+
+    @classmethod
+    def of(cls, data, tokenizer, teacher_tokenizer=None) -> "TextOptions":
+        """The options a run's data config (``chat_template``, ``chat_template_kwargs``,
+        ``system_prompt``) gives."""
+        return cls(tokenizer, teacher_tokenizer, data.chat_template, data.chat_template_kwargs,
+                   system=data.system_prompt)
 
 
 # Extra teacher contexts the objectives read from the record (see opd_jax.training.loop).
@@ -140,6 +150,8 @@ def _need(tokenizer, where: str, key: str):
 
 def _chat(tokenizer, messages, where: str, opts: TextOptions) -> tuple[int, ...]:
     from opd_jax.models.tokenizer import chat_ids
+    if opts.system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": opts.system}] + list(messages)
     try:
         return tuple(chat_ids(tokenizer, messages, template_kwargs=opts.template_kwargs))
     except ValueError as e:
@@ -150,6 +162,11 @@ def _prompt(record, prefix: str, tokenizer, where: str, opts: TextOptions):
     """The ids of ``{prefix}prompt_ids`` / ``{prefix}messages`` / ``{prefix}prompt``, the
     messages' trailing assistant turn (or None), or ``(None, None)`` if the record has none."""
     key = f"{prefix}prompt"
+    plain = f"{key}_ids" in record or (key in record and f"{prefix}messages" not in record and not opts.chat_template)
+    if opts.system and plain:
+        raise DataError(f"{where}: a system prompt (data.system_prompt) goes into chats, but this "
+                        f"record's {key} is {'token ids' if f'{key}_ids' in record else 'plain text'}; "
+                        "give it as messages (or text with data.chat_template on), or unset the system prompt")
     if f"{key}_ids" in record:
         return check_ids(record[f"{key}_ids"], where, f"{key}_ids"), None
     if f"{prefix}messages" in record:
@@ -282,18 +299,18 @@ def _check_prompt(ids, where: str, name: str, max_len: int):
 
 def load_examples(path: str, *, tokenizer=None, max_prompt_len: int, vocab_size: int | None = None,
                   chat_template: bool = False, teacher_tokenizer=None,
-                  template_kwargs: Mapping | None = None, eos_id: int | None = None
-                  ) -> list[Example]:
+                  template_kwargs: Mapping | None = None, eos_id: int | None = None,
+                  system_prompt: str = "") -> list[Example]:
     """Read and validate every record (see the module docstring); errors name the file and line.
 
     ``vocab_size`` (the model's) bounds every token id. The other keywords are those of
-    :class:`TextOptions`.
+    :class:`TextOptions` (``system_prompt`` its ``system``).
     """
     if not path:
         raise DataError("no data path given (set data.path)")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such data file")
-    opts = TextOptions(tokenizer, teacher_tokenizer, chat_template, template_kwargs, eos_id)
+    opts = TextOptions(tokenizer, teacher_tokenizer, chat_template, template_kwargs, eos_id, system_prompt)
     t_tok = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     out = []
     for line, record in _records(path):

@@ -2,7 +2,7 @@
 
     python -m opd_jax.evaluate --model PATH --data FILE [--teacher PATH] [--k 8]
         [--reward math] [--max-new-tokens 1024] [--temperature 1.0] [--top-p 1.0]
-        [--batch-size 8] [--limit N] [--chat-template] [--template-kwargs JSON]
+        [--batch-size 8] [--limit N] [--chat-template] [--template-kwargs JSON] [--system-prompt TEXT]
         [--diagnostics-k 16] [--dtype bfloat16] [--seed 0] [--out results.json] [--details]
         [--turns 2 [--environment retry]]
 
@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-prompt-len", type=int, default=1024)
     p.add_argument("--chat-template", action="store_true", help="wrap text prompts in the template")
     p.add_argument("--template-kwargs", default="", help='JSON, e.g. \'{"enable_thinking": false}\'')
+    p.add_argument("--system-prompt", default="", help="a system message put first in every chat without one")
     p.add_argument("--diagnostics-k", type=int, default=16, help="top-k of the overlap ratio")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--seed", type=int, default=0)
@@ -94,10 +95,11 @@ def run(a) -> dict:
                                max_prompt_len=a.max_prompt_len,
                                vocab_size=int(read_hf_config(a.model)["vocab_size"]),
                                chat_template=a.chat_template,
-                               template_kwargs=D.template_kwargs(a.template_kwargs))
+                               template_kwargs=D.template_kwargs(a.template_kwargs), system_prompt=a.system_prompt)
     examples = examples[:a.limit] if a.limit else examples
     vocab = int(read_hf_config(a.model)["vocab_size"])
-    opts = D.TextOptions(tok, chat_template=a.chat_template, template_kwargs=D.template_kwargs(a.template_kwargs))
+    opts = D.TextOptions(tok, chat_template=a.chat_template, template_kwargs=D.template_kwargs(a.template_kwargs),
+                         system=a.system_prompt)
     responder = functools.partial(EN.responder, EN.get(a.environment, tokenizer=tok, eos_ids=eos, reward_fn=reward_fn),
                                   render=functools.partial(D.render_turn, opts=opts), vocab_size=vocab)
     mesh = make_mesh(data=-1)  # the records are checked before any weight is read

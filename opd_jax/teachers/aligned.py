@@ -166,7 +166,7 @@ class CrossTokenizerTeacher(Teacher):
             raise ValueError(f"the teacher's tokenizer ({spec.model.path}) has no EOS token to end "
                              "the completions it reads with")
         d = text.exp.data
-        opts = D.TextOptions(s_tok, t_tok, d.chat_template, d.chat_template_kwargs)
+        opts = D.TextOptions.of(d, s_tok, t_tok)
         virtual = spec.shared_topk if isinstance(text.exp.objective, O.SimCTConfig) else None
         out = cls(None, (s_tok, t_tok), opts, text.examples, runtime, ratio=spec.token_ratio,
                   teacher_eos=int(t_tok.eos_token_id), cuts=spec.span_cuts,

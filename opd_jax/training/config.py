@@ -77,6 +77,9 @@ class DataConfig:
     chat_template: bool = False  # wrap text prompts in the tokenizer's chat template
     tokenizer: str = ""  # a tokenizer replacing the student checkpoint's ("" = the student's)
     chat_template_kwargs: dict[str, TemplateValue] = dataclasses.field(default_factory=dict)
+    # a system message put first in every chat without one (prompts, teacher contexts, environment
+    # turns), e.g. a tool's description; records whose prompts are not chats are then refused
+    system_prompt: str = ""
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")

@@ -241,7 +241,7 @@ def for_run(exp, text) -> PeerContexts | None:
     for e in text.examples:
         prompt_text(e.record, f"{exp.data.path}:{e.line}")
     d = exp.data
-    opts = D.TextOptions(tokenizer, teacher_tokenizer, d.chat_template, d.chat_template_kwargs)
+    opts = D.TextOptions.of(d, tokenizer, teacher_tokenizer)
     literal = len((teacher_tokenizer or tokenizer)(spec.literal(), add_special_tokens=False)["input_ids"])
     width = spec.width(d.max_prompt_len, exp.sampler.max_new_tokens, literal)
     return PeerContexts(spec, opts, reward_fn, width, exp.sampler.pad_id)

@@ -10,7 +10,8 @@ ids, the records of the training and held-out data, and the reward function.
   ``generation_config.json`` (Qwen3 lists two), else the tokenizer's EOS: without them a real
   model's completions never stop. The resolved ids are what ``config.json`` records.
 - The records of ``data.path`` and ``eval.path`` are read with the same options
-  (``data.chat_template``, ``data.chat_template_kwargs``, ``data.max_prompt_len``).
+  (``data.chat_template``, ``data.chat_template_kwargs``, ``data.system_prompt``,
+  ``data.max_prompt_len``).
 - The reward function: the one given, or the one ``reward`` names (:func:`opd_jax.rewards.get`),
   built from the tokenizer and the EOS ids. A held-out evaluation needs one.
 - The environment of multi-turn episodes: the one given, or the one ``environment`` names
@@ -82,7 +83,8 @@ def read(exp: Experiment, path: str, tokenizer, teacher_tokenizer=None) -> list[
     d = exp.data
     return D.load_examples(path, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer,
                            max_prompt_len=d.max_prompt_len, vocab_size=vocab_size(exp.student),
-                           chat_template=d.chat_template, template_kwargs=d.chat_template_kwargs)
+                           chat_template=d.chat_template, template_kwargs=d.chat_template_kwargs,
+                           system_prompt=d.system_prompt)
 
 
 def reward(exp: Experiment, reward_fn, tokenizer) -> Callable | None:
@@ -108,8 +110,7 @@ def environment(exp: Experiment, given: EN.Environment | None, tokenizer, reward
 def responder(exp: Experiment, text: Text) -> Callable:
     """``f(examples)``: the environment's checked replies to those rows
     (:func:`opd_jax.environments.responder`), text rendered as the records were read."""
-    opts = D.TextOptions(text.tokenizer, chat_template=exp.data.chat_template,
-                         template_kwargs=exp.data.chat_template_kwargs)
+    opts = D.TextOptions.of(exp.data, text.tokenizer)
     render = None if text.tokenizer is None else functools.partial(D.render_turn, opts=opts)
     return functools.partial(EN.responder, text.environment, render=render, vocab_size=vocab_size(exp.student))
 

@@ -244,3 +244,62 @@ def test_the_calculator_computes_what_python_does(expression):
 def test_the_calculator_answers_a_bad_call_with_an_error(payload, answer):
     from opd_jax.environments import Calculator
     assert Calculator.call(payload).startswith(answer)
+
+
+SYSTEM = "You can call a calculator."
+
+
+def test_a_system_prompt_goes_first_in_every_chat_without_one(tmp_path, tok):
+    """data.system_prompt: prompts (messages, or text through the chat template), teacher contexts
+    and environment turns are rendered as the chat template renders the conversation with the
+    system message first; a chat that has its own system message keeps it."""
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+    own = [{"role": "system", "content": "Be brief."}] + user
+    sys = [{"role": "system", "content": SYSTEM}]
+    records = [{"messages": user, "teacher_messages": [{"role": "user", "content": "hint: 4"}],
+                "env_turns": ["Are you sure?"]},
+               {"prompt": user[0]["content"]}, {"messages": own}]
+    a, b, c = _load(tmp_path, records, tok, chat_template=True, system_prompt=SYSTEM)
+    assert list(a.prompt_ids) == _apply(tok, sys + user) == list(b.prompt_ids)
+    assert list(a.teacher_prompt_ids) == _apply(tok, sys + [{"role": "user", "content": "hint: 4"}])
+    assert list(c.prompt_ids) == _apply(tok, own)
+    answer = tok("4", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    whole = _apply(tok, sys + user + [{"role": "assistant", "content": "4"},
+                                      {"role": "user", "content": "Are you sure?"}])
+    assert list(a.prompt_ids) + answer + list(a.env_turns_ids[0]) == whole
+
+
+@pytest.mark.parametrize("record, what", [({"prompt_ids": [5, 6]}, "token ids"), ({"prompt": "hi"}, "plain text")])
+def test_a_system_prompt_refuses_prompts_that_are_not_chats(tmp_path, tok, record, what):
+    with pytest.raises(DataError, match=rf"d\.jsonl:1: a system prompt \(data.system_prompt\) goes into chats, "
+                                        rf"but this record's prompt is {what}"):
+        _load(tmp_path, [record], tok, system_prompt=SYSTEM)
+
+
+def test_the_runs_system_prompt_reaches_the_records_and_the_environments_turns(tmp_path, tok):
+    """data.system_prompt as the trainer reads the records (training.text.read) and renders an
+    environment's text replies (training.text.responder)."""
+    import types
+
+    from opd_jax import environments as EN
+    from opd_jax.models import tiny_config
+    from opd_jax.training import text as T
+    from opd_jax.training.config import DataConfig, ModelSpec
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+    path = write_records(tmp_path / "d.jsonl", [{"messages": user}])
+    exp = types.SimpleNamespace(data=DataConfig(path=path, system_prompt=SYSTEM, max_prompt_len=256),
+                                student=ModelSpec(config=tiny_config(vocab_size=len(tok))))
+    (e,) = T.read(exp, path, tok)
+    sys = [{"role": "system", "content": SYSTEM}]
+    assert list(e.prompt_ids) == _apply(tok, sys + user)
+
+    class Ask(EN.Environment):
+        max_reply_tokens = 200
+
+        def reply(self, example, turns):
+            return "Are you sure?"
+    text = types.SimpleNamespace(tokenizer=tok, environment=Ask())
+    (reply,) = T.responder(exp, text)([e])([0], [[[tok.eos_token_id]]])
+    whole = _apply(tok, sys + user + [{"role": "assistant", "content": ""},
+                                      {"role": "user", "content": "Are you sure?"}])
+    assert list(e.prompt_ids) + [tok.eos_token_id] + list(reply) == whole
