@@ -189,3 +189,18 @@ def test_qwen3_multiturn_retry_smoke_asks_again_after_wrong_answers(tmp_path, ca
     assert standalone["environment"] == "retry"
     for name in ("greedy_pass@1", "pass@1", "pass@2", "mean_length", "truncated", "entropy", "turns"):
         assert standalone[name] == pytest.approx(results[2][name], rel=1e-5, abs=1e-6), name
+
+
+def test_qwen3_multiturn_tools_smoke_runs_with_the_calculator_and_its_system_prompt(tmp_path):
+    """The tools preset through the command line: the calculator environment and the system
+    prompt that describes it reach the run (the tiny random student writes no tool call, so its
+    episodes end after one turn)."""
+    from opd_jax.config import load_module
+    work = tmp_path / "run"
+    C.check_ok(C.run_cli(work, config="experiments/qwen3_multiturn_opd.py:tools_smoke"))
+    cfg = json.loads((work / "config.json").read_text())
+    system = load_module("experiments/qwen3_multiturn_opd.py").TOOLS_SYSTEM
+    assert cfg["environment"] == "calculator" and cfg["data"]["system_prompt"] == system
+    rows = [m for m in C.metrics(work) if "sample/turns" in m]
+    assert [m["step"] for m in rows] == [1, 2] and all(m["sample/turns"] >= 1.0 for m in rows)
+    assert all(r["turns"] >= 1.0 and "turn1_pass@1" in r for r in _results(work).values())
