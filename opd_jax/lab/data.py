@@ -140,6 +140,9 @@ def reward_fn(tokenizer) -> Callable:
     return reward
 
 
+verifier = reward_fn  # (the name retry_environment's reward_fn argument hides)
+
+
 def retry_environment(tokenizer=None, eos_ids=(), reward_fn=None):
     """The lab's multi-turn environment (``environment="opd_jax.lab.data:retry_environment"``):
     :class:`opd_jax.environments.Retry` saying :data:`RETRY` after each answer the verifier
@@ -148,4 +151,4 @@ def retry_environment(tokenizer=None, eos_ids=(), reward_fn=None):
     if tokenizer is None:
         raise ValueError("the lab's retry environment encodes its message with the lab's tokenizer; give it")
     ids = tokenizer(RETRY, add_special_tokens=False)["input_ids"]
-    return Retry(reward_fn or globals()["reward_fn"](tokenizer), message=ids)
+    return Retry(reward_fn or verifier(tokenizer), message=ids)

@@ -46,7 +46,7 @@ def evaluate(graphdef, params, examples, tokenizer, *, k: int = 8, max_new_token
     with ``teacher=(graphdef, params)`` also the exact token diagnostics against it on the
     samples (``TEACHER_METRICS``); ``turns``: answers per episode (see the module docstring)."""
     width = max(len(e.prompt_ids) for e in examples) if examples else 1
-    # a later turn's prompt is the episode so far: (up to 3 turns in the models' 128 positions)
+    # a later turn's prompt is the episode so far (3 turns fit the models' 128 positions)
     later = tuple(b for b in (64, 96) if b > width) if turns > 1 else ()
     cfg = SamplerConfig(max_new_tokens=max_new_tokens, eos_ids=(EOS_ID,), pad_id=PAD_ID,
                         temperature=1.0, prompt_buckets=(width,) + later,
