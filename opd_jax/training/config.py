@@ -114,7 +114,7 @@ class EvalConfig:
     max_new_tokens: int = 0  # 0 = sampler.max_new_tokens
     temperature: float | None = None  # of the k samples (None = sampler.temperature)
     limit: int = 0  # evaluate the first N records only (0 = all)
-    # model turns per answer, the records' env_turns between them (multi-turn episodes, as
+    # model turns per answer, the environment's replies between them (multi-turn episodes, as
     # loop.turns trains on; 1 = single-turn answers)
     turns: int = 1
 
@@ -159,9 +159,9 @@ class LoopConfig:
     minibatches: int = 1
     epochs: int = 1
     # assistant turns per episode (multi-turn on-policy distillation): after each of the student's
-    # turns that ends with an EOS token, its record's next environment turn (env_turns_ids: a user
-    # message, a tool's output, rendered as token ids) is appended and the student answers again;
-    # the teacher scores the whole episode and the loss counts the student's tokens only
+    # turns that ends with an EOS token, the environment's reply (`environment`; by default the
+    # record's next env_turns: a user message, a tool's output) is appended and the student answers
+    # again; the teacher scores the whole episode and the loss counts the student's tokens only
     turns: int = 1
 
     @property
