@@ -12,7 +12,8 @@ from opd_jax.lab import verdicts as V
 NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread, so that differences have a standard error
 METRICS = ("pass@1", "greedy_pass@1", "pass@8", "reverse_kl", "entropy", "distinct_correct", "finished",
            "high_entropy/student", "tail_mass/student_topk", "overlap/ratio", "rule/adherence",
-           "grad_variance/log_ratio", "grad_variance/mean_gap", "turns")
+           "grad_variance/log_ratio", "grad_variance/mean_gap", "turns",
+           "turn1_pass@1")
 STEPS = (0, 10, 20, 30, 40)
 
 
@@ -225,6 +226,20 @@ def test_turn_curriculum_episodes_compares_tcod_with_opd_on_retry_episodes():
     assert module.verdict(fake(names, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
     assert module.verdict(fake(names, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
     assert module.verdict(fake(names, ends(0.01, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
+
+
+def test_turn_curriculum_deep_compares_tcod_with_opd_on_three_answer_episodes():
+    module = RP.load("turn_curriculum_deep")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["opd", "tcod"] and module.schedule("quick").turns == 3
+    assert all("loop.turns=3" in a.overrides and a.student == "weak_retry" for a in arms)
+
+    def ends(gain):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * (
+            gain if arm == "tcod" else 0))
+    assert module.verdict(fake(["opd", "tcod"], ends(0.1)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(["opd", "tcod"], ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(["opd", "tcod"], ends(0.005)), "quick")["verdict"] == V.INCONCLUSIVE
 
 
 def test_rollout_reuse_compares_reuse_with_one_step_per_batch_at_the_same_samples():
