@@ -92,8 +92,9 @@ class DecoderLayers(nnx.Module):
     def __call__(self, x_BTD, cos_BTF, sin_BTF, visible_BTS, *, return_kv: bool = False, layer_ids=None):
         """Run every layer over the whole sequence (no cache), scanning the stacked weights.
 
-        With ``return_kv``, also each layer's keys (RoPE applied) and values, ``[L, B, T, K, Dh]``
-        in the compute dtype. ``layer_ids``: see ``layer_slice`` (used by the Python loop only).
+        With ``return_kv``, also each layer's keys (RoPE applied) and values in the compute dtype:
+        ``(k, v)`` stacked ``[L, B, T, K, Dh]`` from the scan, a list of ``L`` pairs of
+        ``[B, T, K, Dh]`` from the Python loop. ``layer_ids``: see ``layer_slice`` (loop only).
         """
         params = {name: getattr(self, name)[...] for name in self.names}
         cfg = self.cfg
@@ -118,7 +119,7 @@ class DecoderLayers(nnx.Module):
                 x_BTD, kv = body(x_BTD, {name: layer_slice(value, layer, layer_ids)
                                          for name, value in params.items()})
                 kvs.append(kv)
-            return x_BTD, (jax.tree.map(lambda *xs: jnp.stack(xs), *kvs) if return_kv else None)
+            return x_BTD, (kvs if return_kv else None)  # not stacked only to be sliced apart again
         return jax.lax.scan(body, x_BTD, params)
 
     def unstacked(self, layer_ids=None) -> tuple[dict[str, jax.Array], ...]:
@@ -335,8 +336,7 @@ class Transformer(nnx.Module):
         ``layer_ids``: see ``layer_slice`` (the same result, compiled faster inside a program).
         """
         cfg = self.cfg
-        (h_BTD, mask_BT), (k_LBTKH, v_LBTKH) = self._scan(tokens, positions, mask, return_kv=True,
-                                                          layer_ids=layer_ids)
+        (h_BTD, mask_BT), kv = self._scan(tokens, positions, mask, return_kv=True, layer_ids=layer_ids)
         B, T = mask_BT.shape
         if T > cache_len:
             raise ValueError(f"a cache of {cache_len} slots cannot hold a prefill of {T} tokens")
@@ -345,8 +345,9 @@ class Transformer(nnx.Module):
         k_slots = lambda x_BTKH: jnp.pad(x_BTKH.transpose(0, 2, 3, 1).astype(dtype), ((0, 0),) * 3 + ((0, free),))
         v_slots = lambda x_BTKH: jnp.pad(x_BTKH.transpose(0, 2, 1, 3).astype(dtype),
                                          ((0, 0), (0, 0), (0, free), (0, 0)))
-        cache = KVCache(k=[k_slots(layer_slice(k_LBTKH, layer, layer_ids)) for layer in range(cfg.num_layers)],
-                        v=[v_slots(layer_slice(v_LBTKH, layer, layer_ids)) for layer in range(cfg.num_layers)],
+        layers = kv if isinstance(kv, list) else [tuple(layer_slice(x, layer, layer_ids) for x in kv)
+                                                   for layer in range(cfg.num_layers)]
+        cache = KVCache(k=[k_slots(k_BTKH) for k_BTKH, _ in layers], v=[v_slots(v_BTKH) for _, v_BTKH in layers],
                         valid=jnp.pad(mask_BT, ((0, 0), (0, cache_len - T))),
                         index=jnp.asarray(T, jnp.int32))
         return h_BTD, cache

@@ -10,6 +10,7 @@ from flax import nnx
 from hf_reference import jit_forward, padded_batch, random_model
 from opd_jax.models import KVCache, Transformer, init_cache, tiny_config
 from opd_jax.sharding import logical_sharding, make_mesh
+from opd_jax.models.transformer import LOOP_LAYERS
 
 TOL = 1e-5
 
@@ -49,8 +50,10 @@ def test_cached_prefill_and_decode_equal_full_forward():
 def test_prefill_and_decoder_equal_the_cached_forward():
     """``prefill`` (scanned, T keys) equals ``hidden`` with an empty cache (looped, S slots), slot for
     slot; ``decoder()`` calls equal ``model(..., cache=)``, with RoPE tables too; the cache holds one
-    keys ``[B, K, Dh, S]`` and one values ``[B, K, S, Dh]`` array per layer."""
-    for arch, overrides in [("qwen3", {}), ("qwen2", dict(tie_word_embeddings=False)), ("llama", {})]:
+    keys ``[B, K, Dh, S]`` and one values ``[B, K, S, Dh]`` array per layer. Shallow models run their
+    layers in a Python loop, deeper ones (``LOOP_LAYERS``) in a scan: both are checked."""
+    for arch, overrides in [("qwen3", {}), ("qwen2", dict(tie_word_embeddings=False)), ("llama", {}),
+                            ("qwen3", dict(num_layers=LOOP_LAYERS + 1))]:
         model = _model(arch, **overrides)
         cfg = model.cfg
         graphdef, params = nnx.split(model, nnx.Param)
