@@ -22,6 +22,10 @@ Array = jax.Array
 BEHAVIOR_ENTROPY = "behavior_entropy"
 RECORDED_EXTRAS = {"topk_ids": "behavior_topk_ids", "topk_logp": "behavior_topk_logp",
                    "entropy": BEHAVIOR_ENTROPY}
+# The extra of a batch of multi-turn episodes (``loop.turns``) that says which student turn each
+# completion token is in: bool ``[B, N, turns]``, ``[b, i, k]`` true when token i is in turn k + 1
+# (environment tokens and padding are in none); the train step logs each turn's share and KL.
+STUDENT_TURN = "student_turn"
 
 
 @struct.dataclass

@@ -21,7 +21,7 @@ from opd_jax import data as D
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.turns import continue_turns, sample_row_ids
 from opd_jax.training import batches as B
-from opd_jax.training.batch import TrainBatch
+from opd_jax.training.batch import STUDENT_TURN, TrainBatch
 
 
 def _anywhere(flag: bool) -> bool:
@@ -87,4 +87,17 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
         return None if x is None else g(np.repeat(x, n, axis=0))
     batch = B.assemble(rep(prompts.tokens), rep(prompts.mask), g(tokens), g(real), g(behavior),
                        rep(prompts.teacher_tokens), rep(prompts.teacher_mask), loss_mask=g(loss))
-    return batch.replace(group=n), float(taken.mean())
+    return (batch.replace(group=n, extras={**batch.extras, STUDENT_TURN: g(turn_membership(loss, turns))}),
+            float(taken.mean()))
+
+
+def turn_membership(loss_mask: np.ndarray, turns: int) -> np.ndarray:
+    """bool ``[B, N, turns]``: whether each completion token is in the student's turn ``k + 1``, a
+    turn being a run of student tokens (``loss_mask``; the environment's replies are never empty,
+    so consecutive turns are never adjacent)."""
+    m = np.asarray(loss_mask, bool)
+    starts = m & ~np.pad(m, ((0, 0), (1, 0)))[:, :-1]
+    turn = np.cumsum(starts, axis=1) - 1  # 0-based turn of each student token
+    if m.any() and turn[m].max() >= turns:
+        raise ValueError(f"an episode holds {turn[m].max() + 1} student turns, more than turns={turns}")
+    return m[:, :, None] & (turn[:, :, None] == np.arange(turns))

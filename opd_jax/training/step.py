@@ -20,7 +20,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import opd_jax.objectives as O
-from opd_jax.training.batch import TrainBatch, completion_hidden
+from opd_jax.training.batch import STUDENT_TURN, TrainBatch, completion_hidden
 from opd_jax.training.extrapolation import last_scale
 
 Array = jax.Array
@@ -163,7 +163,27 @@ def _micro(params, mb: TrainBatch, teacher_params, obj_state, step, key, scales,
             loss = sum(t.num * scales[k] for k, t in terms.items())
     if drift and "logp" in feats:
         metrics = {**metrics, **policy_drift(feats["logp"], mb.behavior_logp, mb.loss_mask.astype(bool))}
+    if STUDENT_TURN in mb.extras:
+        metrics = {**metrics, **turn_metrics(mb.extras[STUDENT_TURN], mb.loss_mask, feats.get("logp"),
+                                             feats.get("teacher_logp", extras.get("teacher_logp")))}
     return loss, (obj_state, terms, metrics)
+
+
+def turn_metrics(member, mask, logp=None, teacher_logp=None) -> dict[str, O.Reduced]:
+    """Per student turn ``k`` of multi-turn episodes (``member``: :data:`STUDENT_TURN`):
+    ``turns/k/token_share``, its share of the loss tokens, and with both log-probs
+    ``turns/k/reverse_kl``, the mean ``log p - log q`` of its sampled tokens (the sampled-token
+    estimate of the student's reverse KL to the teacher, whose negative OPD's advantage is). As
+    sums and counts, so that micro-batches combine exactly."""
+    m = mask.astype(jnp.float32)
+    out = {}
+    for k in range(member.shape[-1]):
+        inside = member[..., k].astype(jnp.float32) * m
+        out[f"turns/{k + 1}/token_share"] = O.Reduced(jnp.sum(inside), jnp.sum(m))
+        if logp is not None and teacher_logp is not None:
+            gap = jnp.where(inside > 0, sg(logp) - sg(teacher_logp), 0.0)
+            out[f"turns/{k + 1}/reverse_kl"] = O.Reduced(jnp.sum(gap), jnp.sum(inside))
+    return out
 
 
 def _split(batch: TrainBatch, m: int) -> TrainBatch:
@@ -214,7 +234,9 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
            "loss/max_len": jnp.max(jnp.sum(batch.loss_mask.astype(jnp.int32), axis=1))}
     for k in terms:  # each term over the whole batch: summed counts, one division
         out[f"loss/{k}"] = O.Reduced(jnp.sum(terms[k].num), jnp.sum(terms[k].den)).value()
-    out.update({k: jnp.mean(v) for k, v in metrics.items()})
+    # a metric given as a sum and a count (turn_metrics) is combined over micro-batches exactly
+    out.update({k: O.Reduced(jnp.sum(v.num), jnp.sum(v.den)).value() if isinstance(v, O.Reduced)
+                else jnp.mean(v) for k, v in metrics.items()})
     if (scale := last_scale(opt_state)) is not None:
         out["opt/extrapolation_scale"] = scale
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, obj_state=obj_state)

@@ -161,6 +161,9 @@ def test_qwen3_multiturn_opd_smoke_trains_on_two_turn_episodes(tmp_path):
     rows = [m for m in C.metrics(work) if "sample/turns" in m]
     assert [m["step"] for m in rows] == [1, 2] and C.steps(work) == [2]
     assert all(1.0 < m["sample/turns"] <= 2.0 for m in rows)  # some episodes took the second turn
+    # each turn's share of the loss tokens and its reverse KL to the teacher are logged
+    assert all(m["turns/1/token_share"] + m["turns/2/token_share"] == pytest.approx(1.0) for m in rows)
+    assert all(m["turns/2/token_share"] > 0 and np.isfinite(m["turns/2/reverse_kl"]) for m in rows)
     assert os.listdir(work / "hf") == ["step_2"]
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import opd_jax.objectives as O
 from opd_jax.data import DataError
+from opd_jax.training.batch import STUDENT_TURN
 from opd_jax.training.config import LoopConfig
 from opd_jax.training.loop import Trainer
 from test_loop import V, experiment
@@ -63,10 +64,14 @@ def test_episodes_follow_the_records_and_keep_the_students_logprobs(tmp_path):
     tokens, real, loss = (local(x) for x in (batch.targets, batch.student.mask[:, -batch.completion_len:],
                                              batch.loss_mask))
     assert (loss <= real).all()
+    member = local(batch.extras[STUDENT_TURN])  # [B, N, turns]
+    assert member.shape == loss.shape + (3,) and (member.sum(-1) == loss).all()
     turns_seen = []
     for r, ex in enumerate(e for e in prompts.examples for _ in range(2)):
         runs = segments(tokens[r][real[r]], loss[r][real[r]])
         student = [t for s, t in runs if s]
+        assert [tokens[r][member[r, :, k]].tolist() for k in range(len(student))] == student
+        assert not member[r, :, len(student):].any()
         env = [tuple(t) for s, t in runs if not s]
         assert runs[0][0] and len(student) <= 3 and len(student) == len(env) + 1
         assert env == list(ex.env_turns_ids[:len(env)])  # the record's turns, in order
@@ -106,6 +111,26 @@ def test_a_run_trains_on_episodes(tmp_path):
     for _ in range(2):
         m = trainer.iteration()
         assert np.isfinite(m["loss/total"]) and m["loss/tokens"] > 0
+
+
+def test_each_turns_share_and_reverse_kl_are_logged(tmp_path):
+    """The train step logs each student turn's share of the loss tokens and the mean log p - log q
+    of its tokens, equal to NumPy's over the batch's turns with log-probs from independent
+    forwards of the student and the teacher, combined exactly over two micro-batches."""
+    exp = _exp(tmp_path, turns=3)
+    trainer = Trainer(dataclasses.replace(exp, step=dataclasses.replace(exp.step, grad_accum=2)))
+    now = trainer._prepare(0, 0)
+    batch = now.finish()
+    member, loss = local(batch.extras[STUDENT_TURN]), local(batch.loss_mask)
+    student = local(independent_logp(trainer.s_graph, trainer.state.params, batch))
+    teacher = local(independent_logp(trainer.teacher.graphdef, trainer.teacher.params, batch))
+    _, metrics = trainer._updates(trainer.step_fn, trainer.state, batch, now.scored)
+    assert member[..., 1].any() and member[..., 2].any()  # later turns are there to be measured
+    for k in range(3):
+        inside = member[..., k] & loss
+        assert metrics[f"turns/{k + 1}/token_share"] == pytest.approx(inside.sum() / loss.sum(), rel=1e-6)
+        want = np.mean((student - teacher)[inside])
+        assert metrics[f"turns/{k + 1}/reverse_kl"] == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.parametrize("changes, match", [
