@@ -24,6 +24,9 @@ experiments need beyond ``train.jsonl`` and ``test.jsonl``, written next to them
   miss the target), the end of the turn, the lab environment's ``RETRY`` and then, as the
   completion, a correct solution: a model trained on it answers again after being told it was
   wrong (the lab's multi-turn episodes, :func:`opd_jax.lab.data.retry_environment`);
+- ``train_retry2.jsonl``: the same with deeper episodes: every training record, plus per training
+  problem a retry record with one wrong answer and one with two (each followed by ``RETRY``)
+  before the solution: a model trained on it answers a second and a third time;
 - ``test_either.jsonl``: the held-out records, answers accepted in either format;
 - ``train_text.jsonl``, ``test_text.jsonl``: the records as text only (no token ids), for a
   model with another tokenizer (the numbers tokenizer of :mod:`opd_jax.lab.tokenizer`).
@@ -49,6 +52,7 @@ HINT = "train_hint.jsonl"
 UNISD = "train_unisd.jsonl"
 COVERAGE = "train_coverage.jsonl"
 RETRY = "train_retry.jsonl"
+RETRY2 = "train_retry2.jsonl"
 TEST_EITHER = "test_either.jsonl"
 TRAIN_TEXT, TEST_TEXT = "train_text.jsonl", "test_text.jsonl"
 RULE_PREFIX = "train_rule_"
@@ -58,7 +62,7 @@ AUX_CONTEXTS = 2
 
 def names() -> list[str]:
     """Every derived file name this module builds."""
-    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, RETRY, TEST_EITHER, TRAIN_TEXT, TEST_TEXT] + \
+    return [BACKWARD, CONTEXTS, HINT, UNISD, COVERAGE, RETRY, RETRY2, TEST_EITHER, TRAIN_TEXT, TEST_TEXT] + \
         [f"{RULE_PREFIX}{r}.jsonl" for r in sorted(L.RULES)]
 
 
@@ -182,19 +186,39 @@ def wrong_answer(rng, problem: C.Problem) -> list[C.Step] | None:
     return None
 
 
-def with_retries(train: list[dict], tokenizer, rng) -> list[dict]:
+def _retry_record(problem: C.Problem, tokenizer, wrong: list[list[C.Step]], solution) -> dict:
+    """``problem``'s record whose prompt holds the ``wrong`` answers, each ended by EOS and the
+    environment's ``RETRY``, and whose completion is ``solution``."""
     from opd_jax.lab.tokenizer import EOS_ID
+    r = L.record(problem, tokenizer, steps=list(solution))
+    ids = _encode(tokenizer, L.prompt(problem))
+    for w in wrong:
+        r["prompt"] += f"{C.write(w, 'forward')}{tokenizer.eos_token}{L.RETRY}"
+        ids += _encode(tokenizer, C.write(w, "forward")) + [EOS_ID] + _encode(tokenizer, L.RETRY)
+    r["prompt_ids"] = ids
+    return r
+
+
+def with_retries(train: list[dict], tokenizer, rng) -> list[dict]:
     out = list(train)
     for p in _problems(train):
         wrong = wrong_answer(rng, p)
         if wrong is None:
             continue
+        out.append(_retry_record(p, tokenizer, [wrong], _distinct(rng, p)[0]))
+    return out
+
+
+def with_two_retries(train: list[dict], tokenizer, rng) -> list[dict]:
+    out = list(train)
+    for p in _problems(train):
+        wrong = [w for w in (wrong_answer(rng, p), wrong_answer(rng, p)) if w is not None]
+        if not wrong:
+            continue
         sols = _distinct(rng, p)
-        r = L.record(p, tokenizer, steps=list(sols[0]))
-        r["prompt"] = f"{r['prompt']}{C.write(wrong, 'forward')}{tokenizer.eos_token}{L.RETRY}"
-        r["prompt_ids"] = (_encode(tokenizer, L.prompt(p) + C.write(wrong, "forward")) + [EOS_ID]
-                           + _encode(tokenizer, L.RETRY))
-        out.append(r)
+        out.append(_retry_record(p, tokenizer, wrong[:1], sols[0]))
+        if len(wrong) == 2:
+            out.append(_retry_record(p, tokenizer, wrong, sols[-1]))
     return out
 
 
@@ -211,7 +235,7 @@ def _builder(name: str):
     if name.startswith(RULE_PREFIX) and name.endswith(".jsonl"):
         return "train.jsonl", rule(name[len(RULE_PREFIX):-len(".jsonl")])
     table = {BACKWARD: backward, CONTEXTS: contexts, HINT: hint, UNISD: unisd, COVERAGE: with_coverage,
-             RETRY: with_retries}
+             RETRY: with_retries, RETRY2: with_two_retries}
     if name in table:
         return "train.jsonl", table[name]
     if name == TEST_EITHER:

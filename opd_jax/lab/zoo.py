@@ -105,7 +105,8 @@ def _derive(setting: Setting, name: str, base: str, records: str) -> None:
 # unified_sd), and the strong start's recipe with the numbers tokenizer on the text-only records (a
 # teacher of another model family: cross_tokenizer), and the teacher and the weak start fine-tuned
 # on the retry records (a wrong answer, "no:", a solution: the lab's multi-turn episodes,
-# turn_curriculum_episodes). Derived from the recipes above, whatever their values.
+# turn_curriculum_episodes), and again on the records with up to two wrong answers (deeper
+# episodes: turn_curriculum_two_retries). Derived from the recipes above, whatever their values.
 for _setting in SETTINGS.values():
     if "teacher" in _setting.recipes:
         _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
@@ -113,13 +114,15 @@ for _setting in SETTINGS.values():
         _setting.recipes["teacher_coverage"] = dataclasses.replace(
             _t, records=variants.COVERAGE, init="teacher", steps=max(1, _t.steps // 5),
             lr=_t.lr / 4, warmup=min(_t.warmup, 50))
-        _setting.recipes["teacher_retry"] = dataclasses.replace(
-            _t, records=variants.RETRY, init="teacher", steps=max(1, _t.steps // 10), lr=_t.lr / 4,
-            warmup=min(_t.warmup, 30))
+        for _name, _records in (("teacher_retry", variants.RETRY), ("teacher_retry2", variants.RETRY2)):
+            _setting.recipes[_name] = dataclasses.replace(
+                _t, records=_records, init="teacher", steps=max(1, _t.steps // 10), lr=_t.lr / 4,
+                warmup=min(_t.warmup, 30))
     if "weak" in _setting.recipes:
         _w = _setting.recipes["weak"]
-        _setting.recipes["weak_retry"] = dataclasses.replace(
-            _w, records=variants.RETRY, init="weak", steps=max(1, _w.steps // 9), warmup=min(_w.warmup, 10))
+        for _name, _records in (("weak_retry", variants.RETRY), ("weak_retry2", variants.RETRY2)):
+            _setting.recipes[_name] = dataclasses.replace(
+                _w, records=_records, init="weak", steps=max(1, _w.steps // 9), warmup=min(_w.warmup, 10))
     _student = next((n for n in ("strong", "weak") if n in _setting.recipes), None)
     if _student:
         _derive(_setting, "contextual", _student, variants.CONTEXTS)

@@ -202,29 +202,37 @@ def test_text_records_read_by_the_numbers_tokenizer_give_the_same_text(data_dir)
         assert zoo.model_spec(r).config.vocab_size == T.vocab_size("numbers")
 
 
-def test_retry_records_are_a_wrong_answer_the_retry_and_a_solution(data_dir):
-    """Every training record, then one retry record per problem: its prompt is the problem, an
-    answer the verifier rejects, EOS and the environment's RETRY (what an episode's second turn
+@pytest.mark.parametrize("name, depths", [(variants.RETRY, (1,)), (variants.RETRY2, (1, 2))])
+def test_retry_records_are_wrong_answers_the_retries_and_a_solution(data_dir, name, depths):
+    """Every training record, then per problem one retry record per depth (train_retry: one wrong
+    answer; train_retry2: one, and two): its prompt is the problem, then answers the verifier
+    rejects, each followed by EOS and the environment's RETRY (what an episode's later turn
     reads); its completion a correct solution."""
     from opd_jax.lab.tokenizer import EOS_ID
-    tok, examples = _load(data_dir, variants.RETRY)
+    tok, examples = _load(data_dir, name)
     train = _read(os.path.join(data_dir, "train.jsonl"))
-    records = _read(variants.ensure(data_dir, variants.RETRY))
+    records = _read(variants.ensure(data_dir, name))
     assert records[:len(train)] == train and len(examples) == len(records)
     problems = {L.answer_problem(r["answer"])[0].key for r in train}
     retry = examples[len(train):]
-    assert len(retry) == len(problems) and {L.answer_problem(e.answer)[0].key for e in retry} == problems
+    assert len(retry) == len(depths) * len(problems)
     message = tok(L.RETRY, add_special_tokens=False)["input_ids"]
+    seen = {d: set() for d in depths}
     for e in retry:
         problem, fmt = L.answer_problem(e.answer)
-        ids = list(e.prompt_ids)
-        cut = ids.index(EOS_ID)
-        assert ids[cut + 1:] == message  # the turn ends, then the environment's message
-        head = tok.decode(ids[:cut])
-        assert head.startswith(L.prompt(problem))
-        assert not L.verify_answer(problem, head[len(L.prompt(problem)):], fmt)  # a wrong first answer
+        head = tok(L.prompt(problem), add_special_tokens=False)["input_ids"]
+        assert list(e.prompt_ids[:len(head)]) == head
+        rest, unit, answers = list(e.prompt_ids[len(head):]), [EOS_ID] + message, []
+        while rest:  # each answer ends its turn (EOS), then the environment's message follows
+            cut = rest.index(EOS_ID)
+            assert rest[cut:cut + len(unit)] == unit
+            answers.append(tok.decode(rest[:cut]))
+            rest = rest[cut + len(unit):]
+        assert all(not L.verify_answer(problem, a, fmt) for a in answers)  # wrong answers
         assert L.verify_answer(problem, L.completion_text(tok, e.completion_ids), fmt)
         assert e.completion_ids[-1] == EOS_ID
+        seen[len(answers)].add(problem.key)
+    assert all(keys == problems for keys in seen.values())  # every problem at every depth
 
 
 def test_the_lab_retry_environment_asks_again_after_a_wrong_answer(data_dir):
@@ -239,5 +247,6 @@ def test_the_lab_retry_environment_asks_again_after_a_wrong_answer(data_dir):
     assert tok.decode(env.reply(ex, [right[:1] + [2]])) == L.RETRY
     assert EN.get("opd_jax.lab.data:retry_environment", tokenizer=tok).message == env.message
     for setting in zoo.SETTINGS.values():
-        t, w = setting.recipes["teacher_retry"], setting.recipes["weak_retry"]
-        assert (t.init, w.init, t.records, w.records) == ("teacher", "weak", variants.RETRY, variants.RETRY)
+        for suffix, records in (("", variants.RETRY), ("2", variants.RETRY2)):
+            t, w = setting.recipes[f"teacher_retry{suffix}"], setting.recipes[f"weak_retry{suffix}"]
+            assert (t.init, w.init, t.records, w.records) == ("teacher", "weak", records, records)

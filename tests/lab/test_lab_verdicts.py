@@ -242,6 +242,23 @@ def test_turn_curriculum_deep_compares_tcod_with_opd_on_three_answer_episodes():
     assert module.verdict(fake(["opd", "tcod"], ends(0.005)), "quick")["verdict"] == V.INCONCLUSIVE
 
 
+def test_turn_curriculum_two_retries_compares_tcod_with_opd_from_models_taught_two_retries():
+    module = RP.load("turn_curriculum_two_retries")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["opd", "tcod", "tcod_backward"] and module.schedule("quick").turns == 3
+    assert module.schedule("quick").reference == "teacher_retry2"
+    assert all("loop.turns=3" in a.overrides and (a.student, a.teacher) == ("weak_retry2", "teacher_retry2")
+               for a in arms)
+    names = [a.name for a in arms]
+
+    def ends(gain, other=0.0):
+        return lambda arm, seed, step, m: (None if m == "flops" else 0.3 + NOISE[seed] + step / 40 * (
+            gain if arm == "tcod" else other if arm == "tcod_backward" else 0))
+    assert module.verdict(fake(names, ends(0.1)), "quick")["verdict"] == V.REPRODUCED
+    assert module.verdict(fake(names, ends(-0.1)), "quick")["verdict"] == V.NOT_REPRODUCED
+    assert module.verdict(fake(names, ends(0.005, other=0.3)), "quick")["verdict"] == V.INCONCLUSIVE
+
+
 def test_rollout_reuse_compares_reuse_with_one_step_per_batch_at_the_same_samples():
     module = RP.load("rollout_reuse")
     arms = [a.name for a in module.arms("quick")]
