@@ -24,9 +24,10 @@ With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampl
 environment's replies, :mod:`opd_jax.environments`, by default the records' ``env_turns_ids``):
 the rewards (and ``per_problem`` hooks) read the model's last turn, its final answer; lengths,
 truncation and entropy read its own tokens of all its turns (the environment's are left out);
-``turns`` reports the mean number of model turns of the samples, ``turn1_greedy_pass@1`` and
-``turn1_pass@1`` the first answers' (before any environment turn), and the teacher diagnostics
-read the first turns.
+``turns`` reports the mean number of model turns of the samples, ``turn<j>_greedy_pass@1`` and
+``turn<j>_pass@1`` (``j < turns``) those of the episodes cut after ``j`` model turns (the reward
+of the last answer given by then: ``turn1`` the first answers', before any environment turn),
+and the teacher diagnostics read the first turns.
 
 Prompts go through the sampler ``batch_size`` at a time (the last batch padded with copies,
 which are dropped); every prompt keeps its own PRNG stream (its index in ``examples``), so the
@@ -52,7 +53,7 @@ from opd_jax.data import Example, left_pad, right_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.frozen import freeze_if_possible
-from opd_jax.sampling.turns import continue_turns, last_turn, sample_row_ids, student_tokens
+from opd_jax.sampling.turns import continue_turns, sample_row_ids, student_tokens, student_turns
 from opd_jax.training.batch import Sequences
 from opd_jax.training.batches import completion_width
 
@@ -127,7 +128,7 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     key = jax.random.key(seed)
     per = {"greedy_reward": [], "greedy_len": [], "greedy_trunc": [], "rewards": [], "lens": [],
            "truncs": [], "nll": [], "tokens": 0, "hooks": {name: [] for name in per_problem or {}},
-           "greedy_text": [], "turns": [], "turn1_greedy": [], "turn1_rewards": []}
+           "greedy_text": [], "turns": [], "turn_greedy": {}, "turn_rewards": {}}
     sums, count = {}, 0.0
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         frozen = freeze_if_possible(graphdef, params)
@@ -143,7 +144,6 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
             g, d = _completions(greedy), _completions(drawn)
             answers = (None, None)
             if turns > 1:
-                _first_turns(per, exs[:real], g, d, reward_fn, k)
                 more = dict(frozen=frozen, key=key, turns=turns, pad_id=cfg.pad_id, responder=responder
                             or functools.partial(EN.responder, EN.RecordTurns(), render=None))
                 g = _episodes(g, exs, greedy_cfg.replace(prompt_buckets=later), row_ids, **more)
@@ -151,7 +151,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
                               draw_cfg.replace(num_samples=1, prompt_buckets=later),
                               sample_row_ids(row_ids, k), **more)
                 per["turns"] += d[4][:real * k].tolist()
-                answers = (g[5], d[5])
+                _cut_episodes(per, exs[:real], g[5], d[5], reward_fn, k, turns)
+                answers = ([a[-1] for a in g[5]], [a[-1] for a in d[5]])
             _score(per, exs[:real], g[:4], d[:4], reward_fn, k, per_problem, tokenizer, answers)
             if teacher is not None:
                 t_prompts, t_mask = left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs],
@@ -167,7 +168,7 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
               responder):
     """The model's own tokens of multi-turn episodes that start with ``first`` (turn 1's
     :func:`_completions`), as ``(tokens, mask, logp, finished, turns)`` of the same shapes, and
-    each row's last turn (token ids)."""
+    each row's turns (token ids, at least one)."""
     tok, mask, logp, fin = first
 
     def rows(t, m, lp, f):
@@ -180,7 +181,8 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
     comp, lps, student, ended, taken = continue_turns(
         [e.prompt_ids for e in exs], *rows(tok, mask, logp, fin), responder(exs), turns, sample_turn)
     own = student_tokens(comp, student)
-    answers = [np.asarray(last_turn(c, m), np.int32) for c, m in zip(comp, student)]
+    answers = [[np.asarray(a, np.int32) for a in student_turns(c, m)] or [np.zeros(0, np.int32)]
+               for c, m in zip(comp, student)]
     own_logp = [[x for x, s in zip(lp, m) if s] for lp, m in zip(lps, student)]
     out_tok, out_mask = right_pad(own, max(1, max(len(o) for o in own)), pad_id)
     out_logp = np.zeros(out_tok.shape, np.float32)
@@ -189,13 +191,15 @@ def _episodes(first, exs, cfg: SamplerConfig, row_ids, *, frozen, key, turns: in
     return out_tok, out_mask, out_logp, ended, taken, answers
 
 
-def _first_turns(per, exs, greedy, drawn, reward_fn, k):
-    """The rewards of multi-turn episodes' first turns alone, before any environment turn (from
-    turn 1's ``(tokens, mask, logp, finished)``)."""
-    (g_tok, g_mask, *_), (d_tok, d_mask, *_) = greedy, drawn
-    for b, e in enumerate(exs):
-        per["turn1_greedy"].append(float(reward_fn(e, g_tok[b][g_mask[b]])))
-        per["turn1_rewards"].append([float(reward_fn(e, d_tok[r][d_mask[r]])) for r in range(b * k, (b + 1) * k)])
+def _cut_episodes(per, exs, greedy, drawn, reward_fn, k, turns):
+    """The rewards of multi-turn episodes cut after ``j < turns`` model turns: of the last answer
+    each had given by then (``greedy`` and ``drawn``: each row's turns)."""
+    def reward(e, answers, j):  # of the last answer within the first j turns
+        return float(reward_fn(e, answers[min(j, len(answers)) - 1]))
+    for j in range(1, turns):
+        per["turn_greedy"].setdefault(j, []).extend(reward(e, greedy[b], j) for b, e in enumerate(exs))
+        per["turn_rewards"].setdefault(j, []).extend(
+            [reward(e, drawn[r], j) for r in range(b * k, (b + 1) * k)] for b, e in enumerate(exs))
 
 
 def _score(per, exs, greedy, drawn, reward_fn, k, hooks, tokenizer, answers=(None, None)):
@@ -266,8 +270,10 @@ def _summary(per, examples, k, threshold, sums, count, details) -> dict:
     }
     if per["turns"]:
         out["turns"] = float(np.mean(per["turns"]))
-        out["turn1_greedy_pass@1"] = float(np.mean([r >= threshold for r in per["turn1_greedy"]]))
-        out["turn1_pass@1"] = float(np.mean([sum(r >= threshold for r in rs) / k for rs in per["turn1_rewards"]]))
+        for j, greedy in per["turn_greedy"].items():
+            out[f"turn{j}_greedy_pass@1"] = float(np.mean([r >= threshold for r in greedy]))
+            out[f"turn{j}_pass@1"] = float(np.mean([sum(r >= threshold for r in rs) / k
+                                                    for rs in per["turn_rewards"][j]]))
     if count:
         out.update(TD.means(sums, count))
     for name, rows in per["hooks"].items():

@@ -9,8 +9,8 @@ model's own samples is its entropy).
 With ``turns > 1`` every answer is a multi-turn episode: after each wrong answer the lab's retry
 environment (:func:`opd_jax.lab.data.retry_environment`) says ``"no:"`` and the model answers
 again, up to ``turns`` answers; the metrics read the last answer (the episode's), ``turns``
-reports the mean number of answers per sample, and ``turn1_pass@1`` / ``turn1_greedy_pass@1`` the
-first answers'.
+reports the mean number of answers per sample, and ``turn<j>_pass@1`` / ``turn<j>_greedy_pass@1``
+(``j < turns``) those of the episodes cut after ``j`` answers (``turn1``: the first answers').
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def evaluate(graphdef, params, examples, tokenizer, *, k: int = 8, max_new_token
                    seed=seed, mesh=mesh, per_problem={"distinct": distinct_correct(tokenizer)},
                    teacher=teacher, turns=turns, responder=responder)
     extra = {m: r[m] for m in TEACHER_METRICS if teacher is not None}
-    extra |= {m: r[m] for m in ("turns", "turn1_pass@1", "turn1_greedy_pass@1")} if turns > 1 else {}
+    extra |= {m: r[m] for m in r if m == "turns" or m.startswith("turn") and m.endswith("pass@1")}
     return extra | {"greedy_pass@1": r["greedy_pass@1"], "pass@1": r["pass@1"], f"pass@{k}": r[f"pass@{k}"],
             "distinct_correct": r["distinct_correct"], "entropy": r["entropy"],
             "finished": 1.0 - r["truncated"]}

@@ -77,11 +77,20 @@ def student_tokens(comp: list[Tokens], student: list[list[bool]]) -> list[Tokens
     return [[t for t, s in zip(c, m) if s] for c, m in zip(comp, student)]
 
 
+def student_turns(tokens: Sequence[int], student: Sequence[bool]) -> list[list[int]]:
+    """A row's student turns in order: the runs of ``tokens`` where ``student`` holds (the
+    environment's replies, never empty, separate them; padding, False, is skipped)."""
+    runs: list[list[int]] = []
+    for i, (t, s) in enumerate(zip(tokens, student)):
+        if s:
+            if i == 0 or not student[i - 1]:
+                runs.append([])
+            runs[-1].append(int(t))
+    return runs
+
+
 def last_turn(tokens: Sequence[int], student: Sequence[bool]) -> list[int]:
-    """A row's last student turn (what an episode's reward reads: its final answer): the last run
-    of ``tokens`` where ``student`` holds (padding after it, False, is skipped)."""
-    end = max((i + 1 for i, s in enumerate(student) if s), default=0)
-    start = end
-    while start > 0 and student[start - 1]:
-        start -= 1
-    return [int(t) for t in tokens[start:end]]
+    """A row's last student turn (what an episode's reward reads: its final answer); empty if
+    it has none."""
+    runs = student_turns(tokens, student)
+    return runs[-1] if runs else []

@@ -234,7 +234,8 @@ def test_multi_turn_episodes_are_scored_on_the_models_own_tokens_of_every_turn()
 def test_a_retry_environment_asks_again_after_a_wrong_first_answer():
     """turns=3 with the retry environment: a greedy episode goes on (after the retry message)
     exactly when its last turn ended with an EOS and the reward of that turn alone was 0, and the
-    evaluation's reward reads its last turn; rebuilt here call by call."""
+    evaluation's reward reads its last turn, turn<j>'s the last within the first j turns; rebuilt
+    here call by call."""
     model = _episode_model()
     rng = np.random.default_rng(1)
     examples = [Example(tuple(rng.integers(60, VOCAB, n).tolist()), answer="1") for n in (3, 5, 4, 6, 2, 7)]
@@ -254,18 +255,21 @@ def test_a_retry_environment_asks_again_after_a_wrong_first_answer():
     responder = lambda exs: environments.responder(env, exs, None, VOCAB)  # noqa: E731
     r = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, batch_size=3, turns=3,
                  seed=2, responder=responder)
-    retried, firsts, lasts = 0, [], []
+    retried, within = 0, {1: [], 2: [], 3: []}  # the greedy rewards of the episodes cut after j turns
     for e in examples:
         episode = e.prompt_ids
         for t in range(3):
             turn, ended = _greedy_turn(graphdef, params, cfg, episode)
-            if t == 0:
-                firsts.append(right(e, turn))
+            within[t + 1].append(right(e, turn))
             if t == 2 or not ended or right(e, turn):
                 break
             episode, retried = episode + turn + message, retried + 1
-        assert seen[e.prompt_ids][3] == turn  # the greedy episode's score reads its last turn
-        lasts.append(right(e, turn))
-    assert retried >= 1 and 1.0 <= r["turns"] <= 3.0
-    assert r["greedy_pass@1"] == np.mean(lasts) and r["turn1_greedy_pass@1"] == np.mean(firsts)
-    assert r["greedy_pass@1"] >= r["turn1_greedy_pass@1"] and r["pass@1"] >= r["turn1_pass@1"]
+        for j in range(t + 2, 4):  # an episode over before turn j is cut at its last answer
+            within[j].append(right(e, turn))
+        # calls per prompt: the cuts after 1 and 2 turns (greedy, then the k = 2 draws), then the episodes
+        assert seen[e.prompt_ids][6] == turn and len(seen[e.prompt_ids]) == 9
+    assert retried >= 2 and 1.0 <= r["turns"] <= 3.0 and within[1] != within[2]
+    assert r["greedy_pass@1"] == np.mean(within[3])
+    assert r["turn1_greedy_pass@1"] == np.mean(within[1]) and r["turn2_greedy_pass@1"] == np.mean(within[2])
+    assert "turn3_pass@1" not in r  # the whole episode's is pass@1
+    assert r["pass@1"] >= r["turn2_pass@1"] >= r["turn1_pass@1"]  # retrying only ever adds

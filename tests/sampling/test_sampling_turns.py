@@ -3,7 +3,7 @@ appends, the student mask, the log-probs, the turn counts, and the calls made.""
 
 import numpy as np
 
-from opd_jax.sampling.turns import continue_turns, last_turn, sample_row_ids, student_tokens
+from opd_jax.sampling.turns import continue_turns, last_turn, sample_row_ids, student_tokens, student_turns
 
 
 def test_rows_go_on_while_their_turns_end_and_the_environment_has_turns_left():
@@ -60,9 +60,11 @@ def test_sample_row_ids_are_the_samplers_per_sample_streams():
     assert sample_row_ids(np.array([4]), 1).dtype == np.int32
 
 
-def test_last_turn_is_the_last_run_of_student_tokens():
+def test_student_turns_are_the_runs_of_student_tokens_and_the_last_is_the_answer():
     tokens = [10, 99, 50, 22, 99, 51, 23, 0, 0]
     student = [True, True, False, True, True, False, True, False, False]  # padding after
+    assert student_turns(tokens, student) == [[10, 99], [22, 99], [23]]
+    assert student_turns([50, 10], [False, True]) == [[10]] and student_turns([0], [False]) == []
     assert last_turn(tokens, student) == [23]
     assert last_turn(tokens[:5], student[:5]) == [22, 99]
     assert last_turn([10, 99], [True, True]) == [10, 99] and last_turn([0], [False]) == []
