@@ -23,14 +23,15 @@ from opd_jax.objectives.advantages import (clip, clip_below, discounted_future_s
 from opd_jax.objectives.base import (Feature, Objective, TokenCtx, VocabInputs, coefficient,
                                      extra, feature, mask_rows, merge_features, stateless,
                                      token_objective, weighted_sum)
-from opd_jax.objectives.configs_2026 import REF_LOGP
+from opd_jax.objectives.configs_2026 import DRAFT_ERROR, REF_LOGP
 from opd_jax.objectives.diagnostics import (diagnostic_features, diagnostic_metrics,
                                             overlap_ratio, top1_agreement)
 from opd_jax.objectives.divergences import (LOG_FLOOR, floor_log_probs, forward_kl,
                                             generalized_jsd, log_probs, log_ratio,
                                             normalized_entropy, reverse_kl, sampled_kl,
                                             token_entropy, token_logp, total_variation)
-from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, EOPDConfig, FiReOPDConfig,
+from opd_jax.objectives.recipes import (RECIPES, AOPDConfig, DASDConfig, DraftOPDConfig, EOPDConfig,
+                                        FiReOPDConfig,
                                         GKDConfig, HorizonOPDConfig, IWOPDConfig, LGRConfig,
                                         ObjectiveConfig,
                                         OPDConfig, OPSDConfig, PowerOPDConfig, PWOPSDConfig,

@@ -1,7 +1,7 @@
 """Configs of the 2026 methods (``objectives_2026.md``): IW-OPD, FiRe-OPD, TA-OPD, Uni-OPD's
 margin, SEAD's zones, PW-OPSD's position weights, PowerOPD's Box-Cox reward, POPD / TOPD's
 horizon, TCOD's turn curriculum, StableOPD's reference anchor, DASD's divergence-aware selection, SimCT's virtual
-vocabulary across tokenizers and LGR's look-ahead group rewards. Their sources give one-line
+vocabulary across tokenizers, LGR's look-ahead group rewards and Draft-OPD's drafter loss. Their sources give one-line
 formulas; every choice they leave open is a field here, with the reconstruction's
 default (see :mod:`opd_jax.objectives.recipes`)."""
 
@@ -346,3 +346,34 @@ class LGRConfig(PGRecipe):
         choice("form", self.form, ("logprob", "prob", "advantage"))
         if not (isinstance(self.coef, int | float) and math.isfinite(self.coef) and self.coef >= 0):
             raise ValueError(f"coef must be a finite number >= 0, got {self.coef!r}.")
+
+
+DRAFT_ERROR = "draft_error"  # the extra input: 1 where the token replaced a draft the target rejected
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DraftOPDConfig(Recipe):
+    """Draft-OPD: a speculative-decoding drafter (the student) matched to its target (the teacher)
+    at every position of target-assisted rollouts, the positions where verification rejected a
+    draft weighted ``1 + error_weight``.
+
+    Loss ``sum_t w_t D_t / sum_t w_t`` over the batch's valid tokens, ``D_t`` the ``divergence``
+    between the teacher's and the student's next-token distributions at the loss temperature
+    (``"tv"``: total variation, one minus the chance that speculative sampling accepts the
+    student's draft there; ``"forward_kl"``: KL(q || p); ``"reverse_kl"``: KL(p || q)) and
+    ``w_t = 1 + error_weight * e_t``, ``e_t`` the extra ``"draft_error"`` that the training loop's
+    speculative rollouts (``loop.draft_tokens``) supply. Source: arXiv 2605.29343 (abstract:
+    target-assisted rollouts, replay of drafting from the error positions verification exposes).
+    Reconstructed [INF]: the divergence, replay as a weight on the error positions (a drafter's
+    state there is the rollout's prefix, so a full-distribution loss sees it already), the
+    weight.
+    """
+    divergence: Literal["tv", "forward_kl", "reverse_kl"] = "tv"
+    error_weight: float = 1.0  # extra weight of the rejected drafts' positions (0: none, no extra read)
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("divergence", self.divergence, ("tv", "forward_kl", "reverse_kl"))
+        if not (isinstance(self.error_weight, int | float) and math.isfinite(self.error_weight)
+                and self.error_weight >= 0):
+            raise ValueError(f"error_weight must be a finite number >= 0, got {self.error_weight!r}.")

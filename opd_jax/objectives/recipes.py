@@ -90,6 +90,10 @@ lgr          LGR: OPD plus -coef sum_k sg(r_k) log p(v_k) over the    reconstruc
              student's top-k candidates v_k at its most uncertain  form, coef, min_entropy,
              positions, r_k the teacher's group-normalised        branch_points (needs
              confidence one step after v_k                        ``lgr_ids``/``lgr_reward``)
+draft_opd    Draft-OPD: a drafter's sum w_t D(q_t, p_t) / sum w_t on    reconstruction: divergence
+             target-assisted rollouts (loop.draft_tokens), w_t =  (TV: 1 - acceptance),
+             1 + error_weight at rejected drafts' positions       error_weight (needs
+                                                                  ``draft_error``)
 sft          cross-entropy on the given tokens                    exact
 reinforce    REINFORCE on a ``reward`` extra, batch-mean baseline  exact
 ===========  ===================================================  ===========================
@@ -119,7 +123,8 @@ from opd_jax.objectives.configs import (AOPDConfig, EOPDConfig, GKDConfig, OPDCo
                                         OPSDConfig, REOPOLDConfig, ReinforceConfig, SFTConfig,
                                         SGTopKConfig, TIPConfig, TopKOPDConfig, UniSDConfig,
                                         VOPDConfig)
-from opd_jax.objectives.configs_2026 import (REF_LOGP, DASDConfig, FiReOPDConfig, HorizonOPDConfig,
+from opd_jax.objectives.configs_2026 import (DRAFT_ERROR, REF_LOGP, DASDConfig, DraftOPDConfig,
+                                             FiReOPDConfig, HorizonOPDConfig,
                                              IWOPDConfig, LGRConfig, PowerOPDConfig, PWOPSDConfig,
                                              SEADConfig, SimCTConfig, StableOPDConfig,
                                              TAOPDConfig, TCODConfig, UniOPDConfig)
@@ -134,7 +139,7 @@ ObjectiveConfig = Union[OPDConfig, GKDConfig, EOPDConfig, AOPDConfig, REOPOLDCon
                         SFTConfig, ReinforceConfig, IWOPDConfig, FiReOPDConfig, TAOPDConfig,
                         UniOPDConfig, SEADConfig, PWOPSDConfig, PowerOPDConfig,
                         HorizonOPDConfig, StableOPDConfig, DASDConfig, SimCTConfig, LGRConfig,
-                        TCODConfig]
+                        TCODConfig, DraftOPDConfig]
 
 RECIPES: dict[str, type] = {
     "opd": OPDConfig, "gkd": GKDConfig, "eopd": EOPDConfig, "aopd": AOPDConfig,
@@ -144,7 +149,7 @@ RECIPES: dict[str, type] = {
     "ta_opd": TAOPDConfig, "uni_opd": UniOPDConfig, "sead": SEADConfig,
     "pw_opsd": PWOPSDConfig, "power_opd": PowerOPDConfig, "horizon_opd": HorizonOPDConfig,
     "stable_opd": StableOPDConfig, "dasd": DASDConfig, "simct": SimCTConfig, "lgr": LGRConfig,
-    "tcod": TCODConfig,
+    "tcod": TCODConfig, "draft_opd": DraftOPDConfig,
 }
 
 
@@ -232,6 +237,8 @@ def build_objective(cfg: ObjectiveConfig, *, dense_teacher: bool = True,
             obj = RP.lgr(cfg, dense_teacher)
         case TCODConfig():
             obj = RS.tcod(cfg, dense_teacher)
+        case DraftOPDConfig():
+            obj = RD.draft_opd(cfg, dense_teacher)
         case _:
             raise TypeError(f"not an objective config: {cfg!r}; known: {sorted(RECIPES)}")
     if not dense_teacher:
@@ -266,7 +273,10 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
       a teacher with another tokenizer (``simct``; ``teacher.kind="cross_tokenizer"`` sends them);
     - :data:`~opd_jax.objectives.lookahead.LOOKAHEAD_INPUTS` ``[B, T, k]``: the student's top-k
       candidates at its branch points and their look-ahead rewards (``lgr``; the training loop's
-      look-ahead teacher sends them).
+      look-ahead teacher sends them);
+    - ``"draft_error"`` float32 ``[B, T]``: 1 where the token replaced a draft the target
+      rejected (``draft_opd`` with ``error_weight > 0``; the loop's speculative rollouts,
+      ``loop.draft_tokens``, send it).
     """
     need = set()
     if isinstance(cfg, ReinforceConfig | UniOPDConfig):
@@ -282,6 +292,8 @@ def required_inputs(cfg: ObjectiveConfig) -> frozenset[str]:
         need |= set(VIRTUAL_INPUTS)
     if isinstance(cfg, LGRConfig):
         need |= set(LOOKAHEAD_INPUTS)
+    if isinstance(cfg, DraftOPDConfig) and cfg.error_weight:
+        need.add(DRAFT_ERROR)
     if isinstance(cfg, TopKOPDConfig) and cfg.surrogate == "ppo":
         need |= {RD.BEHAVIOR_TOPK_IDS, RD.BEHAVIOR_TOPK_LOGP}
     return frozenset(need)

@@ -1,8 +1,8 @@
 """Builders of the distribution-matching recipes: a divergence between the student's and the
 teacher's next-token distributions at each position (full vocabulary or a top-k support).
 
-GKD, OPSD, PW-OPSD, UniSD, the Many Faces top-k reverse KLs, Rethinking-OPD's top-k policy gradient
-and SimCT's virtual vocabulary (a teacher with another tokenizer).
+GKD, OPSD, PW-OPSD, UniSD, the Many Faces top-k reverse KLs, Rethinking-OPD's top-k policy gradient,
+SimCT's virtual vocabulary (a teacher with another tokenizer) and Draft-OPD's drafter loss.
 """
 
 import jax
@@ -19,10 +19,10 @@ from opd_jax.objectives.base import (TEACHER, TEACHER_LOGITS, TEACHER_TOPK, Obje
                                      feature, stateless, token_objective)
 from opd_jax.objectives.configs import (GKDConfig, OPSDConfig, SGTopKConfig, TopKOPDConfig,
                                         UniSDConfig)
-from opd_jax.objectives.configs_2026 import PWOPSDConfig, SimCTConfig
+from opd_jax.objectives.configs_2026 import DRAFT_ERROR, DraftOPDConfig, PWOPSDConfig, SimCTConfig
 from opd_jax.objectives.recipe_parts import sampled_features
 from opd_jax.objectives.reductions import (masked_mean, seq_mean_token_mean,
-                                           seq_mean_weighted_mean, token_mean)
+                                           seq_mean_weighted_mean, token_mean, weighted_mean)
 
 # The extra inputs of TopKOPDConfig(surrogate="ppo"): the behaviour policy's top-k ids and
 # log-probs at each position, recorded by the sampler.
@@ -144,4 +144,21 @@ def simct(c: SimCTConfig, dense: bool) -> Objective:
         return {"virtual_rkl": token_mean(kl, start)}, {
             "simct/span_dims": masked_mean(dim.astype(jnp.float32), start),
             "simct/support_mass": masked_mean(jnp.exp(ctx["log_mass"]), start)}
+    return stateless(apply, feats)
+
+
+DRAFT_DIVERGENCES = {"tv": D.total_variation, "forward_kl": D.forward_kl, "reverse_kl": D.reverse_kl}
+
+
+def draft_opd(c: DraftOPDConfig, dense: bool) -> Objective:
+    feats = {"draft_div": feature(DRAFT_DIVERGENCES[c.divergence], "logits", TEACHER_LOGITS,
+                                  temperature=c.temperature)}
+
+    def apply(ctx):
+        m = ctx.mask.astype(bool)
+        if not c.error_weight:
+            return {"draft": token_mean(ctx["draft_div"], m)}, {}
+        error = ctx[DRAFT_ERROR].astype(jnp.float32)
+        w = jnp.where(m, 1.0 + c.error_weight * error, 0.0)
+        return {"draft": weighted_mean(ctx["draft_div"], w)}, {"draft_opd/error_frac": masked_mean(error, m)}
     return stateless(apply, feats)

@@ -33,6 +33,8 @@ def make_batch(seed=0, b=3, t=7, d=8, v=40):
         "lgr_ids": top_ids,
         "lgr_reward": O.group_rewards(jax.random.uniform(ks[9], top_ids.shape),
                                       jax.random.bernoulli(ks[7], 0.5, (b, t))),
+        # Draft-OPD's rejected drafts' positions (about a third)
+        "draft_error": jax.random.bernoulli(ks[6], 0.3, (b, t)).astype(jnp.float32),
     }
     return dict(hidden=hidden, head=head, t_hidden=t_hidden, t_head=t_head, tokens=tokens,
                 mask=mask, extras=extras, key=ks[8])

@@ -120,8 +120,9 @@ def test_required_inputs_name_every_extra_a_recipe_reads():
     assert need["stable_opd"] == {"ref_logp"}
     assert need["simct"] == set(O.VIRTUAL_INPUTS)
     assert need["lgr"] == {"lgr_ids", "lgr_reward"} == set(O.LOOKAHEAD_INPUTS)
+    assert need["draft_opd"] == {O.DRAFT_ERROR} and not O.required_inputs(O.DraftOPDConfig(error_weight=0))
     assert all(not v for k, v in need.items()
-               if k not in ("reinforce", "uni_opd", "stable_opd", "simct", "lgr"))
+               if k not in ("reinforce", "uni_opd", "stable_opd", "simct", "lgr", "draft_opd"))
     assert O.required_inputs(O.UniSDConfig(agreement="sequence", contrastive_coef=0.1)) == {
         "aux_teacher_logp", "bad_teacher_logp"}
     assert O.required_inputs(O.TopKOPDConfig(surrogate="ppo")) == {"behavior_topk_ids",
