@@ -65,11 +65,11 @@ class DraftStats:
 
     def acceptance_length(self) -> float:
         """Completion tokens per target forward, over all rows (``gamma + 1`` at most)."""
-        return float(np.sum(self.emitted)) / max(float(np.sum(self.blocks)), 1.0)
+        return float(jnp.sum(self.emitted)) / max(float(jnp.sum(self.blocks)), 1.0)
 
     def acceptance_rate(self) -> float:
         """The fraction of drafted tokens the target accepted."""
-        return float(np.sum(self.accepted)) / max(float(np.sum(self.drafted)), 1.0)
+        return float(jnp.sum(self.accepted)) / max(float(jnp.sum(self.drafted)), 1.0)
 
 
 @struct.dataclass

@@ -25,7 +25,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import opd_jax.objectives as O
 from opd_jax import data as D
 from opd_jax.objectives import masked_mean
+from opd_jax.sampling import sample
 from opd_jax.sampling.config import SamplerConfig
+from opd_jax.sampling.speculative import speculative_sample
 from opd_jax.sampling.turns import last_turn
 from opd_jax.training.batch import RECORDED_EXTRAS, Sequences, TrainBatch
 from opd_jax.training.checks import CONTEXT_FIELDS
@@ -121,6 +123,25 @@ def student_sampler(exp) -> SamplerConfig:
     return exp.sampler
 
 
+def student_rollout(exp, s_graph, params, teacher, prompts, mask, key, row_ids, step: int):
+    """An on-policy step's samples, their sampling metrics, and where the teacher rejected the
+    student's drafts (None unless speculative). The student samples alone, teacher-mixed
+    (``loop.teacher_mix``: ``sample/teacher_mix`` and the teacher's share) or drafts for the
+    teacher's model (``loop.draft_tokens``: ``sample/acceptance_length``, completion tokens per
+    teacher forward, and ``sample/acceptance_rate``, the share of drafts accepted)."""
+    cfg = student_sampler(exp)
+    if exp.loop.draft_tokens:
+        roll, drafts = speculative_sample((s_graph, params), teacher.mixer(params), prompts, mask, key, cfg=cfg,
+                                          draft_tokens=exp.loop.draft_tokens, row_ids=row_ids)
+        return roll, {"sample/acceptance_length": drafts.acceptance_length(),
+                      "sample/acceptance_rate": drafts.acceptance_rate()}, drafts.draft_error
+    mix = exp.loop.teacher_mix_at(step)
+    roll = sample(s_graph, params, prompts, mask, key, cfg=cfg, row_ids=row_ids,
+                  teacher=teacher.mixer(params) if mix > 0 else None, teacher_mix=mix)
+    stats = {"sample/teacher_mix": mix, **mixing_stats(roll)} if exp.loop.teacher_mix > 0 else {}
+    return roll, stats, None
+
+
 def sampling_prompts(rows: Rows, prompts: Prompts, source: str):
     """The global prompts a sampler starts from (a teacher rollout: the teacher's own prompt)."""
     if source in TEACHER_ROLLOUTS and prompts.teacher_tokens is not None:
@@ -177,14 +198,16 @@ def mixing_stats(roll) -> dict[str, float]:
 
 
 def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
-                 slices: int = 1, golden: np.ndarray | None = None, pad_id: int = 0) -> TrainBatch:
+                 slices: int = 1, golden: np.ndarray | None = None, pad_id: int = 0,
+                 draft_error=None) -> TrainBatch:
     """The batch of sampled completions (``num_samples`` per prompt), with each row's prompts;
     the completion columns cut by :func:`completion_width` (``slices``). ``golden``: bool ``[b]``
     over this host's prompts; the last sample of each marked prompt is replaced by its record's
     reference completion, cut at the rollout's width, behaviour log-prob 0 until the caller sets
     the student's own (see :func:`golden_rows`). What the sampler recorded beside each token
     (``SamplerConfig.record_topk``) becomes the extras :data:`RECORDED_EXTRAS` names, unless
-    golden rows replaced some samples (their records would be the replaced samples')."""
+    golden rows replaced some samples (their records would be the replaced samples'). ``draft_error``
+    (bool ``[R, P + N]``, speculative rollouts) becomes the float extra :data:`O.DRAFT_ERROR`."""
     def rep(x):
         return None if x is None else rows.to_global(np.repeat(x, num_samples, axis=0))
     start = roll.prompt_len
@@ -199,6 +222,8 @@ def from_rollout(rows: Rows, prompts: Prompts, roll, num_samples: int,
     end = width if slices == 1 else completion_width(int(_longest(cmask)), width, slices)
     recorded = {} if golden is not None or roll.entropy is None else {
         name: getattr(roll, field)[:, start:start + end] for field, name in RECORDED_EXTRAS.items()}
+    if draft_error is not None:
+        recorded[O.DRAFT_ERROR] = draft_error[:, start:start + end].astype(jnp.float32)
     return assemble(rep(prompts.tokens), rep(prompts.mask), tokens[:, :end], cmask[:, :end],
                     logp[:, :end], rep(prompts.teacher_tokens), rep(prompts.teacher_mask)).replace(
                         group=num_samples, extras=recorded)

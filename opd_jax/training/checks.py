@@ -62,6 +62,10 @@ def check_teacher_use(exp, refusals: dict[str, str]) -> None:
     for what, needed in asked.items():
         if needed and what in refusals:
             raise ValueError(refusals[what])
+    if exp.loop.draft_tokens and "mix" in refusals:
+        raise ValueError(f"loop.draft_tokens={exp.loop.draft_tokens}: speculative rollouts need the "
+                         f"teacher's own model to verify the student's drafts, and teacher.kind="
+                         f"{exp.teacher.kind!r} has none to lend ({refusals['mix']})")
 
 
 def check_sparse_teacher(exp, top_k: int) -> None:
@@ -241,7 +245,7 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.En
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
     behavior_topk = {O.BEHAVIOR_TOPK_IDS, O.BEHAVIOR_TOPK_LOGP}
-    unsupplied = sorted(need - {"reward", O.REF_LOGP, *CONTEXT_FIELDS, *O.VIRTUAL_INPUTS,
+    unsupplied = sorted(need - {"reward", O.REF_LOGP, O.DRAFT_ERROR, *CONTEXT_FIELDS, *O.VIRTUAL_INPUTS,
                                 *O.LOOKAHEAD_INPUTS, *behavior_topk})
     if unsupplied:
         raise ValueError(f"objective {name!r} reads {unsupplied}, which this training loop does not "
@@ -275,6 +279,7 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.En
                               "into the student's samples, but this record has none; add one to "
                               "every record or set loop.golden_fraction=0.")
     check_turns(exp, examples, env or EN.RecordTurns())
+    check_drafts(exp)
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "
@@ -290,3 +295,33 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.En
                 raise D.DataError(f"{exp.data.path}:{missing.line}: objective {name!r} needs a "
                                   f"`{field}` field in every record for {what}; add it or turn "
                                   "that term off.")
+
+
+def check_drafts(exp) -> None:
+    """Speculative rollouts (``loop.draft_tokens``) replace the student's own sampling and nothing
+    else asks of it; an objective that reads the rejected drafts' positions has them on every step."""
+    name = O.recipe_name(exp.objective)
+    if O.DRAFT_ERROR in O.required_inputs(exp.objective):
+        other = ("loop.draft_tokens=0 (the student samples alone)" if not exp.loop.draft_tokens else
+                 f"loop.lmbda={exp.loop.lmbda} < 1 (some steps train on other completions)"
+                 if exp.loop.lmbda < 1 else f"loop.cold_start_steps={exp.loop.cold_start_steps} "
+                 "(the first steps train on teacher rollouts)" if exp.loop.cold_start_steps else None)
+        if other:
+            raise ValueError(f"objective {name!r} weights the positions where the teacher rejected the "
+                             f"student's drafts, which only speculative rollouts have, but {other}; set "
+                             "loop.draft_tokens (e.g. 4) on every step, or objective.error_weight=0.")
+    if not exp.loop.draft_tokens:
+        return
+    clash = {"loop.teacher_mix > 0": exp.loop.teacher_mix > 0,
+             "loop.golden_fraction > 0": exp.loop.golden_fraction > 0,
+             "loop.turns > 1": exp.loop.turns > 1,
+             "teacher.peers": exp.teacher.peers.on,
+             f"objective {name!r} (it reads what the student's own sampler records)":
+                 bool({O.BEHAVIOR_TOPK_IDS, O.LGR_IDS} & O.required_inputs(exp.objective))}
+    named = [k for k, v in clash.items() if v]
+    if named:
+        raise ValueError(f"loop.draft_tokens={exp.loop.draft_tokens} (speculative rollouts) cannot be "
+                         f"combined with {', '.join(named)}; set loop.draft_tokens=0 or turn them off.")
+    if exp.sampler.cache_len is not None:
+        raise ValueError(f"loop.draft_tokens={exp.loop.draft_tokens}: speculative rollouts size their own "
+                         f"caches; leave sampler.cache_len unset (got {exp.sampler.cache_len}).")

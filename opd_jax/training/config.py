@@ -158,6 +158,11 @@ class LoopConfig:
     # (eopd, reopold, topk_opd's ppo, ...) leave 1. run.steps counts optimizer steps.
     minibatches: int = 1
     epochs: int = 1
+    # Draft-OPD's target-assisted rollouts: on-policy samples come from speculative decoding, the
+    # student drafting this many tokens per forward of the teacher's model, which verifies them
+    # (the text follows the teacher's distribution; the batch marks the positions of rejected
+    # drafts, the extra draft_error, and the metrics the acceptance); 0 = the student samples alone
+    draft_tokens: int = 0
     # assistant turns per episode (multi-turn on-policy distillation): after each of the student's
     # turns that ends with an EOS token, the environment's reply (`environment`; by default the
     # record's next env_turns: a user message, a tool's output) is appended and the student answers
@@ -182,6 +187,9 @@ class LoopConfig:
                f"buffer), got {self.completion_slices!r}")
         _check(0.0 <= self.golden_fraction <= 1.0,
                f"loop.golden_fraction must lie in [0, 1], got {self.golden_fraction}")
+        _check(isinstance(self.draft_tokens, int) and not isinstance(self.draft_tokens, bool)
+               and self.draft_tokens >= 0,
+               f"loop.draft_tokens must be an int >= 0 (0 = the student samples alone), got {self.draft_tokens!r}")
         for name in ("minibatches", "epochs", "turns"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,

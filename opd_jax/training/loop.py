@@ -36,7 +36,6 @@ import opd_jax.objectives as O
 from opd_jax import data as D
 from opd_jax import environments as EN
 from opd_jax.config import to_dict, write_json
-from opd_jax.sampling import sample
 from opd_jax.sampling.sampler import model_config
 from opd_jax.sharding import make_mesh
 from opd_jax.teachers import Runtime, Student, build_teacher, teacher_class
@@ -241,7 +240,7 @@ class Trainer:
     def _batch(self, source: str, prompts: B.Prompts, key, step: int) -> tuple[TrainBatch, dict]:
         """The batch of step ``source`` (data completions, teacher rollouts or student samples) and
         its sampling's metrics (teacher-mixed: the step's ``teacher_mix`` and the teacher's share)."""
-        stats, golden = {}, None
+        stats, golden, draft_error = {}, None, None
         if source == "data":
             return B.from_data(self.rows, prompts, self.exp.sampler, self.exp.loop.completion_slices), stats
         sp, sm = B.sampling_prompts(self.rows, prompts, source)
@@ -250,12 +249,8 @@ class Trainer:
         if source in B.TEACHER_ROLLOUTS:
             roll = self.teacher.rollout(sp, sm, key, row_ids, prompts.examples, params)
         else:
-            mix = self.exp.loop.teacher_mix_at(step)
-            roll = sample(self.s_graph, params, sp, sm, key, cfg=B.student_sampler(self.exp),
-                          row_ids=row_ids, teacher=self.teacher.mixer(params) if mix > 0 else None,
-                          teacher_mix=mix)
-            if self.exp.loop.teacher_mix > 0:
-                stats.update({"sample/teacher_mix": mix, **B.mixing_stats(roll)})
+            roll, stats, draft_error = B.student_rollout(self.exp, self.s_graph, params, self.teacher, sp, sm, key,
+                                                         row_ids, step)
             if self.exp.loop.golden_fraction:  # StableOPD's rollout mixture
                 golden = B.golden_rows(self.exp.loop, key, prompts)
                 stats["sample/golden_frac"] = float(np.mean(golden))
@@ -267,7 +262,7 @@ class Trainer:
                 next_turn=more, responder=self.responder)
             return batch, stats
         batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
-                               golden=golden, pad_id=self.exp.sampler.pad_id)
+                               golden=golden, pad_id=self.exp.sampler.pad_id, draft_error=draft_error)
         if golden is not None:  # the golden rows' behaviour log-prob: the student's own
             batch = B.with_own_logp(self.rows, batch, golden, n, lambda b: sequence_logp(
                 self.s_graph, params, b.student, b.targets, b.loss_mask, b.group, t, self.exp.step.chunk_size))
@@ -279,14 +274,17 @@ class Trainer:
         out.update(timings)
         out.update(now.stats)
         rows, seq = batch.student.tokens.shape
+        # speculative rollouts: both models read draft_tokens + 1 tokens per block of the teacher's
+        steps = int(metrics["loss/max_len"]) * (self.exp.loop.draft_tokens + 1) / now.stats.get(
+            "sample/acceptance_length", self.exp.loop.draft_tokens + 1)
         out.update(F.iteration_flops(
             model_config(self.s_graph, self.state.params),
             [model_config(g, p) for g, p in self.teacher.models(self.state.params)],
             source=source, rows=rows, seq_len=seq, completion_len=batch.completion_len,
             teacher_len=batch.teacher_sequences.tokens.shape[1],
             prompts=prompts.tokens.shape[0] * jax.process_count(),
-            prompt_len=prompts.tokens.shape[1], decode_steps=int(metrics["loss/max_len"]),
-            teacher_mix=now.stats.get("sample/teacher_mix", 0.0) > 0, scored=scored,
+            prompt_len=prompts.tokens.shape[1], decode_steps=round(steps),
+            teacher_mix=now.stats.get("sample/teacher_mix", 0.0) > 0 or self.exp.loop.draft_tokens > 0, scored=scored,
             group=batch.group, teacher_group=batch.teacher_rows_group))
         out["flops/update"] *= self.exp.loop.epochs  # each epoch trains on the whole batch
         for phase in ("sample", "score", "update"):
