@@ -19,6 +19,11 @@ key and row streams), scored by the student and by a teacher reading the same pr
   ``data.RULES[NAME]`` (``rule/adherence``); of the parsable ones (``rule/adherence_all``); and
   the share of samples correct *and* following it (``rule/correct_following``).
 - ``grad_variance:S`` (vOPD, arXiv 2605.07865): see :mod:`opd_jax.lab.gradvar`.
+- ``acceptance:G`` (Draft-OPD, arXiv 2605.29343): the student as a speculative-decoding drafter
+  of ``G`` tokens per forward of the teacher, sampling the evaluation's ``k`` answers per problem
+  (its sampler settings, key and row streams; the answers follow the teacher's distribution):
+  completion tokens per teacher forward (``acceptance/length``, at most ``G + 1``) and the share
+  of drafts the teacher accepted (``acceptance/rate``).
 
 A quantity with nothing to average over (no correct answer, no high-entropy position) is NaN.
 """
@@ -42,10 +47,12 @@ from opd_jax.lab.tokenizer import EOS_ID, PAD_ID
 from opd_jax.objectives import diagnostics as OD
 from opd_jax.objectives import divergences as D
 from opd_jax.sampling import SamplerConfig, sample
+from opd_jax.sampling.speculative import speculative_sample
 from opd_jax.training.batch import Sequences, completion_hidden
 
 # measure name -> the type of its argument
-SPECS = {"high_entropy": float, "tail_mass": int, "overlap": int, "rule": str, "grad_variance": int}
+SPECS = {"high_entropy": float, "tail_mass": int, "overlap": int, "rule": str, "grad_variance": int,
+         "acceptance": int}
 TOKEN_MEASURES = ("high_entropy", "tail_mass", "overlap")
 EVAL_SEED = 0  # the lab evaluation's sampling key (opd_jax.lab.evaluate's default seed)
 
@@ -81,7 +88,8 @@ def parse(spec: str) -> tuple[str, Any]:
         raise ValueError(f"measure {spec!r}: {arg!r} is not a {SPECS[name].__name__}") from e
     if name == "rule" and value not in L.RULES:
         raise ValueError(f"measure {spec!r}: unknown rule; known: {sorted(L.RULES)}")
-    if name in ("tail_mass", "overlap", "grad_variance") and value < (2 if name == "grad_variance" else 1):
+    if name in ("tail_mass", "overlap", "grad_variance", "acceptance") \
+            and value < (2 if name == "grad_variance" else 1):
         raise ValueError(f"measure {spec!r}: the argument must be >= {2 if name == 'grad_variance' else 1}")
     return name, value
 
@@ -95,17 +103,34 @@ def check(specs) -> None:
         raise ValueError(f"each measure may appear once, got {list(specs)}")
 
 
-def draws(ctx: Context):
-    """The evaluation's ``k`` samples per example (its sampler settings, key and row streams)."""
+def _eval_inputs(ctx: Context):
+    """The evaluation's sampler settings and its left-padded prompts, mask and row ids."""
     width = max(len(e.prompt_ids) for e in ctx.examples)
     cfg = SamplerConfig(max_new_tokens=ctx.max_new_tokens, eos_ids=(EOS_ID,), pad_id=PAD_ID,
                         temperature=1.0, prompt_buckets=(width,),
                         new_token_buckets=(ctx.max_new_tokens,), num_samples=ctx.k)
     prompts, mask = left_pad([e.prompt_ids for e in ctx.examples], width, PAD_ID)
-    rows = np.arange(len(ctx.examples), dtype=np.int32)
+    return cfg, prompts, mask, np.arange(len(ctx.examples), dtype=np.int32)
+
+
+def draws(ctx: Context):
+    """The evaluation's ``k`` samples per example (its sampler settings, key and row streams)."""
+    cfg, prompts, mask, rows = _eval_inputs(ctx)
     with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else contextlib.nullcontext():
         roll = sample(*ctx.student, prompts, mask, jax.random.key(EVAL_SEED), cfg=cfg, row_ids=rows)
     return jax.device_get((roll.tokens, roll.mask, roll.completion_mask, roll.prompt_len))
+
+
+def acceptance(ctx: Context, gamma: int) -> dict[str, float]:
+    """``acceptance:G``: the student drafting ``G`` tokens per forward of the teacher."""
+    if ctx.teacher is None:
+        raise ValueError(f"measure acceptance:{gamma} has the student draft for a teacher; the arm has "
+                         "none (set Schedule.reference)")
+    cfg, prompts, mask, rows = _eval_inputs(ctx)
+    with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else contextlib.nullcontext():
+        _, stats = speculative_sample(ctx.student, ctx.teacher, prompts, mask, jax.random.key(EVAL_SEED),
+                                      cfg=cfg, draft_tokens=gamma, row_ids=rows)
+    return {"acceptance/length": stats.acceptance_length(), "acceptance/rate": stats.acceptance_rate()}
 
 
 @functools.partial(jax.jit, static_argnames=("s_graph", "t_graph", "n", "ks"))
@@ -207,6 +232,8 @@ def evaluate(specs: Sequence[str], ctx: Context) -> dict[str, float]:
             answers = [ctx.examples[r // ctx.k].answer for r in range(len(texts))]
             out.update(rule_adherence(texts, answers, rule))
     for name, arg in parsed:
+        if name == "acceptance":
+            out.update(acceptance(ctx, arg))
         if name == "grad_variance":
             from opd_jax.lab import gradvar
             out.update(gradvar.measure(ctx, arg))

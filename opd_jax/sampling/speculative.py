@@ -91,10 +91,12 @@ class _State:
 
 
 def _decoder(graphdef, params, max_positions: int):
-    """The cached forward of a split model, or of a frozen one (``freeze``), with RoPE tabulated."""
+    """The cached forward of a split model, or of a frozen one (``freeze``), with RoPE tabulated (a
+    model without ``decoder()``, a test fake, is called as it is)."""
     if is_frozen(graphdef):
         return params.with_rope_tables(max_positions)
-    return nnx.merge(graphdef, params).decoder(max_positions)
+    model = nnx.merge(graphdef, params)
+    return model.decoder(max_positions) if hasattr(model, "decoder") else model
 
 
 def _draw(keys, logp, cfg: SamplerConfig):

@@ -164,10 +164,32 @@ def test_the_measures_see_the_evaluations_own_samples(tok, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(mine, seen))
 
 
+def test_acceptance_of_a_copy_and_of_a_contrarian(tok, tmp_path):
+    """acceptance:G in closed form, against a near-deterministic teacher: a student that is the
+    teacher has every draft accepted, so each row's blocks are its answer's length over G + 1,
+    rounded up; one whose every token differs has every draft rejected (one token per block)."""
+    problems = [C.Problem((9, 8, 5), t) for t in (67, 13, 72)]
+    examples = _examples(tok, tmp_path, problems)
+    start = len(examples[0].prompt_ids)
+    answer = _ids(tok, "9*8=72 72-5=67")
+    sure = split(script(answer, start, 60.0))
+    ctx = M.Context(student=sure, teacher=sure, examples=examples, tokenizer=tok, k=4, max_new_tokens=24)
+    out = M.evaluate(["acceptance:3"], ctx)
+    n = len(answer) + 1  # every row writes the answer, then EOS
+    assert out["acceptance/rate"] == 1.0
+    assert out["acceptance/length"] == pytest.approx(n / np.ceil(n / 4))
+    other = split(np.roll(script(answer, start, 60.0), 1, axis=1))  # every favourite one id later
+    out = M.evaluate(["acceptance:2"], M.Context(student=other, teacher=sure, examples=examples, tokenizer=tok,
+                                                 k=2, max_new_tokens=16))
+    assert out["acceptance/rate"] == 0.0 and out["acceptance/length"] == 1.0
+    with pytest.raises(ValueError, match="draft for a teacher"):
+        M.evaluate(["acceptance:2"], M.Context(student=sure, teacher=None, examples=examples, tokenizer=tok, k=2))
+
+
 def test_malformed_measures_are_refused_by_name():
     for bad, match in [("tail_mass", "unknown measure"), ("entropy:3", "unknown measure"),
                        ("tail_mass:x", "is not a int"), ("rule:never", "unknown rule"),
-                       ("grad_variance:1", ">= 2")]:
+                       ("grad_variance:1", ">= 2"), ("acceptance:0", ">= 1")]:
         with pytest.raises(ValueError, match=match):
             M.check((bad,))
     with pytest.raises(ValueError, match="once"):
