@@ -20,10 +20,10 @@ key and row streams), scored by the student and by a teacher reading the same pr
   the share of samples correct *and* following it (``rule/correct_following``).
 - ``grad_variance:S`` (vOPD, arXiv 2605.07865): see :mod:`opd_jax.lab.gradvar`.
 - ``acceptance:G`` (Draft-OPD, arXiv 2605.29343): the student as a speculative-decoding drafter
-  of ``G`` tokens per forward of the teacher, sampling the evaluation's ``k`` answers per problem
-  (its sampler settings, key and row streams; the answers follow the teacher's distribution):
-  completion tokens per teacher forward (``acceptance/length``, at most ``G + 1``) and the share
-  of drafts the teacher accepted (``acceptance/rate``).
+  of ``G`` tokens per forward of the teacher, sampling ``ACCEPTANCE_SAMPLES`` answers per problem
+  (the evaluation's other sampler settings, key and row streams; the answers follow the teacher's
+  distribution): completion tokens per teacher forward (``acceptance/length``, at most ``G + 1``)
+  and the share of drafts the teacher accepted (``acceptance/rate``).
 
 A quantity with nothing to average over (no correct answer, no high-entropy position) is NaN.
 """
@@ -55,6 +55,9 @@ SPECS = {"high_entropy": float, "tail_mass": int, "overlap": int, "rule": str, "
          "acceptance": int}
 TOKEN_MEASURES = ("high_entropy", "tail_mass", "overlap")
 EVAL_SEED = 0  # the lab evaluation's sampling key (opd_jax.lab.evaluate's default seed)
+# acceptance:G's answers per problem: 2 x 256 problems x ~10 blocks is a tight mean (speculative
+# sampling of the evaluation's own 8 would take ~15 s of each lab evaluation's time on 2 cores)
+ACCEPTANCE_SAMPLES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +130,7 @@ def acceptance(ctx: Context, gamma: int) -> dict[str, float]:
         raise ValueError(f"measure acceptance:{gamma} has the student draft for a teacher; the arm has "
                          "none (set Schedule.reference)")
     cfg, prompts, mask, rows = _eval_inputs(ctx)
+    cfg = cfg.replace(num_samples=min(ctx.k, ACCEPTANCE_SAMPLES))
     with jax.set_mesh(ctx.mesh) if ctx.mesh is not None else contextlib.nullcontext():
         _, stats = speculative_sample(ctx.student, ctx.teacher, prompts, mask, jax.random.key(EVAL_SEED),
                                       cfg=cfg, draft_tokens=gamma, row_ids=rows)

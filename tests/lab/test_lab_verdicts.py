@@ -13,7 +13,7 @@ NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread, so that differences have a sta
 METRICS = ("pass@1", "greedy_pass@1", "pass@8", "reverse_kl", "entropy", "distinct_correct", "finished",
            "high_entropy/student", "tail_mass/student_topk", "overlap/ratio", "rule/adherence",
            "grad_variance/log_ratio", "grad_variance/mean_gap", "turns",
-           "turn1_pass@1")
+           "turn1_pass@1", "acceptance/length")
 STEPS = (0, 10, 20, 30, 40)
 
 
@@ -231,6 +231,21 @@ def test_turn_curriculum_two_retries_compares_tcod_with_opd_from_models_taught_t
     assert all("loop.turns=3" in a.overrides and (a.student, a.teacher) == ("weak_retry2", "teacher_retry2")
                for a in arms)
     check_tcod_verdict(module, [a.name for a in arms], small=0.005)
+
+
+def test_speculative_drafter_compares_draft_opd_with_opd_and_own_samples():
+    module = RP.load("speculative_drafter")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["opd", "tv_own", "tv_assisted", "draft_opd", "fkl_draft_opd"]
+    assert [("loop.draft_tokens=4" in a.overrides) for a in arms] == [False, False, True, True, True]
+    assert module.schedule("quick").measures == ("acceptance:4",)
+    names = [a.name for a in arms]
+    verdict = lambda gains: module.verdict(fake(names, rising(gains)), "quick")["verdict"]  # noqa: E731
+    assert verdict({"draft_opd": 0.1}) == V.REPRODUCED
+    assert verdict({"draft_opd": 0.1, "tv_own": 0.1}) == V.INCONCLUSIVE  # beats OPD only
+    assert verdict({"opd": 0.1}) == V.NOT_REPRODUCED
+    assert verdict({"draft_opd": 0.01}) == V.INCONCLUSIVE
+    assert verdict({"tv_assisted": 0.3, "fkl_draft_opd": 0.3}) == V.INCONCLUSIVE  # reported, never judged
 
 
 def rising(gains: dict):
