@@ -1,6 +1,6 @@
 """Draft-OPD in the loop (``loop.draft_tokens``): on-policy steps sample by speculative decoding
 with the student drafting for the teacher's model. Greedy, the batch is the teacher's own greedy
-text; the rejected drafts' positions reach the objective; a short Draft-OPD run raises the rate
+text (on one device and sharded over a data x fsdp x tensor mesh); the rejected drafts' positions reach the objective; a short Draft-OPD run raises the rate
 at which the teacher accepts the student's drafts; bad combinations are refused before compiling."""
 
 import dataclasses
@@ -13,7 +13,7 @@ import opd_jax.objectives as O
 from opd_jax.sampling import sample
 from opd_jax.sampling.speculative import speculative_sample
 from opd_jax.training import batches as B
-from opd_jax.training.config import LoopConfig
+from opd_jax.training.config import LoopConfig, MeshConfig
 from opd_jax.training.loop import Trainer
 from test_loop import experiment, sharpen_teacher
 
@@ -27,9 +27,10 @@ def local(x):
     return np.asarray(jax.device_get(x))
 
 
-def test_a_greedy_speculative_batch_is_the_teachers_greedy_text(tmp_path):
+@pytest.mark.parametrize("mesh", [MeshConfig(data=1), MeshConfig(data=2, fsdp=2, tensor=2)], ids=["one", "mesh"])
+def test_a_greedy_speculative_batch_is_the_teachers_greedy_text(tmp_path, mesh, n_devices):
     exp = drafting(tmp_path, steps=1)
-    trainer = Trainer(dataclasses.replace(exp, sampler=exp.sampler.replace(temperature=0.0, num_samples=1)))
+    trainer = Trainer(dataclasses.replace(exp, mesh=mesh, sampler=exp.sampler.replace(temperature=0.0, num_samples=1)))
     sharpen_teacher(trainer)  # the student's drafts are often rejected
     prompts = trainer.prompts(0)
     batch, stats = trainer._batch("on_policy", prompts, jax.random.key(3), 0)
