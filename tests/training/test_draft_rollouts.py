@@ -1,7 +1,8 @@
 """Draft-OPD in the loop (``loop.draft_tokens``): on-policy steps sample by speculative decoding
 with the student drafting for the teacher's model. Greedy, the batch is the teacher's own greedy
-text (on one device and sharded over a data x fsdp x tensor mesh); the rejected drafts' positions reach the objective; a short Draft-OPD run raises the rate
-at which the teacher accepts the student's drafts; bad combinations are refused before compiling."""
+text (on one device and sharded over a data x fsdp x tensor mesh); the rejected drafts'
+positions reach the objective; a short Draft-OPD run raises the rate at which the teacher accepts
+the student's drafts; bad combinations are refused before compiling."""
 
 import dataclasses
 
