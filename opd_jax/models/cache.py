@@ -19,7 +19,8 @@ class KVCache:
     k:     list of ``num_layers`` arrays ``[B, K, Dh, S]``: keys (RoPE applied), slots minor.
     v:     list of ``num_layers`` arrays ``[B, K, S, Dh]``: values.
     valid: ``bool [B, S]``, whether a slot holds a real (unmasked) token.
-    index: ``int32 []``, the next slot to write, shared by every row.
+    index: ``int32 []``, the next slot to write, shared by every row; or ``int32 [B]``, each row's
+           own (speculative sampling, whose rows keep different numbers of drafted tokens).
 
     One array per layer (not one stacked ``[L, ...]`` array) so that a decode step writes its
     token into each layer's buffers in place and attends to them directly: reading one layer out

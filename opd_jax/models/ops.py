@@ -200,16 +200,21 @@ def cached_attention(q_BTNH, k_BKHS, v_BKSH, visible_BTS):
 
 def write_slots(buf, update, index, axis: int):
     """``buf`` with ``update`` written from slot ``index >= 0`` along ``axis`` (static zeros elsewhere:
-    no index arithmetic is traced or compiled for them, nor for a negative ``index``)."""
+    no index arithmetic is traced or compiled for them, nor for a negative ``index``). An ``index``
+    of one start per row (``[B]``, axis 0 the rows) writes each row from its own slot."""
+    if jnp.ndim(index) == 1:
+        return jax.vmap(lambda b, u, i: write_slots(b, u, i, axis - 1))(buf, update, index)
     starts = [np.int32(0)] * buf.ndim
     starts[axis] = index
     return jax.lax.dynamic_update_slice(buf, update.astype(buf.dtype), starts, allow_negative_indices=False)
 
 
-def visibility(key_valid_BS, q_slots_T, num_keys: int):
-    """Causal-and-valid mask ``[B, T, S]``: query in slot ``q_slots[t]`` sees valid keys in slots <= it."""
-    causal_TS = jnp.arange(num_keys, dtype=jnp.int32)[None, :] <= q_slots_T[:, None]
-    return causal_TS[None, :, :] & key_valid_BS[:, None, :]
+def visibility(key_valid_BS, q_slots, num_keys: int):
+    """Causal-and-valid mask ``[B, T, S]``: query in slot ``q_slots[t]`` (``[T]``, or ``[B, T]`` for
+    rows at their own slots) sees valid keys in slots <= it."""
+    keys = jnp.arange(num_keys, dtype=jnp.int32).reshape((1,) * q_slots.ndim + (num_keys,))
+    causal = keys <= q_slots[..., None]
+    return (causal if causal.ndim == 3 else causal[None]) & key_valid_BS[:, None, :]
 
 
 @jax.custom_vjp

@@ -263,8 +263,8 @@ class Decoder:
                              f"{cfg.num_layers} layers")
         index = cache.index.astype(jnp.int32)
         key_valid_BS = ops.write_slots(cache.valid, mask_BT, index, axis=1)
-        q_slots_T = index + jnp.arange(T, dtype=jnp.int32)
-        visible_BTS = ops.visibility(key_valid_BS, q_slots_T, cache.max_len)
+        q_slots = index[..., None] + jnp.arange(T, dtype=jnp.int32).reshape((1,) * index.ndim + (T,))
+        visible_BTS = ops.visibility(key_valid_BS, q_slots, cache.max_len)
         if self.rope_cos is None:
             cos_BTF, sin_BTF = ops.rope_tables(positions_BT, ops.rope_inv_freq(cfg))
         else:  # looked up: XLA would fuse cos/sin into every q and k element of every layer

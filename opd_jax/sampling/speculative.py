@@ -18,9 +18,11 @@ One block, for every unfinished row at once (one ``while_loop`` iteration):
    ``token_distribution(logits, cfg)`` (temperature and filters); greedy accepts a draft iff it is
    the target's arg-max and emits the target's arg-max (the target's greedy text, token for token).
 
-Rows accept different numbers of drafts while the caches share one write index, so every block
-writes ``gamma + 1`` slots in both caches and marks the rejected drafts' slots invalid (holes):
-the caches hold ``prompt_len - 1 + max_new_tokens * (gamma + 1)`` slots.
+Rows accept different numbers of drafts, so each row writes its caches from its own slot
+(``KVCache.index`` of shape ``[R]``): a block writes ``gamma + 1`` slots, and the row's next block
+starts right after its accepted drafts, overwriting the rejected ones before any query can see
+them (attention is causal in slots). The caches hold ``prompt_len - 1 + max_new_tokens + gamma``
+slots, ``gamma`` more than plain sampling's.
 
 ``Rollout.logp`` and ``teacher_logp`` are the target's log-probability of each emitted token (its
 behaviour distribution), ``student_logp`` the drafter's at the same prefix (also for a bonus
@@ -40,7 +42,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from opd_jax.models import ops
 from opd_jax.models.cache import init_cache
 from opd_jax.sampling import distribution as D
 from opd_jax.sampling import inputs
@@ -136,14 +137,14 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
     n, N = cfg.num_samples, cfg.max_new_tokens
     B, P = prompts_BP.shape
     R = B * n
-    S = P - 1 + N * (gamma + 1)
+    S = P - 1 + N + gamma  # a live row's pending token sits at slot P - 1 + (tokens so far) <= P + N - 2
     drafter, target = _decoder(d_graphdef, d_params, S), _decoder(t_graphdef, t_params, S)
     prompts_RP = jnp.repeat(jnp.where(mask_BP, prompts_BP, cfg.pad_id).astype(jnp.int32), n, axis=0)
     mask_RP = jnp.repeat(mask_BP, n, axis=0)
     positions_RP = jnp.maximum(jnp.cumsum(mask_RP, axis=1, dtype=jnp.int32) - 1, 0)
 
     def prefill(dec):  # every prompt column but the last (always real): that one is the pending token
-        cache = init_cache(dec.cfg, R, S, cfg.cache_dtype)
+        cache = init_cache(dec.cfg, R, S, cfg.cache_dtype).replace(index=jnp.zeros((R,), jnp.int32))
         if P > 1:
             _, cache = dec.hidden(prompts_RP[:, :-1], positions_RP[:, :-1], mask=mask_RP[:, :-1], cache=cache)
         return cache
@@ -160,7 +161,7 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
 
     def cond(s: _State):
-        return (s.block < max_new) & ~jnp.all(s.done) & (s.d_cache.index + gamma + 1 <= S)
+        return (s.block < max_new) & ~jnp.all(s.done) & (jnp.max(s.d_cache.index) + gamma + 1 <= S)
 
     def body(s: _State):
         live = ~s.done
@@ -193,10 +194,9 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
         put = lambda buf, values: buf.at[rows, where].set(values.astype(buf.dtype), mode="drop")  # noqa: E731
         count = jnp.sum(keep, axis=1, dtype=jnp.int32)
         n_new = s.n + count
-        # the drafts' slots (after the pending token's) hold real tokens only where accepted
-        held = live[:, None] & (cols[:, 1:] <= a[:, None])
-        d_cache = d_cache.replace(valid=ops.write_slots(d_cache.valid, held, start + 1, axis=1))
-        t_cache = t_cache.replace(valid=ops.write_slots(t_cache.valid, held, start + 1, axis=1))
+        # a row's next block starts after its accepted drafts (the rejected ones are overwritten)
+        index = jnp.where(live, start + 1 + a, start)
+        d_cache, t_cache = d_cache.replace(index=index), t_cache.replace(index=index)
         return s.replace(
             block=s.block + 1, n=n_new, done=s.done | jnp.any(keep & is_eos, axis=1) | (n_new >= max_new),
             last=jnp.where(live, out[jnp.arange(R), a], s.last), pos=jnp.where(live, s.pos + a + 1, s.pos),

@@ -119,6 +119,29 @@ def test_grown_cache_decodes_like_a_full_size_cache():
         small.grow(5)
 
 
+def test_rows_writing_from_their_own_slots_equal_the_full_forward():
+    """A cache whose index is one slot per row (speculative sampling): row 0 keeps a stale,
+    then overwritten, token in the slots it rewrites and row 1 an invalid gap before its tokens;
+    each row's logits equal the full forward of its own tokens."""
+    model = _model("qwen3")
+    forward = jit_forward(model)
+    V = model.cfg.vocab_size
+    rng = np.random.default_rng(0)
+    seq = rng.integers(1, V, (2, 6)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(6, dtype=np.int32), (2, 6))
+    want, _ = forward(seq, positions, np.ones((2, 6), bool), None)
+    cache = init_cache(model.cfg, 2, 12).replace(index=jnp.array([0, 3], jnp.int32))
+    # row 0 from slot 0, row 1 from slot 3 (slots 0-2 never valid); tokens 0-3, then a wrong 4th
+    wrong = seq[:, :4].copy()
+    wrong[:, 3] = (wrong[:, 3] + 1) % V
+    _, cache = forward(wrong, positions[:, :4], np.ones((2, 4), bool), cache)
+    np.testing.assert_array_equal(np.asarray(cache.index), [4, 7])
+    cache = cache.replace(index=cache.index - 1)  # reject the 4th: the next call overwrites it
+    got, cache = forward(seq[:, 3:], positions[:, 3:], np.ones((2, 3), bool), cache)
+    np.testing.assert_allclose(got, want[:, 3:], atol=TOL, rtol=0)
+    np.testing.assert_array_equal(np.asarray(cache.valid).sum(1), [6, 6])
+
+
 def test_left_padded_rows_equal_unpadded_rows():
     model = _model("qwen2")
     lengths, total = (10, 6, 1), 10
