@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from opd_jax.models import KVCache, tiny_config
+from opd_jax.models import KVCache, ops, tiny_config
 
 
 def advance(cache: KVCache | None, tokens, mask=None) -> KVCache | None:
@@ -16,7 +16,7 @@ def advance(cache: KVCache | None, tokens, mask=None) -> KVCache | None:
     if cache is None:
         return None
     mask = jnp.ones(tokens.shape, jnp.bool_) if mask is None else mask
-    valid = jax.lax.dynamic_update_slice(cache.valid, mask, (jnp.int32(0), cache.index))
+    valid = ops.write_slots(cache.valid, mask, cache.index, axis=1)  # a shared index or one per row
     return cache.replace(valid=valid, index=cache.index + tokens.shape[1])
 
 
