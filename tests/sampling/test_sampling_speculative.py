@@ -78,14 +78,16 @@ def test_sampled_text_has_the_targets_law_and_both_models_log_probs():
     assert tv < max(null), (tv, np.quantile(null, [0.5, 1.0]))
     assert 0.2 < stats.acceptance_rate() < 0.8 and np.asarray(stats.draft_error).any()
 
-    # logp: the target's probability of each emitted token; student_logp: the drafter's
-    completion = np.asarray(rollout.completion_mask)
+    # logp: the target's probability of each emitted token; student_logp: the drafter's (256 rows)
+    rows = slice(0, 256)
+    tokens = np.asarray(rollout.tokens)[rows]
+    completion = np.asarray(rollout.completion_mask)[rows, 1:]
     for model, field in ((target, "logp"), (drafter, "student_logp")):
-        logits, _ = model(rollout.tokens, rollout.positions, mask=rollout.mask)
+        logits, _ = model(tokens, rollout.positions[rows], mask=rollout.mask[rows])
         logp = np.asarray(jax.nn.log_softmax(logits[:, :-1]))
-        want = np.take_along_axis(logp, np.asarray(rollout.tokens)[:, 1:, None], axis=-1)[..., 0]
-        np.testing.assert_allclose(np.asarray(getattr(rollout, field))[:, 1:][completion[:, 1:]],
-                                   want[completion[:, 1:]], atol=2e-4, err_msg=field)
+        want = np.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+        np.testing.assert_allclose(np.asarray(getattr(rollout, field))[rows, 1:][completion], want[completion],
+                                   atol=2e-4, err_msg=field)
     np.testing.assert_array_equal(np.asarray(rollout.teacher_logp), np.asarray(rollout.logp))
 
 
