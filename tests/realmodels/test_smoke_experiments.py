@@ -167,6 +167,21 @@ def test_qwen3_multiturn_opd_smoke_trains_on_two_turn_episodes(tmp_path):
     assert os.listdir(work / "hf") == ["step_2"]
 
 
+def test_qwen3_draft_opd_smoke_trains_a_drafter_on_speculative_rollouts(tmp_path):
+    """The drafter experiment through the command line: every step samples by speculative
+    decoding with the teacher verifying, and logs the acceptance and the error positions' share."""
+    work = tmp_path / "run"
+    C.check_ok(C.run_cli(work, config="experiments/qwen3_draft_opd.py:smoke"))
+    cfg = json.loads((work / "config.json").read_text())
+    assert cfg["loop"]["draft_tokens"] == 4 and cfg["objective"]["error_weight"] == 1.0
+    rows = [m for m in C.metrics(work) if "sample/acceptance_length" in m]
+    assert [m["step"] for m in rows] == [1, 2] and C.steps(work) == [2]
+    for m in rows:
+        assert 1.0 <= m["sample/acceptance_length"] <= 5.0 and 0.0 <= m["sample/acceptance_rate"] <= 1.0
+        assert 0.0 <= m["draft_opd/error_frac"] < 1.0 and np.isfinite(m["loss/total"])
+    assert sorted(_results(work)) == [0, 2]
+
+
 def test_qwen3_multiturn_retry_smoke_asks_again_after_wrong_answers(tmp_path, capsys):
     """The retry preset through the command line: single-turn records, the retry environment's
     message rendered by the chat template after every answer math-verify finds wrong (the tiny
