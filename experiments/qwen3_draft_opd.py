@@ -13,8 +13,9 @@ Arguments: ``1gpu`` (the default), ``8gpu``, ``smoke``. Data and checkpoints as 
 What to watch: ``sample/acceptance_length`` (completion tokens per teacher forward, at most 5)
 and ``sample/acceptance_rate`` (the share of drafts accepted) in ``metrics.jsonl``, measured on
 every step's own rollouts; ``draft_opd/error_frac``, the share of tokens that replaced a rejected
-draft. The held-out evaluation (before the first step and at the end) reports the drafter's own
-pass@k and its reverse KL to the teacher. ``--set objective.divergence=forward_kl`` or
+draft. The held-out evaluation (before the first step and at the end) reports the same
+acceptance on held-out problems (``eval.draft_tokens``: ``eval/acceptance_length``,
+``eval/acceptance_rate``), the drafter's own pass@k and its reverse KL to the teacher. ``--set objective.divergence=forward_kl`` or
 ``--set objective.error_weight=0`` are the ablations of ``experiments/lab/speculative_drafter.py``
 (in the lab the divergence mattered, the rollouts and the weight did not).
 
@@ -63,7 +64,7 @@ def get_config(arg: str = "") -> Experiment:
                         chat_template=True),
         ckpt=CheckpointConfig(every=25, keep=2, export_dtype="bfloat16"),
         run=RunConfig(steps=200, workdir="runs/qwen3_draft_opd", diagnostics_k=16),
-        eval=EvalConfig(path="data/math/test.jsonl", at_start=True, k=4),
+        eval=EvalConfig(path="data/math/test.jsonl", at_start=True, k=4, draft_tokens=DRAFT_TOKENS),
         reward="math",
     )
 
@@ -82,7 +83,7 @@ def smoke_config() -> Experiment:
         data=DataConfig(path="", batch_size=8, max_prompt_len=192, chat_template=True),
         ckpt=CheckpointConfig(every=0, keep=1),
         run=RunConfig(steps=2, workdir="runs/qwen3_draft_opd_smoke", tensorboard=False, diagnostics_k=4),
-        eval=EvalConfig(at_start=True, k=2),  # eval.path: written by prepare
+        eval=EvalConfig(at_start=True, k=2, draft_tokens=DRAFT_TOKENS),  # eval.path: written by prepare
         reward="math",
     )
 

@@ -18,7 +18,12 @@ Reported (means over problems unless said otherwise):
   (teacher minus student) and ``entropy_gap_abs``, ``top1_agree``, ``overlap_ratio`` (top
   ``diagnostics_k``), the teacher reading its own (possibly privileged) prompt;
 - each ``per_problem`` hook's values, averaged over problems (e.g. the lab's distinct correct
-  solutions).
+  solutions);
+- with ``draft_tokens > 0`` and ``target=(graphdef, params)``, the model as a speculative-decoding
+  drafter of that many tokens per forward of ``target``, sampling ``k`` answers per problem at
+  the sampler's settings (``opd_jax.sampling.speculative``; the answers follow the target's
+  distribution and are not scored): ``acceptance_length`` (completion tokens per target forward)
+  and ``acceptance_rate`` (the share of drafts accepted).
 
 With ``turns > 1`` every completion is a multi-turn episode (:mod:`opd_jax.sampling.turns`; the
 environment's replies, :mod:`opd_jax.environments`, by default the records' ``env_turns_ids``):
@@ -53,6 +58,7 @@ from opd_jax.data import Example, left_pad, right_pad
 from opd_jax.evaluate import teacher as TD
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.frozen import freeze_if_possible
+from opd_jax.sampling.speculative import speculative_sample
 from opd_jax.sampling.turns import continue_turns, sample_row_ids, student_tokens, student_turns
 from opd_jax.training.batch import Sequences
 from opd_jax.training.batches import completion_width
@@ -104,7 +110,8 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
              k: int = 8, seed: int = 0, batch_size: int | None = None, mesh=None, teacher=None,
              temperature: float = 1.0, diagnostics_k: int = 16, chunk_size: int = 64,
              threshold: float = 1.0, per_problem: Mapping[str, Hook] | None = None,
-             details: bool = False, tokenizer=None, turns: int = 1, responder=None) -> dict:
+             details: bool = False, tokenizer=None, turns: int = 1, responder=None, target=None,
+             draft_tokens: int = 0) -> dict:
     """Metrics of the model ``(graphdef, params)`` on ``examples`` (see the module docstring).
 
     ``cfg`` gives ``max_new_tokens``, ``eos_ids``, ``pad_id`` and the sampling distribution of the
@@ -118,6 +125,10 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     records' ``env_turns_ids``).
     """
     bs = _check(examples, k, batch_size, cfg)
+    if draft_tokens and (target is None or any(e.teacher_prompt_ids not in (None, e.prompt_ids) for e in examples)):
+        raise ValueError(f"draft_tokens={draft_tokens}: the model drafts for target=(graphdef, params), which "
+                         "must read the model's own prompts (these records give the teacher other prompts)"
+                         if target is not None else f"draft_tokens={draft_tokens} needs target=(graphdef, params)")
     n = len(examples)
     width = max(len(e.prompt_ids) for e in examples)
     t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)
@@ -128,10 +139,11 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     key = jax.random.key(seed)
     per = {"greedy_reward": [], "greedy_len": [], "greedy_trunc": [], "rewards": [], "lens": [],
            "truncs": [], "nll": [], "tokens": 0, "hooks": {name: [] for name in per_problem or {}},
-           "greedy_text": [], "turns": [], "turn_greedy": {}, "turn_rewards": {}}
+           "greedy_text": [], "turns": [], "turn_greedy": {}, "turn_rewards": {}, "drafts": np.zeros(4)}
     sums, count = {}, 0.0
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         frozen = freeze_if_possible(graphdef, params)
+        drafted_for = freeze_if_possible(*target) if draft_tokens else None
         for start in range(0, n, bs):
             idx = list(range(start, min(start + bs, n)))
             real = len(idx)
@@ -154,6 +166,11 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
                 _cut_episodes(per, exs[:real], g[5], d[5], reward_fn, k, turns)
                 answers = ([a[-1] for a in g[5]], [a[-1] for a in d[5]])
             _score(per, exs[:real], g[:4], d[:4], reward_fn, k, per_problem, tokenizer, answers)
+            if draft_tokens:  # the real rows' emitted, blocks, accepted, drafted
+                _, st = speculative_sample(frozen, drafted_for, prompts, mask, key, cfg=draw_cfg,
+                                           draft_tokens=draft_tokens, row_ids=row_ids)
+                per["drafts"] += [float(_host(x)[:real * k].sum()) for x in (st.emitted, st.blocks, st.accepted,
+                                                                             st.drafted)]
             if teacher is not None:
                 t_prompts, t_mask = left_pad([e.teacher_prompt_ids or e.prompt_ids for e in exs],
                                              t_width, cfg.pad_id)
@@ -276,6 +293,9 @@ def _summary(per, examples, k, threshold, sums, count, details) -> dict:
                                                     for rs in per["turn_rewards"][j]]))
     if count:
         out.update(TD.means(sums, count))
+    emitted, blocks, accepted, drafted = per["drafts"]
+    if blocks:
+        out.update(acceptance_length=float(emitted / blocks), acceptance_rate=float(accepted / max(drafted, 1.0)))
     for name, rows in per["hooks"].items():
         for key in rows[0] if rows else ():
             out[key] = float(np.mean([r[key] for r in rows]))

@@ -100,6 +100,11 @@ def _decoder(graphdef, params, max_positions: int):
     return model.decoder(max_positions) if hasattr(model, "decoder") else model
 
 
+def _forward(model, tokens, positions, mask, cache):
+    h, cache = model.hidden(tokens, positions, mask=mask, cache=cache)
+    return model.logits(h), cache
+
+
 def _draw(keys, logp, cfg: SamplerConfig):
     """One token per row from log-probabilities ``[R, V]`` (``-inf`` = never): arg-max when greedy."""
     return D.argmax(logp) if cfg.greedy else D.draw(logp, D.uniforms(keys))
@@ -170,7 +175,7 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
 
         def draft(carry, i):
             cache, token = carry
-            logits, cache = drafter(token[:, None], (s.pos + i)[:, None], mask=live[:, None], cache=cache)
+            logits, cache = _forward(drafter, token[:, None], (s.pos + i)[:, None], live[:, None], cache)
             lp = D.token_distribution(logits[:, 0], cfg)
             step_keys = None if cfg.greedy else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
             nxt = _draw(step_keys, lp, cfg)
@@ -180,8 +185,8 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
         drafts, lp = drafts[:gamma].T, lp.transpose(1, 0, 2)  # [R, gamma], [R, gamma + 1, V]
         seq = jnp.concatenate([s.last[:, None], drafts], axis=1)
         cols = jnp.arange(gamma + 1, dtype=jnp.int32)[None, :]
-        logits, t_cache = target(seq, s.pos[:, None] + cols, mask=jnp.broadcast_to(live[:, None], seq.shape),
-                                 cache=s.t_cache)
+        logits, t_cache = _forward(target, seq, s.pos[:, None] + cols, jnp.broadcast_to(live[:, None], seq.shape),
+                                   s.t_cache)
         lq = D.token_distribution(logits, cfg)
         a, out = _verify(cfg, keys, drafts, lp, lq)
 

@@ -62,10 +62,11 @@ def check_teacher_use(exp, refusals: dict[str, str]) -> None:
     for what, needed in asked.items():
         if needed and what in refusals:
             raise ValueError(refusals[what])
-    if exp.loop.draft_tokens and "mix" in refusals:
-        raise ValueError(f"loop.draft_tokens={exp.loop.draft_tokens}: speculative rollouts need the "
-                         f"teacher's own model to verify the student's drafts, and teacher.kind="
-                         f"{exp.teacher.kind!r} has none to lend ({refusals['mix']})")
+    for field, n in (("loop.draft_tokens", exp.loop.draft_tokens), ("eval.draft_tokens", exp.eval.draft_tokens)):
+        if n and "mix" in refusals:
+            raise ValueError(f"{field}={n}: speculative sampling needs the teacher's own model to verify "
+                             f"the student's drafts, and teacher.kind={exp.teacher.kind!r} has none to lend "
+                             f"({refusals['mix']})")
 
 
 def check_sparse_teacher(exp, top_k: int) -> None:
@@ -240,7 +241,8 @@ def check_alignment(exp) -> None:
                          "student's tokenizer, objective=gkd with beta=1 is the exact reverse KL)")
 
 
-def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.Environment | None = None) -> None:
+def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.Environment | None = None,
+                 eval_examples: list[D.Example] | None = None) -> None:
     """The objective's extra inputs can be supplied: a reward function, the records' contexts."""
     need = O.required_inputs(exp.objective)
     name = O.recipe_name(exp.objective)
@@ -279,7 +281,7 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.En
                               "into the student's samples, but this record has none; add one to "
                               "every record or set loop.golden_fraction=0.")
     check_turns(exp, examples, env or EN.RecordTurns())
-    check_drafts(exp)
+    check_drafts(exp, eval_examples)
     if "reward" in need and not has_reward_fn:
         raise ValueError(f"objective {name!r} trains on a reward: name one (reward=math, "
                          "--set reward=math on the command line; see opd_jax.rewards), define "
@@ -297,10 +299,21 @@ def check_inputs(exp, examples: list[D.Example], has_reward_fn: bool, env: EN.En
                                   "that term off.")
 
 
-def check_drafts(exp) -> None:
+def check_drafts(exp, eval_examples: list[D.Example] | None = None) -> None:
     """Speculative rollouts (``loop.draft_tokens``) replace the student's own sampling and nothing
-    else asks of it; an objective that reads the rejected drafts' positions has them on every step."""
+    else asks of it; an objective that reads the rejected drafts' positions has them on every step;
+    the held-out evaluation's drafting (``eval.draft_tokens``) has records whose prompt the
+    teacher reads too."""
     name = O.recipe_name(exp.objective)
+    if exp.eval.draft_tokens and not exp.eval.path:
+        raise ValueError(f"eval.draft_tokens={exp.eval.draft_tokens} measures the student as the teacher's "
+                         "drafter in the held-out evaluation, and this run has none: set eval.path")
+    private = next((e for e in eval_examples or () if e.teacher_prompt_ids not in (None, e.prompt_ids)), None)
+    if exp.eval.draft_tokens and private is not None:
+        raise D.DataError(f"{exp.eval.path}:{private.line}: eval.draft_tokens={exp.eval.draft_tokens} has the "
+                          "teacher verify the student's drafts after the student's own prompt, but this record "
+                          "gives the teacher another one; use records without teacher prompts or "
+                          "eval.draft_tokens=0.")
     if O.DRAFT_ERROR in O.required_inputs(exp.objective):
         other = ("loop.draft_tokens=0 (the student samples alone)" if not exp.loop.draft_tokens else
                  f"loop.lmbda={exp.loop.lmbda} < 1 (some steps train on other completions)"

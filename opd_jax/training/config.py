@@ -117,9 +117,16 @@ class EvalConfig:
     # model turns per answer, the environment's replies between them (multi-turn episodes, as
     # loop.turns trains on; 1 = single-turn answers)
     turns: int = 1
+    # also sample the k answers per problem by speculative decoding, the student drafting this
+    # many tokens per forward of the teacher's model: acceptance_length (completion tokens per
+    # teacher forward) and acceptance_rate, how good a drafter the student is (0 = not)
+    draft_tokens: int = 0
 
     def __post_init__(self):
         _check(self.every >= 0, f"eval.every must be >= 0, got {self.every}")
+        _check(isinstance(self.draft_tokens, int) and not isinstance(self.draft_tokens, bool)
+               and self.draft_tokens >= 0, f"eval.draft_tokens must be an int >= 0 (0 = no speculative "
+               f"sampling), got {self.draft_tokens!r}")
         _check(isinstance(self.turns, int) and not isinstance(self.turns, bool) and self.turns >= 1,
                f"eval.turns must be an int >= 1, got {self.turns!r}")
         _check(self.k >= 1, f"eval.k must be >= 1, got {self.k}")

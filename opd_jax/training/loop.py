@@ -119,7 +119,7 @@ class Trainer:
         self.examples, self.eval_examples = text.examples, text.eval_examples
         self.eval_cfg = outputs.heldout_sampler(exp)
         C.check_routes(spec, self.examples, exp.data.path)
-        C.check_inputs(exp, self.examples, self.reward_fn is not None, self.environment)
+        C.check_inputs(exp, self.examples, self.reward_fn is not None, self.environment, self.eval_examples)
         self.rewarded = "reward" in O.required_inputs(exp.objective)
         self.reads_teacher = O.reads_teacher(exp.objective)
         # token diagnostics compare distributions: none for a teacher of sampled tokens only

@@ -71,6 +71,8 @@ def evaluate_heldout(trainer, cfg: SamplerConfig) -> dict:
     teacher = local[0] if len(local) == 1 and exp.run.diagnostics_k and \
         trainer.teacher.distribution else None
     diagnostics = dict(teacher=teacher, diagnostics_k=exp.run.diagnostics_k) if teacher else {}
+    if exp.eval.draft_tokens:  # the student drafting for the teacher's model
+        diagnostics.update(target=trainer.teacher.mixer(params), draft_tokens=exp.eval.draft_tokens)
     examples = trainer.eval_examples
     return evaluate(trainer.s_graph, params, examples, reward_fn=trainer.reward_fn, cfg=cfg,
                     k=exp.eval.k, seed=exp.run.seed,

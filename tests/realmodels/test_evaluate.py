@@ -106,6 +106,30 @@ def test_eos_ids_of_the_generation_config_stop_generation(tmp_path, tok):
     assert int(np.asarray(unstopped.completion_mask).sum()) == 8 and not bool(unstopped.finished[0])
 
 
+def test_a_model_drafting_for_itself_has_every_draft_accepted(tmp_path, tok):
+    """``draft_tokens``: the scripted model drafting for itself writes its 10 tokens in blocks of
+    ``G + 1`` (the last one cut), every draft accepted; the scores are those of plain sampling."""
+    model = script_model(tok, "\\boxed{7}", after="\n", end=tok.eos_token_id, vocab=VOCAB)
+    graphdef, params = nnx.split(model, nnx.Param)
+    examples = _problems(tmp_path, tok, ["7", "8", "7.0"])
+    eos = smoke.eos_ids(tok)
+    cfg = SamplerConfig(max_new_tokens=16, eos_ids=eos, new_token_buckets=(16,))
+    reward = rewards.get("math", tok, eos)
+    plain = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2)
+    for gamma in (3, 4):
+        r = evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, batch_size=2,
+                     target=(graphdef, params), draft_tokens=gamma)
+        assert r["acceptance_rate"] == 1.0 and r["acceptance_length"] == pytest.approx(10 / -(-10 // (gamma + 1)))
+        assert {k: v for k, v in r.items() if not k.startswith("acceptance")} == plain
+    with pytest.raises(ValueError, match="needs target"):
+        evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, draft_tokens=2)
+    private = [Example(prompt_ids=e.prompt_ids, teacher_prompt_ids=tuple(e.prompt_ids) + (1,), answer=e.answer)
+               for e in examples]
+    with pytest.raises(ValueError, match="must read the model's own prompts"):
+        evaluate(graphdef, params, private, reward_fn=reward, cfg=cfg, k=2, target=(graphdef, params),
+                 draft_tokens=2)
+
+
 def _np_log_softmax(x):
     x = x.astype(np.float64)
     x = x - x.max(-1, keepdims=True)

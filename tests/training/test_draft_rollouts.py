@@ -14,7 +14,7 @@ import opd_jax.objectives as O
 from opd_jax.sampling import sample
 from opd_jax.sampling.speculative import speculative_sample
 from opd_jax.training import batches as B
-from opd_jax.training.config import LoopConfig, MeshConfig
+from opd_jax.training.config import EvalConfig, LoopConfig, MeshConfig
 from opd_jax.training.loop import Trainer
 from test_loop import experiment, sharpen_teacher
 
@@ -79,5 +79,10 @@ def test_bad_combinations_are_refused(tmp_path):
     lgr = drafting(tmp_path, O.LGRConfig(), steps=1)
     with pytest.raises(ValueError, match="reads what the student's own sampler records"):
         Trainer(lgr)
+    with pytest.raises(ValueError, match="eval.draft_tokens must be an int >= 0"):
+        EvalConfig(draft_tokens=-2)
+    no_eval = experiment(tmp_path, O.OPDConfig(), steps=1, lr=1e-3)
+    with pytest.raises(ValueError, match="this run has none: set eval.path"):
+        Trainer(dataclasses.replace(no_eval, eval=EvalConfig(draft_tokens=2)))
     # without the error weight, the divergence alone trains on the student's own samples
     Trainer(experiment(tmp_path, O.DraftOPDConfig(error_weight=0.0), steps=1, lr=1e-3)).iteration()
