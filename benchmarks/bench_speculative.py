@@ -92,7 +92,7 @@ def main(argv=None):
     def ours_spec():
         res = [speculative_sample(drafter, target, x, m, key, cfg=cfg, draft_tokens=a.draft_tokens) for x, m in rows]
         out["ours speculative"] = [answer(r.tokens, r.completion_mask, r.prompt_len)[0] for r, _ in res]
-        counts["ours speculative"] = (sum(int(s.emitted.sum()) for _, s in res), sum(int(s.blocks.sum()) for _, s in res))
+        counts["ours speculative"] = tuple(sum(int(getattr(s, f).sum()) for _, s in res) for f in ("emitted", "blocks"))
 
     def ours_batch():
         r, s = speculative_sample(drafter, target, padded, batch_mask, key, cfg=cfg, draft_tokens=a.draft_tokens)

@@ -15,9 +15,10 @@ and ``sample/acceptance_rate`` (the share of drafts accepted) in ``metrics.jsonl
 every step's own rollouts; ``draft_opd/error_frac``, the share of tokens that replaced a rejected
 draft. The held-out evaluation (before the first step and at the end) reports the same
 acceptance on held-out problems (``eval.draft_tokens``: ``eval/acceptance_length``,
-``eval/acceptance_rate``), the drafter's own pass@k and its reverse KL to the teacher. ``--set objective.divergence=forward_kl`` or
-``--set objective.error_weight=0`` are the ablations of ``experiments/lab/speculative_drafter.py``
-(in the lab the divergence mattered, the rollouts and the weight did not).
+``eval/acceptance_rate``), the drafter's own pass@k and its reverse KL to the teacher.
+``--set objective.divergence=forward_kl`` or ``--set objective.error_weight=0`` are the ablations
+of ``experiments/lab/speculative_drafter.py`` (in the lab the divergence mattered, the rollouts
+and the weight did not).
 
 Memory and step time (estimates from the model sizes, not measured): Qwen3-0.6B has 0.6e9
 parameters (float32 master weights, AdamW moments and gradients 9.6 GB), Qwen3-8B 8.19e9 (bf16

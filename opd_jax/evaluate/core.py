@@ -125,10 +125,11 @@ def evaluate(graphdef, params, examples: Sequence[Example], *, reward_fn, cfg: S
     records' ``env_turns_ids``).
     """
     bs = _check(examples, k, batch_size, cfg)
-    if draft_tokens and (target is None or any(e.teacher_prompt_ids not in (None, e.prompt_ids) for e in examples)):
-        raise ValueError(f"draft_tokens={draft_tokens}: the model drafts for target=(graphdef, params), which "
-                         "must read the model's own prompts (these records give the teacher other prompts)"
-                         if target is not None else f"draft_tokens={draft_tokens} needs target=(graphdef, params)")
+    if draft_tokens and target is None:
+        raise ValueError(f"draft_tokens={draft_tokens} needs target=(graphdef, params), the model to draft for")
+    if draft_tokens and any(e.teacher_prompt_ids not in (None, e.prompt_ids) for e in examples):
+        raise ValueError(f"draft_tokens={draft_tokens}: the target verifies the drafts after the model's own "
+                         "prompts, so it must read them (these records give the teacher other prompts)")
     n = len(examples)
     width = max(len(e.prompt_ids) for e in examples)
     t_width = max(len(e.teacher_prompt_ids or e.prompt_ids) for e in examples)

@@ -125,7 +125,7 @@ def test_a_model_drafting_for_itself_has_every_draft_accepted(tmp_path, tok):
         evaluate(graphdef, params, examples, reward_fn=reward, cfg=cfg, k=2, draft_tokens=2)
     private = [Example(prompt_ids=e.prompt_ids, teacher_prompt_ids=tuple(e.prompt_ids) + (1,), answer=e.answer)
                for e in examples]
-    with pytest.raises(ValueError, match="must read the model's own prompts"):
+    with pytest.raises(ValueError, match="these records give the teacher other prompts"):
         evaluate(graphdef, params, private, reward_fn=reward, cfg=cfg, k=2, target=(graphdef, params),
                  draft_tokens=2)
 
