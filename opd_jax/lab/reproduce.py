@@ -41,7 +41,8 @@ NAMES = ("baseline_regime", "baseline_levers", "gkd_grid", "opd_vs_sft_vs_rl", "
          "power_transform", "rollout_horizon", "update_extrapolation", "reference_anchor",
          "divergence_aware_sft", "peer_rollouts", "cross_tokenizer", "virtual_vocabulary",
          "lookahead_reward", "turn_curriculum", "rollout_reuse", "turn_curriculum_episodes",
-         "turn_curriculum_deep", "turn_curriculum_two_retries", "speculative_drafter")
+         "turn_curriculum_deep", "turn_curriculum_two_retries", "speculative_drafter",
+         "speculative_drafter_small")
 MODES = ("smoke", "quick", "full")
 TABLE_MODES = ("full", "quick")  # the README shows the first of these that is stored
 REQUIRED = ("PAPER", "ARXIV", "CLAIM", "SETUP", "RULE", "FIGURE", "arms", "verdict")

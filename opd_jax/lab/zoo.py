@@ -106,7 +106,9 @@ def _derive(setting: Setting, name: str, base: str, records: str) -> None:
 # teacher of another model family: cross_tokenizer), and the teacher and the weak start fine-tuned
 # on the retry records (a wrong answer, "no:", a solution: the lab's multi-turn episodes,
 # turn_curriculum_episodes), and again on the records with up to two wrong answers (deeper
-# episodes: turn_curriculum_two_retries). Derived from the recipes above, whatever their values.
+# episodes: turn_curriculum_two_retries), and a drafter far smaller than the teacher (the weak
+# start's recipe at one layer and half the width: speculative_drafter_small). Derived from the
+# recipes above, whatever their values.
 for _setting in SETTINGS.values():
     if "teacher" in _setting.recipes:
         _derive(_setting, "teacher_backward", "teacher", variants.BACKWARD)
@@ -120,6 +122,7 @@ for _setting in SETTINGS.values():
                 warmup=min(_t.warmup, 30))
     if "weak" in _setting.recipes:
         _w = _setting.recipes["weak"]
+        _setting.recipes["weak_small"] = dataclasses.replace(_w, layers=1, hidden=max(8, _w.hidden // 2))
         for _name, _records in (("weak_retry", variants.RETRY), ("weak_retry2", variants.RETRY2)):
             _setting.recipes[_name] = dataclasses.replace(
                 _w, records=_records, init="weak", steps=max(1, _w.steps // 9), warmup=min(_w.warmup, 10))

@@ -248,6 +248,19 @@ def test_speculative_drafter_compares_draft_opd_with_opd_and_own_samples():
     assert verdict({"tv_assisted": 0.3, "fkl_draft_opd": 0.3}) == V.INCONCLUSIVE  # reported, never judged
 
 
+def test_speculative_drafter_small_compares_the_same_arms_from_a_small_drafter():
+    module = RP.load("speculative_drafter_small")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["opd", "tv_own", "draft_opd"] and {a.student for a in arms} == {"weak_small"}
+    assert [("loop.draft_tokens=4" in a.overrides) for a in arms] == [False, False, True]
+    names = [a.name for a in arms]
+    verdict = lambda gains: module.verdict(fake(names, rising(gains)), "quick")["verdict"]  # noqa: E731
+    assert verdict({"draft_opd": 0.1}) == V.REPRODUCED
+    assert verdict({"draft_opd": 0.1, "tv_own": 0.1}) == V.INCONCLUSIVE
+    assert verdict({"tv_own": 0.1}) == V.NOT_REPRODUCED
+    assert verdict({"draft_opd": 0.01}) == V.INCONCLUSIVE
+
+
 def rising(gains: dict):
     """A fake pass@1: 0.3 plus the seed's noise at step 0, each arm rising linearly by ``gains[arm]``
     (0 if absent) over the run (40 steps here)."""
