@@ -130,7 +130,7 @@ def _verify(cfg: SamplerConfig, keys, drafts, lp, lq):
     residual = jnp.where(excess > 0, jnp.log(jnp.maximum(excess, 1e-38)), -jnp.inf)
     # p >= q everywhere only when p == q, where nothing is rejected (up to rounding): q then
     residual = jnp.where(jnp.any(excess > 0, axis=-1, keepdims=True), residual, lq_a)
-    fix = _draw(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, gamma + 2) if not cfg.greedy else None,
+    fix = _draw(None if cfg.greedy else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, gamma + 2),
                 residual, cfg)
     cols = jnp.arange(gamma + 1)[None, :]
     padded = jnp.concatenate([drafts, jnp.zeros_like(drafts[:, :1])], axis=1)
@@ -155,7 +155,8 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
         return cache
 
     streams = jnp.repeat(row_ids_B, n) * n + jnp.tile(jnp.arange(n, dtype=jnp.int32), B)
-    keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams)
+    # greedy decoding draws no random bits: no key is derived, so none is traced or compiled
+    keys_R = None if cfg.greedy else jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, streams)
     buffer = lambda part, fill=0: jnp.concatenate([part, jnp.full((R, N), fill, part.dtype)], axis=1)  # noqa: E731
     zeros = jnp.zeros((R, P), jnp.float32)
     state = _State(block=jnp.zeros((), jnp.int32), n=jnp.zeros((R,), jnp.int32), done=jnp.zeros((R,), jnp.bool_),
@@ -170,7 +171,7 @@ def _program(d_graphdef, d_params, t_graphdef, t_params, prompts_BP, mask_BP, ke
 
     def body(s: _State):
         live = ~s.done
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, s.block)
+        keys = None if cfg.greedy else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, s.block)
         start = s.d_cache.index
 
         def draft(carry, i):
