@@ -261,6 +261,20 @@ def test_speculative_drafter_small_compares_the_same_arms_from_a_small_drafter()
     assert verdict({"draft_opd": 0.01}) == V.INCONCLUSIVE
 
 
+def test_speculative_replay_small_weighs_the_error_positions_on_assisted_rollouts():
+    module = RP.load("speculative_replay_small")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["tv_assisted", "draft_opd", "draft_opd_w4"]
+    assert all("loop.draft_tokens=4" in a.overrides and a.student == "weak_small" for a in arms)
+    assert [a.objective.error_weight for a in arms] == [0.0, 1.0, 3.0]
+    names = [a.name for a in arms]
+    verdict = lambda gains: module.verdict(fake(names, rising(gains)), "quick")["verdict"]  # noqa: E731
+    assert verdict({"draft_opd": 0.1}) == V.REPRODUCED
+    assert verdict({"tv_assisted": 0.1}) == V.NOT_REPRODUCED
+    assert verdict({"draft_opd": 0.01}) == V.INCONCLUSIVE
+    assert verdict({"draft_opd_w4": 0.3}) == V.INCONCLUSIVE  # reported, never judged
+
+
 def rising(gains: dict):
     """A fake pass@1: 0.3 plus the seed's noise at step 0, each arm rising linearly by ``gains[arm]``
     (0 if absent) over the run (40 steps here)."""
