@@ -27,6 +27,7 @@ LOGICAL_RULES: Mapping[str, str | tuple[str, ...] | None] = {
     "norm": None,
     "layers": None,
     "cache_seq": None,
+    "lora_rank": None,  # the low-rank axis of an adapter's factors (opd_jax.models.lora)
 }
 
 

@@ -84,6 +84,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    # Low-rank adapters (opd_jax.models.lora): rank 0 = none; scale lora_alpha / lora_rank
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -107,6 +111,7 @@ class ModelConfig:
             raise ConfigError(f"param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}")
         if self.dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+        _check_lora(self)
         # Each family's HF module layout is fixed; refuse what save_pretrained could not express.
         if self.qk_norm != (self.architecture == "qwen3"):
             raise ConfigError(f"qk_norm={self.qk_norm} is not possible for {self.architecture!r} "
@@ -224,6 +229,22 @@ class ModelConfig:
         else:
             out["use_sliding_window"] = False
         return out
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _check_lora(cfg: ModelConfig) -> None:
+    rank, targets = cfg.lora_rank, cfg.lora_targets
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+        raise ConfigError(f"lora_rank must be an int >= 0 (0: no adapters), got {rank!r}")
+    if not (isinstance(cfg.lora_alpha, int | float) and cfg.lora_alpha > 0):
+        raise ConfigError(f"lora_alpha must be > 0, got {cfg.lora_alpha!r}")
+    if not isinstance(targets, tuple) or len(set(targets)) != len(targets) or not set(targets) <= set(LORA_TARGETS):
+        raise ConfigError(f"lora_targets must be distinct names among {LORA_TARGETS}, got {targets!r}")
+    if bool(rank) != bool(targets):
+        raise ConfigError(f"lora_rank={rank} with lora_targets={targets!r}: adapters need both a rank > 0 "
+                          "and at least one target (or neither)")
 
 
 def _reject_unsupported(arch: str, c: Mapping[str, Any]) -> None:

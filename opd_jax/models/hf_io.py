@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from safetensors.numpy import save_file
 
-from opd_jax.models import safetensors_io as st
+from opd_jax.models import lora, safetensors_io as st
 from opd_jax.models.config import ModelConfig
 from opd_jax.models.hf_layout import hf_tensor_specs
 from opd_jax.models.transformer import Transformer
@@ -135,8 +135,10 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, *, tokenizer=No
     Tensors are gathered to host one HF tensor at a time and written one shard at a time, so host
     memory peaks near one shard. Single-process only (every parameter must be fully addressable).
     Stale ``model*.safetensors`` files in ``path`` are removed first. Keys of the source
-    ``config.json`` that the model does not define (token ids, ...) are carried over.
+    ``config.json`` that the model does not define (token ids, ...) are carried over. A model
+    with low-rank adapters is written with them folded into its weights (``lora.merge_into_base``).
     """
+    model = lora.merge_into_base(model)  # adapters folded into their weights: a plain checkpoint
     cfg = model.cfg
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)

@@ -242,3 +242,17 @@ def _output_logits_bwd(res, g_BTV):
 
 
 output_logits.defvjp(_output_logits_fwd, _output_logits_bwd)
+
+
+def layer_slice(stacked, layer: int, layer_ids=None):
+    """``stacked[layer]``; with ``layer_ids`` (int32 scalars, ``layer_ids[i] == i``, passed into the
+    jitted program as separate arguments) a dynamic slice at ``layer_ids[layer]`` instead.
+
+    The two are equal; they differ in compile time. XLA:CPU compiles one kernel per distinct fused
+    computation, and a static slice bakes its offset in, so slicing 12 layers out of 9 stacked
+    parameters is 108 kernels (~1 s to compile at the ~100M config); with the offset a runtime
+    argument the 12 slices of a parameter are one kernel, compiled once (~0.2 s for all).
+    """
+    if layer_ids is None:
+        return stacked[layer]
+    return jax.lax.dynamic_index_in_dim(stacked, layer_ids[layer], keepdims=False, allow_negative_indices=False)

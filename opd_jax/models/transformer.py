@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from opd_jax.models import ops
+from opd_jax.models import lora, ops
+from opd_jax.models.ops import layer_slice
 from opd_jax.models.cache import KVCache
 from opd_jax.models.config import ModelConfig
 from opd_jax.sharding import shard
@@ -70,7 +71,7 @@ def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tup
     if cfg.qk_norm:
         shapes["q_norm"] = ((H,), ("norm",))
         shapes["k_norm"] = ((H,), ("norm",))
-    return shapes
+    return shapes | lora.factor_shapes(cfg, shapes)
 
 
 class DecoderLayers(nnx.Module):
@@ -85,6 +86,8 @@ class DecoderLayers(nnx.Module):
                 value = jnp.ones(full, cfg.param_jnp_dtype)
             elif name.endswith("bias"):
                 value = jnp.zeros(full, cfg.param_jnp_dtype)
+            elif lora.is_factor(name):
+                value = lora.init_factor(name, rngs.params(), full, lora.FACTOR_DTYPE)
             else:
                 value = _INIT_STD * jax.random.normal(rngs.params(), full, cfg.param_jnp_dtype)
             setattr(self, name, _param(value, ("layers", *axes)))
@@ -127,40 +130,29 @@ class DecoderLayers(nnx.Module):
 
         ``layer_ids``: see ``layer_slice``; inside a jitted program, pass runtime indices.
         """
-        dt = self.cfg.compute_jnp_dtype
-        stacked = {name: getattr(self, name)[...] for name in self.names}
+        dt = self.cfg.compute_jnp_dtype  # adapters folded in once: decoding costs what it costs without
+        stacked = lora.merged_weights(self.cfg, {name: getattr(self, name)[...] for name in self.names})
         return tuple({name: layer_slice(value, layer, layer_ids).astype(dt) for name, value in stacked.items()}
                      for layer in range(self.cfg.num_layers))
 
 
-def layer_slice(stacked, layer: int, layer_ids=None):
-    """``stacked[layer]``; with ``layer_ids`` (int32 scalars, ``layer_ids[i] == i``, passed into the
-    jitted program as separate arguments) a dynamic slice at ``layer_ids[layer]`` instead.
-
-    The two are equal; they differ in compile time. XLA:CPU compiles one kernel per distinct fused
-    computation, and a static slice bakes its offset in, so slicing 12 layers out of 9 stacked
-    parameters is 108 kernels (~1 s to compile at the ~100M config); with the offset a runtime
-    argument the 12 slices of a parameter are one kernel, compiled once (~0.2 s for all).
-    """
-    if layer_ids is None:
-        return stacked[layer]
-    return jax.lax.dynamic_index_in_dim(stacked, layer_ids[layer], keepdims=False, allow_negative_indices=False)
-
-
-def _dense(x, w):
+def _dense(x, w, adapter=None):
     """``x [..., D] @ w [D, ...]`` as one 2-D product ``[tokens, D] @ [D, rest]`` (``ops.matmul``:
-    bf16 products sum in float32). On XLA:CPU the backward of the equivalent batched einsum, next
-    to elementwise ops, runs ~1.3x slower."""
-    out = ops.matmul(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1))
+    bf16 products sum in float32), plus a low-rank adapter's ``lora.delta``. On XLA:CPU the backward
+    of the equivalent batched einsum, next to elementwise ops, runs ~1.3x slower."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = ops.matmul(x2, w.reshape(w.shape[0], -1))
+    if adapter is not None:
+        out = out + lora.delta(x2, adapter)
     return out.reshape(*x.shape[:-1], *w.shape[1:])
 
 
 def _project_qkv(cfg, w, x_BTD, cos_BTF, sin_BTF):
     """Attention input: RMSNorm, then q ``[B, T, N, H]``, k and v ``[B, T, K, H]`` (RoPE on q and k)."""
     h_BTD = ops.rms_norm(x_BTD, w["attn_norm"], cfg.rms_norm_eps)
-    q_BTNH = _dense(h_BTD, w["q"])
-    k_BTKH = _dense(h_BTD, w["k"])
-    v_BTKH = _dense(h_BTD, w["v"])
+    q_BTNH = _dense(h_BTD, w["q"], lora.factors(cfg, w, "q"))
+    k_BTKH = _dense(h_BTD, w["k"], lora.factors(cfg, w, "k"))
+    v_BTKH = _dense(h_BTD, w["v"], lora.factors(cfg, w, "v"))
     if cfg.attention_bias:
         q_BTNH = q_BTNH + w["q_bias"][None, None]
         k_BTKH = k_BTKH + w["k_bias"][None, None]
@@ -178,16 +170,16 @@ def _attn_out_and_mlp(cfg, w, x_BTD, attn_BTNH):
     # One contracting axis of N * H (a reshape of both operands): contracting (n, h) as two axes
     # lets XLA pick (h, n) order, which transposes the weight and the activations on every call.
     B, T, N, H = attn_BTNH.shape
-    out_BTD = _dense(attn_BTNH.reshape(B, T, N * H), w["o"].reshape(N * H, -1))
+    out_BTD = _dense(attn_BTNH.reshape(B, T, N * H), w["o"].reshape(N * H, -1), lora.factors(cfg, w, "o"))
     if cfg.out_proj_bias:
         out_BTD = out_BTD + w["o_bias"][None, None]
     x_BTD = shard(x_BTD + out_BTD, "batch", "seq", None)
 
     h_BTD = ops.rms_norm(x_BTD, w["mlp_norm"], cfg.rms_norm_eps)
-    gate_BTF = _dense(h_BTD, w["gate"])
-    up_BTF = _dense(h_BTD, w["up"])
+    gate_BTF = _dense(h_BTD, w["gate"], lora.factors(cfg, w, "gate"))
+    up_BTF = _dense(h_BTD, w["up"], lora.factors(cfg, w, "up"))
     act_BTF = shard(jax.nn.silu(gate_BTF) * up_BTF, "batch", "seq", "mlp")
-    return shard(x_BTD + _dense(act_BTF, w["down"]), "batch", "seq", None)
+    return shard(x_BTD + _dense(act_BTF, w["down"], lora.factors(cfg, w, "down")), "batch", "seq", None)
 
 
 # The cached block's parts that do not depend on the cache's length, each traced once per shape: a

@@ -1,0 +1,96 @@
+"""Low-rank adapters in PEFT's file layout: what ``peft.PeftModel.from_pretrained`` and vLLM's
+``--lora-modules`` read (``adapter_config.json`` and ``adapter_model.safetensors``).
+
+PEFT keeps each adapted ``nn.Linear``'s factors as ``lora_A.weight [r, in]`` and ``lora_B.weight
+[out, r]`` under the module's name and scales their product by ``lora_alpha / r``; ours are
+``A [in..., r]`` and ``B [r, out...]`` stacked over layers (:mod:`opd_jax.models.lora`), with the
+input and output axes flattened in the order the HF weights use (:mod:`opd_jax.models.hf_layout`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from opd_jax.models import lora
+
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+_PREFIX = "base_model.model.model.layers"
+
+
+def _key(layer: int, name: str, factor: str) -> str:
+    return f"{_PREFIX}.{layer}.{HF_MODULES[name]}.lora_{factor}.weight"
+
+
+def save_adapter(model, path: str | os.PathLike, *, base_model: str = "") -> None:
+    """Write ``model``'s adapters (a ``Transformer`` with ``cfg.lora_rank > 0``) to the directory
+    ``path`` in PEFT's layout, in float32; ``base_model`` is recorded as
+    ``base_model_name_or_path`` (the checkpoint the adapters go on)."""
+    cfg = model.cfg
+    if not cfg.lora_rank:
+        raise ValueError("the model has no adapters (lora_rank=0); nothing to save")
+    tensors = {}
+    for name in cfg.lora_targets:
+        a_name, b_name = lora.factor_names(name)
+        a = np.asarray(jax.device_get(getattr(model.layers, a_name)[...]))
+        b = np.asarray(jax.device_get(getattr(model.layers, b_name)[...]))
+        for layer in range(cfg.num_layers):
+            tensors[_key(layer, name, "A")] = np.ascontiguousarray(a[layer].reshape(-1, cfg.lora_rank).T)
+            tensors[_key(layer, name, "B")] = np.ascontiguousarray(b[layer].reshape(cfg.lora_rank, -1).T)
+    tensors = {k: v.astype(np.float32) for k, v in tensors.items()}  # (an export may have cast them)
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, os.path.join(path, WEIGHTS_FILE))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora_rank,
+              "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
+              "target_modules": sorted(HF_MODULES[t].split(".")[-1] for t in cfg.lora_targets),
+              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
+              "init_lora_weights": True, "modules_to_save": None, "base_model_name_or_path": base_model}
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+
+
+def load_adapter(model, path: str | os.PathLike, *, mesh=None):
+    """``model`` (a ``Transformer`` without adapters) with the PEFT adapters at ``path`` attached:
+    the inverse of :func:`save_adapter` (only what it writes: plain LoRA on these projections)."""
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        config = json.load(f)
+    unsupported = {k: config.get(k) for k in ("use_rslora", "use_dora", "fan_in_fan_out") if config.get(k)}
+    if config.get("peft_type") != "LORA" or unsupported or config.get("bias", "none") != "none":
+        raise ValueError(f"{path}: only plain LoRA adapters load here (peft_type LORA, bias none, no "
+                         f"rsLoRA/DoRA/fan_in_fan_out); got peft_type={config.get('peft_type')!r} "
+                         f"bias={config.get('bias')!r} {unsupported or ''}")
+    by_module = {v.split(".")[-1]: k for k, v in HF_MODULES.items()}
+    modules = config["target_modules"]
+    modules = [modules] if isinstance(modules, str) else modules
+    unknown = [m for m in modules if m not in by_module]
+    if unknown:
+        raise ValueError(f"{path}: target_modules {unknown} are not among {sorted(by_module)}")
+    targets = tuple(t for t in lora.TARGETS if HF_MODULES[t].split(".")[-1] in modules)
+    out = lora.attach(model, rank=int(config["r"]), alpha=float(config["lora_alpha"]), targets=targets,
+                      mesh=mesh)
+    tensors = load_file(os.path.join(path, WEIGHTS_FILE))
+    cfg = out.cfg
+    for name in targets:
+        for factor, attr in zip("AB", lora.factor_names(name)):
+            var = getattr(out.layers, attr)
+            shape = var[...].shape[1:]
+            rows = []
+            for layer in range(cfg.num_layers):
+                key = _key(layer, name, factor)
+                if key not in tensors:
+                    raise ValueError(f"{path}: {WEIGHTS_FILE} has no tensor {key!r}")
+                w = tensors[key].T  # A: [in, r], B: [r, out]
+                if w.size != int(np.prod(shape)):
+                    raise ValueError(f"{path}: {key} has shape {tensors[key].shape}, which does not fit "
+                                     f"this model's {attr} {shape}")
+                rows.append(w.reshape(shape))
+            value = jnp.asarray(np.stack(rows), lora.FACTOR_DTYPE)
+            var.set_value(jax.device_put(value, var[...].sharding))
+    return out
