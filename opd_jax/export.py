@@ -1,5 +1,7 @@
 """Write a model as a Hugging Face checkpoint that ``transformers`` and vLLM load: ``config.json``,
-safetensors, ``generation_config.json`` and the tokenizer, in float32 or bfloat16.
+safetensors, ``generation_config.json`` and the tokenizer, in float32 or bfloat16. A model with
+low-rank adapters is written with them folded into its weights, and the adapters alone go to
+``adapter/`` in PEFT's layout (``vllm serve BASE --enable-lora --lora-modules student=PATH/adapter``).
 
 The directory is written whole or not at all: everything goes to a temporary sibling
 directory, which is renamed into place only once complete. An existing export is refused
@@ -22,8 +24,10 @@ from flax import nnx
 
 from opd_jax.models import Transformer, save_pretrained
 from opd_jax.models.hf_io import read_hf_config, resolve_checkpoint_dir
+from opd_jax.models.lora_io import save_adapter
 
 DTYPES = ("float32", "bfloat16")
+ADAPTER_DIR = "adapter"  # a student with low-rank adapters: them alone, in PEFT's layout
 
 
 def _as_model(model, params, dtype: str | None) -> Transformer:
@@ -100,6 +104,8 @@ def export(model, path: str, *, params=None, tokenizer=None, eos_ids: Sequence[i
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_pretrained(model, tmp, tokenizer=tokenizer, max_shard_size=max_shard_size)
+        if model.cfg.lora_rank:  # the adapters alone too, for serving beside the base model
+            save_adapter(model, os.path.join(tmp, ADAPTER_DIR), base_model=source or "")
         gen = _generation_config(source, eos_ids, model)
         if gen:
             with open(os.path.join(tmp, "generation_config.json"), "w") as f:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 
 
@@ -33,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory or repo id in the HF cache")
     p.add_argument("--data", required=True, help="JSONL(.gz) or Parquet records with `answer`")
+    p.add_argument("--adapter", help="LoRA adapters in PEFT's layout (a run's hf/step_N/adapter) to put on --model")
     p.add_argument("--teacher", help="a teacher checkpoint for the token diagnostics")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
     p.add_argument("--reward", default="math", help="reward name or module:factory (default math)")
@@ -63,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(a, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if a.adapter and not os.path.isfile(os.path.join(a.adapter, "adapter_config.json")):
+        p.error(f"--adapter {a.adapter}: no adapter_config.json there (a PEFT LoRA directory, e.g. a "
+                "run's hf/step_N/adapter)")
     if a.environment and a.turns == 1:
         p.error(f"--environment {a.environment} replies between the turns of episodes: give --turns > 1")
     return a
@@ -104,6 +109,9 @@ def run(a) -> dict:
                                   render=functools.partial(D.render_turn, opts=opts), vocab_size=vocab)
     mesh = make_mesh(data=-1)  # the records are checked before any weight is read
     model = from_pretrained(a.model, param_dtype=a.dtype, mesh=mesh)
+    if a.adapter:
+        from opd_jax.models.lora_io import load_adapter
+        model = load_adapter(model, a.adapter, mesh=mesh)
     teacher = None
     if a.teacher:
         teacher = nnx.split(from_pretrained(a.teacher, param_dtype=a.dtype, mesh=mesh), nnx.Param)
@@ -114,7 +122,7 @@ def run(a) -> dict:
     result = evaluate(graphdef, params, examples, reward_fn=reward_fn, cfg=cfg, k=a.k, seed=a.seed,
                       batch_size=batch, mesh=mesh, teacher=teacher, details=a.details,
                       tokenizer=tok, diagnostics_k=a.diagnostics_k, turns=a.turns, responder=responder)
-    result.update(model=a.model, data=a.data, teacher=a.teacher, reward_fn=a.reward,
+    result.update(model=a.model, adapter=a.adapter, data=a.data, teacher=a.teacher, reward_fn=a.reward,
                   max_new_tokens=a.max_new_tokens, temperature=a.temperature, max_turns=a.turns,
                   environment=a.environment)
     if a.out:

@@ -3,7 +3,7 @@
 import jax
 from flax import nnx
 
-from opd_jax.models import Transformer, from_pretrained
+from opd_jax.models import Transformer, from_pretrained, lora
 from opd_jax.sharding import logical_sharding
 from opd_jax.training.config import ModelSpec
 
@@ -23,19 +23,19 @@ def build_model(spec: ModelSpec, mesh):
     if spec.path:
         model = from_pretrained(spec.path, param_dtype=spec.param_dtype, dtype=spec.dtype,
                                 remat=spec.remat, mesh=mesh)
-        graphdef, params = nnx.split(model, nnx.Param)
-        return graphdef, params, jax.tree.map(lambda x: x.sharding, params)
-    import dataclasses
-    cfg = dataclasses.replace(spec.config, param_dtype=spec.param_dtype, dtype=spec.dtype,
-                              remat=spec.remat)
+    else:
+        cfg = spec.config.replace(param_dtype=spec.param_dtype, dtype=spec.dtype, remat=spec.remat)
 
-    def init():
-        return nnx.split(Transformer(cfg, rngs=nnx.Rngs(spec.seed)), nnx.Param)[1]
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(spec.seed)))
-    graphdef = nnx.graphdef(abstract)
-    shardings = model_shardings(abstract, mesh)
-    params = jax.jit(init, out_shardings=shardings)()
-    return graphdef, params, shardings
+        def init():
+            return nnx.split(Transformer(cfg, rngs=nnx.Rngs(spec.seed)), nnx.Param)[1]
+        abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(spec.seed)))
+        params = jax.jit(init, out_shardings=model_shardings(abstract, mesh))()
+        model = nnx.merge(nnx.graphdef(abstract), params)
+    if spec.lora_rank:  # fresh adapters on these weights (the same with or without them), placed like them
+        model = lora.attach(model, rank=spec.lora_rank, alpha=spec.lora_alpha, targets=spec.lora_targets,
+                            seed=spec.seed, mesh=mesh)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params, jax.tree.map(lambda x: x.sharding, params)
 
 
 def vocab_size(graphdef, params) -> int:

@@ -9,13 +9,20 @@ FLOPs" as in MFU, not hardware FLOPs.
 from opd_jax.models.config import ModelConfig
 
 
-def body_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
-    """Forward FLOPs of the decoder layers (no LM head) for ``tokens`` tokens attending to
-    ``context`` keys on average."""
+def _body_parts(cfg: ModelConfig, tokens: float, context: float) -> tuple[float, float, float]:
+    """Forward FLOPs of the decoder layers: (weight products, attention, low-rank adapters)."""
     D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_token = L * (2 * D * (q + 2 * kv) + 2 * q * D + 6 * D * F + 4 * q * context)
-    return tokens * per_token
+    sizes = {"q": (D, q), "k": (D, kv), "v": (D, kv), "o": (q, D), "gate": (D, F), "up": (D, F), "down": (F, D)}
+    adapter = sum(2 * cfg.lora_rank * sum(sizes[t]) for t in cfg.lora_targets) if cfg.lora_rank else 0
+    weights = 2 * D * (q + 2 * kv) + 2 * q * D + 6 * D * F
+    return tokens * L * weights, tokens * L * 4 * q * context, tokens * L * adapter
+
+
+def body_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
+    """Forward FLOPs of the decoder layers (no LM head) for ``tokens`` tokens attending to
+    ``context`` keys on average (the low-rank adapters' products included)."""
+    return sum(_body_parts(cfg, tokens, context))
 
 
 def head_flops(cfg: ModelConfig, tokens: float) -> float:
@@ -44,9 +51,15 @@ def score_flops(cfg: ModelConfig, rows: int, seq_len: int, completion_len: int =
 def update_flops(student: ModelConfig, teacher: ModelConfig | None, rows: int, seq_len: int,
                  completion_len: int, group: int = 1) -> float:
     """Student forward + backward (3x forward) and the vocabulary phase: the student's head
-    forward and backward over the completion, the teacher's head forward."""
-    out = 3 * body_flops(student, sequence_tokens(rows, seq_len, completion_len, group), seq_len)
-    out += 3 * head_flops(student, rows * completion_len)
+    forward and backward over the completion, the teacher's head forward. A student with adapters
+    (``lora_rank``) trains only them: its frozen weight products and head are differentiated for
+    their inputs alone (2x forward), attention and the adapters in full (3x)."""
+    tokens = sequence_tokens(rows, seq_len, completion_len, group)
+    if student.lora_rank:
+        weights, attention, adapter = _body_parts(student, tokens, seq_len)
+        out = 2 * weights + 3 * (attention + adapter) + 2 * head_flops(student, rows * completion_len)
+    else:
+        out = 3 * body_flops(student, tokens, seq_len) + 3 * head_flops(student, rows * completion_len)
     if teacher is not None:
         out += head_flops(teacher, rows * completion_len)
     return out

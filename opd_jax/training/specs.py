@@ -5,7 +5,7 @@ construction; part of the experiment configuration (:mod:`opd_jax.training.confi
 import dataclasses
 from typing import Literal
 
-from opd_jax.models.config import ModelConfig
+from opd_jax.models.config import LORA_TARGETS, ModelConfig
 from opd_jax.training.peers import PeerSpec
 
 
@@ -23,11 +23,33 @@ class ModelSpec:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype
     remat: bool = False
-    seed: int = 0  # random-init seed
+    seed: int = 0  # random-init seed (and the adapters' A factors)
+    # Low-rank adapters (opd_jax.models.lora), the student only: train lora_rank-wide factors on
+    # lora_targets (default: every weight matrix of a layer) and freeze the rest; 0 = train everything
+    lora_rank: int = 0
+    lora_alpha: float = 32.0  # the adapters' product is scaled by lora_alpha / lora_rank
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         require(bool(self.path) or self.config is not None,
                "a model needs a checkpoint `path` or a `config` to initialise randomly")
+        require(isinstance(self.lora_rank, int) and not isinstance(self.lora_rank, bool) and self.lora_rank >= 0,
+                f"lora_rank must be an int >= 0 (0: no adapters), got {self.lora_rank!r}")
+        require(isinstance(self.lora_alpha, int | float) and self.lora_alpha > 0,
+                f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        targets = tuple(self.lora_targets)
+        require(bool(targets) and len(set(targets)) == len(targets) and set(targets) <= set(LORA_TARGETS),
+                f"lora_targets must be distinct names among {LORA_TARGETS}, got {self.lora_targets!r}")
+        if self.config is not None and self.config.lora_rank:
+            raise ValueError("set adapters with lora_rank / lora_alpha / lora_targets on the model spec, "
+                             "not in its config")
+
+    def lora(self) -> dict:
+        """The ``ModelConfig`` fields of the adapters this spec asks for ({} for none)."""
+        if not self.lora_rank:
+            return {}
+        return dict(lora_rank=self.lora_rank, lora_alpha=float(self.lora_alpha),
+                    lora_targets=tuple(self.lora_targets))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,6 +136,9 @@ class TeacherSpec:
     def __post_init__(self):
         require(self.kind not in ("model", "cross_tokenizer") or self.model is not None,
                f"teacher.kind={self.kind!r} needs teacher.model")
+        require(not any(m.lora_rank for m in (self.model, *self.models) if m is not None),
+                "teacher.model.lora_rank > 0: a teacher is not trained, so adapters belong on the "
+                "student (student.lora_rank); set the teacher's lora_rank=0")
         require(self.token_ratio > 0, f"teacher.token_ratio must be > 0, got {self.token_ratio}")
         require(isinstance(self.shared_topk, int) and self.shared_topk >= 0,
                f"teacher.shared_topk must be an integer >= 0, got {self.shared_topk!r}")

@@ -20,6 +20,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import opd_jax.objectives as O
+from opd_jax.models import lora
 from opd_jax.training.batch import STUDENT_TURN, TrainBatch, completion_hidden
 from opd_jax.training.extrapolation import last_scale
 
@@ -52,9 +53,26 @@ class TrainState:
     cursor: Array  # int32 [], prompts consumed from the data stream
 
 
+def _is_adapter(path, _) -> bool:
+    return any(str(getattr(k, "key", k)).startswith(lora.PREFIX) for k in path)
+
+
+def trainable(params):
+    """``(trained, frozen)``: the student's low-rank adapters and the rest when it has adapters
+    (:mod:`opd_jax.models.lora`), else all of ``params`` and None. The optimizer sees only the
+    first; gradients are taken of it alone."""
+    if not any(_is_adapter(path, None) for path, _ in nnx.to_flat_state(params)):
+        return params, None
+    return nnx.split_state(params, _is_adapter, ...)
+
+
+def _joined(trained, frozen):
+    return trained if frozen is None else nnx.merge_state(trained, frozen)
+
+
 def init_state(params, tx: optax.GradientTransformation, objective: O.Objective, seed: int,
                cursor: int = 0) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable(params)[0]),
                       obj_state=objective.init(), key=jax.random.key_data(jax.random.key(seed)),
                       cursor=jnp.asarray(cursor, jnp.int32))
 
@@ -70,7 +88,7 @@ def sharded_init_state(params, tx: optax.GradientTransformation, objective: O.Ob
     rep = NamedSharding(mesh, P())
     fn = partial(init_state, tx=tx, objective=objective, seed=seed, cursor=cursor)
     abstract = jax.eval_shape(fn, params)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable(param_shardings)[0],
                                    transform_non_params=lambda _: rep)
     shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_sh,
                            obj_state=jax.tree.map(lambda _: rep, abstract.obj_state), key=rep,
@@ -207,8 +225,10 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
         teacher_params = state.params
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     m = cfg.grad_accum
+    trained, frozen = trainable(state.params)
     micro = partial(_micro, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
                     objective=objective, cfg=cfg, drift=drift)
+    differentiated = lambda tr, *args: micro(_joined(tr, frozen), *args)  # noqa: E731
     den_tokens = jnp.sum(batch.loss_mask.astype(jnp.float32))
     mbs = _split(batch, m)
     scales = None
@@ -218,17 +238,17 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
     def body(carry, xs):
         grads, loss, obj_state = carry
         mb, i = xs
-        (l, (obj_state, terms, metrics)), g = jax.value_and_grad(micro, has_aux=True)(
-            state.params, mb, teacher_params, obj_state, state.step, jax.random.fold_in(key, i),
+        (l, (obj_state, terms, metrics)), g = jax.value_and_grad(differentiated, has_aux=True)(
+            trained, mb, teacher_params, obj_state, state.step, jax.random.fold_in(key, i),
             scales, den_tokens)
         grads = jax.tree.map(jnp.add, grads, g)
         return (grads, loss + l, obj_state), (terms, metrics)
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, trained)
     (grads, loss, obj_state), (terms, metrics) = jax.lax.scan(
         body, (zeros, jnp.zeros((), jnp.float32), state.obj_state), (mbs, jnp.arange(m)))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = _joined(optax.apply_updates(trained, updates), frozen)
     out = {"loss/total": loss, "opt/grad_norm": optax.tree.norm(grads),
            "opt/update_norm": optax.tree.norm(updates), "loss/tokens": den_tokens,
            "loss/max_len": jnp.max(jnp.sum(batch.loss_mask.astype(jnp.int32), axis=1))}

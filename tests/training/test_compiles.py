@@ -19,11 +19,13 @@ from tests.training.test_loop import experiment
 EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/core/compile/backend_compile_duration")
 
 
-@pytest.mark.parametrize("mesh", [dict(data=1), dict(data=8), dict(data=2, fsdp=2, tensor=2)],
-                         ids=["one device", "data 8", "data-fsdp-tensor 2-2-2"])
-def test_later_steps_compile_neither_the_sampler_nor_the_step(tmp_path, mesh):
+@pytest.mark.parametrize("mesh,rank", [(dict(data=1), 0), (dict(data=8), 0), (dict(data=2, fsdp=2, tensor=2), 0),
+                                       (dict(data=2, fsdp=2, tensor=2), 4)],
+                         ids=["one device", "data 8", "data-fsdp-tensor 2-2-2", "adapters on 2-2-2"])
+def test_later_steps_compile_neither_the_sampler_nor_the_step(tmp_path, mesh, rank):
     # one completion width for every step (completion_slices=1), so no step has new shapes
     exp = experiment(tmp_path, O.OPDConfig(), steps=3, lr=1e-3, loop=LoopConfig(lmbda=1.0, completion_slices=1))
+    exp = dataclasses.replace(exp, student=dataclasses.replace(exp.student, lora_rank=rank))
     jax.clear_caches()  # earlier tests' programs of the same shapes: this run must build its own
     shared.clear()
     trainer = Trainer(dataclasses.replace(exp, mesh=MeshConfig(**mesh)))
