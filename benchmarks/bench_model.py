@@ -7,6 +7,11 @@ both alike; the table reports medians in tokens/s and their ratio (ours / PyTorc
     python benchmarks/bench_model.py            # tiny and ~100M configs
     python benchmarks/bench_model.py --smoke    # a few seconds: tiny config, short batch
     python benchmarks/bench_model.py --dtype bfloat16   # mixed precision on both sides
+    python benchmarks/bench_model.py --lora 16          # low-rank adapters: ours against PEFT's
+
+``--lora R``: both sides train rank-R adapters on every projection (scale 2, fresh: B = 0) and
+nothing else; ours with ``opd_jax.models.lora`` (gradients of the adapters only, as the trainer
+takes them), PyTorch's with PEFT's ``get_peft_model`` (its frozen weights need no gradient).
 
 ``--dtype bfloat16`` is mixed precision as each side does it: ours keeps float32 weights and
 optimizer state and computes in bf16 (``from_pretrained(..., dtype="bfloat16")``: bf16 products
@@ -55,17 +60,33 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from opd_jax.models import count_params, from_pretrained  # noqa: E402
+from opd_jax.models import count_params, from_pretrained, lora  # noqa: E402
+from opd_jax.training.step import trainable  # noqa: E402
 from benchmarks.common import CONFIGS, command_line, sizes, time_call  # noqa: E402
 
 LR = 1e-5
 
 
-def build(name: str, workdir: str, dtype: str = "float32"):
+def build(name: str, workdir: str, dtype: str = "float32", rank: int = 0):
     """The PyTorch reference model and ours, holding identical float32 weights (ours computing
-    in ``dtype``)."""
+    in ``dtype``); with ``rank``, each with fresh adapters of that rank."""
     theirs, path = reference(name, workdir)
-    return theirs, from_pretrained(path, param_dtype="float32", dtype=dtype)
+    return with_adapters(theirs, rank), ours_model(path, dtype, rank)
+
+
+def ours_model(path: str, dtype: str, rank: int):
+    model = from_pretrained(path, param_dtype="float32", dtype=dtype)
+    return lora.attach(model, rank=rank, alpha=2.0 * rank) if rank else model
+
+
+def with_adapters(theirs, rank: int):
+    """``theirs`` with PEFT's LoRA of ``rank`` on every projection (the rest frozen), or as it is."""
+    if not rank:
+        return theirs
+    import peft
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return peft.get_peft_model(theirs, peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                       target_modules=targets))
 
 
 def reference(name: str, workdir: str):
@@ -79,7 +100,9 @@ def reference(name: str, workdir: str):
 
 
 def jax_fns(model):
-    """Jitted forward and train step (next-token cross-entropy, AdamW) over split parameters."""
+    """Jitted forward and train step (next-token cross-entropy, AdamW) over split parameters.
+    A model with adapters trains only them: ``train_step(trained, opt_state, tokens, positions,
+    frozen=)`` with ``trained, frozen = trainable(params)``."""
     graphdef, params = nnx.split(model, nnx.Param)
     tx = optax.adamw(LR)
 
@@ -87,19 +110,20 @@ def jax_fns(model):
     def forward(params, tokens, positions):
         return nnx.merge(graphdef, params)(tokens, positions)[0]
 
-    def loss_fn(params, tokens, positions):
+    def loss_fn(trained, frozen, tokens, positions):
+        params = trained if frozen is None else nnx.merge_state(trained, frozen)
         logits = forward(params, tokens, positions)[:, :-1].astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
     @jax.jit(donate_argnums=(0, 1))  # as opd_jax's Trainer: the old state's buffers hold the new one
-    def train_step(params, opt_state, tokens, positions):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, positions)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def train_step(trained, opt_state, tokens, positions, frozen=None):
+        loss, grads = jax.value_and_grad(loss_fn)(trained, frozen, tokens, positions)
+        updates, opt_state = tx.update(grads, opt_state, trained)
+        return optax.apply_updates(trained, updates), opt_state, loss
 
     # Committed to the parameters' device: optax's step count starts as an uncommitted scalar, and
     # the first step's committed output would make the second call compile the step again.
-    opt_state = jax.device_put(tx.init(params), jax.tree.leaves(params)[0].sharding)
+    opt_state = jax.device_put(tx.init(trainable(params)[0]), jax.tree.leaves(params)[0].sharding)
     return params, opt_state, forward, train_step
 
 
@@ -113,13 +137,15 @@ def ours_side(ours, tokens_np):
     batch, seq = tokens_np.shape
     tokens, positions = jnp.asarray(tokens_np, jnp.int32), jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     params, opt_state, forward, train_step = jax_fns(ours)
-    state = {"params": params, "opt": opt_state}
+    trained, frozen = trainable(params)
+    state = {"params": trained, "opt": opt_state}
 
     def ours_forward():
         forward(params, tokens, positions).block_until_ready()
 
     def ours_train():
-        state["params"], state["opt"], loss = train_step(state["params"], state["opt"], tokens, positions)
+        state["params"], state["opt"], loss = train_step(state["params"], state["opt"], tokens, positions,
+                                                         frozen=frozen)
         loss.block_until_ready()
 
     return ours_forward, ours_train, np.asarray(forward(params, tokens, positions).astype(jnp.float32))
@@ -129,7 +155,7 @@ def torch_side(theirs, tokens_np, autocast: bool):
     """PyTorch's timed forward and train step (AdamW), under bf16 autocast if ``autocast``; and
     its float32 logits with, under autocast, its autocast logits (else the float32 ones again)."""
     tokens_pt = torch.tensor(tokens_np, dtype=torch.long)
-    torch_opt = torch.optim.AdamW(theirs.parameters(), lr=LR)
+    torch_opt = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=LR)
 
     def torch_forward():
         if theirs.training:  # dropout is 0 either way; mode only affects bookkeeping (switched untimed,
@@ -182,8 +208,8 @@ def row(name, n_params, batch, seq, phase, times_a, times_b, logits, ref, low) -
 
 
 def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype: str = "float32",
-                 order: str = "alternating") -> list[dict]:
-    theirs, ours = build(name, workdir, dtype)
+                 order: str = "alternating", rank: int = 0) -> list[dict]:
+    theirs, ours = build(name, workdir, dtype, rank)
     tokens_np = batch_of(name, batch, seq)
     # Same weights, same batch: the forward passes must agree before timing means anything.
     ours_forward, ours_train, logits = ours_side(ours, tokens_np)
@@ -195,16 +221,17 @@ def bench_config(name: str, batch: int, seq: int, reps: int, workdir: str, dtype
     return rows
 
 
-def child(side: str, name: str, path: str, batch: int, seq: int, reps: int, dtype: str, logits_to: str | None):
+def child(side: str, name: str, path: str, batch: int, seq: int, reps: int, dtype: str, logits_to: str | None,
+          rank: int = 0):
     """One side alone in this process: its forward's reps, then its train step's, back to back
     (``timed`` in blocks of one side); the logits go to ``logits_to`` (.npz) if given."""
     tokens_np = batch_of(name, batch, seq)
     if side == "ours":
-        model = from_pretrained(path, param_dtype="float32", dtype=dtype)
+        model = ours_model(path, dtype, rank)
         forward, train, logits = ours_side(model, tokens_np)
         saved, n_params = dict(logits=logits), count_params(model)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+        model = with_adapters(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa"), rank)
         forward, train, (ref, low) = torch_side(model, tokens_np, dtype != "float32")
         saved, n_params = dict(ref=ref, low=low), None
     if logits_to:
@@ -213,7 +240,8 @@ def child(side: str, name: str, path: str, batch: int, seq: int, reps: int, dtyp
     return dict(params=n_params, forward=statistics.median(forward_s), train=statistics.median(train_s))
 
 
-def in_processes(name: str, batch: int, seq: int, reps: int, rounds: int, workdir: str, dtype: str) -> list[dict]:
+def in_processes(name: str, batch: int, seq: int, reps: int, rounds: int, workdir: str, dtype: str,
+                 rank: int = 0) -> list[dict]:
     """Each side in fresh processes, alternating (ours, PyTorch, ours, ...), ``rounds`` each: per
     phase the median over processes of each one's median."""
     path = reference(name, workdir)[1]  # the checkpoint both sides load
@@ -221,7 +249,7 @@ def in_processes(name: str, batch: int, seq: int, reps: int, rounds: int, workdi
     for r in range(rounds):
         for side in results:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--configs", name, "--batch", str(batch),
-                   "--seq", str(seq), "--reps", str(reps), "--dtype", dtype, "--path", path]
+                   "--seq", str(seq), "--reps", str(reps), "--dtype", dtype, "--path", path, "--lora", str(rank)]
             if r == 0:
                 cmd += ["--logits-to", os.path.join(workdir, f"{name}-{side}.npz")]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -247,6 +275,8 @@ def main(argv=None):
                              "(A x reps, B x reps, twice), as each runs in a training loop of its own; "
                              "processes: each side alone in fresh processes, alternating, --rounds each")
     parser.add_argument("--rounds", type=int, default=3, help="--order processes: processes per side")
+    parser.add_argument("--lora", type=int, default=0, metavar="R",
+                        help="train rank-R adapters on every projection instead of every weight (0: off)")
     parser.add_argument("--child", choices=("ours", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--logits-to", help=argparse.SUPPRESS)
@@ -256,15 +286,19 @@ def main(argv=None):
     rounds = 1 if args.smoke else args.rounds
     if rounds < 1:
         parser.error(f"--rounds must be >= 1, got {rounds}")
+    if args.lora < 0:
+        parser.error(f"--lora must be >= 0, got {args.lora}")
     if args.child:
-        print(json.dumps(child(args.child, names[0], args.path, batch, seq, reps, args.dtype, args.logits_to)))
+        print(json.dumps(child(args.child, names[0], args.path, batch, seq, reps, args.dtype, args.logits_to,
+                               args.lora)))
         return
 
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
-            rows += (in_processes(name, batch, seq, reps, rounds, workdir, args.dtype) if args.order == "processes"
-                     else bench_config(name, batch, seq, reps, workdir, args.dtype, args.order))
+            rows += (in_processes(name, batch, seq, reps, rounds, workdir, args.dtype, args.lora)
+                     if args.order == "processes"
+                     else bench_config(name, batch, seq, reps, workdir, args.dtype, args.order, args.lora))
 
     print(f"\ncommand: {command_line()}")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
@@ -276,6 +310,8 @@ def main(argv=None):
                           f"after a warm-up; medians of the processes' medians [each process, tok/s]; ",
              }[args.order]
           + f"host memory: {host_memory.in_effect()}; "
+          + (f"train step: rank-{args.lora} adapters on every projection (ours; PEFT {_peft_version()}); "
+             if args.lora else "")
           + ("float32\n" if args.dtype == "float32" else
              "bf16 compute (ours: float32 weights, bf16 products; PyTorch: float32 model under bf16 autocast)\n"))
     diff_cols = ("| max logit diff |" if args.dtype == "float32" else
@@ -287,6 +323,11 @@ def main(argv=None):
         a, b = (each(r[k], batch * seq) if args.order == "processes" else "" for k in ("each_a", "each_b"))
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['shape']} | {r['phase']} | {r['ours']:,.0f}{a} | "
               f"{r['torch']:,.0f}{b} | {r['ratio']:.2f} | {diffs}")
+
+
+def _peft_version() -> str:
+    import peft
+    return peft.__version__
 
 
 def each(seconds: list[float], tokens: int) -> str:

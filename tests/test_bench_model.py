@@ -76,3 +76,13 @@ def test_scan_residuals_smoke(capsys):
     assert [r[1] for r in rows] == ["products (default)", "everything", "nothing (remat)"]
     losses = [float(r[6].strip(" |")) for r in rows]
     assert max(losses) - min(losses) < 1e-4, rows
+
+
+def test_smoke_run_with_adapters_times_ours_against_peft(capsys):
+    load("bench_model").main(["--smoke", "--lora", "4", "--order", "processes"])
+    out = capsys.readouterr().out
+    assert "train step: rank-4 adapters on every projection (ours; PEFT " in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny |")]
+    assert [r[3] for r in rows] == ["forward", "train step"]
+    for r in rows:  # fresh adapters (B = 0): both sides still compute the plain model's logits
+        assert float(r[4].split(" [")[0].replace(",", "")) > 0 and float(r[7].rstrip(" |")) < 1e-4
