@@ -44,13 +44,6 @@ class ModelSpec:
             raise ValueError("set adapters with lora_rank / lora_alpha / lora_targets on the model spec, "
                              "not in its config")
 
-    def lora(self) -> dict:
-        """The ``ModelConfig`` fields of the adapters this spec asks for ({} for none)."""
-        if not self.lora_rank:
-            return {}
-        return dict(lora_rank=self.lora_rank, lora_alpha=float(self.lora_alpha),
-                    lora_targets=tuple(self.lora_targets))
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServedSpec:
