@@ -275,6 +275,22 @@ def test_speculative_replay_small_weighs_the_error_positions_on_assisted_rollout
     assert verdict({"draft_opd_w4": 0.3}) == V.INCONCLUSIVE  # reported, never judged
 
 
+def test_lora_capacity_trains_adapters_of_each_rank_at_ten_times_the_rate():
+    module = RP.load("lora_capacity")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["full", "lora_r1", "lora_r4", "lora_r16"]
+    assert [a.overrides for a in arms] == [(), ("student.lora_rank=1",), ("student.lora_rank=4",),
+                                           ("student.lora_rank=16",)]
+    assert [a.lr / arms[0].lr for a in arms] == [1.0, 10.0, 10.0, 10.0]
+    names = [a.name for a in arms]
+    verdict = lambda gains: module.verdict(fake(names, rising(gains)), "quick")["verdict"]  # noqa: E731
+    assert verdict({}) == V.INCONCLUSIVE  # no arm below full, but none learned either
+    assert verdict({"full": 0.1}) == V.NOT_REPRODUCED
+    assert verdict({"full": 0.1, "lora_r16": 0.1, "lora_r1": 0.1}) == V.REPRODUCED
+    assert verdict({"full": 0.1, "lora_r16": 0.1}) == V.NOT_REPRODUCED  # rank 1 falls behind
+    assert verdict({"full": 0.1, "lora_r16": 0.1, "lora_r1": 0.1, "lora_r4": -0.3}) == V.REPRODUCED  # reported
+
+
 def rising(gains: dict):
     """A fake pass@1: 0.3 plus the seed's noise at step 0, each arm rising linearly by ``gains[arm]``
     (0 if absent) over the run (40 steps here)."""
