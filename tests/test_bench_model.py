@@ -79,7 +79,7 @@ def test_scan_residuals_smoke(capsys):
 
 
 def test_smoke_run_with_adapters_times_ours_against_peft(capsys):
-    load("bench_model").main(["--smoke", "--lora", "4", "--order", "processes"])
+    load("bench_model").main(["--smoke", "--lora", "4"])
     out = capsys.readouterr().out
     assert "train step: rank-4 adapters on every projection (ours; PEFT " in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny |")]
