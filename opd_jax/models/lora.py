@@ -96,57 +96,54 @@ def merged_weights(cfg, w: dict) -> dict:
     return out
 
 
+def _rebuild(model, cfg, value):
+    """A ``Transformer`` of ``cfg`` whose every parameter at ``path`` is ``value(path, shape)``,
+    keeping ``model``'s source config (what an export carries through)."""
+    from opd_jax.models.transformer import Transformer
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    flat = [(path, var.replace(value(path, var.get_value().shape))) for path, var in nnx.to_flat_state(state)]
+    out = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    if hasattr(model, "source_hf_config"):
+        out.source_hf_config = model.source_hf_config
+    return out
+
+
 def attach(model, *, rank: int, alpha: float, targets=TARGETS, seed: int = 0, mesh=None,
            rules=LOGICAL_RULES):
     """``model`` (a ``Transformer`` without adapters) with fresh adapters of ``rank`` on
     ``targets``: the same weights (the same arrays, not copies), a config that says so, and the
     factors placed like the weights they adapt (on ``mesh`` under ``rules``, else on the first
     local device). The result equals ``model`` until the factors train."""
-    from opd_jax.models.transformer import Transformer, layer_param_shapes
+    from opd_jax.models.transformer import layer_param_shapes
 
     if model.cfg.lora_rank:
         raise ValueError(f"the model already has adapters of rank {model.cfg.lora_rank}")
     cfg = model.cfg.replace(lora_rank=rank, lora_alpha=float(alpha), lora_targets=tuple(targets))
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
     base = dict(nnx.to_flat_state(nnx.state(model)))
     shapes = factor_shapes(cfg, layer_param_shapes(model.cfg))
     keys = dict(zip(shapes, jax.random.split(jax.random.key(seed), len(shapes))))
 
-    def fill(path, leaf):
+    def value(path, shape):
         if path in base:
             return base[path].get_value()
         name, (_, axes) = path[-1], shapes[path[-1]]
         sharding = (SingleDeviceSharding(jax.local_devices()[0]) if mesh is None
                     else NamedSharding(mesh, logical_to_mesh(("layers", *axes), rules)))
         init = jax.jit(init_factor, static_argnums=(0, 2, 3), out_shardings=sharding)
-        return init(name, keys[name], leaf.shape, FACTOR_DTYPE)
+        return init(name, keys[name], shape, FACTOR_DTYPE)
 
-    flat = [(path, var.replace(fill(path, var.get_value()))) for path, var in nnx.to_flat_state(state)]
-    out = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    if hasattr(model, "source_hf_config"):
-        out.source_hf_config = model.source_hf_config
-    return out
+    return _rebuild(model, cfg, value)
 
 
 def merge_into_base(model):
     """A ``Transformer`` without adapters whose weights are ``model``'s with its adapters folded in
     (what an export writes); ``model`` itself when it has none."""
-    from opd_jax.models.transformer import Transformer
-
     if not model.cfg.lora_rank:
         return model
-    cfg = model.cfg.replace(lora_rank=0, lora_targets=())
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
     layers = {k: v[...] for k, v in vars(model.layers).items() if isinstance(v, nnx.Variable)}
     folded = merged_weights(model.cfg, layers)
     src = dict(nnx.to_flat_state(nnx.state(model)))
-    flat = []
-    for path, var in nnx.to_flat_state(state):
-        value = folded[path[1]] if path[0] == "layers" and path[1] in folded else src[path].get_value()
-        flat.append((path, var.replace(value)))
-    out = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    if hasattr(model, "source_hf_config"):
-        out.source_hf_config = model.source_hf_config
-    return out
+    return _rebuild(model, model.cfg.replace(lora_rank=0, lora_targets=()),
+                    lambda path, _: folded[path[1]] if path[0] == "layers" and path[1] in folded
+                    else src[path].get_value())
