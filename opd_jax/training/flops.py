@@ -14,8 +14,8 @@ def _body_parts(cfg: ModelConfig, tokens: float, context: float) -> tuple[float,
     D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     sizes = {"q": (D, q), "k": (D, kv), "v": (D, kv), "o": (q, D), "gate": (D, F), "up": (D, F), "down": (F, D)}
+    weights = sum(2 * fan_in * fan_out for fan_in, fan_out in sizes.values())
     adapter = sum(2 * cfg.lora_rank * sum(sizes[t]) for t in cfg.lora_targets) if cfg.lora_rank else 0
-    weights = 2 * D * (q + 2 * kv) + 2 * q * D + 6 * D * F
     return tokens * L * weights, tokens * L * 4 * q * context, tokens * L * adapter
 
 
