@@ -20,3 +20,7 @@ def test_state_counts_are_the_closed_form(capsys):
     for r, n in zip(rows, trained):
         assert abs(float(r[3]) - 4 * n / 1e9) < 0.01 and abs(float(r[4]) - 8 * n / 1e9) < 0.01
     assert float(rows[1][5].rstrip(" |%")) < 1.0 and full > 5e8
+    # a checkpoint: full training's weights and moments (12 bytes each, and a few scalars); the
+    # adapters' alone (the frozen base weights are left out)
+    for r, n in zip(rows, trained):
+        assert abs(float(r[6].rstrip(" |")) - 12 * n / 1e9) < 0.01, r

@@ -48,7 +48,7 @@ from opd_jax.training import outputs, safety, shared
 from opd_jax.training import text as T
 from opd_jax.training.batch import TrainBatch
 from opd_jax.training.build import build_model
-from opd_jax.training.checkpoint import Checkpointer, abstract
+from opd_jax.training.checkpoint import Checkpointer
 from opd_jax.training.config import Experiment, resolve
 from opd_jax.training.errors import TrainingError
 from opd_jax.training.evaluation import evaluate
@@ -327,17 +327,14 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint the train state (and the teacher's own state) at the current step."""
         step = int(self.state.step)
-        self.ckpt.save(step, {"state": self.state, **self.teacher.checkpoint_items()},
-                       {"step": step, "config": to_dict(self.exp)})
+        self.ckpt.save_train(step, self.state, self.teacher.checkpoint_items(),
+                             {"step": step, "config": to_dict(self.exp)})
 
     def restore(self, step: int | None = None) -> bool:
         """Restore the latest (or ``step``'s) checkpoint onto this run's mesh; False if none."""
         if self.ckpt.latest_step() is None and step is None:
             return False
-        targets = {"state": abstract(self.state, self.state_sh),
-                   **self.teacher.restore_targets()}
-        items, _ = self.ckpt.restore(step, targets)
-        self.state = items.pop("state")
+        self.state, items = self.ckpt.restore_train(step, self.state, self.state_sh, self.teacher.restore_targets())
         self.teacher.load(items)
         self._ahead = None  # a batch prepared from other weights
         return True

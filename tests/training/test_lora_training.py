@@ -18,7 +18,7 @@ from opd_jax.training.flops import update_flops
 from opd_jax.training.loop import Trainer, evaluate
 from opd_jax.training.step import trainable
 
-from cli_helpers import assert_bitwise_equal, check_ok, read_tree, run_cli
+from cli_helpers import EXPERIMENT, assert_bitwise_equal, check_ok, digest, read_tree, run_cli
 from test_loop import experiment, sharpen_teacher
 
 
@@ -83,7 +83,17 @@ def test_only_the_adapters_train_and_they_reach_a_low_rank_teacher(tmp_path):
         before, after)
 
 
-def test_adapters_resume_bitwise_and_export_merged_with_the_adapters_beside(tmp_path):
+def base_weights(*sets) -> dict:
+    """The CLI experiment's student without adapters, built in this process: its frozen base."""
+    from opd_jax.config import apply_overrides, load_module
+    from opd_jax.sharding import make_mesh
+    from opd_jax.training.build import build_model
+    exp = apply_overrides(load_module(EXPERIMENT.split(":")[0]).get_config("smoke"), list(sets))
+    _, params, _ = build_model(exp.student, make_mesh(devices=jax.devices()[:1]))
+    return params
+
+
+def test_adapters_resume_bitwise_from_checkpoints_without_the_base_and_export_merged(tmp_path):
     sets = ["student.lora_rank=4", "student.lora_alpha=8", "student.lora_targets=q,v,down", "ckpt.every=1",
             "ckpt.keep=5"]
     ref, work = tmp_path / "uninterrupted", tmp_path / "resumed"
@@ -93,21 +103,35 @@ def test_adapters_resume_bitwise_and_export_merged_with_the_adapters_beside(tmp_
     for step in (2, 4):
         assert_bitwise_equal(read_tree(work / "checkpoints" / str(step) / "state"),
                              read_tree(ref / "checkpoints" / str(step) / "state"))
+    # a checkpoint holds the adapters (and their moments), never the frozen base weights
     state = read_tree(ref / "checkpoints" / "4" / "state")
-    assert sorted(k for k in state["params"]["layers"] if k.startswith("lora_")) == sorted(
-        n for t in ("q", "v", "down") for n in lora.factor_names(t))
+    adapters = sorted(n for t in ("q", "v", "down") for n in lora.factor_names(t))
+    assert list(state["params"]) == ["layers"] and sorted(state["params"]["layers"]) == adapters
+    record = json.loads((ref / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    base = flat(base_weights())
+    assert sorted(record["frozen_base"]) == sorted(base)
+    for name, (n, squares, _, absolute) in record["frozen_base"].items():
+        x = base[name].astype(np.float64)
+        assert n == x.size and squares == pytest.approx(np.sum(x * x), rel=1e-5), name
+        assert absolute == pytest.approx(np.sum(np.abs(x)), rel=1e-5), name
     merged = ref / "hf" / "step_4"
     assert json.loads((merged / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert "lora" not in (merged / "config.json").read_text()
     # the merged weights are W + (alpha / r) A B of the last state (NumPy), the others W itself
     layers, written = state["params"]["layers"], from_pretrained(merged).layers
     for name in ("q", "v", "down", "k", "up"):
-        w = layers[name]["value"] if isinstance(layers[name], dict) else layers[name]
+        w = base[f"layers/{name}"]
         if name in ("q", "v", "down"):
             a, b = (layers[f]["value"] if isinstance(layers[f], dict) else layers[f] for f in lora.factor_names(name))
             a2 = a.reshape(a.shape[0], -1, a.shape[-1])
             w = w + (8 / 4) * np.matmul(a2, b.reshape(b.shape[0], b.shape[1], -1)).reshape(w.shape)
         np.testing.assert_allclose(np.asarray(getattr(written, name)[...]), w, atol=1e-6, rtol=0, err_msg=name)
+    # other base weights under the saved adapters (another seed): refused before anything is restored
+    before = digest(work / "checkpoints")
+    proc = run_cli(work, *sets, "run.steps=6", "student.seed=7", "run.allow_config_change=true")
+    assert proc.returncode != 0 and "trained on other base weights" in proc.stderr, proc.stderr[-3000:]
+    assert "layers/embed" in proc.stderr or "embed" in proc.stderr
+    assert digest(work / "checkpoints") == before
 
 
 def test_flops_of_an_adapted_update_leave_out_the_frozen_weight_gradients():
@@ -135,3 +159,33 @@ def test_adapters_are_refused_on_a_teacher_and_in_a_config():
         ModelSpec(config=tiny_config(), lora_rank=-2)
     with pytest.raises(ValueError, match="on the model spec"):
         ModelSpec(config=tiny_config(lora_rank=2, lora_targets=("q",)))
+
+
+def test_the_base_fingerprint_survives_another_sharding_and_catches_small_changes():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from opd_jax.sharding import make_mesh
+    from opd_jax.training.checkpoint import check_base, fingerprint
+    rng = np.random.default_rng(0)
+    base = nnx.State({"embed": nnx.Param(rng.normal(size=(512, 64)).astype(np.float32)),
+                      "layers": {"up": nnx.Param(rng.normal(size=(2, 64, 256)).astype(np.float32))}})
+    saved = fingerprint(base)
+    # NumPy oracle: counts, squares and absolute sums in float64
+    for name, x in (("embed", base["embed"].get_value()), ("layers/up", base["layers"]["up"].get_value())):
+        n, squares, _, absolute = saved[name]
+        assert n == x.size and squares == pytest.approx(np.sum(np.float64(x) ** 2), rel=1e-6)
+        assert absolute == pytest.approx(np.sum(np.abs(np.float64(x))), rel=1e-6)
+    # the same weights split over 8 devices (summed in another order): accepted
+    mesh = make_mesh(data=8)
+    spread = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(*[None] * (x.ndim - 1), "data"))), base)
+    check_base(saved, fingerprint(spread), "here")
+
+    def changed(fn):
+        out = jax.tree.map(lambda x: x, base)
+        out["layers"]["up"] = nnx.Param(fn(base["layers"]["up"].get_value()))
+        return fingerprint(out)
+    for fn in (lambda x: x * 1.003,  # scaled by 0.3%
+               lambda x: x + 0.003 * rng.normal(size=x.shape).astype(np.float32),  # 0.3% noise
+               lambda x: x[:, ::-1].copy(),  # the same values, rows reordered
+               lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, x + 1.0, x)):  # one element
+        with pytest.raises(ValueError, match="these tensors differ: layers/up"):
+            check_base(saved, changed(fn), "here")
