@@ -19,6 +19,7 @@ from opd_jax.training.batches import join
 from opd_jax.training.build import build_model, vocab_size
 from opd_jax.training.checkpoint import abstract
 from opd_jax.training.checks import check_tokenizers, check_vocab
+from opd_jax.training.step import trainable, with_student_base
 from opd_jax.teachers.base import Runtime, Student, Teacher
 
 sg = jax.lax.stop_gradient
@@ -148,19 +149,26 @@ class SelfTeacher(OneModel):
 
 class InitialTeacher(OneModel):
     """A frozen copy of the student's initial weights (``kind="initial"``), saved with each
-    checkpoint so that a resumed run keeps the same teacher."""
+    checkpoint so that a resumed run keeps the same teacher.
+
+    Of a student with low-rank adapters only the adapters are copied (and saved): the frozen
+    base weights never change, so the teacher reads the student's own (``with_student_base``)
+    instead of holding them twice.
+    """
 
     def __init__(self, graphdef, params, shardings, runtime: Runtime):
         super().__init__(graphdef, runtime)
-        self.shardings = shardings
-        self.params = frozen_copy(params, shardings)
+        own, base = trainable(params)
+        self.shares_base = base is not None
+        self.shardings = trainable(shardings)[0] if self.shares_base else shardings
+        self.params = frozen_copy(own, self.shardings)
 
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime):
         return cls(student.graphdef, student.params, student.shardings, runtime)
 
     def model(self, student_params):
-        return self.graphdef, self.params
+        return self.graphdef, with_student_base(self.params, student_params)
 
     def step_params(self, student_params):
         return self.params
@@ -191,4 +199,5 @@ class EMATeacher(InitialTeacher):
 
     def update(self, state):
         if int(state.step) % self.every == 0:
-            self.params = _ema_jit(self.params, state.params, self.decay)
+            own = trainable(state.params)[0] if self.shares_base else state.params
+            self.params = _ema_jit(self.params, own, self.decay)

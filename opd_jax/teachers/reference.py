@@ -7,13 +7,15 @@ The training loop wraps whatever teacher it built when the objective reads ``"re
 everything else is the wrapped teacher's (``models()`` names the teacher's models only: the
 reference's forward is not in the iteration's FLOP metrics, nor is it an evaluation teacher).
 The copy is saved with each checkpoint (as ``"reference"``), so a resumed run keeps the same
-anchor.
+anchor. Of a student with low-rank adapters only the adapters are copied: the reference reads the
+student's frozen base weights (``with_student_base``).
 """
 
 import opd_jax.objectives as O
 from opd_jax.teachers.base import Runtime, Student, Teacher, Wrapping
 from opd_jax.teachers.local import frozen_copy, sequence_logp
 from opd_jax.training.checkpoint import abstract
+from opd_jax.training.step import trainable, with_student_base
 
 
 class WithReference(Wrapping):
@@ -23,24 +25,27 @@ class WithReference(Wrapping):
     def __init__(self, inner: Teacher, student: Student, runtime: Runtime):
         super().__init__(inner)
         self.runtime = runtime
-        self.ref_graphdef, self.shardings = student.graphdef, student.shardings
-        self.ref_params = frozen_copy(student.params, student.shardings)
+        own, base = trainable(student.params)
+        self.ref_graphdef = student.graphdef
+        self.shardings = student.shardings if base is None else trainable(student.shardings)[0]
+        self.ref_params = frozen_copy(own, self.shardings)
 
-    def reference_logp(self, batch):
+    def reference_logp(self, batch, student_params):
         """``[B, N]``: the reference's log-prob of each completion token of ``batch``."""
-        return sequence_logp(self.ref_graphdef, self.ref_params, batch.student, batch.targets,
-                             batch.loss_mask, batch.group, self.runtime.temperature,
+        return sequence_logp(self.ref_graphdef, with_student_base(self.ref_params, student_params), batch.student,
+                             batch.targets, batch.loss_mask, batch.group, self.runtime.temperature,
                              self.runtime.chunk_size)
 
-    def _anchored(self, batch):
-        return batch.replace(extras={**batch.extras, O.REF_LOGP: self.reference_logp(batch)})
+    def _anchored(self, batch, student_params):
+        ref = self.reference_logp(batch, student_params)
+        return batch.replace(extras={**batch.extras, O.REF_LOGP: ref})
 
     def score(self, batch, prompts, student_params):
-        return self._anchored(self.inner.score(batch, prompts, student_params))
+        return self._anchored(self.inner.score(batch, prompts, student_params), student_params)
 
     def start_score(self, batch, prompts, student_params):
         pending = self.inner.start_score(batch, prompts, student_params)
-        return lambda: self._anchored(pending())
+        return lambda: self._anchored(pending(), student_params)
 
     def checkpoint_items(self):
         return {**self.inner.checkpoint_items(), "reference": self.ref_params}

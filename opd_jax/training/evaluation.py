@@ -14,7 +14,7 @@ import opd_jax.objectives as O
 from opd_jax.sampling import sample
 from opd_jax.training.batch import TrainBatch, completion_hidden
 from opd_jax.training.batches import from_rollout
-from opd_jax.training.step import teacher_view
+from opd_jax.training.step import teacher_view, with_student_base
 
 
 def _mean(values: dict, mask) -> dict:
@@ -71,8 +71,7 @@ def evaluate(trainer, *, cursor: int = 0, seed: int = 12345) -> dict[str, float]
         if teacher.sparse:
             out = _sparse_jit(trainer.s_graph, params, batch, exp.objective.temperature)
         else:
-            t_params = teacher.step_params(params)
             out = _dense_jit(trainer.s_graph, params, teacher.graphdef,
-                             params if t_params is None else t_params, batch,
+                             with_student_base(teacher.step_params(params), params), batch,
                              exp.objective.temperature)
     return {k: float(v) for k, v in jax.device_get(out).items()}

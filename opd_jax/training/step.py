@@ -70,6 +70,20 @@ def _joined(trained, frozen):
     return trained if frozen is None else nnx.merge_state(trained, frozen)
 
 
+def with_student_base(teacher_params, student_params):
+    """A teacher's parameters as its model takes them: the student's own for None (the student
+    is its own teacher); a teacher that holds only low-rank adapters (the initial or EMA copy of
+    a student with adapters, which shares the student's frozen base weights rather than holding
+    them twice) with the student's frozen weights joined in; any other as it is."""
+    if teacher_params is None:
+        return student_params
+    if isinstance(teacher_params, nnx.State):
+        own, rest = trainable(teacher_params)
+        if rest is not None and not jax.tree.leaves(rest):
+            return _joined(own, trainable(student_params)[1])
+    return teacher_params
+
+
 def init_state(params, tx: optax.GradientTransformation, objective: O.Objective, seed: int,
                cursor: int = 0) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable(params)[0]),
@@ -218,11 +232,11 @@ def train_step(state: TrainState, batch: TrainBatch, teacher_params, *, graphdef
     """One optimizer step on ``batch``; returns the new state and scalar metrics.
 
     ``teacher_params=None`` makes the student its own teacher (stop-gradient), for
-    self-distillation with the current weights.
+    self-distillation with the current weights; a teacher of adapters alone takes the student's
+    frozen base weights (``with_student_base``).
     """
     batch.check()
-    if teacher_params is None:
-        teacher_params = state.params
+    teacher_params = with_student_base(teacher_params, state.params)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     m = cfg.grad_accum
     trained, frozen = trainable(state.params)

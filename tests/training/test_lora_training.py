@@ -16,6 +16,7 @@ from opd_jax.models import from_pretrained, lora
 from opd_jax.training.config import ModelSpec, TeacherSpec
 from opd_jax.training.flops import update_flops
 from opd_jax.training.loop import Trainer, evaluate
+from opd_jax.teachers.local import sequence_logp
 from opd_jax.training.step import trainable
 
 from cli_helpers import EXPERIMENT, assert_bitwise_equal, check_ok, digest, read_tree, run_cli
@@ -189,3 +190,68 @@ def test_the_base_fingerprint_survives_another_sharding_and_catches_small_change
                lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, x + 1.0, x)):  # one element
         with pytest.raises(ValueError, match="these tensors differ: layers/up"):
             check_base(saved, changed(fn), "here")
+
+
+@pytest.mark.parametrize("kind", ["initial", "ema"])
+def test_copies_of_an_adapted_student_hold_its_adapters_and_read_its_base(tmp_path, kind):
+    """The initial or EMA teacher, and StableOPD's reference, of a student with adapters copy the
+    adapters alone, and score with the student's frozen weights beside them as the whole copy
+    would (against independent forwards of NumPy-built weights)."""
+    from test_reference import batch, independent_logp
+    from opd_jax.sharding import make_mesh
+    from opd_jax.teachers import WithReference
+    from opd_jax.training.build import build_model
+    exp = experiment(tmp_path, O.StableOPDConfig(ref_coef=0.5), steps=3, lr=5e-2, samples=4,
+                     teacher=TeacherSpec(kind=kind, ema_decay=0.5, ema_every=1))
+    exp = dataclasses.replace(exp, student=dataclasses.replace(exp.student, lora_rank=2, lora_alpha=4.0))
+    trainer = Trainer(exp)
+    assert isinstance(trainer.teacher, WithReference)
+    teacher, start = trainer.teacher.inner, flat(trainable(trainer.state.params)[0])
+    for copy in (teacher.params, trainer.teacher.ref_params):  # nothing held twice
+        assert sorted(flat(copy)) == sorted(start)
+    ema = dict(start)
+    for _ in range(3):
+        trainer.iteration()
+        now = flat(trainable(trainer.state.params)[0])
+        ema = {k: 0.5 * ema[k] + 0.5 * now[k] for k in ema}
+    assert all(np.any(now[k] != start[k]) for k in now)  # the student's adapters moved
+    want = ema if kind == "ema" else start
+    for k, v in flat(teacher.params).items():
+        np.testing.assert_allclose(v, want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+    base_graph, base_params, _ = build_model(dataclasses.replace(exp.student, lora_rank=0),
+                                             make_mesh(devices=jax.devices()[:1]))
+    base = flat(base_params)
+    g, whole = teacher.model(trainer.state.params)
+    assert sorted(flat(whole)) == sorted(flat(trainer.state.params))
+    for k, v in base.items():  # the student's frozen weights, as a model without adapters has them
+        np.testing.assert_array_equal(flat(whole)[k], v, err_msg=k)
+    tb = batch()
+    m = np.asarray(tb.loss_mask)
+
+    def logp(params):
+        return np.asarray(sequence_logp(g, params, tb.student, tb.targets, tb.loss_mask, 1, 1.0, 256))[m]
+    # the teacher: its adapters (NumPy's EMA, or the initial ones) on the base weights
+    oracle = nnx.from_flat_state({tuple(k.split("/")): v for k, v in {**base, **want}.items()})
+    np.testing.assert_allclose(logp(whole), np.asarray(independent_logp(g, oracle, tb))[m], rtol=1e-5, atol=1e-5)
+    # the reference: the initial student, whose adapters add nothing yet (B = 0): the base model
+    ref = np.asarray(trainer.teacher.reference_logp(tb, trainer.state.params))[m]
+    np.testing.assert_allclose(ref, np.asarray(independent_logp(base_graph, base_params, tb))[m],
+                               rtol=1e-5, atol=1e-5)
+    # a checkpoint holds the copies' adapters (no base weights anywhere), and restores them
+    trainer.save()
+    trainer.ckpt.wait()
+    saved = tmp_path / "run" / "checkpoints" / "3"
+    for item in ("teacher", "reference"):
+        assert sorted(flat_tree(read_tree(saved / item))) == sorted(start), item
+    resumed = Trainer(exp)
+    assert resumed.restore()
+    for a, b in ((resumed.teacher.inner.params, teacher.params), (resumed.teacher.ref_params, trainer.teacher.ref_params)):
+        assert_bitwise_equal(flat(a), flat(b))
+
+
+def flat_tree(tree, prefix="") -> dict:
+    """A restored checkpoint item's leaves by path (an nnx value's ``{"value": x}`` as ``x``)."""
+    if isinstance(tree, dict) and set(tree) != {"value"}:
+        return {k: v for name, sub in tree.items() for k, v in flat_tree(sub, f"{prefix}{name}/").items()}
+    return {prefix.rstrip("/"): tree["value"] if isinstance(tree, dict) else tree}
