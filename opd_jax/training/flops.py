@@ -9,14 +9,27 @@ FLOPs" as in MFU, not hardware FLOPs.
 from opd_jax.models.config import ModelConfig
 
 
+def _sizes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Each projection's (fan in, fan out)."""
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return {"q": (D, q), "k": (D, kv), "v": (D, kv), "o": (q, D), "gate": (D, F), "up": (D, F), "down": (F, D)}
+
+
 def _body_parts(cfg: ModelConfig, tokens: float, context: float) -> tuple[float, float, float]:
     """Forward FLOPs of the decoder layers: (weight products, attention, low-rank adapters)."""
-    D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    sizes = {"q": (D, q), "k": (D, kv), "v": (D, kv), "o": (q, D), "gate": (D, F), "up": (D, F), "down": (F, D)}
+    sizes, L = _sizes(cfg), cfg.num_layers
     weights = sum(2 * fan_in * fan_out for fan_in, fan_out in sizes.values())
     adapter = sum(2 * cfg.lora_rank * sum(sizes[t]) for t in cfg.lora_targets) if cfg.lora_rank else 0
-    return tokens * L * weights, tokens * L * 4 * q * context, tokens * L * adapter
+    return tokens * L * weights, tokens * L * 4 * cfg.num_heads * cfg.head_dim * context, tokens * L * adapter
+
+
+def fold_flops(cfg: ModelConfig) -> float:
+    """Folding the low-rank adapters into their weights once (``A @ B`` of every target and layer)."""
+    if not cfg.lora_rank:
+        return 0.0
+    return cfg.num_layers * sum(2 * fan_in * cfg.lora_rank * fan_out
+                                for t, (fan_in, fan_out) in _sizes(cfg).items() if t in cfg.lora_targets)
 
 
 def body_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
@@ -30,10 +43,12 @@ def head_flops(cfg: ModelConfig, tokens: float) -> float:
 
 
 def sample_flops(cfg: ModelConfig, prompts: int, prompt_len: int, rows: int, steps: int) -> float:
-    """Prefill of each prompt once, then ``steps`` decode steps for every row."""
+    """Prefill of each prompt once, then ``steps`` decode steps for every row. Low-rank adapters
+    run as their own products in the prefill; the decode steps read weights they were folded
+    into once per call (``Transformer.decoder``), so the fold is counted and their products not."""
     prefill = body_flops(cfg, prompts * prompt_len, prompt_len) + head_flops(cfg, prompts)
-    decode = body_flops(cfg, rows * steps, prompt_len + steps / 2) + head_flops(cfg, rows * steps)
-    return prefill + decode
+    weights, attention, _ = _body_parts(cfg, rows * steps, prompt_len + steps / 2)
+    return prefill + fold_flops(cfg) + weights + attention + head_flops(cfg, rows * steps)
 
 
 def sequence_tokens(rows: int, seq_len: int, completion_len: int = 0, group: int = 1) -> int:

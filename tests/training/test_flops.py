@@ -52,3 +52,24 @@ def test_a_teacher_reading_a_context_per_row_counts_every_rows_prompt():
     assert shared["flops/score"] == F.body_flops(cfg, 2 * 8 + 8 * 4, 12)
     assert own["flops/score"] == F.body_flops(cfg, 8 * 12, 12)
     assert own["flops/update"] == shared["flops/update"] and own["flops/sample"] == shared["flops/sample"]
+
+
+def test_an_adapted_sampler_counts_the_fold_not_the_adapters_in_decode():
+    from opd_jax.models import lora
+    cfg = tiny_config(vocab_size=64, hidden_size=128, intermediate_size=256, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=32)
+    adapted = cfg.replace(lora_rank=32, lora_targets=("q", "down"))
+    # closed form: the fold is A [fan_in, r] @ B [r, fan_out] per target and layer
+    fold = 2 * 2 * 32 * (128 * 128 + 256 * 128)
+    assert F.fold_flops(adapted) == fold and F.fold_flops(cfg) == 0
+    prefill = F.body_flops(adapted, 3 * 10, 10) + F.head_flops(adapted, 3)
+    decode = F.body_flops(cfg, 6 * 8, 10 + 4) + F.head_flops(cfg, 6 * 8)  # no adapter products
+    assert F.sample_flops(adapted, 3, 10, 6, 8) == prefill + fold + decode
+    assert F.sample_flops(cfg, 3, 10, 6, 8) == F.body_flops(cfg, 30, 10) + F.head_flops(cfg, 3) + decode
+    # XLA's count of the fold as the decoder builds it (its elementwise scale and add on top)
+    model = lora.attach(Transformer(cfg, rngs=nnx.Rngs(0)), rank=32, alpha=64.0, targets=("q", "down"))
+    graphdef, params = nnx.split(model, nnx.Param)
+    fn = jax.jit(lambda p: nnx.merge(graphdef, p).decoder().layers)
+    cost = fn.lower(params).compile().cost_analysis()
+    xla = (cost if isinstance(cost, dict) else cost[0])["flops"]
+    assert fold <= xla <= 1.1 * fold, (fold, xla)
