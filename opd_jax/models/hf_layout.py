@@ -16,6 +16,12 @@ import numpy as np
 from opd_jax.models.config import ModelConfig
 
 
+# The HF module of each projection (its weight is ``<module>.weight``; PEFT's adapters on it are
+# ``<module>.lora_A`` / ``lora_B``).
+PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+               "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     hf_name: str
@@ -61,14 +67,14 @@ def hf_tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
         p = f"model.layers.{i}."
         layer = [
             ("input_layernorm.weight", (D,), "attn_norm", ident),
-            ("self_attn.q_proj.weight", (N * H, D), "q", _heads_in(N, H, D)),
-            ("self_attn.k_proj.weight", (K * H, D), "k", _heads_in(K, H, D)),
-            ("self_attn.v_proj.weight", (K * H, D), "v", _heads_in(K, H, D)),
-            ("self_attn.o_proj.weight", (D, N * H), "o", _heads_out(N, H, D)),
+            (f"{PROJECTIONS['q']}.weight", (N * H, D), "q", _heads_in(N, H, D)),
+            (f"{PROJECTIONS['k']}.weight", (K * H, D), "k", _heads_in(K, H, D)),
+            (f"{PROJECTIONS['v']}.weight", (K * H, D), "v", _heads_in(K, H, D)),
+            (f"{PROJECTIONS['o']}.weight", (D, N * H), "o", _heads_out(N, H, D)),
             ("post_attention_layernorm.weight", (D,), "mlp_norm", ident),
-            ("mlp.gate_proj.weight", (F, D), "gate", trans),
-            ("mlp.up_proj.weight", (F, D), "up", trans),
-            ("mlp.down_proj.weight", (D, F), "down", trans),
+            (f"{PROJECTIONS['gate']}.weight", (F, D), "gate", trans),
+            (f"{PROJECTIONS['up']}.weight", (F, D), "up", trans),
+            (f"{PROJECTIONS['down']}.weight", (D, F), "down", trans),
         ]
         if cfg.attention_bias:
             layer += [("self_attn.q_proj.bias", (N * H,), "q_bias", _split_heads(N, H)),

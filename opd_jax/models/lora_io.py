@@ -18,15 +18,14 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from opd_jax.models import lora
+from opd_jax.models.hf_layout import PROJECTIONS
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
-HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 _PREFIX = "base_model.model.model.layers"
 
 
 def _key(layer: int, name: str, factor: str) -> str:
-    return f"{_PREFIX}.{layer}.{HF_MODULES[name]}.lora_{factor}.weight"
+    return f"{_PREFIX}.{layer}.{PROJECTIONS[name]}.lora_{factor}.weight"
 
 
 def save_adapter(model, path: str | os.PathLike, *, base_model: str = "") -> None:
@@ -49,7 +48,7 @@ def save_adapter(model, path: str | os.PathLike, *, base_model: str = "") -> Non
     save_file(tensors, os.path.join(path, WEIGHTS_FILE))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora_rank,
               "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
-              "target_modules": sorted(HF_MODULES[t].split(".")[-1] for t in cfg.lora_targets),
+              "target_modules": sorted(PROJECTIONS[t].split(".")[-1] for t in cfg.lora_targets),
               "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
               "init_lora_weights": True, "modules_to_save": None, "base_model_name_or_path": base_model}
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
@@ -66,13 +65,13 @@ def load_adapter(model, path: str | os.PathLike, *, mesh=None):
         raise ValueError(f"{path}: only plain LoRA adapters load here (peft_type LORA, bias none, no "
                          f"rsLoRA/DoRA/fan_in_fan_out); got peft_type={config.get('peft_type')!r} "
                          f"bias={config.get('bias')!r} {unsupported or ''}")
-    by_module = {v.split(".")[-1]: k for k, v in HF_MODULES.items()}
+    by_module = {v.split(".")[-1]: k for k, v in PROJECTIONS.items()}
     modules = config["target_modules"]
     modules = [modules] if isinstance(modules, str) else modules
     unknown = [m for m in modules if m not in by_module]
     if unknown:
         raise ValueError(f"{path}: target_modules {unknown} are not among {sorted(by_module)}")
-    targets = tuple(t for t in lora.TARGETS if HF_MODULES[t].split(".")[-1] in modules)
+    targets = tuple(t for t in lora.TARGETS if PROJECTIONS[t].split(".")[-1] in modules)
     out = lora.attach(model, rank=int(config["r"]), alpha=float(config["lora_alpha"]), targets=targets,
                       mesh=mesh)
     tensors = load_file(os.path.join(path, WEIGHTS_FILE))
