@@ -27,7 +27,7 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
                    ended: np.ndarray, respond: Callable[[list[int], list[list[Tokens]]], list], turns: int,
                    next_turn: Callable[[list[tuple[int, ...]], int], tuple[list[Tokens], list[list[float]],
                                                                             np.ndarray]],
-                   anywhere: Callable[[bool], bool] = bool):
+                   anywhere: Callable[[bool], bool] = bool, fill=0.0):
     """Episodes of up to ``turns`` student turns from turn 1's completions.
 
     ``prompts[r]``, ``comp[r]``, ``logp[r]``: row ``r``'s prompt, its first turn's tokens and their
@@ -37,10 +37,12 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
     ``next_turn(sequences, t)`` samples turn ``t`` (from 2) of every row from
     the given sequences (prompt and episode so far) and returns each row's new tokens, their
     log-probs and whether each ended with an EOS token. ``anywhere(flag)``: whether ``flag`` holds
-    on some host (every host makes the same calls).
+    on some host (every host makes the same calls). The log-probs are carried as they are: any
+    per-token value will do (the training loop's also say where each token was drawn), ``fill``
+    the environment's tokens'.
 
     Returns ``(comp, logp, student, ended, taken)``: each row's completion tokens (the student's and
-    the environment's), their log-probs (0 for the environment's), which are the student's (lists
+    the environment's), their log-probs (``fill`` for the environment's), which are the student's (lists
     of bools), whether its last turn ended with an EOS token, and its number of student turns.
     """
     comp, logp = [list(c) for c in comp], [list(x) for x in logp]
@@ -58,7 +60,7 @@ def continue_turns(prompts: Sequence[Sequence[int]], comp: list[Tokens], logp: l
             break
         for r in np.flatnonzero(go):
             comp[r] += list(env[r])
-            logp[r] += [0.0] * len(env[r])
+            logp[r] += [fill] * len(env[r])
             student[r] += [False] * len(env[r])
         more, more_logp, more_ended = next_turn([tuple(p) + tuple(c) for p, c in zip(prompts, comp)], t)
         for r in np.flatnonzero(go):

@@ -193,8 +193,6 @@ def check_turns(exp, examples: list[D.Example], env: EN.Environment) -> None:
              "loop.golden_fraction > 0": exp.loop.golden_fraction > 0,
              "teacher.kind='cross_tokenizer'": exp.teacher.kind == "cross_tokenizer",
              "teacher.peers": exp.teacher.peers.on,
-             f"objective {O.recipe_name(exp.objective)!r} (it reads the sampler's top-k)":
-                 bool({O.BEHAVIOR_TOPK_IDS} & O.required_inputs(exp.objective)),
              "the records' other teacher contexts (UniSD's agreement, contrastive term)":
                  bool(set(CONTEXT_FIELDS) & O.required_inputs(exp.objective))}
     named = [k for k, v in clash.items() if v]

@@ -8,7 +8,10 @@ log-prob the sampler drew it with.
 Turn 1 is the ordinary rollout (``num_samples`` per prompt); the later turns are
 :func:`opd_jax.sampling.turns.continue_turns`'s, one sampler call per turn over all the rows
 (their prompt widths fall into the sampler's buckets). Row ``r``'s draw in turn ``t`` uses the
-PRNG stream of its global row id under the step's key folded with ``t``.
+PRNG stream of its global row id under the step's key folded with ``t``. What the sampler records
+beside each token (``SamplerConfig.record_topk``: the policy's top-k and entropy, for objectives
+that read them) is gathered from each turn's rollout into the episode's columns (zeros for the
+environment's tokens and the padding, as for a single turn's dead columns).
 """
 
 from collections.abc import Callable
@@ -21,7 +24,7 @@ from opd_jax import data as D
 from opd_jax.sampling import SamplerConfig, sample
 from opd_jax.sampling.turns import continue_turns, sample_row_ids
 from opd_jax.training import batches as B
-from opd_jax.training.batch import STUDENT_TURN, TrainBatch
+from opd_jax.training.batch import RECORDED_EXTRAS, STUDENT_TURN, TrainBatch
 
 
 def _anywhere(flag: bool) -> bool:
@@ -40,14 +43,38 @@ def student_turns(graphdef, params, cfg: SamplerConfig, rows: B.Rows, prompts: B
                                           cfg=one, row_ids=ids)
 
 
-def _completions(rows: B.Rows, roll):
+def _completions(rows: B.Rows, roll, turn: int | None = None):
     """This host's rows of a rollout: each completion's tokens, log-probs, and whether it ended
-    with an EOS token."""
+    with an EOS token. With ``turn``, each token's log-prob comes as ``(log-prob, turn, column)``:
+    where in which turn's rollout it was drawn."""
     start = roll.prompt_len
     tokens, mask, logp = (rows.to_local(x)[:, start:] for x in (roll.tokens, roll.completion_mask,
                                                                 roll.logp))
-    return ([t[m].tolist() for t, m in zip(tokens, mask)], [lp[m].tolist() for lp, m in zip(logp, mask)],
-            rows.to_local(roll.finished).astype(bool))
+    if turn is None:
+        drawn = [lp[m].tolist() for lp, m in zip(logp, mask)]
+    else:
+        drawn = [[(x, turn, c) for x, c in zip(lp[m].tolist(), np.flatnonzero(m).tolist())]
+                 for lp, m in zip(logp, mask)]
+    return [t[m].tolist() for t, m in zip(tokens, mask)], drawn, rows.to_local(roll.finished).astype(bool)
+
+
+def _recorded(rows: B.Rows, rolls: list, drawn: list, width: int) -> dict:
+    """The batch extras of what the sampler recorded (``RECORDED_EXTRAS``), each token's taken
+    from the rollout and column it was drawn at (``drawn``: per row, ``(log-prob, turn, column)``
+    per completion token, turn -1 for the environment's)."""
+    turn, col = np.full((len(drawn), width), -1), np.zeros((len(drawn), width), np.int64)
+    for r, row in enumerate(drawn):
+        if row:
+            _, turn[r, :len(row)], col[r, :len(row)] = zip(*row)
+    out = {}
+    for field, name in RECORDED_EXTRAS.items():
+        for t, roll in enumerate(rolls):
+            values = np.asarray(rows.to_local(getattr(roll, field)))[:, roll.prompt_len:]
+            if t == 0:
+                out[name] = np.zeros((len(drawn), width) + values.shape[2:], values.dtype)
+            r, c = np.nonzero(turn == t)
+            out[name][r, c] = values[r, col[r, c]]
+    return {name: rows.to_global(x) for name, x in out.items()}
 
 
 def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns: int, pad_id: int,
@@ -62,13 +89,18 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
     n = num_samples
     examples = [e for e in prompts.examples for _ in range(n)]
 
+    rolls = [first] if first.entropy is not None else None  # each turn's rollout, if it recorded
+
     def sample_turn(seqs, t):
         tokens, mask = D.left_pad(seqs, max(len(s) for s in seqs), pad_id)
-        return _completions(rows, next_turn(rows.to_global(tokens), rows.to_global(mask), t))
-    comp, logp, ended = _completions(rows, first)
+        roll = next_turn(rows.to_global(tokens), rows.to_global(mask), t)
+        if rolls is not None:
+            rolls.append(roll)
+        return _completions(rows, roll, None if rolls is None else len(rolls) - 1)
+    comp, logp, ended = _completions(rows, first, None if rolls is None else 0)
     comp, logp, student, _, taken = continue_turns(
         [e.prompt_ids for e in examples], comp, logp, ended, responder(examples), turns, sample_turn,
-        anywhere=_anywhere)
+        anywhere=_anywhere, fill=0.0 if rolls is None else (0.0, -1, 0))
     longest = max(len(c) for c in comp)
     if jax.process_count() > 1:
         longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
@@ -80,15 +112,16 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
     loss = np.zeros_like(real)
     behavior = np.zeros(real.shape, np.float32)
     for r, (m, lp) in enumerate(zip(student, logp)):
-        loss[r, :len(m)], behavior[r, :len(lp)] = m, lp
+        loss[r, :len(m)], behavior[r, :len(lp)] = m, lp if rolls is None else [x[0] for x in lp]
     g = rows.to_global
+    recorded = {} if rolls is None else _recorded(rows, rolls, logp, width)
 
     def rep(x):
         return None if x is None else g(np.repeat(x, n, axis=0))
     batch = B.assemble(rep(prompts.tokens), rep(prompts.mask), g(tokens), g(real), g(behavior),
                        rep(prompts.teacher_tokens), rep(prompts.teacher_mask), loss_mask=g(loss))
-    return (batch.replace(group=n, extras={**batch.extras, STUDENT_TURN: g(turn_membership(loss, turns))}),
-            float(taken.mean()))
+    extras = {**batch.extras, **recorded, STUDENT_TURN: g(turn_membership(loss, turns))}
+    return batch.replace(group=n, extras=extras), float(taken.mean())
 
 
 def turn_membership(loss_mask: np.ndarray, turns: int) -> np.ndarray:

@@ -1,15 +1,18 @@
 """Multi-turn episodes (``loop.turns``): every row is the prompt, then the student's turns and the
 record's environment turns in order (checked against the records, turn by turn), each student
 token keeps the log-prob a full forward over the whole episode gives it, the environment's
-tokens are attended to but carry no loss, a run trains, and what episodes cannot be combined
-with is refused before any model is built."""
+tokens are attended to but carry no loss, what the sampler records for an objective follows
+each token, a run trains, and what episodes cannot be combined with is refused before any model
+is built."""
 
 import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import opd_jax.objectives as O
 from opd_jax.data import DataError
@@ -106,6 +109,30 @@ def test_one_turn_is_the_single_turn_batch(tmp_path):
         local(b.targets), local(b.student.mask[:, -b.completion_len:]), rb)]  # turn 1 is shared
 
 
+def test_episodes_carry_what_the_sampler_recorded_for_a_topk_objective(tmp_path):
+    """Top-k PPO (the sampling policy's top-k ids and log-probs, its entropy) on episodes: each
+    student token's records are the student's top-k given the whole episode so far (a full
+    forward, NumPy's top-k), the environment's tokens and the padding hold zeros, a step trains."""
+    trainer = Trainer(_exp(tmp_path, turns=3, objective=O.TopKOPDConfig(k=4, surrogate="ppo")))
+    batch, _ = trainer._batch("on_policy", trainer.prompts(0), jax.random.key(7), 0)
+    loss, member = local(batch.loss_mask), local(batch.extras[STUDENT_TURN])
+    assert member[..., 1].any() and member[..., 2].any()  # later turns' tokens are there
+    s = batch.student
+    logits, _ = nnx.merge(trainer.s_graph, trainer.state.params)(s.tokens, s.positions, mask=s.mask)
+    n = batch.completion_len
+    lp = local(jax.nn.log_softmax(logits[:, -n - 1:-1].astype(jnp.float32), axis=-1))
+    ids, top = local(batch.extras["behavior_topk_ids"]), local(batch.extras["behavior_topk_logp"])
+    entropy = local(batch.extras["behavior_entropy"])
+    assert ids.shape == loss.shape + (4,) and top.shape == loss.shape + (4,) and entropy.shape == loss.shape
+    want = np.sort(lp, axis=-1)[..., ::-1][..., :4]
+    np.testing.assert_allclose(top[loss], want[loss], atol=2e-5)
+    np.testing.assert_allclose(np.take_along_axis(lp, ids, -1)[loss], want[loss], atol=2e-5)  # ids name them
+    np.testing.assert_allclose(entropy[loss], -np.sum(np.exp(lp) * lp, -1)[loss], atol=2e-5)
+    assert not ids[~loss].any() and not top[~loss].any() and not entropy[~loss].any()
+    m = trainer.iteration()
+    assert np.isfinite(m["loss/total"]) and m["loss/tokens"] > 0
+
+
 def test_a_run_trains_on_episodes(tmp_path):
     trainer = Trainer(_exp(tmp_path, turns=2, objective=O.TCODConfig(separators=EOS, grow_steps=2)))
     for _ in range(2):
@@ -136,7 +163,6 @@ def test_each_turns_share_and_reverse_kl_are_logged(tmp_path):
 @pytest.mark.parametrize("changes, match", [
     (dict(env=False), r"loop.turns=2, but no record has env_turns_ids"),
     (dict(teacher_mix=0.5), r"loop.turns=2 \(multi-turn episodes\) cannot be combined with loop.teacher_mix"),
-    (dict(objective=O.TopKOPDConfig(k=4, surrogate="ppo")), r"cannot be combined with objective 'topk_opd'"),
 ])
 def test_what_episodes_cannot_do_is_refused(tmp_path, changes, match):
     with pytest.raises((ValueError, DataError), match=match):
