@@ -189,8 +189,7 @@ def check_turns(exp, examples: list[D.Example], env: EN.Environment) -> None:
     teacher of its tokenizer, and the environment can reply to some record."""
     if exp.loop.turns == 1:
         return
-    clash = {"loop.teacher_mix > 0": exp.loop.teacher_mix > 0,
-             "loop.golden_fraction > 0": exp.loop.golden_fraction > 0,
+    clash = {"loop.golden_fraction > 0": exp.loop.golden_fraction > 0,
              "teacher.kind='cross_tokenizer'": exp.teacher.kind == "cross_tokenizer",
              "teacher.peers": exp.teacher.peers.on,
              "the records' other teacher contexts (UniSD's agreement, contrastive term)":

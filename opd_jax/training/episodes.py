@@ -34,13 +34,14 @@ def _anywhere(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def student_turns(graphdef, params, cfg: SamplerConfig, rows: B.Rows, prompts: B.Prompts, key):
+def student_turns(graphdef, params, cfg: SamplerConfig, rows: B.Rows, prompts: B.Prompts, key, *,
+                  teacher=None, teacher_mix: float = 0.0):
     """The ``next_turn`` of :func:`episodes` for the student ``(graphdef, params)``: one sample
     per row with ``cfg``, turn ``t`` under ``fold_in(key, t)``, each row on its global row id's
-    stream."""
+    stream; teacher-mixed as turn 1 was with ``teacher=(graphdef, params)`` (``sample``'s)."""
     ids, one = rows.to_global(sample_row_ids(prompts.row_ids, cfg.num_samples)), cfg.replace(num_samples=1)
     return lambda tokens, mask, t: sample(graphdef, params, tokens, mask, jax.random.fold_in(key, t),
-                                          cfg=one, row_ids=ids)
+                                          cfg=one, row_ids=ids, teacher=teacher, teacher_mix=teacher_mix)
 
 
 def _completions(rows: B.Rows, roll, turn: int | None = None):
@@ -58,38 +59,46 @@ def _completions(rows: B.Rows, roll, turn: int | None = None):
     return [t[m].tolist() for t, m in zip(tokens, mask)], drawn, rows.to_local(roll.finished).astype(bool)
 
 
-def _recorded(rows: B.Rows, rolls: list, drawn: list, width: int) -> dict:
-    """The batch extras of what the sampler recorded (``RECORDED_EXTRAS``), each token's taken
-    from the rollout and column it was drawn at (``drawn``: per row, ``(log-prob, turn, column)``
-    per completion token, turn -1 for the environment's)."""
+# Per-token rollout fields an episode gathers from its turns: what the sampler records for an
+# objective (``RECORDED_EXTRAS``), and a teacher-mixed rollout's share of the teacher.
+_PER_TOKEN = (*RECORDED_EXTRAS, "from_teacher", "teacher_weight")
+
+
+def _gathered(rows: B.Rows, rolls: list, drawn: list, width: int) -> dict[str, np.ndarray]:
+    """This host's ``[rows, width, ...]`` of each per-token field the rollouts have, each token's
+    taken from the rollout and column it was drawn at (``drawn``: per row, ``(log-prob, turn,
+    column)`` per completion token, turn -1 for the environment's; zeros there and past the end)."""
     turn, col = np.full((len(drawn), width), -1), np.zeros((len(drawn), width), np.int64)
     for r, row in enumerate(drawn):
         if row:
             _, turn[r, :len(row)], col[r, :len(row)] = zip(*row)
     out = {}
-    for field, name in RECORDED_EXTRAS.items():
+    for field in (f for f in _PER_TOKEN if getattr(rolls[0], f) is not None):
         for t, roll in enumerate(rolls):
             values = np.asarray(rows.to_local(getattr(roll, field)))[:, roll.prompt_len:]
             if t == 0:
-                out[name] = np.zeros((len(drawn), width) + values.shape[2:], values.dtype)
+                out[field] = np.zeros((len(drawn), width) + values.shape[2:], values.dtype)
             r, c = np.nonzero(turn == t)
-            out[name][r, c] = values[r, col[r, c]]
-    return {name: rows.to_global(x) for name, x in out.items()}
+            out[field][r, c] = values[r, col[r, c]]
+    return out
 
 
 def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns: int, pad_id: int,
              next_turn: Callable[[jax.Array, jax.Array, int], object], responder: Callable
-             ) -> tuple[TrainBatch, float]:
+             ) -> tuple[TrainBatch, dict[str, float]]:
     """The batch of episodes that start with the rollout ``first`` (turn 1) and go on for up to
-    ``turns`` turns (:func:`opd_jax.sampling.turns.continue_turns`), and the mean number of
-    student turns in this host's episodes; ``next_turn(tokens, mask, t)`` samples turn ``t`` (from
+    ``turns`` turns (:func:`opd_jax.sampling.turns.continue_turns`), and its sampling metrics:
+    ``sample/turns``, the mean number of student turns in this host's episodes, and of a
+    teacher-mixed rollout the teacher's share of the student's tokens (``sample/from_teacher`` or
+    ``sample/teacher_weight``); ``next_turn(tokens, mask, t)`` samples turn ``t`` (from
     2) of every row from the left-padded episodes so far (global arrays, one sample per row);
     ``responder(examples)`` is the environment's ``respond`` for this host's rows
     (:func:`opd_jax.environments.responder`)."""
     n = num_samples
     examples = [e for e in prompts.examples for _ in range(n)]
 
-    rolls = [first] if first.entropy is not None else None  # each turn's rollout, if it recorded
+    # each turn's rollout, if it has per-token fields to gather
+    rolls = [first] if any(getattr(first, f) is not None for f in _PER_TOKEN) else None
 
     def sample_turn(seqs, t):
         tokens, mask = D.left_pad(seqs, max(len(s) for s in seqs), pad_id)
@@ -114,14 +123,27 @@ def episodes(rows: B.Rows, prompts: B.Prompts, first, *, num_samples: int, turns
     for r, (m, lp) in enumerate(zip(student, logp)):
         loss[r, :len(m)], behavior[r, :len(lp)] = m, lp if rolls is None else [x[0] for x in lp]
     g = rows.to_global
-    recorded = {} if rolls is None else _recorded(rows, rolls, logp, width)
+    fields = {} if rolls is None else _gathered(rows, rolls, logp, width)
+    recorded = {name: g(fields[f]) for f, name in RECORDED_EXTRAS.items() if f in fields}
+    stats = {"sample/turns": float(taken.mean())}
+    for f in ("from_teacher", "teacher_weight"):  # the teacher's share of the student's tokens
+        if f in fields:
+            stats[f"sample/{f}"] = _mean_over_hosts(fields[f], loss)
 
     def rep(x):
         return None if x is None else g(np.repeat(x, n, axis=0))
     batch = B.assemble(rep(prompts.tokens), rep(prompts.mask), g(tokens), g(real), g(behavior),
                        rep(prompts.teacher_tokens), rep(prompts.teacher_mask), loss_mask=g(loss))
     extras = {**batch.extras, **recorded, STUDENT_TURN: g(turn_membership(loss, turns))}
-    return batch.replace(group=n, extras=extras), float(taken.mean())
+    return batch.replace(group=n, extras=extras), stats
+
+
+def _mean_over_hosts(values: np.ndarray, mask: np.ndarray) -> float:
+    """The mean of ``values`` where ``mask`` holds, over every host's rows."""
+    total = np.array([np.sum(np.where(mask, values, 0.0)), np.sum(mask)], np.float64)
+    if jax.process_count() > 1:
+        total = np.sum(multihost_utils.process_allgather(total), axis=0)
+    return float(total[0] / max(total[1], 1.0))
 
 
 def turn_membership(loss_mask: np.ndarray, turns: int) -> np.ndarray:

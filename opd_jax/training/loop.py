@@ -256,11 +256,13 @@ class Trainer:
                 stats["sample/golden_frac"] = float(np.mean(golden))
         n, t = self.exp.sampler.num_samples, self.exp.objective.temperature
         if source == "on_policy" and self.exp.loop.turns > 1:  # multi-turn episodes
-            more = E.student_turns(self.s_graph, params, B.student_sampler(self.exp), self.rows, prompts, key)
-            batch, stats["sample/turns"] = E.episodes(
+            mix = self.exp.loop.teacher_mix_at(step)
+            more = E.student_turns(self.s_graph, params, B.student_sampler(self.exp), self.rows, prompts, key,
+                                   teacher=self.teacher.mixer(params) if mix > 0 else None, teacher_mix=mix)
+            batch, turn_stats = E.episodes(
                 self.rows, prompts, roll, num_samples=n, turns=self.exp.loop.turns, pad_id=self.exp.sampler.pad_id,
                 next_turn=more, responder=self.responder)
-            return batch, stats
+            return batch, {**stats, **turn_stats}  # the teacher's share over every turn, not turn 1's
         batch = B.from_rollout(self.rows, prompts, roll, n, self.exp.loop.completion_slices,
                                golden=golden, pad_id=self.exp.sampler.pad_id, draft_error=draft_error)
         if golden is not None:  # the golden rows' behaviour log-prob: the student's own

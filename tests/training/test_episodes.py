@@ -133,6 +133,23 @@ def test_episodes_carry_what_the_sampler_recorded_for_a_topk_objective(tmp_path)
     assert np.isfinite(m["loss/total"]) and m["loss/tokens"] > 0
 
 
+def test_teacher_mixed_episodes_keep_the_mixtures_logprob_in_every_turn(tmp_path):
+    """MiniLLM's coin in every student turn (``loop.teacher_mix``): each student token's behaviour
+    log-prob is the mixture's, log(q / 2 + p / 2), with the student's p and the teacher's q from
+    full forwards over the whole episode; the teacher's share is logged over all turns."""
+    trainer = Trainer(_exp(tmp_path, turns=3, teacher_mix=0.5))
+    batch, stats = trainer._batch("on_policy", trainer.prompts(0), jax.random.key(7), 0)
+    loss, member = local(batch.loss_mask), local(batch.extras[STUDENT_TURN])
+    assert member[..., 1].any() and member[..., 2].any()
+    student = local(independent_logp(trainer.s_graph, trainer.state.params, batch))
+    teacher = local(independent_logp(trainer.teacher.graphdef, trainer.teacher.params, batch))
+    want = np.logaddexp(np.log(0.5) + teacher, np.log(0.5) + student)
+    np.testing.assert_allclose(local(batch.behavior_logp)[loss], want[loss], atol=2e-5)
+    assert stats["sample/teacher_mix"] == 0.5 and 0.3 < stats["sample/from_teacher"] < 0.7, stats
+    m = trainer.iteration()
+    assert np.isfinite(m["loss/total"]) and 0.3 < m["sample/from_teacher"] < 0.7
+
+
 def test_a_run_trains_on_episodes(tmp_path):
     trainer = Trainer(_exp(tmp_path, turns=2, objective=O.TCODConfig(separators=EOS, grow_steps=2)))
     for _ in range(2):
@@ -162,11 +179,20 @@ def test_each_turns_share_and_reverse_kl_are_logged(tmp_path):
 
 @pytest.mark.parametrize("changes, match", [
     (dict(env=False), r"loop.turns=2, but no record has env_turns_ids"),
-    (dict(teacher_mix=0.5), r"loop.turns=2 \(multi-turn episodes\) cannot be combined with loop.teacher_mix"),
 ])
 def test_what_episodes_cannot_do_is_refused(tmp_path, changes, match):
     with pytest.raises((ValueError, DataError), match=match):
         Trainer(_exp(tmp_path, turns=2, **changes))
+
+
+def test_golden_rows_are_refused_with_episodes(tmp_path):
+    exp = _exp(tmp_path, turns=2, golden_fraction=0.5)
+    path = tmp_path / "with_completions.jsonl"
+    records = [dict(json.loads(line), completion_ids=[12, 13]) for line in open(exp.data.path)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"loop.turns=2 \(multi-turn episodes\) cannot be combined with "
+                                         r"loop.golden_fraction > 0"):
+        Trainer(dataclasses.replace(exp, data=dataclasses.replace(exp.data, path=str(path))))
 
 
 def test_prompt_buckets_too_small_for_a_later_turn_are_refused(tmp_path):
