@@ -55,10 +55,14 @@ def save_adapter(model, path: str | os.PathLike, *, base_model: str = "") -> Non
         json.dump(config, f, indent=2, sort_keys=True)
 
 
-def load_adapter(model, path: str | os.PathLike, *, mesh=None):
-    """``model`` (a ``Transformer`` without adapters) with the PEFT adapters at ``path`` attached:
-    the inverse of :func:`save_adapter` (only what it writes: plain LoRA on these projections)."""
-    with open(os.path.join(path, CONFIG_FILE)) as f:
+def adapter_settings(path: str | os.PathLike) -> tuple[int, float, tuple[str, ...]]:
+    """``(rank, alpha, targets)`` of the PEFT adapters at ``path`` (read from its config alone);
+    a clear error for a directory without one, or adapters :func:`load_adapter` cannot load."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file) or not os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+        raise FileNotFoundError(f"{path}: no PEFT adapter here (it needs {CONFIG_FILE} and {WEIGHTS_FILE}, "
+                                "as save_adapter, an export's adapter/ or PEFT's save_pretrained write them)")
+    with open(file) as f:
         config = json.load(f)
     unsupported = {k: config.get(k) for k in ("use_rslora", "use_dora", "fan_in_fan_out") if config.get(k)}
     if config.get("peft_type") != "LORA" or unsupported or config.get("bias", "none") != "none":
@@ -72,8 +76,14 @@ def load_adapter(model, path: str | os.PathLike, *, mesh=None):
     if unknown:
         raise ValueError(f"{path}: target_modules {unknown} are not among {sorted(by_module)}")
     targets = tuple(t for t in lora.TARGETS if PROJECTIONS[t].split(".")[-1] in modules)
-    out = lora.attach(model, rank=int(config["r"]), alpha=float(config["lora_alpha"]), targets=targets,
-                      mesh=mesh)
+    return int(config["r"]), float(config["lora_alpha"]), targets
+
+
+def load_adapter(model, path: str | os.PathLike, *, mesh=None):
+    """``model`` (a ``Transformer`` without adapters) with the PEFT adapters at ``path`` attached:
+    the inverse of :func:`save_adapter` (only what it writes: plain LoRA on these projections)."""
+    rank, alpha, targets = adapter_settings(path)
+    out = lora.attach(model, rank=rank, alpha=alpha, targets=targets, mesh=mesh)
     tensors = load_file(os.path.join(path, WEIGHTS_FILE))
     cfg = out.cfg
     for name in targets:

@@ -29,6 +29,10 @@ class ModelSpec:
     lora_rank: int = 0
     lora_alpha: float = 32.0  # the adapters' product is scaled by lora_alpha / lora_rank
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    # Start the adapters from these (a PEFT adapter directory: PEFT's save_pretrained, or an
+    # export's adapter/) instead of fresh ones; its rank, alpha and targets are the run's (lora_rank,
+    # lora_alpha and lora_targets may be left at their defaults, or must say the same)
+    lora_path: str = ""
 
     def __post_init__(self):
         require(bool(self.path) or self.config is not None,
@@ -129,9 +133,10 @@ class TeacherSpec:
     def __post_init__(self):
         require(self.kind not in ("model", "cross_tokenizer") or self.model is not None,
                f"teacher.kind={self.kind!r} needs teacher.model")
-        require(not any(m.lora_rank for m in (self.model, *self.models) if m is not None),
-                "teacher.model.lora_rank > 0: a teacher is not trained, so adapters belong on the "
-                "student (student.lora_rank); set the teacher's lora_rank=0")
+        require(not any(m.lora_rank or m.lora_path for m in (self.model, *self.models) if m is not None),
+                "teacher.model.lora_rank > 0 or lora_path: a teacher is not trained, so adapters belong on "
+                "the student (student.lora_rank, student.lora_path); set the teacher's lora_rank=0 and "
+                "lora_path='' (a teacher with adapters: export it merged and load that)")
         require(self.token_ratio > 0, f"teacher.token_ratio must be > 0, got {self.token_ratio}")
         require(isinstance(self.shared_topk, int) and self.shared_topk >= 0,
                f"teacher.shared_topk must be an integer >= 0, got {self.shared_topk!r}")

@@ -16,6 +16,7 @@ from opd_jax.models import from_pretrained, lora
 from opd_jax.training.config import ModelSpec, TeacherSpec
 from opd_jax.training.flops import update_flops
 from opd_jax.training.loop import Trainer, evaluate
+from opd_jax.sampling.sampler import model_config
 from opd_jax.teachers.local import sequence_logp
 from opd_jax.training.step import trainable
 
@@ -255,3 +256,29 @@ def flat_tree(tree, prefix="") -> dict:
     if isinstance(tree, dict) and set(tree) != {"value"}:
         return {k: v for name, sub in tree.items() for k, v in flat_tree(sub, f"{prefix}{name}/").items()}
     return {prefix.rstrip("/"): tree["value"] if isinstance(tree, dict) else tree}
+
+
+def test_a_run_starts_from_saved_adapters(tmp_path):
+    """``student.lora_path``: the adapters start as the PEFT directory holds them (rank, alpha
+    and targets from its config), bit for bit; settings that say otherwise, a directory without
+    adapters and adapters on a teacher are refused before any model is built."""
+    from opd_jax.models.lora_io import save_adapter
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = Trainer(lora_experiment(tmp_path / "a", rank=2, steps=1))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(  # adapters as training leaves them: B != 0
+        lambda path, x: x + rng.normal(size=x.shape).astype(x.dtype) if "lora_b_" in jax.tree_util.keystr(path)
+        else x, first.state.params)
+    save_adapter(nnx.merge(first.s_graph, params), tmp_path / "adapter")
+    exp = experiment(tmp_path / "b", O.OPDConfig(), steps=1, lr=1e-3)
+    spec = dataclasses.replace(exp.student, lora_path=str(tmp_path / "adapter"))
+    second = Trainer(dataclasses.replace(exp, student=spec))
+    assert_bitwise_equal(flat(trainable(second.state.params)[0]), flat(trainable(params)[0]))
+    assert model_config(second.s_graph, second.state.params).lora_alpha == 4.0  # rank 2, alpha 2 x 2
+    assert np.isfinite(second.iteration()["loss/total"])
+    with pytest.raises(ValueError, match=r"lora_rank=8 \(the adapters': 2\)"):
+        Trainer(dataclasses.replace(exp, student=dataclasses.replace(spec, lora_rank=8)))
+    with pytest.raises(FileNotFoundError, match="no PEFT adapter here"):
+        Trainer(dataclasses.replace(exp, student=dataclasses.replace(spec, lora_path=str(tmp_path))))
+    with pytest.raises(ValueError, match="adapters belong on the student"):
+        TeacherSpec(kind="model", model=spec)
