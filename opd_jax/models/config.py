@@ -84,10 +84,12 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
-    # Low-rank adapters (opd_jax.models.lora): rank 0 = none; scale lora_alpha / lora_rank
+    # Low-rank adapters (opd_jax.models.lora): rank 0 = none; scale lora_alpha / lora_rank, or
+    # lora_alpha / sqrt(lora_rank) with lora_rslora (rank-stabilized LoRA, PEFT's use_rslora)
     lora_rank: int = 0
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = ()
+    lora_rslora: bool = False
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -242,6 +244,8 @@ def _check_lora(cfg: ModelConfig) -> None:
         raise ConfigError(f"lora_alpha must be > 0, got {cfg.lora_alpha!r}")
     if not isinstance(targets, tuple) or len(set(targets)) != len(targets) or not set(targets) <= set(LORA_TARGETS):
         raise ConfigError(f"lora_targets must be distinct names among {LORA_TARGETS}, got {targets!r}")
+    if not isinstance(cfg.lora_rslora, bool):
+        raise ConfigError(f"lora_rslora must be True or False, got {cfg.lora_rslora!r}")
     if bool(rank) != bool(targets):
         raise ConfigError(f"lora_rank={rank} with lora_targets={targets!r}: adapters need both a rank > 0 "
                           "and at least one target (or neither)")

@@ -44,7 +44,8 @@ def is_factor(name: str) -> bool:
 
 
 def scale(cfg) -> float:
-    return cfg.lora_alpha / cfg.lora_rank
+    """The factor of the adapters' product: ``alpha / r``, or ``alpha / sqrt(r)`` (rsLoRA)."""
+    return cfg.lora_alpha / (math.sqrt(cfg.lora_rank) if cfg.lora_rslora else cfg.lora_rank)
 
 
 def factor_shapes(cfg, base_shapes: dict) -> dict:
@@ -110,16 +111,17 @@ def _rebuild(model, cfg, value):
 
 
 def attach(model, *, rank: int, alpha: float, targets=TARGETS, seed: int = 0, mesh=None,
-           rules=LOGICAL_RULES):
+           rules=LOGICAL_RULES, rslora: bool = False):
     """``model`` (a ``Transformer`` without adapters) with fresh adapters of ``rank`` on
-    ``targets``: the same weights (the same arrays, not copies), a config that says so, and the
+    ``targets`` (scaled ``alpha / r``, or ``alpha / sqrt(r)`` with ``rslora``): the same weights
+    (the same arrays, not copies), a config that says so, and the
     factors placed like the weights they adapt (on ``mesh`` under ``rules``, else on the first
     local device). The result equals ``model`` until the factors train."""
     from opd_jax.models.transformer import layer_param_shapes
 
     if model.cfg.lora_rank:
         raise ValueError(f"the model already has adapters of rank {model.cfg.lora_rank}")
-    cfg = model.cfg.replace(lora_rank=rank, lora_alpha=float(alpha), lora_targets=tuple(targets))
+    cfg = model.cfg.replace(lora_rank=rank, lora_alpha=float(alpha), lora_targets=tuple(targets), lora_rslora=rslora)
     base = dict(nnx.to_flat_state(nnx.state(model)))
     shapes = factor_shapes(cfg, layer_param_shapes(model.cfg))
     keys = dict(zip(shapes, jax.random.split(jax.random.key(seed), len(shapes))))

@@ -2,7 +2,8 @@
 ``--lora-modules`` read (``adapter_config.json`` and ``adapter_model.safetensors``).
 
 PEFT keeps each adapted ``nn.Linear``'s factors as ``lora_A.weight [r, in]`` and ``lora_B.weight
-[out, r]`` under the module's name and scales their product by ``lora_alpha / r``; ours are
+[out, r]`` under the module's name and scales their product by ``lora_alpha / r`` (``lora_alpha /
+sqrt(r)`` with ``use_rslora``, our ``lora_rslora``); ours are
 ``A [in..., r]`` and ``B [r, out...]`` stacked over layers (:mod:`opd_jax.models.lora`), with the
 input and output axes flattened in the order the HF weights use (:mod:`opd_jax.models.hf_layout`).
 """
@@ -49,14 +50,14 @@ def save_adapter(model, path: str | os.PathLike, *, base_model: str = "") -> Non
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora_rank,
               "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
               "target_modules": sorted(PROJECTIONS[t].split(".")[-1] for t in cfg.lora_targets),
-              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
+              "fan_in_fan_out": False, "use_rslora": cfg.lora_rslora, "use_dora": False, "inference_mode": True,
               "init_lora_weights": True, "modules_to_save": None, "base_model_name_or_path": base_model}
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
 
 
-def adapter_settings(path: str | os.PathLike) -> tuple[int, float, tuple[str, ...]]:
-    """``(rank, alpha, targets)`` of the PEFT adapters at ``path`` (read from its config alone);
+def adapter_settings(path: str | os.PathLike) -> tuple[int, float, tuple[str, ...], bool]:
+    """``(rank, alpha, targets, rslora)`` of the PEFT adapters at ``path`` (read from its config alone);
     a clear error for a directory without one, or adapters :func:`load_adapter` cannot load."""
     file = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(file) or not os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
@@ -64,10 +65,10 @@ def adapter_settings(path: str | os.PathLike) -> tuple[int, float, tuple[str, ..
                                 "as save_adapter, an export's adapter/ or PEFT's save_pretrained write them)")
     with open(file) as f:
         config = json.load(f)
-    unsupported = {k: config.get(k) for k in ("use_rslora", "use_dora", "fan_in_fan_out") if config.get(k)}
+    unsupported = {k: config.get(k) for k in ("use_dora", "fan_in_fan_out") if config.get(k)}
     if config.get("peft_type") != "LORA" or unsupported or config.get("bias", "none") != "none":
-        raise ValueError(f"{path}: only plain LoRA adapters load here (peft_type LORA, bias none, no "
-                         f"rsLoRA/DoRA/fan_in_fan_out); got peft_type={config.get('peft_type')!r} "
+        raise ValueError(f"{path}: only plain LoRA adapters (or rsLoRA) load here (peft_type LORA, bias "
+                         f"none, no DoRA/fan_in_fan_out); got peft_type={config.get('peft_type')!r} "
                          f"bias={config.get('bias')!r} {unsupported or ''}")
     by_module = {v.split(".")[-1]: k for k, v in PROJECTIONS.items()}
     modules = config["target_modules"]
@@ -76,14 +77,14 @@ def adapter_settings(path: str | os.PathLike) -> tuple[int, float, tuple[str, ..
     if unknown:
         raise ValueError(f"{path}: target_modules {unknown} are not among {sorted(by_module)}")
     targets = tuple(t for t in lora.TARGETS if PROJECTIONS[t].split(".")[-1] in modules)
-    return int(config["r"]), float(config["lora_alpha"]), targets
+    return int(config["r"]), float(config["lora_alpha"]), targets, bool(config.get("use_rslora", False))
 
 
 def load_adapter(model, path: str | os.PathLike, *, mesh=None):
     """``model`` (a ``Transformer`` without adapters) with the PEFT adapters at ``path`` attached:
     the inverse of :func:`save_adapter` (only what it writes: plain LoRA on these projections)."""
-    rank, alpha, targets = adapter_settings(path)
-    out = lora.attach(model, rank=rank, alpha=alpha, targets=targets, mesh=mesh)
+    rank, alpha, targets, rslora = adapter_settings(path)
+    out = lora.attach(model, rank=rank, alpha=alpha, targets=targets, mesh=mesh, rslora=rslora)
     tensors = load_file(os.path.join(path, WEIGHTS_FILE))
     cfg = out.cfg
     for name in targets:

@@ -38,25 +38,26 @@ def build_model(spec: ModelSpec, mesh):
         model = lora_io.load_adapter(model, spec.lora_path, mesh=mesh)
     elif spec.lora_rank:  # fresh adapters on these weights (the same with or without them), placed like them
         model = lora.attach(model, rank=spec.lora_rank, alpha=spec.lora_alpha, targets=spec.lora_targets,
-                            seed=spec.seed, mesh=mesh)
+                            seed=spec.seed, mesh=mesh, rslora=spec.lora_rslora)
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params, jax.tree.map(lambda x: x.sharding, params)
 
 
 def start_adapters(spec: ModelSpec) -> tuple | None:
-    """``(rank, alpha, targets)`` of the saved adapters ``spec.lora_path`` names (None without
-    one), refused when the spec's own adapter settings say otherwise."""
+    """``(rank, alpha, targets, rslora)`` of the saved adapters ``spec.lora_path`` names (None
+    without one), refused when the spec's own adapter settings say otherwise."""
     if not spec.lora_path:
         return None
-    rank, alpha, targets = lora_io.adapter_settings(spec.lora_path)
+    rank, alpha, targets, rslora = lora_io.adapter_settings(spec.lora_path)
     default = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
     differ = [f"{name}={got!r} (the adapters': {want!r})" for name, got, want in (
         ("lora_rank", spec.lora_rank, rank), ("lora_alpha", spec.lora_alpha, alpha),
-        ("lora_targets", tuple(spec.lora_targets), targets)) if got != default[name] and got != want]
+        ("lora_targets", tuple(spec.lora_targets), targets), ("lora_rslora", spec.lora_rslora, rslora))
+        if got != default[name] and got != want]
     if differ:
         raise ValueError(f"lora_path={spec.lora_path!r} starts from saved adapters, but "
                          f"{', '.join(differ)}; leave those settings at their defaults or make them match")
-    return rank, alpha, targets
+    return rank, alpha, targets, rslora
 
 
 def vocab_size(graphdef, params) -> int:

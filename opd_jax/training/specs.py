@@ -29,9 +29,11 @@ class ModelSpec:
     lora_rank: int = 0
     lora_alpha: float = 32.0  # the adapters' product is scaled by lora_alpha / lora_rank
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    lora_rslora: bool = False  # rank-stabilized LoRA: the product scaled by lora_alpha / sqrt(lora_rank)
     # Start the adapters from these (a PEFT adapter directory: PEFT's save_pretrained, or an
-    # export's adapter/) instead of fresh ones; its rank, alpha and targets are the run's (lora_rank,
-    # lora_alpha and lora_targets may be left at their defaults, or must say the same)
+    # export's adapter/) instead of fresh ones; its rank, alpha, targets and scaling are the run's
+    # (lora_rank, lora_alpha, lora_targets and lora_rslora may be left at their defaults, or must say
+    # the same)
     lora_path: str = ""
 
     def __post_init__(self):

@@ -63,12 +63,15 @@ def test_a_fresh_adapter_changes_nothing_and_sits_where_its_weight_does():
         lora.attach(adapted, rank=2, alpha=2.0)
 
 
-@pytest.mark.parametrize("arch,targets", [("qwen3", lora.TARGETS), ("qwen2", ("q", "v")),
-                                          ("llama", ("o", "gate", "down"))])
-def test_the_adapted_forward_and_its_files_match_peft(arch, targets, tmp_path):
+@pytest.mark.parametrize("arch,targets,rslora", [("qwen3", lora.TARGETS, False), ("qwen2", ("q", "v"), False),
+                                                 ("llama", ("o", "gate", "down"), False),
+                                                 ("qwen3", ("k", "up"), True)])  # rsLoRA: alpha / sqrt(r)
+def test_the_adapted_forward_and_its_files_match_peft(arch, targets, rslora, tmp_path):
     ref = hf_model(arch, tie_word_embeddings=False)
     ref.save_pretrained(tmp_path / "base")
-    ours = perturbed(lora.attach(from_pretrained(tmp_path / "base"), rank=3, alpha=6.0, targets=targets, seed=2))
+    ours = perturbed(lora.attach(from_pretrained(tmp_path / "base"), rank=4, alpha=6.0, targets=targets, seed=2,
+                                 rslora=rslora))
+    assert lora.scale(ours.cfg) == (3.0 if rslora else 1.5)
     save_adapter(ours, tmp_path / "adapter", base_model=str(tmp_path / "base"))
     tokens, mask, positions = padded_batch(SIZES["vocab_size"], LENGTHS, TOTAL)
     theirs = torch_logits(peft.PeftModel.from_pretrained(ref, tmp_path / "adapter").eval(), tokens, mask, positions)
@@ -77,7 +80,7 @@ def test_the_adapted_forward_and_its_files_match_peft(arch, targets, tmp_path):
     plain = jax_logits(from_pretrained(tmp_path / "base"), tokens, mask, positions)
     assert np.abs(mine - plain)[mask].max() > 0.1  # the adapters do change the model
     back = load_adapter(from_pretrained(tmp_path / "base"), tmp_path / "adapter")
-    assert back.cfg.lora_targets == tuple(t for t in lora.TARGETS if t in targets)
+    assert back.cfg.lora_targets == tuple(t for t in lora.TARGETS if t in targets) and back.cfg.lora_rslora == rslora
     np.testing.assert_array_equal(jax_logits(back, tokens, mask, positions), mine)
 
 
