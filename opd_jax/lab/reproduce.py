@@ -42,7 +42,8 @@ NAMES = ("baseline_regime", "baseline_levers", "gkd_grid", "opd_vs_sft_vs_rl", "
          "divergence_aware_sft", "peer_rollouts", "cross_tokenizer", "virtual_vocabulary",
          "lookahead_reward", "turn_curriculum", "rollout_reuse", "turn_curriculum_episodes",
          "turn_curriculum_deep", "turn_curriculum_two_retries", "speculative_drafter",
-         "speculative_drafter_small", "speculative_replay_small", "lora_capacity")
+         "speculative_drafter_small", "speculative_replay_small", "lora_capacity",
+         "lora_rank_scaling")
 MODES = ("smoke", "quick", "full")
 TABLE_MODES = ("full", "quick")  # the README shows the first of these that is stored
 REQUIRED = ("PAPER", "ARXIV", "CLAIM", "SETUP", "RULE", "FIGURE", "arms", "verdict")

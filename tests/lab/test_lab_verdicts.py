@@ -291,6 +291,22 @@ def test_lora_capacity_trains_adapters_of_each_rank_at_ten_times_the_rate():
     assert verdict({"full": 0.1, "lora_r16": 0.1, "lora_r1": 0.1, "lora_r4": -0.3}) == V.REPRODUCED  # reported
 
 
+def test_lora_rank_scaling_compares_the_two_scalings_at_rank_16():
+    module = RP.load("lora_rank_scaling")
+    arms = module.arms("quick")
+    assert [a.name for a in arms] == ["lora_r16", "lora_r16_rs", "lora_r4_rs"]
+    assert [a.overrides for a in arms] == [("student.lora_rank=16",),
+                                           ("student.lora_rank=16", "student.lora_rslora=true"),
+                                           ("student.lora_rank=4", "student.lora_rslora=true")]
+    assert len({a.lr for a in arms}) == 1
+    names = [a.name for a in arms]
+    verdict = lambda gains: module.verdict(fake(names, rising(gains)), "quick")["verdict"]  # noqa: E731
+    assert verdict({}) == V.INCONCLUSIVE
+    assert verdict({"lora_r16_rs": 0.1}) == V.REPRODUCED
+    assert verdict({"lora_r16": 0.1}) == V.NOT_REPRODUCED
+    assert verdict({"lora_r16_rs": 0.1, "lora_r4_rs": 0.3}) == V.REPRODUCED  # rank 4 is reported only
+
+
 def rising(gains: dict):
     """A fake pass@1: 0.3 plus the seed's noise at step 0, each arm rising linearly by ``gains[arm]``
     (0 if absent) over the run (40 steps here)."""
