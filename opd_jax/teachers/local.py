@@ -75,6 +75,17 @@ def frozen_copy(params, shardings):
     return jax.jit(_copy, out_shardings=shardings)(params)
 
 
+def student_copy(params, shardings) -> tuple:
+    """``(copy, its shardings, whether it shares the student's base)``: a frozen copy of the
+    student's ``params``; of a student with low-rank adapters, of its adapters alone (its frozen
+    base weights never change, so a copy reads the student's own: ``with_student_base``)."""
+    own, base = trainable(params)
+    if base is None:
+        return frozen_copy(params, shardings), shardings, False
+    own_shardings = trainable(shardings)[0]
+    return frozen_copy(own, own_shardings), own_shardings, True
+
+
 class OneModel(Teacher):
     """A teacher that is one model ``(graphdef, params)``; subclasses say which parameters."""
 
@@ -158,10 +169,7 @@ class InitialTeacher(OneModel):
 
     def __init__(self, graphdef, params, shardings, runtime: Runtime):
         super().__init__(graphdef, runtime)
-        own, base = trainable(params)
-        self.shares_base = base is not None
-        self.shardings = trainable(shardings)[0] if self.shares_base else shardings
-        self.params = frozen_copy(own, self.shardings)
+        self.params, self.shardings, self.shares_base = student_copy(params, shardings)
 
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime):

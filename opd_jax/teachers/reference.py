@@ -13,9 +13,9 @@ student's frozen base weights (``with_student_base``).
 
 import opd_jax.objectives as O
 from opd_jax.teachers.base import Runtime, Student, Teacher, Wrapping
-from opd_jax.teachers.local import frozen_copy, sequence_logp
+from opd_jax.teachers.local import sequence_logp, student_copy
 from opd_jax.training.checkpoint import abstract
-from opd_jax.training.step import trainable, with_student_base
+from opd_jax.training.step import with_student_base
 
 
 class WithReference(Wrapping):
@@ -25,10 +25,8 @@ class WithReference(Wrapping):
     def __init__(self, inner: Teacher, student: Student, runtime: Runtime):
         super().__init__(inner)
         self.runtime = runtime
-        own, base = trainable(student.params)
         self.ref_graphdef = student.graphdef
-        self.shardings = student.shardings if base is None else trainable(student.shardings)[0]
-        self.ref_params = frozen_copy(own, self.shardings)
+        self.ref_params, self.shardings, _ = student_copy(student.params, student.shardings)
 
     def reference_logp(self, batch, student_params):
         """``[B, N]``: the reference's log-prob of each completion token of ``batch``."""
