@@ -1,6 +1,6 @@
 """A student with low-rank adapters end to end through ``python -m opd_jax.main`` on the tiny
-Qwen3 checkpoints of ``qwen3_math_opd.py:smoke``: the checkpointed student keeps the loaded
-weights and trains its adapters; the export folds them in and writes them beside in PEFT's
+Qwen3 checkpoints of ``qwen3_math_opd.py:smoke``: the checkpoints hold the trained adapters
+alone and the other weights stay the loaded ones; the export folds them in and writes them beside in PEFT's
 layout; ``python -m opd_jax.evaluate`` of the base checkpoint with ``--adapter`` and of the
 merged export both give the run's own last evaluation."""
 
@@ -11,7 +11,7 @@ import pytest
 from realmodels_helpers import cli_helpers as C
 
 from opd_jax.evaluate import __main__ as evaluate_cli
-from opd_jax.models import from_pretrained
+from opd_jax.models import from_pretrained, lora
 
 pytestmark = pytest.mark.slow
 SETS = ("student.lora_rank=4", "student.lora_alpha=8", "student.lora_targets=q,k,v,o,up", "optim.lr=3e-2")
@@ -23,14 +23,18 @@ def test_qwen3_math_opd_smoke_with_adapters(tmp_path, capsys):
     work = tmp_path / "run"
     C.check_ok(C.run_cli(work, *SETS, config="experiments/qwen3_math_opd.py:smoke"))
     student, teacher = work / "models" / "student", work / "models" / "teacher"
-    layers = C.read_state(work, 2)["params"]["layers"]
+    params = C.read_state(work, 2)["params"]
     value = lambda x: x["value"] if isinstance(x, dict) else x  # noqa: E731
-    loaded = from_pretrained(str(student)).layers
-    for name in ("q", "down", "mlp_norm"):  # frozen: the checkpoint's weights, bit for bit
-        np.testing.assert_array_equal(value(layers[name]), np.asarray(loaded.__dict__[name][...]), err_msg=name)
-    assert np.any(value(layers["lora_b_q"]) != 0) and "lora_a_gate" not in layers  # trained; only the targets
+    # the checkpoint holds the targets' adapters alone (the frozen weights are the student's files)
+    assert list(params) == ["layers"] and sorted(params["layers"]) == sorted(
+        n for t in ("q", "k", "v", "o", "up") for n in lora.factor_names(t))
+    assert np.any(value(params["layers"]["lora_b_q"]) != 0)  # trained
 
     hf = work / "hf" / "step_2"
+    loaded, exported = from_pretrained(str(student)).layers, from_pretrained(str(hf)).layers
+    for name in ("down", "mlp_norm"):  # frozen and not adapted: the loaded weights, bit for bit
+        np.testing.assert_array_equal(np.asarray(exported.__dict__[name][...]), np.asarray(loaded.__dict__[name][...]),
+                                      err_msg=name)
     config = json.loads((hf / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8
     assert config["target_modules"] == ["k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
