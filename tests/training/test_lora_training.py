@@ -282,3 +282,19 @@ def test_a_run_starts_from_saved_adapters(tmp_path):
         Trainer(dataclasses.replace(exp, student=dataclasses.replace(spec, lora_path=str(tmp_path))))
     with pytest.raises(ValueError, match="adapters belong on the student"):
         TeacherSpec(kind="model", model=spec)
+
+
+def test_a_checkpoint_of_the_whole_adapted_state_still_restores(tmp_path):
+    """A LoRA run's checkpoint written before checkpoints left the base out (the whole state, no
+    fingerprint in its record) restores as it was saved."""
+    from opd_jax.config import to_dict
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    exp = lora_experiment(tmp_path / "a", rank=2, steps=1)
+    old = Trainer(exp)
+    moved = jax.tree.map(lambda x: x + 0.5, old.state.params)  # every weight differs from a fresh build's
+    old.state = old.state.replace(params=moved)
+    old.ckpt.save(0, {"state": old.state, **old.teacher.checkpoint_items()}, {"step": 0, "config": to_dict(exp)})
+    old.ckpt.wait()
+    new = Trainer(exp)
+    assert new.restore(0)
+    assert_bitwise_equal(flat(new.state.params), flat(moved))
