@@ -76,14 +76,11 @@ def frozen_copy(params, shardings):
 
 
 def student_copy(params, shardings) -> tuple:
-    """``(copy, its shardings, whether it shares the student's base)``: a frozen copy of the
-    student's ``params``; of a student with low-rank adapters, of its adapters alone (its frozen
-    base weights never change, so a copy reads the student's own: ``with_student_base``)."""
-    own, base = trainable(params)
-    if base is None:
-        return frozen_copy(params, shardings), shardings, False
-    own_shardings = trainable(shardings)[0]
-    return frozen_copy(own, own_shardings), own_shardings, True
+    """``(copy, its shardings)``: a frozen copy of the student's ``params``; of a student with
+    low-rank adapters, of its adapters alone (``trainable``: its frozen base weights never change,
+    so a copy reads the student's own, ``with_student_base``)."""
+    own, own_shardings = trainable(params)[0], trainable(shardings)[0]
+    return frozen_copy(own, own_shardings), own_shardings
 
 
 class OneModel(Teacher):
@@ -169,7 +166,7 @@ class InitialTeacher(OneModel):
 
     def __init__(self, graphdef, params, shardings, runtime: Runtime):
         super().__init__(graphdef, runtime)
-        self.params, self.shardings, self.shares_base = student_copy(params, shardings)
+        self.params, self.shardings = student_copy(params, shardings)
 
     @classmethod
     def from_spec(cls, spec, student: Student, mesh, runtime: Runtime):
@@ -207,5 +204,5 @@ class EMATeacher(InitialTeacher):
 
     def update(self, state):
         if int(state.step) % self.every == 0:
-            own = trainable(state.params)[0] if self.shares_base else state.params
-            self.params = _ema_jit(self.params, own, self.decay)
+            # what the copy holds of the student: all of it, or its adapters (student_copy)
+            self.params = _ema_jit(self.params, trainable(state.params)[0], self.decay)

@@ -26,7 +26,7 @@ class WithReference(Wrapping):
         super().__init__(inner)
         self.runtime = runtime
         self.ref_graphdef = student.graphdef
-        self.ref_params, self.shardings, _ = student_copy(student.params, student.shardings)
+        self.ref_params, self.shardings = student_copy(student.params, student.shardings)
 
     def reference_logp(self, batch, student_params):
         """``[B, N]``: the reference's log-prob of each completion token of ``batch``."""

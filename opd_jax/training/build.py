@@ -22,7 +22,7 @@ def build_model(spec: ModelSpec, mesh):
     init runs as one jitted function with the parameters' shardings as its outputs, after
     ``nnx.eval_shape`` found the shapes, so no host ever holds the whole model.
     """
-    adapters = start_adapters(spec)  # checked before anything is built
+    check_start_adapters(spec)  # before anything is built
     if spec.path:
         model = from_pretrained(spec.path, param_dtype=spec.param_dtype, dtype=spec.dtype,
                                 remat=spec.remat, mesh=mesh)
@@ -34,7 +34,7 @@ def build_model(spec: ModelSpec, mesh):
         abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(spec.seed)))
         params = jax.jit(init, out_shardings=model_shardings(abstract, mesh))()
         model = nnx.merge(nnx.graphdef(abstract), params)
-    if adapters:  # saved adapters on these weights, placed like them
+    if spec.lora_path:  # saved adapters on these weights, placed like them
         model = lora_io.load_adapter(model, spec.lora_path, mesh=mesh)
     elif spec.lora_rank:  # fresh adapters on these weights (the same with or without them), placed like them
         model = lora.attach(model, rank=spec.lora_rank, alpha=spec.lora_alpha, targets=spec.lora_targets,
@@ -43,11 +43,11 @@ def build_model(spec: ModelSpec, mesh):
     return graphdef, params, jax.tree.map(lambda x: x.sharding, params)
 
 
-def start_adapters(spec: ModelSpec) -> tuple | None:
-    """``(rank, alpha, targets, rslora)`` of the saved adapters ``spec.lora_path`` names (None
-    without one), refused when the spec's own adapter settings say otherwise."""
+def check_start_adapters(spec: ModelSpec) -> None:
+    """The saved adapters ``spec.lora_path`` names (if any) can be loaded, and the spec's own
+    adapter settings do not say otherwise."""
     if not spec.lora_path:
-        return None
+        return
     rank, alpha, targets, rslora = lora_io.adapter_settings(spec.lora_path)
     default = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
     differ = [f"{name}={got!r} (the adapters': {want!r})" for name, got, want in (
@@ -57,7 +57,6 @@ def start_adapters(spec: ModelSpec) -> tuple | None:
     if differ:
         raise ValueError(f"lora_path={spec.lora_path!r} starts from saved adapters, but "
                          f"{', '.join(differ)}; leave those settings at their defaults or make them match")
-    return rank, alpha, targets, rslora
 
 
 def vocab_size(graphdef, params) -> int:
